@@ -1,0 +1,887 @@
+//! Every setting of the service, read from the environment (or the matching
+//! command-line flag) and validated before anything starts, so a wrong value
+//! fails fast with a one-line message that names the variable to fix.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Args;
+use url::Url;
+
+/// The secret used when `EVENTS_DEV=1` and no secret is configured. It is the
+/// value the platform's local development setup already uses.
+pub const DEV_HMAC_SECRET: &str = "dev-internal-hmac";
+
+/// Raw settings as given on the command line or in the environment. Every
+/// field is a string so that validation (and its messages) stays ours.
+#[derive(Debug, Clone, Default, Args)]
+pub struct Settings {
+    /// Postgres URL. The database is created if it does not exist.
+    #[arg(long, env = "DATABASE_URL", global = true, value_name = "URL")]
+    pub database_url: Option<String>,
+
+    /// Maximum number of pooled Postgres connections.
+    #[arg(
+        long,
+        env = "EVENTS_DB_MAX_CONNECTIONS",
+        global = true,
+        value_name = "N"
+    )]
+    pub db_max_connections: Option<String>,
+
+    /// Run database migrations at `serve` start-up (true/false).
+    #[arg(long, env = "EVENTS_AUTO_MIGRATE", global = true, value_name = "BOOL")]
+    pub auto_migrate: Option<String>,
+
+    /// NATS server URL(s), comma-separated.
+    #[arg(long, env = "NATS_URL", global = true, value_name = "URL")]
+    pub nats_url: Option<String>,
+
+    /// NATS credentials file (JWT + nkey seed). Exclusive with user/password and token.
+    #[arg(long, env = "NATS_CREDS_FILE", global = true, value_name = "PATH")]
+    pub nats_creds_file: Option<String>,
+
+    /// NATS user name (needs NATS_PASSWORD).
+    #[arg(long, env = "NATS_USER", global = true, value_name = "USER")]
+    pub nats_user: Option<String>,
+
+    /// NATS password (needs NATS_USER).
+    #[arg(
+        long,
+        env = "NATS_PASSWORD",
+        global = true,
+        value_name = "PASSWORD",
+        hide_env_values = true
+    )]
+    pub nats_password: Option<String>,
+
+    /// NATS token.
+    #[arg(
+        long,
+        env = "NATS_TOKEN",
+        global = true,
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub nats_token: Option<String>,
+
+    /// Address the HTTP gateway (BFF API, /health, /ready, /metrics) listens on.
+    #[arg(
+        long,
+        env = "EVENTS_HTTP_ADDR",
+        global = true,
+        value_name = "HOST:PORT"
+    )]
+    pub http_addr: Option<String>,
+
+    /// Shared secret for internal HMAC signatures (required unless EVENTS_DEV=1).
+    #[arg(
+        long,
+        env = "BFF_INTERNAL_HMAC_SECRET",
+        global = true,
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    pub hmac_secret: Option<String>,
+
+    /// Previous HMAC secrets still accepted during a rotation, comma-separated.
+    #[arg(
+        long,
+        env = "BFF_INTERNAL_HMAC_PREVIOUS_SECRETS",
+        global = true,
+        value_name = "LIST",
+        hide_env_values = true
+    )]
+    pub hmac_previous_secrets: Option<String>,
+
+    /// Lowest HMAC signature version accepted over HTTP: 1 (BFF legacy) or 2.
+    #[arg(
+        long,
+        env = "EVENTS_HMAC_MIN_VERSION",
+        global = true,
+        value_name = "1|2"
+    )]
+    pub hmac_min_version: Option<String>,
+
+    /// Authorization mode: `local` (embedded tables) or `access` (Access + Portal).
+    /// Defaults to `access` when ACCESS_BASE_URL is set, else `local`.
+    #[arg(long, env = "EVENTS_AUTHZ", global = true, value_name = "MODE")]
+    pub authz: Option<String>,
+
+    /// Base URL of the Access service, e.g. http://access:8002/api/v1.
+    #[arg(long, env = "ACCESS_BASE_URL", global = true, value_name = "URL")]
+    pub access_base_url: Option<String>,
+
+    /// Base URL of the Portal service (membership authority).
+    #[arg(long, env = "PORTAL_SERVICE_URL", global = true, value_name = "URL")]
+    pub portal_service_url: Option<String>,
+
+    /// First token of every NATS subject the service uses.
+    #[arg(
+        long,
+        env = "EVENTS_SUBJECT_PREFIX",
+        global = true,
+        value_name = "PREFIX"
+    )]
+    pub subject_prefix: Option<String>,
+
+    /// JetStream stream that receives the domain events.
+    #[arg(long, env = "EVENTS_STREAM", global = true, value_name = "NAME")]
+    pub stream: Option<String>,
+
+    /// Maximum age of messages in the stream, e.g. 7d, 36h, 90m.
+    #[arg(
+        long,
+        env = "EVENTS_STREAM_MAX_AGE",
+        global = true,
+        value_name = "DURATION"
+    )]
+    pub stream_max_age: Option<String>,
+
+    /// Stream replicas: 1 for a single server, 3 in a cluster.
+    #[arg(long, env = "EVENTS_STREAM_REPLICAS", global = true, value_name = "N")]
+    pub stream_replicas: Option<String>,
+
+    /// Stream duplicate window (at least 10m), e.g. 20m.
+    #[arg(
+        long,
+        env = "EVENTS_STREAM_DUPLICATE_WINDOW",
+        global = true,
+        value_name = "DURATION"
+    )]
+    pub stream_duplicate_window: Option<String>,
+
+    /// Encoding of published domain events: msgpack or json.
+    #[arg(
+        long,
+        env = "EVENTS_OUT_ENCODING",
+        global = true,
+        value_name = "ENCODING"
+    )]
+    pub out_encoding: Option<String>,
+
+    /// Days to keep published outbox rows (for replay after a NATS data loss).
+    #[arg(
+        long,
+        env = "EVENTS_RETENTION_PUBLISHED_OUTBOX_DAYS",
+        global = true,
+        value_name = "DAYS"
+    )]
+    pub retention_published_outbox_days: Option<String>,
+
+    /// Largest accepted request body (HTTP and NATS), in bytes.
+    #[arg(
+        long,
+        env = "EVENTS_MAX_BODY_BYTES",
+        global = true,
+        value_name = "BYTES"
+    )]
+    pub max_body_bytes: Option<String>,
+
+    /// Deadline for one request, e.g. 5s (keep it well inside the BFF's 10 s).
+    #[arg(
+        long,
+        env = "EVENTS_REQUEST_TIMEOUT",
+        global = true,
+        value_name = "DURATION"
+    )]
+    pub request_timeout: Option<String>,
+
+    /// OTLP endpoint for traces, e.g. http://otel-collector:4318. Unset: no export.
+    #[arg(
+        long,
+        env = "OTEL_EXPORTER_OTLP_ENDPOINT",
+        global = true,
+        value_name = "URL"
+    )]
+    pub otel_endpoint: Option<String>,
+
+    /// Service name reported in traces.
+    #[arg(long, env = "OTEL_SERVICE_NAME", global = true, value_name = "NAME")]
+    pub otel_service_name: Option<String>,
+
+    /// Log filter in tracing's EnvFilter syntax, e.g. info or updspace_events=debug.
+    #[arg(long, env = "RUST_LOG", global = true, value_name = "FILTER")]
+    pub log_filter: Option<String>,
+
+    /// Log format: json (one JSON object per line) or pretty (for humans).
+    #[arg(long, env = "EVENTS_LOG_FORMAT", global = true, value_name = "FORMAT")]
+    pub log_format: Option<String>,
+
+    /// Development mode (1/true): allows a missing BFF_INTERNAL_HMAC_SECRET
+    /// (then `dev-internal-hmac` is used) and nothing else.
+    #[arg(long, env = "EVENTS_DEV", global = true, value_name = "BOOL")]
+    pub dev: Option<String>,
+}
+
+/// A setting that cannot be used, with the variable to fix.
+#[derive(Debug, thiserror::Error)]
+#[error("{var}: {message}")]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(var: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            var,
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct DatabaseConfig {
+    pub url: String,
+    pub max_connections: u32,
+    pub auto_migrate: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NatsAuth {
+    None,
+    CredsFile(String),
+    UserPassword { user: String, password: String },
+    Token(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct NatsConfig {
+    pub url: String,
+    pub auth: NatsAuth,
+    pub subject_prefix: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct StreamConfig {
+    pub name: String,
+    pub max_age: Duration,
+    pub replicas: usize,
+    pub duplicate_window: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutEncoding {
+    Msgpack,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthzMode {
+    Local,
+    Access,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+#[derive(Debug, Clone)]
+pub struct HmacConfig {
+    /// The first secret signs outgoing calls; all are accepted.
+    pub secrets: Vec<String>,
+    pub min_version: u8,
+    /// True when the secret is the development default.
+    pub using_dev_secret: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthzConfig {
+    pub mode: AuthzMode,
+    pub access_base_url: Option<Url>,
+    pub portal_service_url: Url,
+}
+
+#[derive(Debug, Clone)]
+pub struct TelemetryConfig {
+    pub log_filter: String,
+    pub log_format: LogFormat,
+    pub otlp_endpoint: Option<Url>,
+    pub service_name: String,
+}
+
+/// The validated configuration of `serve`.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub database: DatabaseConfig,
+    pub nats: NatsConfig,
+    pub stream: StreamConfig,
+    pub http_addr: SocketAddr,
+    pub hmac: HmacConfig,
+    pub authz: AuthzConfig,
+    pub out_encoding: OutEncoding,
+    pub retention_published_outbox_days: u32,
+    pub max_body_bytes: usize,
+    pub request_timeout: Duration,
+    pub telemetry: TelemetryConfig,
+    pub dev: bool,
+}
+
+fn value(raw: &Option<String>) -> Option<&str> {
+    // An empty variable counts as unset, as in the service this one replaces.
+    raw.as_deref().map(str::trim).filter(|v| !v.is_empty())
+}
+
+fn parse_bool(var: &'static str, raw: &Option<String>, default: bool) -> Result<bool, ConfigError> {
+    match value(raw).map(str::to_ascii_lowercase).as_deref() {
+        None => Ok(default),
+        Some("1" | "true" | "yes" | "on") => Ok(true),
+        Some("0" | "false" | "no" | "off") => Ok(false),
+        Some(other) => Err(ConfigError::new(
+            var,
+            format!("'{other}' is not a boolean; use true or false"),
+        )),
+    }
+}
+
+fn parse_number<T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy>(
+    var: &'static str,
+    raw: &Option<String>,
+    default: T,
+    min: T,
+    max: T,
+) -> Result<T, ConfigError> {
+    let Some(text) = value(raw) else {
+        return Ok(default);
+    };
+    match text.parse::<T>() {
+        Ok(n) if n >= min && n <= max => Ok(n),
+        _ => Err(ConfigError::new(
+            var,
+            format!("'{text}' is not a whole number between {min} and {max}"),
+        )),
+    }
+}
+
+/// Parses `90`, `90s`, `15m`, `36h`, `7d` or `250ms`.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let n: u64 = digits.parse().ok()?;
+    let secs = |mult: u64| n.checked_mul(mult).map(Duration::from_secs);
+    match unit {
+        "" | "s" => secs(1),
+        "ms" => Some(Duration::from_millis(n)),
+        "m" => secs(60),
+        "h" => secs(3600),
+        "d" => secs(86_400),
+        _ => None,
+    }
+}
+
+fn parse_duration_var(
+    var: &'static str,
+    raw: &Option<String>,
+    default: Duration,
+    min: Duration,
+) -> Result<Duration, ConfigError> {
+    let Some(text) = value(raw) else {
+        return Ok(default);
+    };
+    match parse_duration(text) {
+        Some(d) if d >= min => Ok(d),
+        Some(_) => Err(ConfigError::new(
+            var,
+            format!(
+                "'{text}' is too short; the minimum is {}s",
+                min.as_secs_f64()
+            ),
+        )),
+        None => Err(ConfigError::new(
+            var,
+            format!("'{text}' is not a duration; write e.g. 90s, 15m, 36h or 7d"),
+        )),
+    }
+}
+
+fn parse_http_url(var: &'static str, text: &str) -> Result<Url, ConfigError> {
+    let url = Url::parse(text)
+        .map_err(|e| ConfigError::new(var, format!("'{text}' is not a valid URL ({e})")))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(ConfigError::new(
+            var,
+            format!("'{text}' must be an http:// or https:// URL with a host"),
+        ));
+    }
+    Ok(url)
+}
+
+fn is_subject_token(text: &str) -> bool {
+    !text.is_empty()
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+impl DatabaseConfig {
+    pub fn load(s: &Settings) -> Result<Self, ConfigError> {
+        let url = value(&s.database_url)
+            .unwrap_or("postgres://postgres@127.0.0.1:5432/events")
+            .to_string();
+        let parsed = Url::parse(&url).map_err(|e| {
+            ConfigError::new(
+                "DATABASE_URL",
+                format!("'{}' is not a valid URL ({e})", redact(&url)),
+            )
+        })?;
+        if !matches!(parsed.scheme(), "postgres" | "postgresql") {
+            return Err(ConfigError::new(
+                "DATABASE_URL",
+                format!("'{}' must start with postgres://", redact(&url)),
+            ));
+        }
+        if parsed.path().trim_start_matches('/').is_empty() {
+            return Err(ConfigError::new(
+                "DATABASE_URL",
+                format!(
+                    "'{}' names no database; add one, e.g. /events",
+                    redact(&url)
+                ),
+            ));
+        }
+        Ok(Self {
+            url,
+            max_connections: parse_number(
+                "EVENTS_DB_MAX_CONNECTIONS",
+                &s.db_max_connections,
+                16,
+                1,
+                1000,
+            )?,
+            auto_migrate: parse_bool("EVENTS_AUTO_MIGRATE", &s.auto_migrate, true)?,
+        })
+    }
+
+    /// The database name in the URL.
+    pub fn database_name(&self) -> String {
+        Url::parse(&self.url)
+            .map(|u| u.path().trim_start_matches('/').to_string())
+            .unwrap_or_default()
+    }
+}
+
+/// Hides the password of a URL before it is printed or logged.
+pub fn redact(url: &str) -> String {
+    match Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_string(),
+    }
+}
+
+impl NatsConfig {
+    pub fn load(s: &Settings) -> Result<Self, ConfigError> {
+        let url = value(&s.nats_url)
+            .unwrap_or("nats://127.0.0.1:4222")
+            .to_string();
+        for part in url.split(',') {
+            let part = part.trim();
+            let ok = Url::parse(part)
+                .map(|u| {
+                    matches!(u.scheme(), "nats" | "tls" | "ws" | "wss") && u.host_str().is_some()
+                })
+                .unwrap_or(false);
+            if !ok {
+                return Err(ConfigError::new(
+                    "NATS_URL",
+                    format!(
+                        "'{}' is not a NATS URL; write e.g. nats://127.0.0.1:4222",
+                        redact(part)
+                    ),
+                ));
+            }
+        }
+        let creds = value(&s.nats_creds_file);
+        let user = value(&s.nats_user);
+        let password = value(&s.nats_password);
+        let token = value(&s.nats_token);
+        let chosen = [
+            creds.is_some(),
+            user.is_some() || password.is_some(),
+            token.is_some(),
+        ]
+        .iter()
+        .filter(|b| **b)
+        .count();
+        if chosen > 1 {
+            return Err(ConfigError::new(
+                "NATS_CREDS_FILE",
+                "set only one of NATS_CREDS_FILE, NATS_USER+NATS_PASSWORD or NATS_TOKEN",
+            ));
+        }
+        let auth = match (creds, user, password, token) {
+            (Some(path), ..) => {
+                if !std::path::Path::new(path).is_file() {
+                    return Err(ConfigError::new(
+                        "NATS_CREDS_FILE",
+                        format!("'{path}' is not a readable file"),
+                    ));
+                }
+                NatsAuth::CredsFile(path.to_string())
+            }
+            (None, Some(user), Some(password), None) => NatsAuth::UserPassword {
+                user: user.to_string(),
+                password: password.to_string(),
+            },
+            (None, Some(_), None, None) => {
+                return Err(ConfigError::new(
+                    "NATS_PASSWORD",
+                    "NATS_USER is set, so set NATS_PASSWORD too",
+                ));
+            }
+            (None, None, Some(_), None) => {
+                return Err(ConfigError::new(
+                    "NATS_USER",
+                    "NATS_PASSWORD is set, so set NATS_USER too",
+                ));
+            }
+            (None, None, None, Some(token)) => NatsAuth::Token(token.to_string()),
+            _ => NatsAuth::None,
+        };
+        let subject_prefix = value(&s.subject_prefix).unwrap_or("events").to_string();
+        if !is_subject_token(&subject_prefix) {
+            return Err(ConfigError::new(
+                "EVENTS_SUBJECT_PREFIX",
+                format!(
+                    "'{subject_prefix}' must be one subject token of letters, digits, '-' or '_'"
+                ),
+            ));
+        }
+        Ok(Self {
+            url,
+            auth,
+            subject_prefix,
+        })
+    }
+}
+
+impl StreamConfig {
+    pub fn load(s: &Settings) -> Result<Self, ConfigError> {
+        let name = value(&s.stream).unwrap_or("EVENTS").to_string();
+        if !is_subject_token(&name) {
+            return Err(ConfigError::new(
+                "EVENTS_STREAM",
+                format!("'{name}' is not a valid stream name (letters, digits, '-' or '_')"),
+            ));
+        }
+        Ok(Self {
+            name,
+            max_age: parse_duration_var(
+                "EVENTS_STREAM_MAX_AGE",
+                &s.stream_max_age,
+                Duration::from_secs(7 * 86_400),
+                Duration::from_secs(60),
+            )?,
+            replicas: parse_number("EVENTS_STREAM_REPLICAS", &s.stream_replicas, 1, 1, 5)?,
+            duplicate_window: parse_duration_var(
+                "EVENTS_STREAM_DUPLICATE_WINDOW",
+                &s.stream_duplicate_window,
+                Duration::from_secs(20 * 60),
+                Duration::from_secs(10 * 60),
+            )?,
+        })
+    }
+}
+
+impl HmacConfig {
+    pub fn load(s: &Settings, dev: bool) -> Result<Self, ConfigError> {
+        let (first, using_dev_secret) = match value(&s.hmac_secret) {
+            Some(secret) => (secret.to_string(), false),
+            None if dev => (DEV_HMAC_SECRET.to_string(), true),
+            None => {
+                return Err(ConfigError::new(
+                    "BFF_INTERNAL_HMAC_SECRET",
+                    "is not set; set it to the secret shared with the BFF, or set EVENTS_DEV=1 for local development",
+                ));
+            }
+        };
+        let mut secrets = vec![first];
+        if let Some(list) = value(&s.hmac_previous_secrets) {
+            secrets.extend(
+                list.split(',')
+                    .map(str::trim)
+                    .filter(|p| !p.is_empty())
+                    .map(str::to_string),
+            );
+        }
+        let min_version = match value(&s.hmac_min_version) {
+            None | Some("1") => 1,
+            Some("2") => 2,
+            Some(other) => {
+                return Err(ConfigError::new(
+                    "EVENTS_HMAC_MIN_VERSION",
+                    format!("'{other}' is not a signature version; use 1 or 2"),
+                ));
+            }
+        };
+        Ok(Self {
+            secrets,
+            min_version,
+            using_dev_secret,
+        })
+    }
+}
+
+impl AuthzConfig {
+    pub fn load(s: &Settings) -> Result<Self, ConfigError> {
+        let access_base_url = value(&s.access_base_url)
+            .map(|u| parse_http_url("ACCESS_BASE_URL", u))
+            .transpose()?;
+        let portal_service_url = parse_http_url(
+            "PORTAL_SERVICE_URL",
+            value(&s.portal_service_url).unwrap_or("http://portal:8003/api/v1"),
+        )?;
+        let mode = match value(&s.authz) {
+            None if access_base_url.is_some() => AuthzMode::Access,
+            None | Some("local") => AuthzMode::Local,
+            Some("access") => AuthzMode::Access,
+            Some(other) => {
+                return Err(ConfigError::new(
+                    "EVENTS_AUTHZ",
+                    format!("'{other}' is not a mode; use local or access"),
+                ));
+            }
+        };
+        if mode == AuthzMode::Access && access_base_url.is_none() {
+            return Err(ConfigError::new(
+                "ACCESS_BASE_URL",
+                "is required when EVENTS_AUTHZ=access; set it, e.g. http://access:8002/api/v1",
+            ));
+        }
+        Ok(Self {
+            mode,
+            access_base_url,
+            portal_service_url,
+        })
+    }
+}
+
+impl TelemetryConfig {
+    pub fn load(s: &Settings) -> Result<Self, ConfigError> {
+        let log_filter = value(&s.log_filter).unwrap_or("info").to_string();
+        if tracing_subscriber::EnvFilter::try_new(&log_filter).is_err() {
+            return Err(ConfigError::new(
+                "RUST_LOG",
+                format!(
+                    "'{log_filter}' is not a valid log filter; write e.g. info or updspace_events=debug"
+                ),
+            ));
+        }
+        let log_format = match value(&s.log_format) {
+            None | Some("json") => LogFormat::Json,
+            Some("pretty") => LogFormat::Pretty,
+            Some(other) => {
+                return Err(ConfigError::new(
+                    "EVENTS_LOG_FORMAT",
+                    format!("'{other}' is not a log format; use json or pretty"),
+                ));
+            }
+        };
+        let otlp_endpoint = value(&s.otel_endpoint)
+            .map(|u| parse_http_url("OTEL_EXPORTER_OTLP_ENDPOINT", u))
+            .transpose()?;
+        Ok(Self {
+            log_filter,
+            log_format,
+            otlp_endpoint,
+            service_name: value(&s.otel_service_name).unwrap_or("events").to_string(),
+        })
+    }
+}
+
+impl Config {
+    pub fn load(s: &Settings) -> Result<Self, ConfigError> {
+        let dev = parse_bool("EVENTS_DEV", &s.dev, false)?;
+        let http_addr_text = value(&s.http_addr).unwrap_or("0.0.0.0:8005");
+        let http_addr = http_addr_text.parse().map_err(|_| {
+            ConfigError::new(
+                "EVENTS_HTTP_ADDR",
+                format!(
+                    "'{http_addr_text}' is not a socket address; write host:port, e.g. 0.0.0.0:8005"
+                ),
+            )
+        })?;
+        let out_encoding = match value(&s.out_encoding) {
+            None | Some("msgpack") => OutEncoding::Msgpack,
+            Some("json") => OutEncoding::Json,
+            Some(other) => {
+                return Err(ConfigError::new(
+                    "EVENTS_OUT_ENCODING",
+                    format!("'{other}' is not an encoding; use msgpack or json"),
+                ));
+            }
+        };
+        Ok(Self {
+            database: DatabaseConfig::load(s)?,
+            nats: NatsConfig::load(s)?,
+            stream: StreamConfig::load(s)?,
+            http_addr,
+            hmac: HmacConfig::load(s, dev)?,
+            authz: AuthzConfig::load(s)?,
+            out_encoding,
+            retention_published_outbox_days: parse_number(
+                "EVENTS_RETENTION_PUBLISHED_OUTBOX_DAYS",
+                &s.retention_published_outbox_days,
+                30,
+                1,
+                3650,
+            )?,
+            max_body_bytes: parse_number(
+                "EVENTS_MAX_BODY_BYTES",
+                &s.max_body_bytes,
+                256 * 1024,
+                1024,
+                16 * 1024 * 1024,
+            )?,
+            request_timeout: parse_duration_var(
+                "EVENTS_REQUEST_TIMEOUT",
+                &s.request_timeout,
+                Duration::from_secs(5),
+                Duration::from_millis(100),
+            )?,
+            telemetry: TelemetryConfig::load(s)?,
+            dev,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(f: impl FnOnce(&mut Settings)) -> Settings {
+        let mut s = Settings {
+            hmac_secret: Some("s3cret".into()),
+            ..Settings::default()
+        };
+        f(&mut s);
+        s
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let c = Config::load(&with(|_| {})).expect("defaults load");
+        assert_eq!(c.database.url, "postgres://postgres@127.0.0.1:5432/events");
+        assert_eq!(c.database.database_name(), "events");
+        assert_eq!(c.nats.url, "nats://127.0.0.1:4222");
+        assert_eq!(c.http_addr.to_string(), "0.0.0.0:8005");
+        assert_eq!(c.nats.subject_prefix, "events");
+        assert_eq!(c.stream.name, "EVENTS");
+        assert_eq!(c.stream.max_age, Duration::from_secs(7 * 86_400));
+        assert_eq!(c.authz.mode, AuthzMode::Local);
+        assert_eq!(c.out_encoding, OutEncoding::Msgpack);
+        assert_eq!(c.retention_published_outbox_days, 30);
+        assert_eq!(c.telemetry.log_format, LogFormat::Json);
+        assert!(c.database.auto_migrate);
+    }
+
+    #[test]
+    fn missing_secret_names_the_variable_and_the_dev_switch() {
+        let err = Config::load(&with(|s| s.hmac_secret = None)).expect_err("must fail");
+        assert_eq!(err.var, "BFF_INTERNAL_HMAC_SECRET");
+        let line = err.to_string();
+        assert!(
+            line.contains("BFF_INTERNAL_HMAC_SECRET") && line.contains("EVENTS_DEV=1"),
+            "{line}"
+        );
+        assert!(!line.contains('\n'));
+    }
+
+    #[test]
+    fn dev_mode_supplies_the_dev_secret_only() {
+        let c = Config::load(&with(|s| {
+            s.hmac_secret = None;
+            s.dev = Some("1".into());
+        }))
+        .expect("dev loads");
+        assert_eq!(c.hmac.secrets, vec![DEV_HMAC_SECRET.to_string()]);
+        assert!(c.hmac.using_dev_secret);
+        // Dev mode does not relax other checks.
+        let err = Config::load(&with(|s| {
+            s.dev = Some("1".into());
+            s.nats_url = Some("http://x".into());
+        }))
+        .expect_err("bad url still fails");
+        assert_eq!(err.var, "NATS_URL");
+    }
+
+    #[test]
+    fn bad_urls_name_variable_and_value() {
+        let err =
+            Config::load(&with(|s| s.database_url = Some("mysql://x/y".into()))).expect_err("fail");
+        assert_eq!(err.var, "DATABASE_URL");
+        assert!(err.to_string().contains("mysql://x/y"));
+        let err = Config::load(&with(|s| s.access_base_url = Some("not a url".into())))
+            .expect_err("fail");
+        assert_eq!(err.var, "ACCESS_BASE_URL");
+        assert!(err.to_string().contains("not a url"));
+        let err = Config::load(&with(|s| s.http_addr = Some("8005".into()))).expect_err("fail");
+        assert_eq!(err.var, "EVENTS_HTTP_ADDR");
+    }
+
+    #[test]
+    fn database_password_is_redacted_in_errors() {
+        let err = Config::load(&with(|s| {
+            s.database_url = Some("postgres://u:hunter2@h".into())
+        }))
+        .expect_err("fail");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn access_url_selects_access_mode() {
+        let c = Config::load(&with(|s| {
+            s.access_base_url = Some("http://access:8002/api/v1".into())
+        }))
+        .expect("ok");
+        assert_eq!(c.authz.mode, AuthzMode::Access);
+        let err = Config::load(&with(|s| s.authz = Some("access".into()))).expect_err("needs url");
+        assert_eq!(err.var, "ACCESS_BASE_URL");
+    }
+
+    #[test]
+    fn previous_secrets_follow_the_current_one() {
+        let c = Config::load(&with(|s| {
+            s.hmac_previous_secrets = Some(" old1, ,old2 ".into())
+        }))
+        .expect("ok");
+        assert_eq!(c.hmac.secrets, vec!["s3cret", "old1", "old2"]);
+    }
+
+    #[test]
+    fn duplicate_window_has_a_floor_of_ten_minutes() {
+        let err = Config::load(&with(|s| s.stream_duplicate_window = Some("5m".into())))
+            .expect_err("fail");
+        assert_eq!(err.var, "EVENTS_STREAM_DUPLICATE_WINDOW");
+        assert_eq!(parse_duration("7d"), Some(Duration::from_secs(604_800)));
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("x"), None);
+    }
+
+    #[test]
+    fn nats_credentials_must_be_complete_and_single() {
+        let err = Config::load(&with(|s| s.nats_user = Some("u".into()))).expect_err("fail");
+        assert_eq!(err.var, "NATS_PASSWORD");
+        let err = Config::load(&with(|s| {
+            s.nats_token = Some("t".into());
+            s.nats_user = Some("u".into());
+            s.nats_password = Some("p".into());
+        }))
+        .expect_err("fail");
+        assert!(err.to_string().contains("only one"));
+    }
+
+    #[test]
+    fn subject_prefix_must_be_one_token() {
+        let err = Config::load(&with(|s| s.subject_prefix = Some("a.b".into()))).expect_err("fail");
+        assert_eq!(err.var, "EVENTS_SUBJECT_PREFIX");
+    }
+}

@@ -1,0 +1,11 @@
+//! UpdSpace Events: a message-driven events service. Scope actors own the
+//! state of each (tenant, scope); Postgres is the source of truth; a
+//! transactional outbox feeds JetStream; an axum gateway serves the BFF.
+
+pub mod cli;
+pub mod config;
+pub mod http;
+pub mod startup;
+pub mod store;
+pub mod subjects;
+pub mod telemetry;

@@ -1,0 +1,158 @@
+//! Wiring: builds the running service from a validated [`Config`].
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+use crate::http;
+use crate::store::{self, StoreError};
+use crate::subjects::{self, NatsError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Nats(#[from] NatsError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("HTTP server failed: {0}")]
+    Serve(#[source] std::io::Error),
+}
+
+/// Exponential backoff with full jitter, for reconnect loops.
+#[derive(Debug)]
+pub struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    pub fn new(initial: Duration, max: Duration) -> Self {
+        Self { next: initial, max }
+    }
+
+    pub fn next_delay(&mut self) -> Duration {
+        let current = self.next;
+        self.next = (self.next * 2).min(self.max);
+        // Jitter spreads reconnects of many instances after a shared outage.
+        let jitter = rand::random_range(0.5..=1.0);
+        current.mul_f64(jitter)
+    }
+}
+
+/// Shared, cheap-to-clone handles every transport uses.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: std::sync::Arc<Config>,
+    pub db: PgPool,
+    pub nats: async_nats::Client,
+}
+
+/// The service, built and bound, not yet serving.
+pub struct Application {
+    state: AppState,
+    listener: TcpListener,
+    service: async_nats::service::Service,
+}
+
+impl Application {
+    /// Connects to Postgres and NATS (waiting for them if needed), migrates,
+    /// ensures the stream, registers the NATS micro service and binds HTTP.
+    pub async fn build(config: Config) -> Result<Self, StartupError> {
+        if config.hmac.using_dev_secret {
+            tracing::warn!(
+                "EVENTS_DEV=1 and BFF_INTERNAL_HMAC_SECRET is unset: using the development secret \
+                 'dev-internal-hmac'. Anyone can sign requests. Never run production like this."
+            );
+        }
+        let db = store::connect_with_retry(&config.database, None).await?;
+        if config.database.auto_migrate {
+            store::migrate(&db).await?;
+            tracing::info!("database schema is up to date");
+        }
+        let nats = subjects::connect_with_retry(&config.nats, None).await?;
+        subjects::ensure_stream(&nats, &config.stream, &config.nats.subject_prefix).await?;
+        let service = subjects::start_service(&nats).await?;
+        let listener = TcpListener::bind(config.http_addr)
+            .await
+            .map_err(|source| StartupError::Bind {
+                addr: config.http_addr,
+                source,
+            })?;
+        let state = AppState {
+            config: std::sync::Arc::new(config),
+            db,
+            nats,
+        };
+        Ok(Self {
+            state,
+            listener,
+            service,
+        })
+    }
+
+    /// The bound HTTP address (useful when the configured port is 0).
+    pub fn http_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or(self.state.config.http_addr)
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` completes, then drains and stops.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), StartupError> {
+        let addr = self.http_addr();
+        tracing::info!(%addr, subject_prefix = %self.state.config.nats.subject_prefix, "events service is up");
+        let router = http::router(self.state.clone());
+        let served = axum::serve(self.listener, router)
+            .with_graceful_shutdown(shutdown)
+            .await;
+        if let Err(e) = self.service.stop().await {
+            tracing::warn!(error = %e, "stopping the NATS micro service failed");
+        }
+        if let Err(e) = self.state.nats.flush().await {
+            tracing::debug!(error = %e, "final NATS flush failed");
+        }
+        self.state.db.close().await;
+        tracing::info!("events service stopped");
+        served.map_err(StartupError::Serve)
+    }
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut sig) => {
+                sig.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutdown requested");
+}
