@@ -2,6 +2,7 @@
 //! state of each (tenant, scope); Postgres is the source of truth; a
 //! transactional outbox feeds JetStream; an axum gateway serves the BFF.
 
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod http;

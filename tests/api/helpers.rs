@@ -1,0 +1,339 @@
+#![allow(dead_code)] // A shared harness: not every test binary uses every helper.
+
+//! The test harness: every test gets its own database, subject prefix and
+//! stream, and the real service started in-process on a random port.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use sqlx::PgPool;
+use tokio::task::JoinHandle;
+use updspace_events::config::{Config, Settings};
+use updspace_events::startup::Application;
+
+pub const TEST_SECRET: &str = "test-secret";
+pub const PG_SERVER: &str = "postgres://postgres@127.0.0.1:5432";
+pub const NATS_URL: &str = "nats://127.0.0.1:4222";
+
+/// Settings that isolate one test: a fresh database name, prefix and stream.
+pub struct Isolation {
+    pub db_name: String,
+    pub prefix: String,
+    pub stream: String,
+}
+
+impl Isolation {
+    pub fn new() -> Self {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let short = &id[..12];
+        Self {
+            db_name: format!("events_test_{short}"),
+            prefix: format!("t{short}"),
+            stream: format!("EVENTS_T{}", short.to_uppercase()),
+        }
+    }
+
+    pub fn settings(&self) -> Settings {
+        Settings {
+            database_url: Some(format!("{PG_SERVER}/{}", self.db_name)),
+            db_max_connections: Some("8".into()),
+            nats_url: Some(NATS_URL.into()),
+            http_addr: Some("127.0.0.1:0".into()),
+            hmac_secret: Some(TEST_SECRET.into()),
+            subject_prefix: Some(self.prefix.clone()),
+            stream: Some(self.stream.clone()),
+            log_filter: Some("warn".into()),
+            ..Settings::default()
+        }
+    }
+
+    pub fn database_url(&self) -> String {
+        format!("{PG_SERVER}/{}", self.db_name)
+    }
+}
+
+/// A running service and clients to talk to it. Dropping it stops the
+/// service, drops its database and deletes its stream.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub http: reqwest::Client,
+    pub nats: async_nats::Client,
+    pub db: PgPool,
+    pub isolation: Isolation,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl TestApp {
+    pub async fn spawn() -> Self {
+        Self::spawn_with(|_| {}).await
+    }
+
+    /// Starts the service with settings adjusted by `adjust`.
+    pub async fn spawn_with(adjust: impl FnOnce(&mut Settings)) -> Self {
+        init_test_logging();
+        let isolation = Isolation::new();
+        let mut settings = isolation.settings();
+        adjust(&mut settings);
+        let config = Config::load(&settings).expect("test settings are valid");
+        let app = Application::build(config).await.expect("the service starts");
+        let addr = app.http_addr();
+        let db = app.state().db.clone();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let _ = app
+                .run_until(async {
+                    let _ = rx.await;
+                })
+                .await;
+        });
+        let nats = async_nats::connect(NATS_URL).await.expect("test NATS client connects");
+        Self {
+            addr,
+            http: reqwest::Client::new(),
+            nats,
+            db,
+            isolation,
+            shutdown: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Stops the service and waits until it has finished.
+    pub async fn stop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(10), task).await;
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        cleanup(&self.isolation.db_name, &self.isolation.stream);
+    }
+}
+
+/// Drops a test database and stream. Runs on its own thread and runtime
+/// because Drop cannot await, and the test's runtime may be shutting down.
+pub fn cleanup(db_name: &str, stream: &str) {
+    let db_name = db_name.to_string();
+    let stream = stream.to_string();
+    let joined = std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+            return;
+        };
+        rt.block_on(async move {
+            if let Ok(pool) = sqlx::PgPool::connect(&format!("{PG_SERVER}/postgres")).await {
+                let sql = format!("DROP DATABASE IF EXISTS \"{db_name}\" WITH (FORCE)");
+                let _ = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&pool).await;
+                pool.close().await;
+            }
+            if let Ok(client) = async_nats::connect(NATS_URL).await {
+                let js = async_nats::jetstream::new(client);
+                let _ = js.delete_stream(&stream).await;
+            }
+        });
+    });
+    let _ = joined.join();
+}
+
+fn init_test_logging() {
+    use std::sync::Once;
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let filter = std::env::var("TEST_LOG").unwrap_or_else(|_| "off".into());
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    });
+}
+
+/// One call received by a [`FakeAuthority`].
+#[derive(Debug, Clone)]
+pub struct RecordedCall {
+    pub method: String,
+    pub path: String,
+    pub query: Option<String>,
+    pub headers: HashMap<String, String>,
+    pub body: Vec<u8>,
+    pub signature_valid: bool,
+}
+
+type Responder = dyn Fn(&RecordedCall) -> (StatusCode, serde_json::Value) + Send + Sync;
+
+/// A real HTTP server standing in for an external authority (Access,
+/// Portal). It verifies the v1 signature over the full path it received,
+/// exactly as those services do, records every call, and answers with
+/// `respond` (401 for a bad signature, before `respond` is asked).
+#[derive(Clone)]
+pub struct FakeAuthority {
+    pub addr: SocketAddr,
+    calls: Arc<Mutex<Vec<RecordedCall>>>,
+}
+
+impl FakeAuthority {
+    pub async fn start(
+        secret: &str,
+        respond: impl Fn(&RecordedCall) -> (StatusCode, serde_json::Value) + Send + Sync + 'static,
+    ) -> Self {
+        let calls: Arc<Mutex<Vec<RecordedCall>>> = Arc::default();
+        let respond: Arc<Responder> = Arc::new(respond);
+        let secret = secret.to_string();
+        let recorded = calls.clone();
+        let handler = move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
+            let calls = recorded.clone();
+            let respond = respond.clone();
+            let secret = secret.clone();
+            async move {
+                let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("");
+                let ts = header("x-updspace-timestamp").trim().parse::<i64>().unwrap_or(0);
+                let fresh = (chrono::Utc::now().timestamp() - ts).abs() <= 300;
+                let signature_valid = fresh
+                    && updspace_events::auth::hmac::verify_v1(
+                        &[secret.as_str()],
+                        method.as_str(),
+                        uri.path(),
+                        &body,
+                        header("x-request-id"),
+                        ts,
+                        header("x-updspace-signature"),
+                    );
+                let call = RecordedCall {
+                    method: method.to_string(),
+                    path: uri.path().to_string(),
+                    query: uri.query().map(str::to_string),
+                    headers: headers
+                        .iter()
+                        .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+                        .collect(),
+                    body: body.to_vec(),
+                    signature_valid,
+                };
+                let (status, json) = if signature_valid {
+                    respond(&call)
+                } else {
+                    (
+                        StatusCode::UNAUTHORIZED,
+                        serde_json::json!({"error": {"code": "UNAUTHORIZED", "message": "Invalid internal signature", "details": {}, "request_id": null}}),
+                    )
+                };
+                calls.lock().expect("calls lock").push(call);
+                (status, axum::Json(json))
+            }
+        };
+        let router = axum::Router::new().fallback(handler);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind fake authority");
+        let addr = listener.local_addr().expect("local addr");
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, router).await;
+        });
+        Self { addr, calls }
+    }
+
+    pub fn base_url(&self, path_prefix: &str) -> String {
+        format!("http://{}{path_prefix}", self.addr)
+    }
+
+    pub fn calls(&self) -> Vec<RecordedCall> {
+        self.calls.lock().expect("calls lock").clone()
+    }
+}
+
+/// Finds a TCP port that is free right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// The nats-server binary: `NATS_SERVER_BIN`, or the Debian package's path.
+pub fn nats_server_bin() -> String {
+    if let Ok(bin) = std::env::var("NATS_SERVER_BIN") {
+        return bin;
+    }
+    for candidate in ["/usr/sbin/nats-server", "/usr/bin/nats-server", "/usr/local/bin/nats-server"] {
+        if std::path::Path::new(candidate).exists() {
+            return candidate.to_string();
+        }
+    }
+    panic!("nats-server not found: install the `nats-server` package (apt-get install nats-server) or set NATS_SERVER_BIN");
+}
+
+/// A private nats-server with JetStream in a temp dir, killed on drop.
+pub struct PrivateNats {
+    pub port: u16,
+    child: std::process::Child,
+    _dir: TempDir,
+}
+
+impl PrivateNats {
+    pub fn start_on(port: u16) -> Self {
+        let dir = TempDir::new();
+        let child = std::process::Command::new(nats_server_bin())
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("nats-server starts");
+        Self { port, child, _dir: dir }
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Waits until the server accepts connections (bounded).
+    pub async fn wait_ready(&self) {
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("private nats-server did not start on port {}", self.port);
+    }
+}
+
+impl Drop for PrivateNats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A temporary directory removed on drop.
+pub struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    pub fn new() -> Self {
+        let path = std::env::temp_dir().join(format!("events-test-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&path).expect("create temp dir");
+        Self(path)
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -1,0 +1,9 @@
+//! Black-box tests of the service against the machine's real Postgres and
+//! NATS JetStream. One binary, many modules: it links once.
+
+mod authority;
+mod cli;
+mod health;
+mod helpers;
+mod schema;
+mod startup;
