@@ -1,0 +1,321 @@
+//! Refusing a signed request that is presented a second time.
+//!
+//! A signature stays valid for the whole clock window, so without this guard anyone
+//! who sees one request (a log line, a proxy) can send it again for up to five
+//! minutes. A retry by an honest client carries a new timestamp and signature and is
+//! not a replay; retries of a create are deduplicated elsewhere, on the request id.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Mutex, PoisonError};
+
+use sha2::{Digest, Sha256};
+
+use crate::auth::context::{AuthError, InternalContext, UnauthorizedReason};
+
+type Key = [u8; 16];
+
+/// Remembers the (request id, timestamp, signature) of accepted requests until their
+/// signature expires. In memory and per process: each instance guards the requests
+/// it receives itself.
+///
+/// Memory is bounded by `capacity` entries (about 100 bytes each). When full, the
+/// entry closest to expiry is forgotten first, so an eviction only reopens the
+/// shortest possible replay window.
+pub struct ReplayGuard {
+    shards: Box<[Mutex<Shard>]>,
+    shard_capacity: usize,
+    window_secs: i64,
+}
+
+#[derive(Default)]
+struct Shard {
+    expiry_by_key: HashMap<Key, i64>,
+    by_expiry: BTreeSet<(i64, Key)>,
+}
+
+impl Shard {
+    fn forget_expired(&mut self, now_unix: i64) {
+        while let Some(&(expiry, key)) = self.by_expiry.first() {
+            if expiry >= now_unix {
+                break;
+            }
+            self.by_expiry.pop_first();
+            self.expiry_by_key.remove(&key);
+        }
+    }
+
+    fn forget_soonest(&mut self) {
+        if let Some((_, key)) = self.by_expiry.pop_first() {
+            self.expiry_by_key.remove(&key);
+        }
+    }
+}
+
+impl Default for ReplayGuard {
+    fn default() -> Self {
+        Self::new(
+            crate::auth::context::Verifier::DEFAULT_WINDOW_SECS,
+            Self::DEFAULT_CAPACITY,
+        )
+    }
+}
+
+impl std::fmt::Debug for ReplayGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplayGuard")
+            .field("entries", &self.len())
+            .field("capacity", &(self.shard_capacity * self.shards.len()))
+            .field("window_secs", &self.window_secs)
+            .finish()
+    }
+}
+
+impl ReplayGuard {
+    pub const DEFAULT_CAPACITY: usize = 1_000_000;
+    /// Independent locks, so concurrent requests rarely wait on each other.
+    const MAX_SHARDS: usize = 16;
+
+    /// `window_secs` must be the verifier's window: an entry is kept exactly as long
+    /// as its signature could still be accepted.
+    pub fn new(window_secs: i64, capacity: usize) -> Self {
+        Self::with_shards(window_secs, capacity, capacity.clamp(1, Self::MAX_SHARDS))
+    }
+
+    fn with_shards(window_secs: i64, capacity: usize, shard_count: usize) -> Self {
+        let shard_count = shard_count.max(1);
+        let shards = (0..shard_count)
+            .map(|_| Mutex::new(Shard::default()))
+            .collect();
+        Self {
+            shards,
+            shard_capacity: capacity.max(1).div_ceil(shard_count),
+            window_secs,
+        }
+    }
+
+    /// Accepts the request the first time its triple is seen, and refuses it with
+    /// `Unauthorized(Replayed)` while it is remembered. Call it after
+    /// [`Verifier::authenticate`](crate::auth::context::Verifier::authenticate)
+    /// succeeded, with the same `now_unix`, or use
+    /// [`Verifier::authenticate_guarded`](crate::auth::context::Verifier::authenticate_guarded),
+    /// which checks at the contract's place in the order.
+    pub fn check_and_remember(
+        &self,
+        ctx: &InternalContext,
+        now_unix: i64,
+    ) -> Result<(), AuthError> {
+        self.check_and_remember_triple(&ctx.request_id, ctx.timestamp, &ctx.signature, now_unix)
+    }
+
+    /// [`check_and_remember`](Self::check_and_remember) for a request whose signature
+    /// is verified but whose context is not built yet.
+    pub fn check_and_remember_triple(
+        &self,
+        request_id: &str,
+        timestamp: i64,
+        signature: &str,
+        now_unix: i64,
+    ) -> Result<(), AuthError> {
+        let expiry = timestamp.saturating_add(self.window_secs);
+        if expiry < now_unix {
+            // Out of the window: the verifier refuses it anyway, and remembering it
+            // would only take space.
+            return Err(UnauthorizedReason::Expired.into());
+        }
+        let key = replay_key(request_id, timestamp, signature);
+        let mut shard = self.shards[usize::from(key[0]) % self.shards.len()]
+            .lock()
+            // Every update leaves the maps consistent, so a panic elsewhere while the
+            // lock was held cannot have corrupted them.
+            .unwrap_or_else(PoisonError::into_inner);
+        shard.forget_expired(now_unix);
+        if shard.expiry_by_key.contains_key(&key) {
+            return Err(UnauthorizedReason::Replayed.into());
+        }
+        if shard.expiry_by_key.len() >= self.shard_capacity {
+            shard.forget_soonest();
+        }
+        shard.expiry_by_key.insert(key, expiry);
+        shard.by_expiry.insert((expiry, key));
+        Ok(())
+    }
+
+    /// Entries currently remembered (expired ones may linger until their shard is
+    /// next used).
+    pub fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| {
+                s.lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .expiry_by_key
+                    .len()
+            })
+            .sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// 128 bits of SHA-256 over the length-prefixed triple: fixed-size entries whatever
+/// the request id's length, and no two different triples encode to the same input.
+fn replay_key(request_id: &str, timestamp: i64, signature: &str) -> Key {
+    let mut hasher = Sha256::new();
+    for field in [request_id.as_bytes(), signature.as_bytes()] {
+        hasher.update((field.len() as u64).to_le_bytes());
+        hasher.update(field);
+    }
+    hasher.update(timestamp.to_le_bytes());
+    let digest = hasher.finalize();
+    let mut key = [0u8; 16];
+    key.copy_from_slice(&digest[..16]);
+    key
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::flags::MasterFlags;
+    use crate::auth::hmac::SignatureVersion;
+    use std::sync::Arc;
+    use uuid::Uuid;
+
+    const NOW: i64 = 1_700_000_000;
+
+    fn ctx(request_id: &str, ts: i64, signature: &str) -> InternalContext {
+        InternalContext {
+            request_id: request_id.to_owned(),
+            tenant_id: Uuid::nil(),
+            tenant_slug: "acme".to_owned(),
+            user_id: Uuid::nil(),
+            master_flags: MasterFlags::default(),
+            signature_version: SignatureVersion::V2,
+            signature: signature.to_owned(),
+            timestamp: ts,
+        }
+    }
+
+    fn replayed() -> Result<(), AuthError> {
+        Err(AuthError::Unauthorized(UnauthorizedReason::Replayed))
+    }
+
+    #[test]
+    fn replay_is_refused() {
+        let guard = ReplayGuard::default();
+        let c = ctx("req-1", NOW, "aa");
+        assert_eq!(guard.check_and_remember(&c, NOW), Ok(()));
+        assert_eq!(guard.check_and_remember(&c, NOW), replayed());
+        assert_eq!(guard.check_and_remember(&c, NOW + 300), replayed());
+        let err = guard.check_and_remember(&c, NOW + 1).unwrap_err();
+        assert_eq!(err.code(), "UNAUTHORIZED");
+        assert_eq!(err.http_status(), 401);
+        assert_eq!(err.message(), "Replayed request");
+    }
+
+    #[test]
+    fn any_difference_in_the_triple_is_a_new_request() {
+        let guard = ReplayGuard::default();
+        assert!(
+            guard
+                .check_and_remember(&ctx("req-1", NOW, "aa"), NOW)
+                .is_ok()
+        );
+        assert!(
+            guard
+                .check_and_remember(&ctx("req-1", NOW, "bb"), NOW)
+                .is_ok()
+        );
+        assert!(
+            guard
+                .check_and_remember(&ctx("req-1", NOW + 1, "aa"), NOW)
+                .is_ok()
+        );
+        assert!(
+            guard
+                .check_and_remember(&ctx("req-2", NOW, "aa"), NOW)
+                .is_ok()
+        );
+        // Length prefixes keep field boundaries apart.
+        assert!(
+            guard
+                .check_and_remember(&ctx("req-1a", NOW, "a"), NOW)
+                .is_ok()
+        );
+        assert_eq!(guard.len(), 5);
+    }
+
+    #[test]
+    fn entries_expire_with_the_signature() {
+        let guard = ReplayGuard::with_shards(300, 100, 1);
+        let c = ctx("req-1", NOW, "aa");
+        assert!(guard.check_and_remember(&c, NOW).is_ok());
+        assert_eq!(guard.check_and_remember(&c, NOW + 300), replayed());
+        // Past the window the verifier already refuses it; the guard forgets it.
+        assert_eq!(
+            guard.check_and_remember(&c, NOW + 301),
+            Err(AuthError::Unauthorized(UnauthorizedReason::Expired))
+        );
+        assert!(
+            guard
+                .check_and_remember(&ctx("req-2", NOW + 301, "bb"), NOW + 301)
+                .is_ok()
+        );
+        assert_eq!(guard.len(), 1);
+    }
+
+    #[test]
+    fn a_timestamp_from_the_future_is_kept_until_it_expires() {
+        let guard = ReplayGuard::new(300, 100);
+        let c = ctx("req-1", NOW + 300, "aa");
+        assert!(guard.check_and_remember(&c, NOW).is_ok());
+        assert_eq!(guard.check_and_remember(&c, NOW + 600), replayed());
+    }
+
+    #[test]
+    fn memory_is_bounded() {
+        let guard = ReplayGuard::new(300, 64);
+        for i in 0..1_000 {
+            let c = ctx(&format!("req-{i}"), NOW, "aa");
+            assert!(guard.check_and_remember(&c, NOW).is_ok());
+        }
+        assert!(guard.len() <= 64, "{}", guard.len());
+    }
+
+    #[test]
+    fn the_entry_closest_to_expiry_is_evicted_first() {
+        let guard = ReplayGuard::with_shards(300, 2, 1);
+        let a = ctx("a", NOW, "aa");
+        let early = ctx("early", NOW - 100, "aa");
+        let c = ctx("c", NOW, "aa");
+        for x in [&a, &early, &c] {
+            assert!(guard.check_and_remember(x, NOW).is_ok());
+        }
+        assert_eq!(guard.len(), 2);
+        assert_eq!(guard.check_and_remember(&a, NOW), replayed());
+        assert_eq!(guard.check_and_remember(&c, NOW), replayed());
+        assert!(guard.check_and_remember(&early, NOW).is_ok());
+    }
+
+    #[test]
+    fn concurrent_duplicates_let_exactly_one_through() {
+        let guard = Arc::new(ReplayGuard::default());
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let guard = Arc::clone(&guard);
+                std::thread::spawn(move || {
+                    (0..200)
+                        .filter(|i| {
+                            guard
+                                .check_and_remember(&ctx(&format!("req-{i}"), NOW, "aa"), NOW)
+                                .is_ok()
+                        })
+                        .count()
+                })
+            })
+            .collect();
+        let accepted: usize = handles.into_iter().map(|h| h.join().unwrap()).sum();
+        assert_eq!(accepted, 200);
+    }
+}
