@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod domain;
 pub mod http;
 pub mod startup;
 pub mod store;

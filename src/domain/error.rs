@@ -128,9 +128,7 @@ impl ErrorCode {
             ErrorCode::Forbidden => 403,
             ErrorCode::NotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
-            ErrorCode::EventCancelled | ErrorCode::IdempotencyConflict | ErrorCode::Conflict => {
-                409
-            }
+            ErrorCode::EventCancelled | ErrorCode::IdempotencyConflict | ErrorCode::Conflict => 409,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::UnsupportedMediaType => 415,
             ErrorCode::ValidationError => 422,
@@ -354,7 +352,10 @@ mod tests {
 
     #[test]
     fn domain_errors_map_to_codes_and_messages() {
-        assert_eq!(DomainError::InvalidTimeRange.code().as_str(), "INVALID_TIME_RANGE");
+        assert_eq!(
+            DomainError::InvalidTimeRange.code().as_str(),
+            "INVALID_TIME_RANGE"
+        );
         assert_eq!(
             DomainError::InvalidTimeRange.message(),
             "starts_at must be before ends_at"

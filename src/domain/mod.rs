@@ -1,1 +1,30 @@
+//! The pure domain layer: identifiers, validated values, the event
+//! aggregate, RSVP seat arithmetic, datetime handling and error codes.
+//!
+//! Nothing here does I/O or knows about transports; every face of the
+//! service (HTTP, NATS) and the store build on these types, so a rule is
+//! written once.
 
+pub mod error;
+pub mod event;
+pub mod ids;
+pub mod rsvp;
+pub mod time;
+pub mod values;
+
+pub use error::{DomainError, ErrorCode, UnknownErrorCode};
+pub use event::{
+    CancelOutcome, Event, EventField, EventPatch, EventStatus, NewEvent, PatchOutcome, Tri,
+    parse_cancel_body,
+};
+pub use ids::{ANONYMIZED_USER_ID, EventId, InvalidId, TenantId, UserId};
+pub use rsvp::{
+    RequestedRsvp, RsvpChangeReason, RsvpCounts, RsvpDecision, RsvpStatus, Seats, decide,
+    promotions_after_capacity_change,
+};
+pub use time::{format_utc, parse_datetime, parse_datetime_str, truncate_to_micros};
+pub use values::{
+    CancelReason, Capacity, Description, FieldError, GameId, LocationText, LocationUrl, Scope,
+    ScopeId, ScopeType, Title, Visibility, visibility_fits_scope, visibility_scope_mismatch,
+};
+pub mod published;
