@@ -228,7 +228,7 @@ pub async fn ensure_stream(
             created
                 .info()
                 .await
-                .map(|i| i.clone())
+                .cloned()
                 .map_err(|e| stream_err(format!("cannot read stream info: {e}")))
         }
         Err(e) => {
