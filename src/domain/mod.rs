@@ -28,3 +28,4 @@ pub use values::{
     ScopeId, ScopeType, Title, Visibility, visibility_fits_scope, visibility_scope_mismatch,
 };
 pub mod published;
+pub mod ics;
