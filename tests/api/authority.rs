@@ -8,7 +8,10 @@ use crate::helpers::{FakeAuthority, TEST_SECRET};
 
 #[tokio::test]
 async fn fake_authority_accepts_a_correct_signature_over_the_full_path() {
-    let server = FakeAuthority::start(TEST_SECRET, |_| (StatusCode::OK, serde_json::json!({"member": true}))).await;
+    let server = FakeAuthority::start(TEST_SECRET, |_| {
+        (StatusCode::OK, serde_json::json!({"member": true}))
+    })
+    .await;
     let path = "/api/v1/communities/c1/members/u1";
     let ts = chrono::Utc::now().timestamp();
     let signature = sign_v1(TEST_SECRET, "GET", path, b"", "req-1", ts);
@@ -29,10 +32,18 @@ async fn fake_authority_accepts_a_correct_signature_over_the_full_path() {
 
 #[tokio::test]
 async fn fake_authority_refuses_a_signature_over_another_path() {
-    let server = FakeAuthority::start(TEST_SECRET, |_| (StatusCode::OK, serde_json::json!({}))).await;
+    let server =
+        FakeAuthority::start(TEST_SECRET, |_| (StatusCode::OK, serde_json::json!({}))).await;
     let ts = chrono::Utc::now().timestamp();
     // The Django client's bug: signing the path without the /api/v1 prefix.
-    let signature = sign_v1(TEST_SECRET, "GET", "/communities/c1/members/u1", b"", "req-2", ts);
+    let signature = sign_v1(
+        TEST_SECRET,
+        "GET",
+        "/communities/c1/members/u1",
+        b"",
+        "req-2",
+        ts,
+    );
     let response = reqwest::Client::new()
         .get(server.base_url("/api/v1/communities/c1/members/u1"))
         .header("X-Request-Id", "req-2")

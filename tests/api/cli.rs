@@ -8,7 +8,11 @@ fn events_svc() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_events-svc"));
     // Start from a clean environment so the machine's settings do not leak in.
     for (key, _) in std::env::vars() {
-        if key.starts_with("EVENTS_") || key.starts_with("NATS_") || key.starts_with("BFF_") || key == "DATABASE_URL" {
+        if key.starts_with("EVENTS_")
+            || key.starts_with("NATS_")
+            || key.starts_with("BFF_")
+            || key == "DATABASE_URL"
+        {
             cmd.env_remove(key);
         }
     }
@@ -21,7 +25,10 @@ fn a_missing_secret_is_one_line_naming_the_variable_and_dev_mode() {
     assert_eq!(out.status.code(), Some(78));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
-    assert!(stderr.contains("BFF_INTERNAL_HMAC_SECRET") && stderr.contains("EVENTS_DEV=1"), "{stderr}");
+    assert!(
+        stderr.contains("BFF_INTERNAL_HMAC_SECRET") && stderr.contains("EVENTS_DEV=1"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -33,7 +40,10 @@ fn a_bad_url_names_the_variable_and_the_value() {
         .expect("run");
     assert_eq!(out.status.code(), Some(78));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("NATS_URL") && stderr.contains("localhost:4222"), "{stderr}");
+    assert!(
+        stderr.contains("NATS_URL") && stderr.contains("localhost:4222"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -94,7 +104,11 @@ fn migrate_creates_and_migrates_a_fresh_database() {
 fn healthcheck_fails_when_nothing_listens() {
     let port = crate::helpers::free_port();
     let out = events_svc()
-        .args(["healthcheck", "--url", &format!("http://127.0.0.1:{port}/health")])
+        .args([
+            "healthcheck",
+            "--url",
+            &format!("http://127.0.0.1:{port}/health"),
+        ])
         .output()
         .expect("run");
     assert!(!out.status.success());

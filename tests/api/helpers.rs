@@ -79,7 +79,9 @@ impl TestApp {
         let mut settings = isolation.settings();
         adjust(&mut settings);
         let config = Config::load(&settings).expect("test settings are valid");
-        let app = Application::build(config).await.expect("the service starts");
+        let app = Application::build(config)
+            .await
+            .expect("the service starts");
         let addr = app.http_addr();
         let db = app.state().db.clone();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -90,7 +92,9 @@ impl TestApp {
                 })
                 .await;
         });
-        let nats = async_nats::connect(NATS_URL).await.expect("test NATS client connects");
+        let nats = async_nats::connect(NATS_URL)
+            .await
+            .expect("test NATS client connects");
         Self {
             addr,
             http: reqwest::Client::new(),
@@ -132,7 +136,10 @@ pub fn cleanup(db_name: &str, stream: &str) {
     let db_name = db_name.to_string();
     let stream = stream.to_string();
     let joined = std::thread::spawn(move || {
-        let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
             return;
         };
         rt.block_on(async move {
@@ -199,8 +206,16 @@ impl FakeAuthority {
             let respond = respond.clone();
             let secret = secret.clone();
             async move {
-                let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("");
-                let ts = header("x-updspace-timestamp").trim().parse::<i64>().unwrap_or(0);
+                let header = |name: &str| {
+                    headers
+                        .get(name)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                };
+                let ts = header("x-updspace-timestamp")
+                    .trim()
+                    .parse::<i64>()
+                    .unwrap_or(0);
                 let fresh = (chrono::Utc::now().timestamp() - ts).abs() <= 300;
                 let signature_valid = fresh
                     && updspace_events::auth::hmac::verify_v1(
@@ -218,7 +233,9 @@ impl FakeAuthority {
                     query: uri.query().map(str::to_string),
                     headers: headers
                         .iter()
-                        .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+                        .filter_map(|(k, v)| {
+                            Some((k.as_str().to_string(), v.to_str().ok()?.to_string()))
+                        })
                         .collect(),
                     body: body.to_vec(),
                     signature_valid,
@@ -236,7 +253,9 @@ impl FakeAuthority {
             }
         };
         let router = axum::Router::new().fallback(handler);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind fake authority");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind fake authority");
         let addr = listener.local_addr().expect("local addr");
         tokio::spawn(async move {
             let _ = axum::serve(listener, router).await;
@@ -266,12 +285,18 @@ pub fn nats_server_bin() -> String {
     if let Ok(bin) = std::env::var("NATS_SERVER_BIN") {
         return bin;
     }
-    for candidate in ["/usr/sbin/nats-server", "/usr/bin/nats-server", "/usr/local/bin/nats-server"] {
+    for candidate in [
+        "/usr/sbin/nats-server",
+        "/usr/bin/nats-server",
+        "/usr/local/bin/nats-server",
+    ] {
         if std::path::Path::new(candidate).exists() {
             return candidate.to_string();
         }
     }
-    panic!("nats-server not found: install the `nats-server` package (apt-get install nats-server) or set NATS_SERVER_BIN");
+    panic!(
+        "nats-server not found: install the `nats-server` package (apt-get install nats-server) or set NATS_SERVER_BIN"
+    );
 }
 
 /// A private nats-server with JetStream in a temp dir, killed on drop.
@@ -291,7 +316,11 @@ impl PrivateNats {
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("nats-server starts");
-        Self { port, child, _dir: dir }
+        Self {
+            port,
+            child,
+            _dir: dir,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -301,7 +330,10 @@ impl PrivateNats {
     /// Waits until the server accepts connections (bounded).
     pub async fn wait_ready(&self) {
         for _ in 0..100 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_ok() {
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                .await
+                .is_ok()
+            {
                 return;
             }
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -322,7 +354,8 @@ pub struct TempDir(std::path::PathBuf);
 
 impl TempDir {
     pub fn new() -> Self {
-        let path = std::env::temp_dir().join(format!("events-test-{}", uuid::Uuid::new_v4().simple()));
+        let path =
+            std::env::temp_dir().join(format!("events-test-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&path).expect("create temp dir");
         Self(path)
     }

@@ -27,7 +27,10 @@ async fn start_up_creates_the_database_and_applies_the_schema() {
         "role_bindings",
         "scope_memberships",
     ] {
-        assert!(tables.iter().any(|t| t == wanted), "missing table {wanted} in {tables:?}");
+        assert!(
+            tables.iter().any(|t| t == wanted),
+            "missing table {wanted} in {tables:?}"
+        );
     }
 }
 
@@ -39,9 +42,15 @@ async fn start_up_creates_the_stream_with_the_configured_definition() {
     })
     .await;
     let js = jetstream::new(app.nats.clone());
-    let mut stream = js.get_stream(&app.isolation.stream).await.expect("stream exists");
+    let mut stream = js
+        .get_stream(&app.isolation.stream)
+        .await
+        .expect("stream exists");
     let info = stream.info().await.expect("info");
-    assert_eq!(info.config.subjects, vec![format!("{}.out.>", app.isolation.prefix)]);
+    assert_eq!(
+        info.config.subjects,
+        vec![format!("{}.out.>", app.isolation.prefix)]
+    );
     assert_eq!(info.config.storage, jetstream::stream::StorageType::File);
     assert_eq!(info.config.max_age, Duration::from_secs(2 * 86_400));
     assert_eq!(info.config.duplicate_window, Duration::from_secs(15 * 60));
@@ -50,7 +59,9 @@ async fn start_up_creates_the_stream_with_the_configured_definition() {
 #[tokio::test]
 async fn an_existing_stream_is_brought_to_the_configured_definition() {
     let isolation = Isolation::new();
-    let client = async_nats::connect(crate::helpers::NATS_URL).await.expect("connect");
+    let client = async_nats::connect(crate::helpers::NATS_URL)
+        .await
+        .expect("connect");
     let js = jetstream::new(client);
     js.create_stream(jetstream::stream::Config {
         name: isolation.stream.clone(),
@@ -62,7 +73,9 @@ async fn an_existing_stream_is_brought_to_the_configured_definition() {
     .await
     .expect("pre-create stream");
     let config = Config::load(&isolation.settings()).expect("config");
-    let app = Application::build(config).await.expect("starts and updates the stream");
+    let app = Application::build(config)
+        .await
+        .expect("starts and updates the stream");
     drop(app);
     let mut stream = js.get_stream(&isolation.stream).await.expect("stream");
     let info = stream.info().await.expect("info");
@@ -74,7 +87,9 @@ async fn an_existing_stream_is_brought_to_the_configured_definition() {
 #[tokio::test]
 async fn a_stream_that_cannot_be_changed_is_reported_clearly() {
     let isolation = Isolation::new();
-    let client = async_nats::connect(crate::helpers::NATS_URL).await.expect("connect");
+    let client = async_nats::connect(crate::helpers::NATS_URL)
+        .await
+        .expect("connect");
     let js = jetstream::new(client);
     js.create_stream(jetstream::stream::Config {
         name: isolation.stream.clone(),
@@ -85,10 +100,16 @@ async fn a_stream_that_cannot_be_changed_is_reported_clearly() {
     .await
     .expect("pre-create stream");
     let config = Config::load(&isolation.settings()).expect("config");
-    let err = Application::build(config).await.err().expect("start-up must refuse");
+    let err = Application::build(config)
+        .await
+        .err()
+        .expect("start-up must refuse");
     let text = err.to_string();
     assert!(text.contains(&isolation.stream), "{text}");
-    assert!(text.contains("Memory") && text.contains("EVENTS_STREAM"), "{text}");
+    assert!(
+        text.contains("Memory") && text.contains("EVENTS_STREAM"),
+        "{text}"
+    );
     cleanup(&isolation.db_name, &isolation.stream);
 }
 
@@ -119,7 +140,10 @@ async fn start_up_waits_for_nats_and_comes_up_when_it_appears() {
     let building = tokio::spawn(Application::build(config));
     // Nothing listens yet: start-up must keep retrying, not fail.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert!(!building.is_finished(), "start-up gave up while NATS was down");
+    assert!(
+        !building.is_finished(),
+        "start-up gave up while NATS was down"
+    );
     let nats = PrivateNats::start_on(port);
     nats.wait_ready().await;
     let app = tokio::time::timeout(Duration::from_secs(30), building)
@@ -129,7 +153,10 @@ async fn start_up_waits_for_nats_and_comes_up_when_it_appears() {
         .expect("start-up succeeds");
     let client = async_nats::connect(nats.url()).await.expect("connect");
     let js = jetstream::new(client);
-    assert!(js.get_stream(&isolation.stream).await.is_ok(), "stream created on the late server");
+    assert!(
+        js.get_stream(&isolation.stream).await.is_ok(),
+        "stream created on the late server"
+    );
     drop(app);
     cleanup(&isolation.db_name, &isolation.stream);
 }
@@ -138,13 +165,17 @@ async fn start_up_waits_for_nats_and_comes_up_when_it_appears() {
 async fn start_up_waits_for_postgres_and_comes_up_when_it_appears() {
     // A TCP proxy that refuses connections until opened stands in for a
     // Postgres that is still starting.
-    let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let proxy = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let port = proxy.local_addr().expect("addr").port();
     let open = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let gate = open.clone();
     tokio::spawn(async move {
         loop {
-            let Ok((mut inbound, _)) = proxy.accept().await else { return };
+            let Ok((mut inbound, _)) = proxy.accept().await else {
+                return;
+            };
             if !gate.load(std::sync::atomic::Ordering::SeqCst) {
                 drop(inbound);
                 continue;
@@ -158,13 +189,19 @@ async fn start_up_waits_for_postgres_and_comes_up_when_it_appears() {
     });
     let isolation = Isolation::new();
     let settings = Settings {
-        database_url: Some(format!("postgres://postgres@127.0.0.1:{port}/{}", isolation.db_name)),
+        database_url: Some(format!(
+            "postgres://postgres@127.0.0.1:{port}/{}",
+            isolation.db_name
+        )),
         ..isolation.settings()
     };
     let config = Config::load(&settings).expect("config");
     let building = tokio::spawn(Application::build(config));
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert!(!building.is_finished(), "start-up gave up while Postgres was down");
+    assert!(
+        !building.is_finished(),
+        "start-up gave up while Postgres was down"
+    );
     open.store(true, std::sync::atomic::Ordering::SeqCst);
     let app = tokio::time::timeout(Duration::from_secs(30), building)
         .await
