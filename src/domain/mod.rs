@@ -27,5 +27,5 @@ pub use values::{
     CancelReason, Capacity, Description, FieldError, GameId, LocationText, LocationUrl, Scope,
     ScopeId, ScopeType, Title, Visibility, visibility_fits_scope, visibility_scope_mismatch,
 };
-pub mod published;
 pub mod ics;
+pub mod published;
