@@ -159,6 +159,16 @@ CREATE TABLE idempotency_keys (
 
 CREATE INDEX idempotency_keys_expiry_idx ON idempotency_keys (expires_at);
 
+-- Signed mutations already applied: an identical signed request (same
+-- request id, timestamp and signature) is refused within the signature
+-- window on every instance, not only the one that saw it first.
+CREATE TABLE request_replays (
+    key           bytea PRIMARY KEY CHECK (octet_length(key) = 32),
+    expires_at    timestamptz NOT NULL
+);
+
+CREATE INDEX request_replays_expiry_idx ON request_replays (expires_at);
+
 -- Embedded ("local") authorization: role bindings and scope memberships.
 CREATE TABLE role_bindings (
     id            uuid PRIMARY KEY,

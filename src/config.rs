@@ -208,6 +208,19 @@ pub struct Settings {
     #[arg(long, env = "EVENTS_LOG_FORMAT", global = true, value_name = "FORMAT")]
     pub log_format: Option<String>,
 
+    /// A scope actor idle this long is stopped (its state lives in Postgres), e.g. 120s.
+    #[arg(
+        long,
+        env = "EVENTS_ACTOR_IDLE_TIMEOUT",
+        global = true,
+        value_name = "DURATION"
+    )]
+    pub actor_idle_timeout: Option<String>,
+
+    /// Most scope actors alive at once; beyond it the least recently used stop.
+    #[arg(long, env = "EVENTS_MAX_LIVE_ACTORS", global = true, value_name = "N")]
+    pub max_live_actors: Option<String>,
+
     /// Development mode (1/true): allows a missing BFF_INTERNAL_HMAC_SECRET
     /// (then `dev-internal-hmac` is used) and nothing else.
     #[arg(long, env = "EVENTS_DEV", global = true, value_name = "BOOL")]
@@ -317,6 +330,7 @@ pub struct Config {
     pub max_body_bytes: usize,
     pub request_timeout: Duration,
     pub telemetry: TelemetryConfig,
+    pub actors: crate::actors::ActorConfig,
     pub dev: bool,
 }
 
@@ -748,6 +762,22 @@ impl Config {
                 Duration::from_millis(100),
             )?,
             telemetry: TelemetryConfig::load(s)?,
+            actors: crate::actors::ActorConfig {
+                idle_timeout: parse_duration_var(
+                    "EVENTS_ACTOR_IDLE_TIMEOUT",
+                    &s.actor_idle_timeout,
+                    Duration::from_secs(120),
+                    Duration::from_millis(100),
+                )?,
+                max_live_actors: parse_number(
+                    "EVENTS_MAX_LIVE_ACTORS",
+                    &s.max_live_actors,
+                    20_000,
+                    10,
+                    10_000_000,
+                )?,
+                ..Default::default()
+            },
             dev,
         })
     }

@@ -2,8 +2,12 @@
 //! state of each (tenant, scope); Postgres is the source of truth; a
 //! transactional outbox feeds JetStream; an axum gateway serves the BFF.
 
+pub mod actors;
+pub mod app;
 pub mod auth;
+pub mod authz;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod domain;
 pub mod http;

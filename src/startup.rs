@@ -7,10 +7,14 @@ use std::time::Duration;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 
+use crate::actors::{Registry, Shared};
+use crate::app::{App, AppParts};
+use crate::auth::{SignatureVersion, Verifier};
+use crate::authz::{AuditLog, LocalAuthorizer};
 use crate::config::Config;
 use crate::http;
 use crate::store::{self, StoreError};
-use crate::subjects::{self, NatsError};
+use crate::subjects::{self, NatsError, Subjects};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -26,6 +30,8 @@ pub enum StartupError {
     },
     #[error("HTTP server failed: {0}")]
     Serve(#[source] std::io::Error),
+    #[error("cannot start the actors: {0}")]
+    Actors(String),
 }
 
 /// Exponential backoff with full jitter, for reconnect loops.
@@ -55,6 +61,8 @@ pub struct AppState {
     pub config: std::sync::Arc<Config>,
     pub db: PgPool,
     pub nats: async_nats::Client,
+    pub app: App,
+    pub outbox_wakeup: std::sync::Arc<tokio::sync::Notify>,
 }
 
 /// The service, built and bound, not yet serving.
@@ -82,6 +90,43 @@ impl Application {
         let nats = subjects::connect_with_retry(&config.nats, None).await?;
         subjects::ensure_stream(&nats, &config.stream, &config.nats.subject_prefix).await?;
         let service = subjects::start_service(&nats).await?;
+        let outbox_wakeup = std::sync::Arc::new(tokio::sync::Notify::new());
+        let subject_names = Subjects::new(config.nats.subject_prefix.clone());
+        let registry = Registry::start(Shared {
+            db: db.clone(),
+            subjects: subject_names.clone(),
+            nats: nats.clone(),
+            config: config.actors.clone(),
+            outbox_wakeup: outbox_wakeup.clone(),
+            instance: uuid::Uuid::new_v4().simple().to_string(),
+            batches: Default::default(),
+            batched_commands: Default::default(),
+            largest_batch: Default::default(),
+        })
+        .await
+        .map_err(|e| StartupError::Actors(e.to_string()))?;
+        let min_version = if config.hmac.min_version >= 2 {
+            SignatureVersion::V2
+        } else {
+            SignatureVersion::V1
+        };
+        let app = App::new(AppParts {
+            db: db.clone(),
+            registry,
+            authorizer: std::sync::Arc::new(LocalAuthorizer::new(db.clone())),
+            audit: AuditLog::start(db.clone()),
+            verifier: Verifier::new(config.hmac.secrets.clone()).with_min_version(min_version),
+            replay_window_secs: Verifier::DEFAULT_WINDOW_SECS,
+        });
+        subjects::endpoints::serve(
+            app.clone(),
+            &service,
+            &subject_names,
+            config.max_body_bytes,
+            config.request_timeout,
+        )
+        .await?;
+        store::spawn_housekeeping(db.clone());
         let listener = TcpListener::bind(config.http_addr)
             .await
             .map_err(|source| StartupError::Bind {
@@ -92,6 +137,8 @@ impl Application {
             config: std::sync::Arc::new(config),
             db,
             nats,
+            app,
+            outbox_wakeup,
         };
         Ok(Self {
             state,

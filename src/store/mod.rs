@@ -1,5 +1,10 @@
 //! Postgres: the pool, database creation, and the embedded migrations.
 
+pub mod batch;
+pub mod dsar;
+pub mod reads;
+pub mod rows;
+
 use std::time::Duration;
 
 use sqlx::migrate::Migrator;
@@ -118,4 +123,26 @@ pub async fn connect_with_retry(
 pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
     MIGRATOR.run(pool).await?;
     Ok(())
+}
+
+/// Deletes expired replay-guard and idempotency records every minute.
+pub fn spawn_housekeeping(db: PgPool) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            if db.is_closed() {
+                return;
+            }
+            let result = sqlx::query(
+                "WITH a AS (DELETE FROM request_replays WHERE expires_at < now())
+                 DELETE FROM idempotency_keys WHERE expires_at < now()",
+            )
+            .execute(&db)
+            .await;
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "housekeeping failed; will retry");
+            }
+        }
+    });
 }

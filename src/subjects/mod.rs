@@ -1,6 +1,8 @@
 //! NATS: connection, subject names, the JetStream stream and the micro
 //! service registration.
 
+pub mod endpoints;
+
 use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
@@ -54,6 +56,11 @@ impl Subjects {
     /// `{prefix}.v1.<op>`: request/reply commands.
     pub fn command(&self, op: &str) -> String {
         format!("{}.v1.{op}", self.prefix)
+    }
+
+    /// `{prefix}.internal.changes`: cache invalidation notes between instances.
+    pub fn internal_changes(&self) -> String {
+        format!("{}.internal.changes", self.prefix)
     }
 
     /// `{prefix}.out.>`: everything the stream captures.

@@ -370,3 +370,74 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// A caller in a tenant.
+pub fn identity(tenant: uuid::Uuid, user: uuid::Uuid) -> updspace_events::client::Identity {
+    updspace_events::client::Identity {
+        tenant_id: tenant.to_string(),
+        tenant_slug: "acme".into(),
+        user_id: user.to_string(),
+        master_flags: None,
+    }
+}
+
+/// A system admin of a tenant.
+pub fn admin(tenant: uuid::Uuid) -> updspace_events::client::Identity {
+    updspace_events::client::Identity {
+        master_flags: Some(r#"{"system_admin":true}"#.into()),
+        ..identity(tenant, uuid::Uuid::new_v4())
+    }
+}
+
+impl TestApp {
+    /// A NATS client of the service signing with the test secret.
+    pub fn client(&self) -> updspace_events::client::EventsClient {
+        updspace_events::client::EventsClient::new(
+            self.nats.clone(),
+            &self.isolation.prefix,
+            TEST_SECRET,
+        )
+    }
+
+    /// Grants a role in the local authorization tables.
+    pub async fn grant(
+        &self,
+        tenant: uuid::Uuid,
+        user: uuid::Uuid,
+        role: &str,
+        scope_type: &str,
+        scope_id: &str,
+    ) {
+        sqlx::query(
+            "INSERT INTO role_bindings (id, tenant_id, user_id, role, scope_type, scope_id, created_by)
+             VALUES ($1, $2, $3, $4, $5::scope_type, $6, $3)",
+        )
+        .bind(uuid::Uuid::new_v4())
+        .bind(tenant)
+        .bind(user)
+        .bind(role)
+        .bind(scope_type)
+        .bind(scope_id)
+        .execute(&self.db)
+        .await
+        .expect("grant role");
+    }
+
+    /// Makes a user a member of a community or team.
+    pub async fn join(
+        &self,
+        tenant: uuid::Uuid,
+        user: uuid::Uuid,
+        scope_type: &str,
+        scope_id: &str,
+    ) {
+        sqlx::query("INSERT INTO scope_memberships (tenant_id, scope_type, scope_id, user_id) VALUES ($1, $2::scope_type, $3, $4)")
+            .bind(tenant)
+            .bind(scope_type)
+            .bind(scope_id)
+            .bind(user)
+            .execute(&self.db)
+            .await
+            .expect("join scope");
+    }
+}

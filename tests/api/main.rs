@@ -5,5 +5,6 @@ mod authority;
 mod cli;
 mod health;
 mod helpers;
+mod ops;
 mod schema;
 mod startup;

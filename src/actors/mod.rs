@@ -1,0 +1,78 @@
+//! Actors: a scope actor per (tenant, scope) owning that scope's warm
+//! state and serialising its writes into group commits, and the registry
+//! that activates, passivates and supervises them.
+
+pub mod registry;
+pub mod scope;
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{Event, RsvpCounts, Scope, ScopeId, ScopeType, TenantId};
+
+pub use registry::{Registry, Shared};
+
+/// Which actor owns an event: its tenant and scope.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ScopeKey {
+    pub tenant: TenantId,
+    pub scope_type: ScopeType,
+    pub scope_id: String,
+}
+
+impl ScopeKey {
+    pub fn new(tenant: TenantId, scope: &Scope) -> Self {
+        Self {
+            tenant,
+            scope_type: scope.scope_type(),
+            scope_id: scope.scope_id().as_str().to_string(),
+        }
+    }
+
+    pub fn of(event: &Event) -> Self {
+        Self::new(event.tenant_id, &event.scope)
+    }
+
+    pub fn scope(&self) -> Option<Scope> {
+        ScopeId::parse(&self.scope_id)
+            .ok()
+            .map(|id| Scope::from_stored(self.scope_type, id))
+    }
+}
+
+/// An event with its counters, as one consistent read.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub event: Event,
+    pub counts: RsvpCounts,
+}
+
+#[derive(Debug, Clone)]
+pub struct ActorConfig {
+    /// A scope actor idle this long is stopped (its state is in Postgres).
+    pub idle_timeout: Duration,
+    /// How often idle actors are looked for.
+    pub sweep_interval: Duration,
+    /// Above this many live actors, the least recently used are stopped.
+    pub max_live_actors: usize,
+    /// Most commands committed in one transaction.
+    pub max_batch: usize,
+    /// How long a cached event may be served without re-reading it. Changes
+    /// made through any instance invalidate it sooner (see `docs/`).
+    pub cache_ttl: Duration,
+    pub max_cached_events_per_scope: usize,
+}
+
+impl Default for ActorConfig {
+    fn default() -> Self {
+        Self {
+            idle_timeout: Duration::from_secs(120),
+            sweep_interval: Duration::from_secs(10),
+            max_live_actors: 20_000,
+            max_batch: 512,
+            cache_ttl: Duration::from_secs(5),
+            max_cached_events_per_scope: 1_000,
+        }
+    }
+}

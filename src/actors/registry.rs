@@ -1,0 +1,396 @@
+//! The registry of scope actors: activates them on demand (one per scope,
+//! even when requests race), passivates idle ones, caps how many are live,
+//! and supervises them: a crashed actor is forgotten and the next request
+//! starts a fresh one, while its callers get an error reply.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use tokio::sync::{Notify, OnceCell};
+
+use crate::actors::scope::{CALL_TIMEOUT, ScopeActor, ScopeArgs, ScopeMsg};
+use crate::actors::{ActorConfig, ScopeKey, Snapshot};
+use crate::app::AppError;
+use crate::domain::{ErrorCode, EventId};
+use crate::store::batch::{CommandResult, Envelope};
+use crate::subjects::Subjects;
+
+const SHARDS: usize = 64;
+
+struct Slot {
+    cell: Arc<OnceCell<ActorRef<ScopeMsg>>>,
+    last_used: Arc<AtomicU64>,
+}
+
+/// State shared by the registry and every scope actor.
+pub struct Shared {
+    pub db: PgPool,
+    pub subjects: Subjects,
+    pub nats: async_nats::Client,
+    pub config: ActorConfig,
+    pub outbox_wakeup: Arc<Notify>,
+    pub instance: String,
+    pub batches: AtomicU64,
+    pub batched_commands: AtomicU64,
+    pub largest_batch: AtomicU64,
+}
+
+impl Shared {
+    pub fn observe_batch(&self, size: usize, _took: Duration) {
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        self.batched_commands
+            .fetch_add(size as u64, Ordering::Relaxed);
+        self.largest_batch.fetch_max(size as u64, Ordering::Relaxed);
+    }
+
+    /// Tells the other instances which events changed, so their caches drop them.
+    pub fn announce_changes(&self, key: &ScopeKey, ids: &[EventId]) {
+        let note = ChangeNote {
+            instance: self.instance.clone(),
+            key: key.clone(),
+            events: ids.to_vec(),
+        };
+        if let Ok(body) = serde_json::to_vec(&note) {
+            let nats = self.nats.clone();
+            let subject = self.subjects.internal_changes();
+            // A lost note only delays invalidation until the cache TTL.
+            tokio::spawn(async move {
+                let _ = nats.publish(subject, body.into()).await;
+            });
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct ChangeNote {
+    instance: String,
+    key: ScopeKey,
+    events: Vec<EventId>,
+}
+
+struct Inner {
+    shards: Vec<Mutex<HashMap<ScopeKey, Slot>>>,
+    by_id: Mutex<HashMap<ActorId, ScopeKey>>,
+    live: AtomicUsize,
+    started: Instant,
+    shared: Arc<Shared>,
+    supervisor: ActorRef<SupervisorMsg>,
+}
+
+#[derive(Clone)]
+pub struct Registry {
+    inner: Arc<Inner>,
+}
+
+fn shard_of(key: &ScopeKey) -> usize {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut h);
+    (h.finish() as usize) % SHARDS
+}
+
+impl Registry {
+    pub async fn start(shared: Shared) -> Result<Self, AppError> {
+        let shared = Arc::new(shared);
+        let inner_slot: Arc<std::sync::OnceLock<std::sync::Weak<Inner>>> = Arc::default();
+        let (supervisor, _) = Actor::spawn(None, Supervisor, inner_slot.clone())
+            .await
+            .map_err(|e| AppError::internal("start scope supervisor", e))?;
+        let inner = Arc::new(Inner {
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            by_id: Mutex::default(),
+            live: AtomicUsize::new(0),
+            started: Instant::now(),
+            shared,
+            supervisor,
+        });
+        let _ = inner_slot.set(Arc::downgrade(&inner));
+        let registry = Self { inner };
+        registry.spawn_sweeper();
+        registry.spawn_change_listener().await;
+        Ok(registry)
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.inner.shared
+    }
+
+    /// Number of live scope actors.
+    pub fn live(&self) -> usize {
+        self.inner.live.load(Ordering::Relaxed)
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.inner.started.elapsed().as_millis() as u64
+    }
+
+    fn lock(&self, shard: usize) -> std::sync::MutexGuard<'_, HashMap<ScopeKey, Slot>> {
+        self.inner.shards[shard]
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The live actor of a scope, activating it if needed. Concurrent first
+    /// requests for one scope share one activation.
+    async fn actor(&self, key: &ScopeKey) -> Result<ActorRef<ScopeMsg>, AppError> {
+        let shard = shard_of(key);
+        let (cell, last_used) = {
+            let mut map = self.lock(shard);
+            let slot = map.entry(key.clone()).or_insert_with(|| Slot {
+                cell: Arc::new(OnceCell::new()),
+                last_used: Arc::new(AtomicU64::new(0)),
+            });
+            (slot.cell.clone(), slot.last_used.clone())
+        };
+        last_used.store(self.now_ms(), Ordering::Relaxed);
+        let actor = cell
+            .get_or_try_init(|| async {
+                let args = ScopeArgs {
+                    key: key.clone(),
+                    shared: self.inner.shared.clone(),
+                };
+                let (actor, _) =
+                    Actor::spawn_linked(None, ScopeActor, args, self.inner.supervisor.get_cell())
+                        .await
+                        .map_err(|e| AppError::internal("spawn scope actor", e))?;
+                self.inner
+                    .by_id
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(actor.get_id(), key.clone());
+                let live = self.inner.live.fetch_add(1, Ordering::Relaxed) + 1;
+                if live > self.inner.shared.config.max_live_actors {
+                    let me = self.clone();
+                    tokio::spawn(async move { me.sweep(true) });
+                }
+                Ok::<_, AppError>(actor)
+            })
+            .await?;
+        Ok(actor.clone())
+    }
+
+    /// Forgets a scope's slot if it still holds `actor`.
+    fn forget(&self, key: &ScopeKey, actor: &ActorCell) {
+        let mut map = self.lock(shard_of(key));
+        let same = map
+            .get(key)
+            .and_then(|s| s.cell.get())
+            .is_some_and(|a| a.get_id() == actor.get_id());
+        if same {
+            map.remove(key);
+        }
+    }
+
+    /// Sends a write to its scope actor and waits for the committed result.
+    pub async fn write(&self, key: &ScopeKey, envelope: Envelope) -> CommandResult {
+        let mut envelope = Some(envelope);
+        for _ in 0..3 {
+            let actor = self.actor(key).await?;
+            let Some(env) = envelope.take() else { break };
+            let sent = actor
+                .call(
+                    |reply| ScopeMsg::Write(Box::new(env), reply),
+                    Some(CALL_TIMEOUT),
+                )
+                .await;
+            match sent {
+                Ok(ractor::rpc::CallResult::Success(result)) => return result,
+                Ok(ractor::rpc::CallResult::Timeout) => return Err(timeout()),
+                Ok(ractor::rpc::CallResult::SenderError) => return Err(actor_failed()),
+                // The actor stopped before taking the message (passivated
+                // or crashed): nothing was applied, so a fresh one may.
+                Err(ractor::MessagingErr::SendErr(ScopeMsg::Write(env, _))) => {
+                    self.forget(key, &actor.get_cell());
+                    envelope = Some(*env);
+                }
+                Err(_) => return Err(actor_failed()),
+            }
+        }
+        Err(actor_failed())
+    }
+
+    /// The warm state of one event (loaded on a miss).
+    pub async fn get(&self, key: &ScopeKey, id: EventId) -> Result<Option<Snapshot>, AppError> {
+        for _ in 0..3 {
+            let actor = self.actor(key).await?;
+            match actor
+                .call(|reply| ScopeMsg::Get(id, reply), Some(CALL_TIMEOUT))
+                .await
+            {
+                Ok(ractor::rpc::CallResult::Success(result)) => return result,
+                Ok(ractor::rpc::CallResult::Timeout) => return Err(timeout()),
+                Ok(ractor::rpc::CallResult::SenderError) => return Err(actor_failed()),
+                Err(_) => self.forget(key, &actor.get_cell()),
+            }
+        }
+        Err(actor_failed())
+    }
+
+    /// Offers a snapshot read elsewhere to the scope's cache.
+    pub async fn prime(&self, key: &ScopeKey, snapshot: Snapshot) {
+        if let Ok(actor) = self.actor(key).await {
+            let _ = actor.send_message(ScopeMsg::Prime(Box::new(snapshot), 0));
+        }
+    }
+
+    /// Drops cached state of events changed outside their scope actor
+    /// (DSAR erase), here and on the other instances.
+    pub async fn invalidate(&self, key: &ScopeKey, ids: &[EventId]) {
+        let actor = self
+            .lock(shard_of(key))
+            .get(key)
+            .and_then(|s| s.cell.get().cloned());
+        if let Some(actor) = actor {
+            let _ = actor.send_message(ScopeMsg::Invalidate(ids.to_vec()));
+        }
+        self.inner.shared.announce_changes(key, ids);
+    }
+
+    fn spawn_sweeper(&self) {
+        let weak = Arc::downgrade(&self.inner);
+        let every = self.inner.shared.config.sweep_interval;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(inner) = weak.upgrade() else { return };
+                Registry { inner }.sweep(false);
+            }
+        });
+    }
+
+    /// Passivates idle actors; when over the cap, also the least recently
+    /// used ones until back under it.
+    fn sweep(&self, over_cap: bool) {
+        let idle_ms = self.inner.shared.config.idle_timeout.as_millis() as u64;
+        let now = self.now_ms();
+        let mut victims: Vec<(u64, ScopeKey)> = Vec::new();
+        let mut all: Vec<(u64, ScopeKey)> = Vec::new();
+        for shard in 0..SHARDS {
+            let map = self.lock(shard);
+            for (key, slot) in map.iter() {
+                if slot.cell.get().is_none() {
+                    continue;
+                }
+                let used = slot.last_used.load(Ordering::Relaxed);
+                if now.saturating_sub(used) >= idle_ms {
+                    victims.push((used, key.clone()));
+                } else if over_cap {
+                    all.push((used, key.clone()));
+                }
+            }
+        }
+        if over_cap {
+            let cap = self.inner.shared.config.max_live_actors;
+            let live = self.live().saturating_sub(victims.len());
+            if live > cap {
+                all.sort_by_key(|(used, _)| *used);
+                victims.extend(all.into_iter().take(live - cap));
+            }
+        }
+        for (_, key) in victims {
+            let removed = self.lock(shard_of(&key)).remove(&key);
+            if let Some(actor) = removed.and_then(|s| s.cell.get().cloned()) {
+                let _ = actor.send_message(ScopeMsg::Passivate);
+            }
+        }
+    }
+
+    async fn spawn_change_listener(&self) {
+        let shared = self.inner.shared.clone();
+        let subject = shared.subjects.internal_changes();
+        let Ok(mut sub) = shared.nats.subscribe(subject).await else {
+            tracing::warn!("cannot subscribe to change notes; caches rely on their TTL alone");
+            return;
+        };
+        let weak = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            use futures::StreamExt;
+            while let Some(msg) = sub.next().await {
+                let Some(inner) = weak.upgrade() else { return };
+                let Ok(note) = serde_json::from_slice::<ChangeNote>(&msg.payload) else {
+                    continue;
+                };
+                if note.instance == inner.shared.instance {
+                    continue;
+                }
+                let registry = Registry { inner };
+                let actor = registry
+                    .lock(shard_of(&note.key))
+                    .get(&note.key)
+                    .and_then(|s| s.cell.get().cloned());
+                if let Some(actor) = actor {
+                    let _ = actor.send_message(ScopeMsg::Invalidate(note.events));
+                }
+            }
+        });
+    }
+}
+
+fn timeout() -> AppError {
+    AppError::Unavailable {
+        code: ErrorCode::Timeout,
+        message: "The request took too long; it may or may not have been applied".into(),
+    }
+}
+
+fn actor_failed() -> AppError {
+    AppError::Unavailable {
+        code: ErrorCode::ServiceUnavailable,
+        message: "The request could not be completed; retry it".into(),
+    }
+}
+
+pub enum SupervisorMsg {}
+
+/// Receives the scope actors' exits and failures.
+struct Supervisor;
+
+impl Actor for Supervisor {
+    type Msg = SupervisorMsg;
+    type State = Arc<std::sync::OnceLock<std::sync::Weak<Inner>>>;
+    type Arguments = Arc<std::sync::OnceLock<std::sync::Weak<Inner>>>;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<SupervisorMsg>,
+        args: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(args)
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        _myself: ActorRef<SupervisorMsg>,
+        event: SupervisionEvent,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let (cell, failure) = match event {
+            SupervisionEvent::ActorTerminated(cell, _, _) => (cell, None),
+            SupervisionEvent::ActorFailed(cell, err) => (cell, Some(err.to_string())),
+            _ => return Ok(()),
+        };
+        let Some(inner) = state.get().and_then(std::sync::Weak::upgrade) else {
+            return Ok(());
+        };
+        let key = inner
+            .by_id
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&cell.get_id());
+        inner.live.fetch_sub(1, Ordering::Relaxed);
+        if let Some(key) = key {
+            if let Some(reason) = failure {
+                tracing::error!(scope = ?key, error = %reason, "scope actor crashed; the next request starts a fresh one");
+            }
+            Registry { inner }.forget(&key, &cell);
+        }
+        Ok(())
+    }
+}

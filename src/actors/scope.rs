@@ -1,0 +1,341 @@
+//! The scope actor: one per (tenant, scope type, scope id). It owns the warm
+//! state of that scope's events and serialises their writes, committing
+//! whatever arrived while the previous transaction ran as one batch.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+
+use crate::actors::registry::Shared;
+use crate::actors::{ScopeKey, Snapshot};
+use crate::app::AppError;
+use crate::domain::EventId;
+use crate::store::batch::{self, BatchEffects, CommandResult, Envelope};
+
+pub enum ScopeMsg {
+    Write(Box<Envelope>, RpcReplyPort<CommandResult>),
+    /// The cached state of one event, loading it on a miss.
+    Get(EventId, RpcReplyPort<Result<Option<Snapshot>, AppError>>),
+    /// A snapshot read elsewhere (warms the cache unless it is older).
+    Prime(Box<Snapshot>, u64),
+    Flush,
+    Committed(Box<Committed>),
+    Loaded {
+        id: EventId,
+        result: Result<Option<Snapshot>, AppError>,
+        generation: u64,
+    },
+    /// Another instance changed these events: forget them.
+    Invalidate(Vec<EventId>),
+    /// Idle: stop once nothing is queued or in flight.
+    Passivate,
+}
+
+pub struct Committed {
+    replies: Vec<RpcReplyPort<CommandResult>>,
+    results: Vec<CommandResult>,
+    effects: BatchEffects,
+    size: usize,
+}
+
+pub struct ScopeActor;
+
+pub struct ScopeArgs {
+    pub key: ScopeKey,
+    pub shared: Arc<Shared>,
+}
+
+struct CacheEntry {
+    snapshot: Snapshot,
+    at: Instant,
+}
+
+pub struct ScopeState {
+    key: ScopeKey,
+    shared: Arc<Shared>,
+    pending: Vec<(Envelope, RpcReplyPort<CommandResult>)>,
+    in_flight: bool,
+    flush_scheduled: bool,
+    passivating: bool,
+    cache: HashMap<EventId, CacheEntry>,
+    loading: HashMap<EventId, Vec<RpcReplyPort<Result<Option<Snapshot>, AppError>>>>,
+    /// Bumped on every commit and invalidation, so a load that started
+    /// before one cannot put older data in the cache.
+    generation: u64,
+}
+
+impl Actor for ScopeActor {
+    type Msg = ScopeMsg;
+    type State = ScopeState;
+    type Arguments = ScopeArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<ScopeMsg>,
+        args: ScopeArgs,
+    ) -> Result<ScopeState, ActorProcessingErr> {
+        Ok(ScopeState {
+            key: args.key,
+            shared: args.shared,
+            pending: Vec::new(),
+            in_flight: false,
+            flush_scheduled: false,
+            passivating: false,
+            cache: HashMap::new(),
+            loading: HashMap::new(),
+            generation: 0,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<ScopeMsg>,
+        msg: ScopeMsg,
+        state: &mut ScopeState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            ScopeMsg::Write(envelope, reply) => {
+                state.pending.push((*envelope, reply));
+                if !state.in_flight && !state.flush_scheduled {
+                    // The flush is queued behind everything already in the
+                    // mailbox, so those writes join this batch.
+                    state.flush_scheduled = true;
+                    let _ = myself.send_message(ScopeMsg::Flush);
+                }
+            }
+            ScopeMsg::Flush => {
+                state.flush_scheduled = false;
+                start_commit(&myself, state);
+            }
+            ScopeMsg::Committed(done) => {
+                state.in_flight = false;
+                finish_commit(state, *done);
+                if !state.pending.is_empty() {
+                    start_commit(&myself, state);
+                } else if state.passivating {
+                    myself.stop(Some("passivated".into()));
+                }
+            }
+            ScopeMsg::Get(id, reply) => get(&myself, state, id, reply),
+            ScopeMsg::Prime(snapshot, generation) => {
+                if generation == state.generation {
+                    let keep = state
+                        .cache
+                        .get(&snapshot.event.id)
+                        .is_some_and(|c| c.snapshot.event.version > snapshot.event.version);
+                    if !keep {
+                        insert(state, *snapshot);
+                    }
+                }
+            }
+            ScopeMsg::Loaded {
+                id,
+                result,
+                generation,
+            } => {
+                let waiters = state.loading.remove(&id).unwrap_or_default();
+                if let Ok(Some(snapshot)) = &result {
+                    if generation == state.generation {
+                        insert(state, snapshot.clone());
+                    }
+                }
+                for waiter in waiters {
+                    let answer = match &result {
+                        Ok(v) => Ok(v.clone()),
+                        Err(e) => Err(AppError::internal("load", e)),
+                    };
+                    let _ = waiter.send(answer);
+                }
+            }
+            ScopeMsg::Invalidate(ids) => {
+                state.generation += 1;
+                for id in ids {
+                    state.cache.remove(&id);
+                }
+            }
+            ScopeMsg::Passivate => {
+                state.passivating = true;
+                if !state.in_flight && state.pending.is_empty() {
+                    myself.stop(Some("passivated".into()));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn insert(state: &mut ScopeState, snapshot: Snapshot) {
+    let limit = state.shared.config.max_cached_events_per_scope;
+    if state.cache.len() >= limit && !state.cache.contains_key(&snapshot.event.id) {
+        // Drop the stalest entry; scopes rarely hold this many hot events.
+        if let Some(oldest) = state
+            .cache
+            .iter()
+            .min_by_key(|(_, c)| c.at)
+            .map(|(id, _)| *id)
+        {
+            state.cache.remove(&oldest);
+        }
+    }
+    state.cache.insert(
+        snapshot.event.id,
+        CacheEntry {
+            snapshot,
+            at: Instant::now(),
+        },
+    );
+}
+
+fn get(
+    myself: &ActorRef<ScopeMsg>,
+    state: &mut ScopeState,
+    id: EventId,
+    reply: RpcReplyPort<Result<Option<Snapshot>, AppError>>,
+) {
+    let ttl = state.shared.config.cache_ttl;
+    if let Some(entry) = state.cache.get(&id) {
+        if entry.at.elapsed() < ttl {
+            let _ = reply.send(Ok(Some(entry.snapshot.clone())));
+            return;
+        }
+    }
+    if let Some(waiters) = state.loading.get_mut(&id) {
+        waiters.push(reply);
+        return;
+    }
+    state.loading.insert(id, vec![reply]);
+    let db = state.shared.db.clone();
+    let tenant = state.key.tenant;
+    let generation = state.generation;
+    let me = myself.clone();
+    tokio::spawn(async move {
+        let result = crate::store::reads::event(&db, tenant, id)
+            .await
+            .map(|found| found.map(|(event, counts)| Snapshot { event, counts }));
+        let _ = me.send_message(ScopeMsg::Loaded {
+            id,
+            result,
+            generation,
+        });
+    });
+}
+
+fn start_commit(myself: &ActorRef<ScopeMsg>, state: &mut ScopeState) {
+    if state.in_flight || state.pending.is_empty() {
+        return;
+    }
+    let take = state.pending.len().min(state.shared.config.max_batch);
+    let (envelopes, replies): (Vec<Envelope>, Vec<RpcReplyPort<CommandResult>>) =
+        state.pending.drain(..take).unzip();
+    state.in_flight = true;
+    let shared = state.shared.clone();
+    let me = myself.clone();
+    tokio::spawn(async move {
+        let size = envelopes.len();
+        let worker = tokio::spawn(commit(shared.clone(), envelopes));
+        let (results, effects) = match worker.await {
+            Ok(done) => done,
+            Err(e) => {
+                // A panic while committing: every caller still gets an answer.
+                tracing::error!(error = %e, "commit task failed");
+                let results = (0..size)
+                    .map(|_| Err(AppError::internal("commit", "the commit task failed")))
+                    .collect();
+                (results, BatchEffects::default())
+            }
+        };
+        let done = Committed {
+            replies,
+            results,
+            effects,
+            size,
+        };
+        if let Err(e) = me.send_message(ScopeMsg::Committed(Box::new(done))) {
+            // The actor is gone: answer the callers from here.
+            if let ractor::MessagingErr::SendErr(ScopeMsg::Committed(done)) = e {
+                let Committed {
+                    replies, results, ..
+                } = *done;
+                for (reply, result) in replies.into_iter().zip(results) {
+                    let _ = reply.send(result);
+                }
+            }
+        }
+    });
+}
+
+/// Runs one batch; if the transaction fails, runs each command alone so
+/// one bad command cannot fail the others.
+async fn commit(
+    shared: Arc<Shared>,
+    envelopes: Vec<Envelope>,
+) -> (Vec<CommandResult>, BatchEffects) {
+    let started = Instant::now();
+    match batch::execute(&shared.db, &shared.subjects, &envelopes).await {
+        Ok(done) => {
+            shared.observe_batch(envelopes.len(), started.elapsed());
+            done
+        }
+        Err(e) if envelopes.len() > 1 => {
+            tracing::warn!(error = %e, size = envelopes.len(), "batch failed; retrying its commands one by one");
+            let mut results = Vec::with_capacity(envelopes.len());
+            let mut effects = BatchEffects::default();
+            for envelope in envelopes {
+                match batch::execute(
+                    &shared.db,
+                    &shared.subjects,
+                    std::slice::from_ref(&envelope),
+                )
+                .await
+                {
+                    Ok((mut r, e)) => {
+                        results.push(
+                            r.pop()
+                                .unwrap_or_else(|| Err(AppError::internal("commit", "no result"))),
+                        );
+                        effects.changed.extend(e.changed);
+                        effects.outbox_rows += e.outbox_rows;
+                    }
+                    Err(e) => results.push(Err(AppError::internal("commit", e))),
+                }
+            }
+            (results, effects)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "commit failed");
+            (
+                vec![Err(AppError::internal("commit", e))],
+                BatchEffects::default(),
+            )
+        }
+    }
+}
+
+fn finish_commit(state: &mut ScopeState, done: Committed) {
+    let Committed {
+        replies,
+        results,
+        effects,
+        size,
+    } = done;
+    if !effects.changed.is_empty() {
+        state.generation += 1;
+        let ids: Vec<EventId> = effects.changed.iter().map(|(e, _)| e.id).collect();
+        for (event, counts) in effects.changed {
+            insert(state, Snapshot { event, counts });
+        }
+        state.shared.announce_changes(&state.key, &ids);
+    }
+    if effects.outbox_rows > 0 {
+        state.shared.outbox_wakeup.notify_one();
+    }
+    tracing::debug!(size, "batch committed");
+    for (reply, result) in replies.into_iter().zip(results) {
+        let _ = reply.send(result);
+    }
+}
+
+/// How long a caller waits for its scope actor before answering with an error.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);

@@ -1,0 +1,723 @@
+//! The application layer: one function per operation, shared by every
+//! transport. Each runs: authorize (permission at the event's scope, and
+//! visibility) → route to the scope actor → reply. Authentication happens
+//! before, in [`App::authenticate`], which transports call first.
+
+pub mod error;
+pub mod input;
+pub mod views;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use chrono::Utc;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+pub use error::AppError;
+
+use crate::actors::{Registry, ScopeKey, Snapshot};
+use crate::auth::{HeaderSource, InternalContext, ReplayGuard, RequestParts, Verifier};
+use crate::authz::{AuditEntry, AuditLog, Authorizer, Guard, Permission};
+use crate::domain::{
+    EventId, EventPatch, NewEvent, RsvpStatus, Scope, TenantId, format_utc, ics, parse_cancel_body,
+};
+use crate::store::batch::{CommandMeta, Envelope, WriteCommand, WriteOutcome};
+use crate::store::reads::{self, Audience};
+
+/// Every operation of the API, by its NATS name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Op {
+    EventCreate,
+    EventGet,
+    EventList,
+    EventUpdate,
+    EventCancel,
+    RsvpSet,
+    RsvpClear,
+    RsvpList,
+    AttendanceMark,
+    AttendanceList,
+    EventIcs,
+    DsarExport,
+    DsarErase,
+}
+
+impl Op {
+    pub const ALL: [Op; 13] = [
+        Op::EventCreate,
+        Op::EventGet,
+        Op::EventList,
+        Op::EventUpdate,
+        Op::EventCancel,
+        Op::RsvpSet,
+        Op::RsvpClear,
+        Op::RsvpList,
+        Op::AttendanceMark,
+        Op::AttendanceList,
+        Op::EventIcs,
+        Op::DsarExport,
+        Op::DsarErase,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Op::EventCreate => "event.create",
+            Op::EventGet => "event.get",
+            Op::EventList => "event.list",
+            Op::EventUpdate => "event.update",
+            Op::EventCancel => "event.cancel",
+            Op::RsvpSet => "rsvp.set",
+            Op::RsvpClear => "rsvp.clear",
+            Op::RsvpList => "rsvp.list",
+            Op::AttendanceMark => "attendance.mark",
+            Op::AttendanceList => "attendance.list",
+            Op::EventIcs => "event.ics",
+            Op::DsarExport => "dsar.export",
+            Op::DsarErase => "dsar.erase",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Op> {
+        Op::ALL.into_iter().find(|op| op.name() == name)
+    }
+
+    /// Whether the operation changes state (and so is replay-guarded durably).
+    pub const fn is_write(self) -> bool {
+        matches!(
+            self,
+            Op::EventCreate
+                | Op::EventUpdate
+                | Op::EventCancel
+                | Op::RsvpSet
+                | Op::RsvpClear
+                | Op::AttendanceMark
+                | Op::DsarErase
+        )
+    }
+}
+
+/// A successful result.
+#[derive(Debug, Clone)]
+pub enum Reply {
+    Json(Value),
+    /// An iCalendar document.
+    Calendar {
+        filename: String,
+        body: String,
+    },
+}
+
+/// Per-request context beyond identity.
+#[derive(Debug, Clone, Default)]
+pub struct CallMeta {
+    pub traceparent: Option<String>,
+    pub tracestate: Option<String>,
+}
+
+/// Event id → owning scope. Scopes never change, so entries never go stale;
+/// the map is bounded by dropping a shard when it fills.
+struct ScopeIndex {
+    shards: Vec<Mutex<HashMap<EventId, ScopeKey>>>,
+}
+
+impl ScopeIndex {
+    const SHARDS: usize = 32;
+    const PER_SHARD: usize = 20_000;
+
+    fn new() -> Self {
+        Self {
+            shards: (0..Self::SHARDS).map(|_| Mutex::default()).collect(),
+        }
+    }
+
+    fn shard(&self, id: &EventId) -> std::sync::MutexGuard<'_, HashMap<EventId, ScopeKey>> {
+        let n = uuid::Uuid::from(*id).as_bytes()[15] as usize % Self::SHARDS;
+        self.shards[n]
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn get(&self, id: &EventId) -> Option<ScopeKey> {
+        self.shard(id).get(id).cloned()
+    }
+
+    fn insert(&self, id: EventId, key: ScopeKey) {
+        let mut shard = self.shard(&id);
+        if shard.len() >= Self::PER_SHARD {
+            shard.clear();
+        }
+        shard.insert(id, key);
+    }
+}
+
+pub struct AppParts {
+    pub db: sqlx::PgPool,
+    pub registry: Registry,
+    pub authorizer: Arc<dyn Authorizer>,
+    pub audit: AuditLog,
+    pub verifier: Verifier,
+    pub replay_window_secs: i64,
+}
+
+#[derive(Clone)]
+pub struct App {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: sqlx::PgPool,
+    registry: Registry,
+    authorizer: Arc<dyn Authorizer>,
+    audit: AuditLog,
+    verifier: Verifier,
+    replay: ReplayGuard,
+    index: ScopeIndex,
+    replay_window_secs: i64,
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
+
+impl App {
+    pub fn new(parts: AppParts) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                db: parts.db,
+                registry: parts.registry,
+                authorizer: parts.authorizer,
+                audit: parts.audit,
+                verifier: parts.verifier,
+                replay: ReplayGuard::new(
+                    parts.replay_window_secs,
+                    crate::auth::ReplayGuard::DEFAULT_CAPACITY,
+                ),
+                index: ScopeIndex::new(),
+                replay_window_secs: parts.replay_window_secs,
+            }),
+        }
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.inner.registry
+    }
+
+    pub fn db(&self) -> &sqlx::PgPool {
+        &self.inner.db
+    }
+
+    /// Verifies the signature and builds the caller's context, refusing a
+    /// signed request seen before on this instance.
+    pub fn authenticate(
+        &self,
+        headers: &impl HeaderSource,
+        parts: &RequestParts<'_>,
+    ) -> Result<InternalContext, AppError> {
+        let now = crate::auth::now_unix();
+        Ok(self
+            .inner
+            .verifier
+            .authenticate_guarded(headers, parts, now, &self.inner.replay)?)
+    }
+
+    /// Runs one operation for an authenticated caller.
+    pub async fn execute(
+        &self,
+        ctx: &InternalContext,
+        op: Op,
+        body: &Value,
+        meta: &CallMeta,
+    ) -> Result<Reply, AppError> {
+        let guard = Guard::new(
+            ctx,
+            self.inner.authorizer.as_ref(),
+            &self.inner.audit,
+            op.name(),
+        );
+        let obj = input::object(body)?;
+        match op {
+            Op::EventCreate => self.create(&guard, body, meta).await,
+            Op::EventGet => self.get(&guard, obj).await,
+            Op::EventList => self.list(&guard, obj).await,
+            Op::EventUpdate => self.update(&guard, obj, body, meta).await,
+            Op::EventCancel => self.cancel(&guard, obj, body, meta).await,
+            Op::RsvpSet => self.set_rsvp(&guard, obj, meta, true).await,
+            Op::RsvpClear => self.set_rsvp(&guard, obj, meta, false).await,
+            Op::RsvpList => self.rsvp_list(&guard, obj).await,
+            Op::AttendanceMark => self.mark_attendance(&guard, obj, meta).await,
+            Op::AttendanceList => self.attendance_list(&guard, obj).await,
+            Op::EventIcs => self.ics(&guard, obj).await,
+            Op::DsarExport | Op::DsarErase => self.dsar(&guard, obj, op).await,
+        }
+    }
+
+    fn meta(&self, guard: &Guard<'_>, meta: &CallMeta) -> CommandMeta {
+        let ctx = guard.ctx();
+        let mut triple = Vec::with_capacity(ctx.request_id.len() + ctx.signature.len() + 24);
+        triple.extend_from_slice(ctx.request_id.as_bytes());
+        triple.push(b'\n');
+        triple.extend_from_slice(ctx.timestamp.to_string().as_bytes());
+        triple.push(b'\n');
+        triple.extend_from_slice(ctx.signature.as_bytes());
+        let now = Utc::now();
+        CommandMeta {
+            tenant: guard.tenant(),
+            actor: guard.user(),
+            request_id: ctx.request_id.clone(),
+            traceparent: meta.traceparent.clone(),
+            tracestate: meta.tracestate.clone(),
+            replay_key: Some(sha256(&triple)),
+            replay_expires_at: chrono::DateTime::from_timestamp(
+                ctx.timestamp + self.inner.replay_window_secs + 1,
+                0,
+            )
+            .unwrap_or(now + chrono::Duration::seconds(self.inner.replay_window_secs)),
+            now,
+        }
+    }
+
+    /// The event and its counters, from the owning actor's warm state.
+    async fn load(&self, tenant: TenantId, id: EventId) -> Result<Option<Snapshot>, AppError> {
+        if let Some(key) = self.inner.index.get(&id) {
+            if key.tenant != tenant {
+                return Ok(None);
+            }
+            return self.inner.registry.get(&key, id).await;
+        }
+        let Some((event, counts)) = reads::event(&self.inner.db, tenant, id).await? else {
+            return Ok(None);
+        };
+        let key = ScopeKey::of(&event);
+        self.inner.index.insert(id, key.clone());
+        let snapshot = Snapshot { event, counts };
+        let registry = self.inner.registry.clone();
+        let primed = snapshot.clone();
+        tokio::spawn(async move { registry.prime(&key, primed).await });
+        Ok(Some(snapshot))
+    }
+
+    /// Finds an event the caller may see (404 otherwise, hidden or absent alike).
+    async fn visible(&self, guard: &Guard<'_>, id: EventId) -> Result<Snapshot, AppError> {
+        let snapshot = self
+            .load(guard.tenant(), id)
+            .await?
+            .ok_or(AppError::NotFound)?;
+        if guard.can_see(&snapshot.event).await? {
+            Ok(snapshot)
+        } else {
+            Err(AppError::NotFound)
+        }
+    }
+
+    async fn write(
+        &self,
+        key: &ScopeKey,
+        meta: CommandMeta,
+        command: WriteCommand,
+    ) -> Result<WriteOutcome, AppError> {
+        self.inner
+            .registry
+            .write(key, Envelope { meta, command })
+            .await
+    }
+
+    async fn create(
+        &self,
+        guard: &Guard<'_>,
+        body: &Value,
+        meta: &CallMeta,
+    ) -> Result<Reply, AppError> {
+        let new = NewEvent::from_json(guard.tenant(), body)?;
+        guard.require(Permission::EventCreate, new.scope()).await?;
+        let meta = self.meta(guard, meta);
+        let event = new.into_event(EventId::new_v4(), guard.user(), meta.now);
+        let key = ScopeKey::of(&event);
+        let result = views::event(&event, &Default::default(), None);
+        // serde_json's maps are ordered, so equal bodies hash equally
+        // whatever their key order or encoding on the wire.
+        let request_hash = hex::encode(sha256(body.to_string().as_bytes()));
+        let id = event.id;
+        let outcome = self
+            .write(
+                &key,
+                meta,
+                WriteCommand::Create {
+                    event: Box::new(event),
+                    request_hash,
+                    result,
+                },
+            )
+            .await?;
+        match outcome {
+            WriteOutcome::Created { event, counts } => {
+                self.inner.index.insert(id, key);
+                Ok(Reply::Json(views::event(&event, &counts, None)))
+            }
+            WriteOutcome::CreatedEarlier { result } => Ok(Reply::Json(result)),
+            other => Err(AppError::internal(
+                "create",
+                format!("unexpected outcome {other:?}"),
+            )),
+        }
+    }
+
+    async fn get(
+        &self,
+        guard: &Guard<'_>,
+        obj: &serde_json::Map<String, Value>,
+    ) -> Result<Reply, AppError> {
+        let id = input::event_id(obj)?;
+        let snapshot = self.visible(guard, id).await?;
+        let mine = reads::rsvp_of(&self.inner.db, id, guard.user()).await?;
+        Ok(Reply::Json(views::event(
+            &snapshot.event,
+            &snapshot.counts,
+            mine,
+        )))
+    }
+
+    async fn list(
+        &self,
+        guard: &Guard<'_>,
+        obj: &serde_json::Map<String, Value>,
+    ) -> Result<Reply, AppError> {
+        let tenant = guard.tenant();
+        let filter = input::list_filter(obj)?;
+        let scope = match &filter.scope {
+            Some((t, id)) => match crate::domain::ScopeId::parse(id) {
+                Ok(id) => Scope::from_stored(*t, id),
+                Err(e) => {
+                    return Err(
+                        crate::domain::DomainError::field("scopeId", e.into_message()).into(),
+                    );
+                }
+            },
+            None => Scope::tenant(tenant),
+        };
+        guard.require(Permission::EventRead, &scope).await?;
+        let user = guard.user();
+        let mut partial = false;
+        let audience = if guard.is_admin() {
+            guard.note_admin_bypass("event_list", None).await;
+            Audience::Everything
+        } else {
+            let gated = reads::gated_scopes(&self.inner.db, tenant, user, &filter).await?;
+            let answers = guard.memberships(&gated).await?;
+            let mut member_scopes = Vec::new();
+            for scope in gated {
+                let readable = guard.can(Permission::EventRead, &scope).await?;
+                match answers.get(&scope).copied().flatten() {
+                    Some(true) if readable => member_scopes.push(scope),
+                    Some(_) => {}
+                    None => partial = true,
+                }
+            }
+            Audience::Member {
+                user,
+                member_scopes,
+            }
+        };
+        let (rows, total) = reads::list(&self.inner.db, tenant, user, &filter, &audience).await?;
+        let ids: Vec<EventId> = rows.iter().map(|(e, _)| e.id).collect();
+        let mine = reads::rsvps_of(&self.inner.db, &ids, user).await?;
+        let items = rows
+            .iter()
+            .map(|(e, c)| views::event(e, c, mine.get(&e.id).copied()))
+            .collect();
+        let mut page = views::page(items, total, filter.limit, filter.offset);
+        if partial {
+            page["meta"]["partial"] = json!(true);
+        }
+        Ok(Reply::Json(page))
+    }
+
+    async fn update(
+        &self,
+        guard: &Guard<'_>,
+        obj: &serde_json::Map<String, Value>,
+        body: &Value,
+        meta: &CallMeta,
+    ) -> Result<Reply, AppError> {
+        let id = input::event_id(obj)?;
+        let snapshot = self.visible(guard, id).await?;
+        guard
+            .require(Permission::EventManage, &snapshot.event.scope)
+            .await?;
+        let patch = EventPatch::from_json(body)?;
+        let key = ScopeKey::of(&snapshot.event);
+        let outcome = self
+            .write(
+                &key,
+                self.meta(guard, meta),
+                WriteCommand::Update {
+                    event_id: id,
+                    patch: Box::new(patch),
+                },
+            )
+            .await?;
+        match outcome {
+            WriteOutcome::Updated { event, counts, .. } => {
+                let mine = reads::rsvp_of(&self.inner.db, id, guard.user()).await?;
+                Ok(Reply::Json(views::event(&event, &counts, mine)))
+            }
+            other => Err(AppError::internal(
+                "update",
+                format!("unexpected outcome {other:?}"),
+            )),
+        }
+    }
+
+    async fn cancel(
+        &self,
+        guard: &Guard<'_>,
+        obj: &serde_json::Map<String, Value>,
+        body: &Value,
+        meta: &CallMeta,
+    ) -> Result<Reply, AppError> {
+        let id = input::event_id(obj)?;
+        let snapshot = self.visible(guard, id).await?;
+        guard
+            .require(Permission::EventManage, &snapshot.event.scope)
+            .await?;
+        let reason = parse_cancel_body(body)?;
+        let key = ScopeKey::of(&snapshot.event);
+        let outcome = self
+            .write(
+                &key,
+                self.meta(guard, meta),
+                WriteCommand::Cancel {
+                    event_id: id,
+                    reason,
+                },
+            )
+            .await?;
+        match outcome {
+            WriteOutcome::Cancelled { event, counts, .. } => {
+                let mine = reads::rsvp_of(&self.inner.db, id, guard.user()).await?;
+                Ok(Reply::Json(views::event(&event, &counts, mine)))
+            }
+            other => Err(AppError::internal(
+                "cancel",
+                format!("unexpected outcome {other:?}"),
+            )),
+        }
+    }
+
+    async fn set_rsvp(
+        &self,
+        guard: &Guard<'_>,
+        obj: &serde_json::Map<String, Value>,
+        meta: &CallMeta,
+        set: bool,
+    ) -> Result<Reply, AppError> {
+        let id = input::event_id(obj)?;
+        let snapshot = self.visible(guard, id).await?;
+        guard
+            .require(Permission::RsvpSet, &snapshot.event.scope)
+            .await?;
+        let requested = if set {
+            Some(input::requested_rsvp(obj)?)
+        } else {
+            None
+        };
+        let key = ScopeKey::of(&snapshot.event);
+        let outcome = self
+            .write(
+                &key,
+                self.meta(guard, meta),
+                WriteCommand::SetRsvp {
+                    event_id: id,
+                    requested,
+                },
+            )
+            .await?;
+        match outcome {
+            WriteOutcome::Rsvp { counts, status, .. } => {
+                Ok(Reply::Json(rsvp_reply(id, &counts, status)))
+            }
+            other => Err(AppError::internal(
+                "rsvp",
+                format!("unexpected outcome {other:?}"),
+            )),
+        }
+    }
+
+    async fn mark_attendance(
+        &self,
+        guard: &Guard<'_>,
+        obj: &serde_json::Map<String, Value>,
+        meta: &CallMeta,
+    ) -> Result<Reply, AppError> {
+        let id = input::event_id(obj)?;
+        let snapshot = self.visible(guard, id).await?;
+        guard
+            .require(Permission::AttendanceMark, &snapshot.event.scope)
+            .await?;
+        let user = input::user_id(obj, "user_id must be a UUID")?;
+        let key = ScopeKey::of(&snapshot.event);
+        let outcome = self
+            .write(
+                &key,
+                self.meta(guard, meta),
+                WriteCommand::MarkAttendance { event_id: id, user },
+            )
+            .await?;
+        match outcome {
+            WriteOutcome::Attendance {
+                user,
+                marked_by,
+                marked_at,
+                ..
+            } => Ok(Reply::Json(json!({
+                "eventId": id.to_string(),
+                "userId": user.to_string(),
+                "markedBy": marked_by.to_string(),
+                "markedAt": format_utc(&marked_at),
+            }))),
+            other => Err(AppError::internal(
+                "attendance",
+                format!("unexpected outcome {other:?}"),
+            )),
+        }
+    }
+
+    async fn rsvp_list(
+        &self,
+        guard: &Guard<'_>,
+        obj: &serde_json::Map<String, Value>,
+    ) -> Result<Reply, AppError> {
+        let id = input::event_id(obj)?;
+        let snapshot = self.visible(guard, id).await?;
+        guard
+            .require(Permission::EventManage, &snapshot.event.scope)
+            .await?;
+        let (limit, offset) = input::pagination(obj)?;
+        let status = match input::field(obj, "status", "status") {
+            Some(Value::String(s)) => Some(
+                s.parse::<RsvpStatus>()
+                    .map_err(|e| crate::domain::DomainError::field("status", e.into_message()))?,
+            ),
+            Some(_) => {
+                return Err(crate::domain::DomainError::field("status", "must be a string").into());
+            }
+            None => None,
+        };
+        let (rows, total) = reads::rsvps(&self.inner.db, id, status, limit, offset).await?;
+        let items = rows
+            .into_iter()
+            .map(|r| {
+                json!({
+                    "userId": r.user_id.to_string(),
+                    "status": r.status,
+                    "updatedAt": format_utc(&r.updated_at),
+                    "waitlistPosition": r.waitlist_position,
+                })
+            })
+            .collect();
+        Ok(Reply::Json(views::page(items, total, limit, offset)))
+    }
+
+    async fn attendance_list(
+        &self,
+        guard: &Guard<'_>,
+        obj: &serde_json::Map<String, Value>,
+    ) -> Result<Reply, AppError> {
+        let id = input::event_id(obj)?;
+        let snapshot = self.visible(guard, id).await?;
+        let scope = &snapshot.event.scope;
+        if !(guard.can(Permission::EventManage, scope).await?
+            || guard.can(Permission::AttendanceMark, scope).await?)
+        {
+            return Err(AppError::Forbidden("Permission denied"));
+        }
+        let (limit, offset) = input::pagination(obj)?;
+        let (rows, total) = reads::attendance(&self.inner.db, id, limit, offset).await?;
+        let items = rows
+            .into_iter()
+            .map(|r| {
+                json!({
+                    "userId": r.user_id.to_string(),
+                    "markedBy": r.marked_by.to_string(),
+                    "markedAt": format_utc(&r.marked_at),
+                })
+            })
+            .collect();
+        Ok(Reply::Json(views::page(items, total, limit, offset)))
+    }
+
+    async fn ics(
+        &self,
+        guard: &Guard<'_>,
+        obj: &serde_json::Map<String, Value>,
+    ) -> Result<Reply, AppError> {
+        let id = input::event_id(obj)?;
+        let snapshot = self.visible(guard, id).await?;
+        Ok(Reply::Calendar {
+            filename: ics::filename(&snapshot.event),
+            body: ics::render(&snapshot.event, &guard.ctx().tenant_slug, Utc::now()),
+        })
+    }
+
+    async fn dsar(
+        &self,
+        guard: &Guard<'_>,
+        obj: &serde_json::Map<String, Value>,
+        op: Op,
+    ) -> Result<Reply, AppError> {
+        let target = input::user_id(obj, "Invalid user id")?;
+        let is_subject = target == guard.user();
+        // Only the subject, or a system admin who is not suspended or banned;
+        // `system_admin` must be the literal `true` (the original accepted any truthy value).
+        if !is_subject && !guard.is_admin() {
+            return Err(AppError::Forbidden("DSAR access denied"));
+        }
+        let tenant = guard.tenant();
+        let ctx = guard.ctx();
+        self.inner
+            .audit
+            .record(AuditEntry {
+                tenant_id: Some(ctx.tenant_id),
+                actor_user_id: Some(ctx.user_id),
+                action: if op == Op::DsarErase {
+                    "dsar.erased"
+                } else {
+                    "dsar.exported"
+                },
+                target_type: "user",
+                target_id: Some(target.to_string()),
+                request_id: Some(ctx.request_id.clone()),
+                details: json!({"via": if is_subject { "self" } else { "system_admin" }}),
+            })
+            .await;
+        if op == Op::DsarExport {
+            return Ok(Reply::Json(
+                crate::store::dsar::export(&self.inner.db, tenant, target).await?,
+            ));
+        }
+        let shared = self.inner.registry.shared().clone();
+        let erased =
+            crate::store::dsar::erase(&self.inner.db, &shared.subjects, tenant, target).await?;
+        for event in &erased.changed_events {
+            self.inner
+                .registry
+                .invalidate(&ScopeKey::of(event), &[event.id])
+                .await;
+        }
+        shared.outbox_wakeup.notify_one();
+        Ok(Reply::Json(erased.summary))
+    }
+}
+
+fn rsvp_reply(
+    id: EventId,
+    counts: &crate::domain::RsvpCounts,
+    status: Option<RsvpStatus>,
+) -> Value {
+    json!({
+        "eventId": id.to_string(),
+        "status": status.map(|s| s.as_str()),
+        "rsvpCounts": views::counts(counts),
+        "myRsvp": status.map(|s| s.as_str()),
+    })
+}

@@ -1,0 +1,112 @@
+//! Authorization: permissions, roles, visibility, and the `Authorizer`
+//! that answers them (embedded `local` mode here; Access/Portal in `access`).
+
+pub mod audit;
+pub mod guard;
+pub mod local;
+
+use std::collections::HashSet;
+
+use futures::future::BoxFuture;
+
+use crate::app::AppError;
+use crate::auth::InternalContext;
+use crate::domain::{Scope, ScopeType};
+
+pub use audit::{AuditEntry, AuditLog};
+pub use guard::Guard;
+pub use local::LocalAuthorizer;
+
+/// The permission keys registered in Access.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Permission {
+    EventRead,
+    EventCreate,
+    EventManage,
+    RsvpSet,
+    AttendanceMark,
+}
+
+impl Permission {
+    pub const fn key(self) -> &'static str {
+        match self {
+            Permission::EventRead => "events.event.read",
+            Permission::EventCreate => "events.event.create",
+            Permission::EventManage => "events.event.manage",
+            Permission::RsvpSet => "events.rsvp.set",
+            Permission::AttendanceMark => "events.attendance.mark",
+        }
+    }
+}
+
+/// The two roles of the Events service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    Participant,
+    Organizer,
+}
+
+impl Role {
+    pub const ALL: [Role; 2] = [Role::Participant, Role::Organizer];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Role::Participant => "events.participant",
+            Role::Organizer => "events.organizer",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Role> {
+        match name {
+            "events.participant" | "participant" => Some(Role::Participant),
+            "events.organizer" | "organizer" => Some(Role::Organizer),
+            _ => None,
+        }
+    }
+
+    pub const fn permissions(self) -> &'static [Permission] {
+        match self {
+            Role::Participant => &[Permission::EventRead, Permission::RsvpSet],
+            Role::Organizer => &[
+                Permission::EventCreate,
+                Permission::EventManage,
+                Permission::AttendanceMark,
+            ],
+        }
+    }
+}
+
+/// What every tenant member holds implicitly (Access's default `member` role).
+pub const MEMBER_PERMISSIONS: [Permission; 2] = [Permission::EventRead, Permission::RsvpSet];
+
+/// Answers of a membership look-up: scopes the user belongs to, and scopes
+/// the authority could not answer for (unavailable, no usable cached answer).
+#[derive(Debug, Clone, Default)]
+pub struct Memberships {
+    pub member_of: HashSet<Scope>,
+    pub unknown: HashSet<Scope>,
+}
+
+/// The authority on permissions and memberships. Master flags (suspended,
+/// banned, system admin) are handled by [`Guard`] before it is asked.
+pub trait Authorizer: Send + Sync {
+    /// Whether the caller holds `permission` at `scope` of their tenant.
+    fn has_permission<'a>(
+        &'a self,
+        ctx: &'a InternalContext,
+        permission: Permission,
+        scope: &'a Scope,
+    ) -> BoxFuture<'a, Result<bool, AppError>>;
+
+    /// Which of `scopes` (COMMUNITY or TEAM) the caller is a member of.
+    fn memberships<'a>(
+        &'a self,
+        ctx: &'a InternalContext,
+        scopes: &'a [Scope],
+    ) -> BoxFuture<'a, Result<Memberships, AppError>>;
+}
+
+/// Whether membership decides who sees events of this visibility in this scope.
+pub fn membership_gated(scope_type: ScopeType) -> bool {
+    matches!(scope_type, ScopeType::Community | ScopeType::Team)
+}

@@ -1,0 +1,341 @@
+//! Read queries: one event, the caller's RSVPs, lists filtered in SQL.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgPool, Postgres, QueryBuilder};
+use uuid::Uuid;
+
+use crate::app::AppError;
+use crate::domain::{
+    Event, EventId, RsvpCounts, RsvpStatus, Scope, ScopeId, ScopeType, TenantId, UserId, Visibility,
+};
+use crate::store::rows::{COUNT_COLUMNS, CountsRow, EVENT_COLUMNS, EventRow, parse_rsvp_status};
+
+#[derive(sqlx::FromRow)]
+struct EventWithCounts {
+    #[sqlx(flatten)]
+    event: EventRow,
+    #[sqlx(flatten)]
+    counts: CountsRow,
+}
+
+fn to_domain(row: EventWithCounts) -> Result<(Event, RsvpCounts), AppError> {
+    let counts = row.counts.into();
+    let event = Event::try_from(row.event).map_err(|e| AppError::internal("stored event", e))?;
+    Ok((event, counts))
+}
+
+/// One event of a tenant with its counters.
+pub async fn event(
+    db: &PgPool,
+    tenant: TenantId,
+    id: EventId,
+) -> Result<Option<(Event, RsvpCounts)>, AppError> {
+    let sql = format!(
+        "SELECT {EVENT_COLUMNS}, {COUNT_COLUMNS} FROM events e LEFT JOIN event_counters c ON c.event_id = e.id
+         WHERE e.id = $1 AND e.tenant_id = $2"
+    );
+    let row: Option<EventWithCounts> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(Uuid::from(id))
+        .bind(Uuid::from(tenant))
+        .fetch_optional(db)
+        .await?;
+    row.map(to_domain).transpose()
+}
+
+/// The caller's own RSVP on one event.
+pub async fn rsvp_of(
+    db: &PgPool,
+    event: EventId,
+    user: UserId,
+) -> Result<Option<RsvpStatus>, AppError> {
+    let status: Option<String> = sqlx::query_scalar(
+        "SELECT status::text FROM event_rsvps WHERE event_id = $1 AND user_id = $2",
+    )
+    .bind(Uuid::from(event))
+    .bind(Uuid::from(user))
+    .fetch_optional(db)
+    .await?;
+    Ok(status.as_deref().and_then(parse_rsvp_status))
+}
+
+/// The caller's RSVPs on several events.
+pub async fn rsvps_of(
+    db: &PgPool,
+    events: &[EventId],
+    user: UserId,
+) -> Result<HashMap<EventId, RsvpStatus>, AppError> {
+    let ids: Vec<Uuid> = events.iter().map(|e| Uuid::from(*e)).collect();
+    let rows: Vec<(Uuid, String)> = sqlx::query_as(
+        "SELECT event_id, status::text FROM event_rsvps WHERE event_id = ANY($1) AND user_id = $2",
+    )
+    .bind(ids)
+    .bind(Uuid::from(user))
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(id, s)| Some((EventId::from(id), parse_rsvp_status(&s)?)))
+        .collect())
+}
+
+/// The filters of `event.list`, already validated.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    pub from: Option<DateTime<Utc>>,
+    pub to: Option<DateTime<Utc>>,
+    pub scope: Option<(ScopeType, String)>,
+    pub q: Option<String>,
+    pub visibility: Option<Visibility>,
+    pub my_rsvp: Option<RsvpStatus>,
+    pub created_by: Option<UserId>,
+    pub limit: i64,
+    pub offset: i64,
+}
+
+/// Who is looking: everything (system admin), or public events, the
+/// caller's own, and membership-gated events of the listed scopes.
+#[derive(Debug, Clone)]
+pub enum Audience {
+    Everything,
+    Member {
+        user: UserId,
+        member_scopes: Vec<Scope>,
+    },
+}
+
+fn push_filters(qb: &mut QueryBuilder<Postgres>, tenant: TenantId, viewer: UserId, f: &ListFilter) {
+    qb.push(" WHERE e.tenant_id = ")
+        .push_bind(Uuid::from(tenant));
+    if let Some((scope_type, scope_id)) = &f.scope {
+        qb.push(" AND e.scope_type = ")
+            .push_bind(scope_type.as_str())
+            .push("::scope_type AND e.scope_id = ")
+            .push_bind(scope_id.as_str());
+    }
+    // Overlap with [from, to], bounds included, as the original did.
+    if let Some(from) = f.from {
+        qb.push(" AND e.ends_at >= ").push_bind(from);
+    }
+    if let Some(to) = f.to {
+        qb.push(" AND e.starts_at <= ").push_bind(to);
+    }
+    if let Some(q) = &f.q {
+        let pattern = format!("%{}%", escape_like(q));
+        qb.push(" AND (e.title ILIKE ")
+            .push_bind(pattern.clone())
+            .push(" OR e.description ILIKE ")
+            .push_bind(pattern.clone())
+            .push(" OR e.location_text ILIKE ")
+            .push_bind(pattern)
+            .push(")");
+    }
+    if let Some(v) = f.visibility {
+        qb.push(" AND e.visibility = ")
+            .push_bind(v.as_str())
+            .push("::event_visibility");
+    }
+    if let Some(by) = f.created_by {
+        qb.push(" AND e.created_by = ").push_bind(Uuid::from(by));
+    }
+    if let Some(status) = f.my_rsvp {
+        qb.push(
+            " AND EXISTS (SELECT 1 FROM event_rsvps r WHERE r.event_id = e.id AND r.user_id = ",
+        )
+        .push_bind(Uuid::from(viewer))
+        .push(" AND r.status = ")
+        .push_bind(status.as_str())
+        .push("::rsvp_status)");
+    }
+}
+
+fn push_audience(qb: &mut QueryBuilder<Postgres>, audience: &Audience) {
+    let Audience::Member {
+        user,
+        member_scopes,
+    } = audience
+    else {
+        return;
+    };
+    let types: Vec<&str> = member_scopes
+        .iter()
+        .map(|s| s.scope_type().as_str())
+        .collect();
+    let ids: Vec<&str> = member_scopes
+        .iter()
+        .map(|s| s.scope_id().as_str())
+        .collect();
+    qb.push(" AND (e.visibility = 'public' OR e.created_by = ")
+        .push_bind(Uuid::from(*user))
+        .push(
+            " OR (((e.visibility = 'community' AND e.scope_type = 'COMMUNITY') \
+               OR (e.visibility = 'team' AND e.scope_type = 'TEAM')) \
+              AND (e.scope_type::text, e.scope_id) IN (SELECT * FROM UNNEST(",
+        )
+        .push_bind(types)
+        .push("::text[], ")
+        .push_bind(ids)
+        .push("::text[]))))");
+}
+
+fn escape_like(q: &str) -> String {
+    let mut out = String::with_capacity(q.len());
+    for c in q.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Membership-gated scopes among the events the filter matches (not the
+/// caller's own events): the only scopes whose membership a list must know.
+pub async fn gated_scopes(
+    db: &PgPool,
+    tenant: TenantId,
+    viewer: UserId,
+    f: &ListFilter,
+) -> Result<Vec<Scope>, AppError> {
+    let mut qb = QueryBuilder::new("SELECT DISTINCT e.scope_type::text, e.scope_id FROM events e");
+    push_filters(&mut qb, tenant, viewer, f);
+    qb.push(
+        " AND ((e.visibility = 'community' AND e.scope_type = 'COMMUNITY') \
+           OR (e.visibility = 'team' AND e.scope_type = 'TEAM')) AND e.created_by <> ",
+    )
+    .push_bind(Uuid::from(viewer));
+    let rows: Vec<(String, String)> = qb.build_query_as().fetch_all(db).await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(t, id)| {
+            Some(Scope::from_stored(
+                t.parse().ok()?,
+                ScopeId::parse(&id).ok()?,
+            ))
+        })
+        .collect())
+}
+
+/// One page of visible events and the total the caller may see.
+pub async fn list(
+    db: &PgPool,
+    tenant: TenantId,
+    viewer: UserId,
+    f: &ListFilter,
+    audience: &Audience,
+) -> Result<(Vec<(Event, RsvpCounts)>, i64), AppError> {
+    let mut count = QueryBuilder::new("SELECT count(*) FROM events e");
+    push_filters(&mut count, tenant, viewer, f);
+    push_audience(&mut count, audience);
+    let total: i64 = count.build_query_scalar().fetch_one(db).await?;
+
+    let mut page = QueryBuilder::new(format!(
+        "SELECT {EVENT_COLUMNS}, {COUNT_COLUMNS} FROM events e LEFT JOIN event_counters c ON c.event_id = e.id"
+    ));
+    push_filters(&mut page, tenant, viewer, f);
+    push_audience(&mut page, audience);
+    page.push(" ORDER BY e.starts_at, e.id LIMIT ")
+        .push_bind(f.limit)
+        .push(" OFFSET ")
+        .push_bind(f.offset);
+    let rows: Vec<EventWithCounts> = page.build_query_as().fetch_all(db).await?;
+    let items = rows
+        .into_iter()
+        .map(to_domain)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((items, total))
+}
+
+/// One RSVP as the managers' list shows it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct RsvpEntry {
+    pub user_id: Uuid,
+    pub status: String,
+    pub updated_at: DateTime<Utc>,
+    pub waitlist_position: Option<i64>,
+}
+
+pub async fn rsvps(
+    db: &PgPool,
+    event: EventId,
+    status: Option<RsvpStatus>,
+    limit: i64,
+    offset: i64,
+) -> Result<(Vec<RsvpEntry>, i64), AppError> {
+    let status = status.map(|s| s.as_str());
+    let total: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM event_rsvps WHERE event_id = $1 AND ($2::text IS NULL OR status::text = $2)",
+    )
+    .bind(Uuid::from(event))
+    .bind(status)
+    .fetch_one(db)
+    .await?;
+    let rows = sqlx::query_as(
+        "SELECT user_id, status::text AS status, updated_at, waitlist_position FROM (
+             SELECT user_id, status, updated_at, created_at,
+                    CASE WHEN status = 'waitlisted'
+                         THEN row_number() OVER (PARTITION BY status = 'waitlisted' ORDER BY waitlist_seq)
+                    END AS waitlist_position
+             FROM event_rsvps WHERE event_id = $1
+         ) r
+         WHERE ($2::text IS NULL OR status::text = $2)
+         ORDER BY created_at, user_id LIMIT $3 OFFSET $4",
+    )
+    .bind(Uuid::from(event))
+    .bind(status)
+    .bind(limit)
+    .bind(offset)
+    .fetch_all(db)
+    .await?;
+    Ok((rows, total))
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct AttendanceEntry {
+    pub user_id: Uuid,
+    pub marked_by: Uuid,
+    pub marked_at: DateTime<Utc>,
+}
+
+pub async fn attendance(
+    db: &PgPool,
+    event: EventId,
+    limit: i64,
+    offset: i64,
+) -> Result<(Vec<AttendanceEntry>, i64), AppError> {
+    let total: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM event_attendance WHERE event_id = $1")
+            .bind(Uuid::from(event))
+            .fetch_one(db)
+            .await?;
+    let rows = sqlx::query_as(
+        "SELECT user_id, marked_by, marked_at FROM event_attendance WHERE event_id = $1
+         ORDER BY marked_at, user_id LIMIT $2 OFFSET $3",
+    )
+    .bind(Uuid::from(event))
+    .bind(limit)
+    .bind(offset)
+    .fetch_all(db)
+    .await?;
+    Ok((rows, total))
+}
+
+/// The waitlist position (from 1) of a user, if waitlisted.
+pub async fn waitlist_position(
+    db: &PgPool,
+    event: EventId,
+    user: UserId,
+) -> Result<Option<i64>, AppError> {
+    let pos: Option<i64> = sqlx::query_scalar(
+        "SELECT count(*) FROM event_rsvps w, event_rsvps me
+         WHERE me.event_id = $1 AND me.user_id = $2 AND me.status = 'waitlisted'
+           AND w.event_id = $1 AND w.status = 'waitlisted' AND w.waitlist_seq <= me.waitlist_seq
+         GROUP BY me.user_id",
+    )
+    .bind(Uuid::from(event))
+    .bind(Uuid::from(user))
+    .fetch_optional(db)
+    .await?;
+    Ok(pos)
+}

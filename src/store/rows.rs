@@ -1,0 +1,144 @@
+//! Rows as Postgres returns them, and their conversion into domain types.
+//! Values are validated again on the way in: the schema's constraints make
+//! failures impossible in practice, and a failure is reported, not trusted.
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::domain::{
+    CancelReason, Capacity, Description, Event, EventStatus, GameId, LocationText, LocationUrl,
+    RsvpCounts, RsvpStatus, Scope, ScopeId, ScopeType, Title, Visibility,
+};
+
+/// The column list matching [`EventRow`], for `SELECT {EVENT_COLUMNS} FROM events`.
+pub const EVENT_COLUMNS: &str = "e.id, e.tenant_id, e.scope_type::text AS scope_type, e.scope_id, e.title, \
+     e.description, e.starts_at, e.ends_at, e.location_text, e.location_url, e.game_id, \
+     e.visibility::text AS visibility, e.status::text AS status, e.capacity, e.created_by, \
+     e.created_at, e.updated_at, e.version, e.cancelled_at, e.cancelled_by, e.cancel_reason";
+
+/// The column list matching [`CountsRow`] (from `event_counters c`).
+pub const COUNT_COLUMNS: &str = "COALESCE(c.interested, 0) AS interested, COALESCE(c.going, 0) AS going, \
+     COALESCE(c.not_going, 0) AS not_going, COALESCE(c.waitlisted, 0) AS waitlisted";
+
+#[derive(Debug, sqlx::FromRow)]
+pub struct EventRow {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub scope_type: String,
+    pub scope_id: String,
+    pub title: String,
+    pub description: String,
+    pub starts_at: DateTime<Utc>,
+    pub ends_at: DateTime<Utc>,
+    pub location_text: String,
+    pub location_url: Option<String>,
+    pub game_id: Option<String>,
+    pub visibility: String,
+    pub status: String,
+    pub capacity: Option<i32>,
+    pub created_by: Uuid,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub version: i64,
+    pub cancelled_at: Option<DateTime<Utc>>,
+    pub cancelled_by: Option<Uuid>,
+    pub cancel_reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, sqlx::FromRow)]
+pub struct CountsRow {
+    pub interested: i32,
+    pub going: i32,
+    pub not_going: i32,
+    pub waitlisted: i32,
+}
+
+impl From<CountsRow> for RsvpCounts {
+    fn from(r: CountsRow) -> Self {
+        let n = |v: i32| u32::try_from(v).unwrap_or(0);
+        RsvpCounts {
+            interested: n(r.interested),
+            going: n(r.going),
+            not_going: n(r.not_going),
+            waitlisted: n(r.waitlisted),
+        }
+    }
+}
+
+/// A stored value that does not pass the domain's validation.
+#[derive(Debug, thiserror::Error)]
+#[error("stored event {id} has an invalid {field}: {message}")]
+pub struct CorruptRow {
+    pub id: Uuid,
+    pub field: &'static str,
+    pub message: String,
+}
+
+impl TryFrom<EventRow> for Event {
+    type Error = CorruptRow;
+
+    fn try_from(r: EventRow) -> Result<Self, CorruptRow> {
+        let id = r.id;
+        let bad = |field: &'static str| {
+            move |e: &dyn std::fmt::Display| CorruptRow {
+                id,
+                field,
+                message: e.to_string(),
+            }
+        };
+        let scope_type: ScopeType = r.scope_type.parse().map_err(|e| bad("scope_type")(&e))?;
+        let scope_id = ScopeId::parse(&r.scope_id).map_err(|e| bad("scope_id")(&e))?;
+        Ok(Event {
+            id: id.into(),
+            tenant_id: r.tenant_id.into(),
+            scope: Scope::from_stored(scope_type, scope_id),
+            title: Title::parse(&r.title).map_err(|e| bad("title")(&e))?,
+            description: Description::parse(&r.description).map_err(|e| bad("description")(&e))?,
+            starts_at: r.starts_at,
+            ends_at: r.ends_at,
+            location_text: LocationText::parse(&r.location_text)
+                .map_err(|e| bad("location_text")(&e))?,
+            location_url: r
+                .location_url
+                .as_deref()
+                .map(LocationUrl::parse)
+                .transpose()
+                .map_err(|e| bad("location_url")(&e))?,
+            game_id: r
+                .game_id
+                .as_deref()
+                .map(GameId::parse)
+                .transpose()
+                .map_err(|e| bad("game_id")(&e))?,
+            visibility: r
+                .visibility
+                .parse::<Visibility>()
+                .map_err(|e| bad("visibility")(&e))?,
+            status: r
+                .status
+                .parse::<EventStatus>()
+                .map_err(|e| bad("status")(&e))?,
+            capacity: r
+                .capacity
+                .map(|c| Capacity::new(i64::from(c)))
+                .transpose()
+                .map_err(|e| bad("capacity")(&e))?,
+            created_by: r.created_by.into(),
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+            version: r.version,
+            cancelled_at: r.cancelled_at,
+            cancelled_by: r.cancelled_by.map(Into::into),
+            cancel_reason: r
+                .cancel_reason
+                .as_deref()
+                .map(CancelReason::parse)
+                .transpose()
+                .map_err(|e| bad("cancel_reason")(&e))?,
+        })
+    }
+}
+
+pub fn parse_rsvp_status(text: &str) -> Option<RsvpStatus> {
+    text.parse().ok()
+}

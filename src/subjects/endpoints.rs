@@ -1,0 +1,217 @@
+//! The NATS request/reply face: one micro-service endpoint per operation on
+//! `{prefix}.v1.<op>`. This adapter only decodes, calls the application
+//! layer and encodes; every rule lives below it.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::service::{Request, Service};
+use async_nats::{HeaderMap, HeaderValue};
+use bytes::Bytes;
+use futures::StreamExt;
+use serde_json::Value;
+use tokio::sync::Semaphore;
+
+use crate::app::{App, AppError, CallMeta, Op, Reply};
+use crate::auth::{HeaderSource, RequestParts};
+use crate::domain::{DomainError, ErrorCode};
+use crate::subjects::{NatsError, QUEUE_GROUP, Subjects};
+
+/// How many requests one instance works on at once; more wait in NATS.
+const MAX_IN_FLIGHT: usize = 4096;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    Json,
+    Msgpack,
+}
+
+impl Encoding {
+    pub const fn content_type(self) -> &'static str {
+        match self {
+            Encoding::Json => "application/json",
+            Encoding::Msgpack => "application/msgpack",
+        }
+    }
+
+    /// The request's encoding: its Content-Type, or, without one, JSON when
+    /// the body starts with `{` (no msgpack request can) and msgpack otherwise.
+    pub fn of_request(content_type: Option<&str>, body: &[u8]) -> Result<Encoding, AppError> {
+        match content_type.map(|c| {
+            c.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        }) {
+            Some(c) if c == "application/json" => Ok(Encoding::Json),
+            Some(c) if c == "application/msgpack" || c == "application/x-msgpack" => {
+                Ok(Encoding::Msgpack)
+            }
+            Some(c) if !c.is_empty() => Err(AppError::rejected(
+                ErrorCode::UnsupportedMediaType,
+                format!(
+                    "Content-Type {c} is not supported; use application/msgpack or application/json"
+                ),
+            )),
+            _ => Ok(if body.first() == Some(&b'{') {
+                Encoding::Json
+            } else {
+                Encoding::Msgpack
+            }),
+        }
+    }
+
+    pub fn decode(self, body: &[u8]) -> Result<Value, AppError> {
+        if body.is_empty() {
+            return Ok(Value::Null);
+        }
+        let decoded = match self {
+            Encoding::Json => serde_json::from_slice::<Value>(body).map_err(|e| e.to_string()),
+            Encoding::Msgpack => rmp_serde::from_slice::<Value>(body).map_err(|e| e.to_string()),
+        };
+        decoded.map_err(|e| {
+            let kind = if self == Encoding::Json {
+                "JSON"
+            } else {
+                "msgpack"
+            };
+            DomainError::InvalidBody(format!("Cannot parse request body as {kind}: {e}")).into()
+        })
+    }
+
+    pub fn encode(self, value: &Value) -> Bytes {
+        let bytes = match self {
+            Encoding::Json => serde_json::to_vec(value).unwrap_or_default(),
+            // Maps with field names, never positional arrays.
+            Encoding::Msgpack => rmp_serde::to_vec_named(value).unwrap_or_default(),
+        };
+        Bytes::from(bytes)
+    }
+}
+
+/// NATS headers for the authentication layer (first value, any case).
+struct NatsHeaders<'a>(Option<&'a HeaderMap>);
+
+impl HeaderSource for NatsHeaders<'_> {
+    fn header(&self, name: &str) -> Option<&str> {
+        let map = self.0?;
+        if let Some(v) = map.get(name) {
+            return Some(v.as_str());
+        }
+        map.iter()
+            .find(|(k, _)| AsRef::<str>::as_ref(*k).eq_ignore_ascii_case(name))
+            .and_then(|(_, values)| values.first())
+            .map(HeaderValue::as_str)
+    }
+}
+
+/// Registers every operation and serves requests until the service stops.
+pub async fn serve(
+    app: App,
+    service: &Service,
+    subjects: &Subjects,
+    max_body: usize,
+    timeout: Duration,
+) -> Result<(), NatsError> {
+    let group = service.group_with_queue_group(format!("{}.v1", subjects.prefix()), QUEUE_GROUP);
+    let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    for op in Op::ALL {
+        let mut endpoint = group
+            .endpoint_builder()
+            .name(op.name().replace('.', "-"))
+            .add(op.name())
+            .await
+            .map_err(|e| NatsError::Service(format!("endpoint {}: {e}", op.name())))?;
+        let app = app.clone();
+        let permits = permits.clone();
+        tokio::spawn(async move {
+            while let Some(request) = endpoint.next().await {
+                let Ok(permit) = permits.clone().acquire_owned().await else {
+                    return;
+                };
+                let app = app.clone();
+                tokio::spawn(async move {
+                    handle(&app, op, request, max_body, timeout).await;
+                    drop(permit);
+                });
+            }
+        });
+    }
+    Ok(())
+}
+
+async fn handle(app: &App, op: Op, request: Request, max_body: usize, timeout: Duration) {
+    let started = Instant::now();
+    let message = &request.message;
+    let headers = NatsHeaders(message.headers.as_ref());
+    let request_id = headers.header("X-Request-Id").map(str::to_string);
+    let body = message.payload.as_ref();
+    let encoding = Encoding::of_request(headers.header("Content-Type"), body);
+    let reply_encoding = *encoding.as_ref().unwrap_or(&Encoding::Json);
+    let outcome = async {
+        if body.len() > max_body {
+            return Err(AppError::rejected(
+                ErrorCode::PayloadTooLarge,
+                format!("Request body is larger than {max_body} bytes"),
+            ));
+        }
+        let ctx = app.authenticate(
+            &headers,
+            &RequestParts::nats(message.subject.as_str(), body),
+        )?;
+        let value = encoding?.decode(body)?;
+        let meta = CallMeta {
+            traceparent: headers.header("traceparent").map(str::to_string),
+            tracestate: headers.header("tracestate").map(str::to_string),
+        };
+        let reply = tokio::time::timeout(timeout, app.execute(&ctx, op, &value, &meta))
+            .await
+            .map_err(|_| AppError::Unavailable {
+                code: ErrorCode::Timeout,
+                message: "The request took too long; it may or may not have been applied".into(),
+            })??;
+        Ok((reply, ctx))
+    }
+    .await;
+
+    let mut reply_headers = HeaderMap::new();
+    if let Some(id) = &request_id {
+        reply_headers.insert("X-Request-Id", id.as_str());
+    }
+    let (payload, code) = match outcome {
+        Ok((Reply::Json(value), _)) => {
+            reply_headers.insert("Content-Type", reply_encoding.content_type());
+            (reply_encoding.encode(&value), None)
+        }
+        Ok((Reply::Calendar { body, .. }, _)) => {
+            reply_headers.insert("Content-Type", crate::domain::ics::CONTENT_TYPE);
+            (Bytes::from(body), None)
+        }
+        Err(err) => {
+            if err.is_internal() {
+                tracing::error!(op = op.name(), request_id = ?request_id, error = %err, "request failed");
+            }
+            reply_headers.insert("Content-Type", reply_encoding.content_type());
+            reply_headers.insert("Nats-Service-Error-Code", err.status().to_string().as_str());
+            reply_headers.insert("Nats-Service-Error", err.code().as_str());
+            (
+                reply_encoding.encode(&err.envelope(request_id.as_deref())),
+                Some(err.code()),
+            )
+        }
+    };
+    tracing::debug!(
+        op = op.name(),
+        request_id = ?request_id,
+        code = code.map(|c| c.as_str()),
+        duration_us = started.elapsed().as_micros() as u64,
+        "nats request"
+    );
+    if let Err(e) = request
+        .respond_with_headers(Ok(payload), reply_headers)
+        .await
+    {
+        tracing::warn!(op = op.name(), error = %e, "could not send the reply");
+    }
+}
