@@ -104,8 +104,8 @@ CREATE INDEX event_attendance_tenant_marker_idx ON event_attendance (tenant_id, 
 -- insertion order, because writes to one event are serialised by the counter
 -- row lock); `tx_id` records the writing transaction so a reader can tell
 -- which rows are committed for certain; `published_seq` is the global order
--- in which the single publisher sent rows to the stream (the CloudEvents
--- `sequence`).
+-- in which the single publisher first sent rows to the stream (the
+-- CloudEvents `sequence`).
 CREATE TABLE outbox (
     id               uuid PRIMARY KEY,
     seq              bigint GENERATED ALWAYS AS IDENTITY UNIQUE,
@@ -128,9 +128,11 @@ CREATE TABLE outbox (
     published_seq    bigint UNIQUE,
     published_at     timestamptz,
     dead_at          timestamptz,
+    -- `published_seq` is drawn at the first publish attempt and kept, so a
+    -- retried publish carries the same CloudEvents `sequence`.
     CONSTRAINT outbox_published_fields CHECK (
         (state = 'published') = (published_at IS NOT NULL)
-        AND (published_seq IS NULL OR published_at IS NOT NULL)
+        AND (state <> 'published' OR published_seq IS NOT NULL)
     ),
     CONSTRAINT outbox_dead_fields CHECK ((state = 'dead') = (dead_at IS NOT NULL))
 );

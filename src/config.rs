@@ -221,6 +221,18 @@ pub struct Settings {
     #[arg(long, env = "EVENTS_MAX_LIVE_ACTORS", global = true, value_name = "N")]
     pub max_live_actors: Option<String>,
 
+    /// How often the outbox publisher looks for rows written elsewhere, e.g. 500ms.
+    #[arg(long, env = "EVENTS_OUTBOX_POLL_INTERVAL", global = true, value_name = "DURATION")]
+    pub outbox_poll_interval: Option<String>,
+
+    /// Publish attempts before an outbox row is marked dead.
+    #[arg(long, env = "EVENTS_OUTBOX_MAX_ATTEMPTS", global = true, value_name = "N")]
+    pub outbox_max_attempts: Option<String>,
+
+    /// Longest wait between two publish attempts of a row, e.g. 5m.
+    #[arg(long, env = "EVENTS_OUTBOX_BACKOFF_MAX", global = true, value_name = "DURATION")]
+    pub outbox_backoff_max: Option<String>,
+
     /// Development mode (1/true): allows a missing BFF_INTERNAL_HMAC_SECRET
     /// (then `dev-internal-hmac` is used) and nothing else.
     #[arg(long, env = "EVENTS_DEV", global = true, value_name = "BOOL")]
@@ -331,6 +343,7 @@ pub struct Config {
     pub request_timeout: Duration,
     pub telemetry: TelemetryConfig,
     pub actors: crate::actors::ActorConfig,
+    pub outbox: crate::actors::outbox::OutboxConfig,
     pub dev: bool,
 }
 
@@ -776,6 +789,23 @@ impl Config {
                     10,
                     10_000_000,
                 )?,
+                ..Default::default()
+            },
+            outbox: crate::actors::outbox::OutboxConfig {
+                poll_interval: parse_duration_var(
+                    "EVENTS_OUTBOX_POLL_INTERVAL",
+                    &s.outbox_poll_interval,
+                    Duration::from_millis(500),
+                    Duration::from_millis(10),
+                )?,
+                max_attempts: parse_number("EVENTS_OUTBOX_MAX_ATTEMPTS", &s.outbox_max_attempts, 50, 1, 10_000)?,
+                backoff_max: parse_duration_var(
+                    "EVENTS_OUTBOX_BACKOFF_MAX",
+                    &s.outbox_backoff_max,
+                    Duration::from_secs(300),
+                    Duration::from_millis(10),
+                )?,
+                encoding: out_encoding,
                 ..Default::default()
             },
             dev,

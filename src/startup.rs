@@ -7,6 +7,7 @@ use std::time::Duration;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 
+use crate::actors::outbox::{OutboxMsg, Publisher};
 use crate::actors::{Registry, Shared};
 use crate::app::{App, AppParts};
 use crate::auth::{SignatureVersion, Verifier};
@@ -63,6 +64,7 @@ pub struct AppState {
     pub nats: async_nats::Client,
     pub app: App,
     pub outbox_wakeup: std::sync::Arc<tokio::sync::Notify>,
+    pub publisher: std::sync::Arc<Publisher>,
 }
 
 /// The service, built and bound, not yet serving.
@@ -70,6 +72,7 @@ pub struct Application {
     state: AppState,
     listener: TcpListener,
     service: async_nats::service::Service,
+    outbox: ractor::ActorRef<OutboxMsg>,
 }
 
 impl Application {
@@ -127,6 +130,15 @@ impl Application {
         )
         .await?;
         store::spawn_housekeeping(db.clone());
+        let publisher = std::sync::Arc::new(Publisher::new(
+            db.clone(),
+            store::connect_options(&config.database)?,
+            nats.clone(),
+            config.outbox.clone(),
+        ));
+        let outbox = crate::actors::outbox::start_actor(publisher.clone(), outbox_wakeup.clone())
+            .await
+            .map_err(StartupError::Actors)?;
         let listener = TcpListener::bind(config.http_addr)
             .await
             .map_err(|source| StartupError::Bind {
@@ -139,11 +151,13 @@ impl Application {
             nats,
             app,
             outbox_wakeup,
+            publisher,
         };
         Ok(Self {
             state,
             listener,
             service,
+            outbox,
         })
     }
 
@@ -169,6 +183,8 @@ impl Application {
         let served = axum::serve(self.listener, router)
             .with_graceful_shutdown(shutdown)
             .await;
+        self.outbox.stop(Some("shutdown".into()));
+        self.state.publisher.step_down().await;
         if let Err(e) = self.service.stop().await {
             tracing::warn!(error = %e, "stopping the NATS micro service failed");
         }

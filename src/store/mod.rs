@@ -2,6 +2,7 @@
 
 pub mod batch;
 pub mod dsar;
+pub mod outbox;
 pub mod reads;
 pub mod rows;
 
@@ -35,6 +36,11 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error(transparent)]
     Sqlx(#[from] sqlx::Error),
+}
+
+/// Connection options for a dedicated connection (the publisher's lock).
+pub fn connect_options(config: &DatabaseConfig) -> Result<PgConnectOptions, StoreError> {
+    options(config)
 }
 
 fn options(config: &DatabaseConfig) -> Result<PgConnectOptions, StoreError> {

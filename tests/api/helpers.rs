@@ -63,8 +63,12 @@ pub struct TestApp {
     pub nats: async_nats::Client,
     pub db: PgPool,
     pub isolation: Isolation,
+    /// The application's shared state (app layer, publisher, registry).
+    pub state: updspace_events::startup::AppState,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
+    /// Only the first instance of an isolation drops its database and stream.
+    owner: bool,
 }
 
 impl TestApp {
@@ -74,8 +78,21 @@ impl TestApp {
 
     /// Starts the service with settings adjusted by `adjust`.
     pub async fn spawn_with(adjust: impl FnOnce(&mut Settings)) -> Self {
+        Self::start(Isolation::new(), true, adjust).await
+    }
+
+    /// Starts another instance sharing this one's database, prefix and stream.
+    pub async fn spawn_sibling(&self, adjust: impl FnOnce(&mut Settings)) -> Self {
+        let isolation = Isolation {
+            db_name: self.isolation.db_name.clone(),
+            prefix: self.isolation.prefix.clone(),
+            stream: self.isolation.stream.clone(),
+        };
+        Self::start(isolation, false, adjust).await
+    }
+
+    async fn start(isolation: Isolation, owner: bool, adjust: impl FnOnce(&mut Settings)) -> Self {
         init_test_logging();
-        let isolation = Isolation::new();
         let mut settings = isolation.settings();
         adjust(&mut settings);
         let config = Config::load(&settings).expect("test settings are valid");
@@ -84,6 +101,7 @@ impl TestApp {
             .expect("the service starts");
         let addr = app.http_addr();
         let db = app.state().db.clone();
+        let state = app.state().clone();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             let _ = app
@@ -101,8 +119,10 @@ impl TestApp {
             nats,
             db,
             isolation,
+            state,
             shutdown: Some(tx),
             task: Some(task),
+            owner,
         }
     }
 
@@ -126,7 +146,9 @@ impl Drop for TestApp {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
-        cleanup(&self.isolation.db_name, &self.isolation.stream);
+        if self.owner {
+            cleanup(&self.isolation.db_name, &self.isolation.stream);
+        }
     }
 }
 

@@ -6,5 +6,6 @@ mod cli;
 mod health;
 mod helpers;
 mod ops;
+mod outbox;
 mod schema;
 mod startup;

@@ -215,8 +215,9 @@ async fn outbox_rows_keep_their_state_consistent() {
     let db = &app.db;
     let insert = |event_type: &'static str, state: &'static str, published: bool| {
         sqlx::query(
-            "INSERT INTO outbox (id, tenant_id, event_id, event_type, subject, payload, state, published_at)
-             VALUES ($1, $2, $3, $4, 'events.out.x.y', '{}'::jsonb, $5::outbox_state, CASE WHEN $6 THEN now() END)",
+            "INSERT INTO outbox (id, tenant_id, event_id, event_type, subject, payload, state, published_at, published_seq)
+             VALUES ($1, $2, $3, $4, 'events.out.x.y', '{}'::jsonb, $5::outbox_state, CASE WHEN $6 THEN now() END,
+                     CASE WHEN $6 THEN nextval('outbox_published_seq') END)",
         )
         .bind(Uuid::new_v4())
         .bind(Uuid::new_v4())

@@ -1,0 +1,230 @@
+//! Outbox queries: claiming rows to publish, recording results, and the
+//! operator's views (status, dead rows, replay).
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+/// One row ready to be published.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct OutboxRow {
+    pub id: Uuid,
+    pub seq: i64,
+    pub tenant_id: Uuid,
+    pub event_id: Uuid,
+    pub event_type: String,
+    pub subject: String,
+    pub payload: Value,
+    pub traceparent: Option<String>,
+    pub tracestate: Option<String>,
+    pub occurred_at: DateTime<Utc>,
+    pub attempts: i32,
+    pub published_seq: Option<i64>,
+}
+
+const ROW_COLUMNS: &str = "o.id, o.seq, o.tenant_id, o.event_id, o.event_type, o.subject, o.payload, o.traceparent, \
+     o.tracestate, o.occurred_at, o.attempts, o.published_seq";
+
+/// The next pending rows that are due, in insertion order. A row waiting
+/// for a retry holds back the later rows of its event, so each event's
+/// messages reach the stream in order; dead rows hold back nothing.
+pub async fn due(db: &PgPool, limit: i64) -> Result<Vec<OutboxRow>, sqlx::Error> {
+    let sql = format!(
+        "SELECT {ROW_COLUMNS} FROM outbox o
+         WHERE o.state = 'pending' AND o.next_attempt_at <= now()
+           AND NOT EXISTS (
+               SELECT 1 FROM outbox w
+               WHERE w.event_id = o.event_id AND w.state = 'pending' AND w.seq < o.seq AND w.next_attempt_at > now()
+           )
+         ORDER BY o.seq LIMIT $1"
+    );
+    sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(limit).fetch_all(db).await
+}
+
+/// Gives rows without one their global publish sequence, in `seq` order.
+/// Drawn once, so a retried publish carries the same number.
+pub async fn assign_sequences(db: &PgPool, rows: &mut [OutboxRow]) -> Result<(), sqlx::Error> {
+    let missing: Vec<usize> = (0..rows.len()).filter(|i| rows[*i].published_seq.is_none()).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let mut numbers: Vec<i64> = sqlx::query_scalar("SELECT nextval('outbox_published_seq') FROM generate_series(1, $1)")
+        .bind(missing.len() as i64)
+        .fetch_all(db)
+        .await?;
+    numbers.sort_unstable();
+    let ids: Vec<Uuid> = missing.iter().map(|i| rows[*i].id).collect();
+    sqlx::query(
+        "UPDATE outbox o SET published_seq = u.n FROM UNNEST($1::uuid[], $2::bigint[]) AS u(id, n)
+         WHERE o.id = u.id AND o.published_seq IS NULL",
+    )
+    .bind(&ids)
+    .bind(&numbers)
+    .execute(db)
+    .await?;
+    for (i, n) in missing.into_iter().zip(numbers) {
+        rows[i].published_seq = Some(n);
+    }
+    Ok(())
+}
+
+pub async fn mark_published(db: &PgPool, ids: &[Uuid]) -> Result<(), sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "UPDATE outbox SET state = 'published', published_at = now(), attempts = attempts + 1, last_error = NULL
+         WHERE id = ANY($1) AND state = 'pending'",
+    )
+    .bind(ids)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// A failed publish attempt.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub id: Uuid,
+    pub error: String,
+    pub retry_at: DateTime<Utc>,
+    /// Attempts exhausted: the row becomes dead (counted, kept, retryable by hand).
+    pub dead: bool,
+}
+
+pub async fn mark_failed(db: &PgPool, failures: &[Failure]) -> Result<(), sqlx::Error> {
+    if failures.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = failures.iter().map(|f| f.id).collect();
+    let errors: Vec<String> = failures.iter().map(|f| f.error.chars().take(2000).collect()).collect();
+    let retry: Vec<DateTime<Utc>> = failures.iter().map(|f| f.retry_at).collect();
+    let dead: Vec<bool> = failures.iter().map(|f| f.dead).collect();
+    sqlx::query(
+        "UPDATE outbox o SET attempts = o.attempts + 1, last_error = u.err, next_attempt_at = u.retry,
+                state = CASE WHEN u.dead THEN 'dead'::outbox_state ELSE o.state END,
+                dead_at = CASE WHEN u.dead THEN now() ELSE o.dead_at END
+         FROM UNNEST($1::uuid[], $2::text[], $3::timestamptz[], $4::bool[]) AS u(id, err, retry, dead)
+         WHERE o.id = u.id AND o.state = 'pending'",
+    )
+    .bind(&ids)
+    .bind(&errors)
+    .bind(&retry)
+    .bind(&dead)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// The outbox at a glance.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Status {
+    pub pending: i64,
+    pub dead: i64,
+    pub published: i64,
+    pub oldest_pending_age_seconds: Option<f64>,
+    pub by_type: Vec<TypeStatus>,
+}
+
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
+pub struct TypeStatus {
+    pub event_type: String,
+    pub pending: i64,
+    pub dead: i64,
+    pub last_error: Option<String>,
+    pub last_error_at: Option<DateTime<Utc>>,
+}
+
+pub async fn status(db: &PgPool) -> Result<Status, sqlx::Error> {
+    let (pending, dead, published, oldest): (i64, i64, i64, Option<f64>) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE state = 'pending'),
+                count(*) FILTER (WHERE state = 'dead'),
+                count(*) FILTER (WHERE state = 'published'),
+                EXTRACT(EPOCH FROM now() - min(occurred_at) FILTER (WHERE state = 'pending'))::float8
+         FROM outbox",
+    )
+    .fetch_one(db)
+    .await?;
+    let by_type = sqlx::query_as(
+        "SELECT event_type,
+                count(*) FILTER (WHERE state = 'pending') AS pending,
+                count(*) FILTER (WHERE state = 'dead') AS dead,
+                (array_agg(last_error ORDER BY next_attempt_at DESC) FILTER (WHERE last_error IS NOT NULL))[1] AS last_error,
+                max(next_attempt_at) FILTER (WHERE last_error IS NOT NULL) AS last_error_at
+         FROM outbox WHERE state <> 'published' GROUP BY event_type ORDER BY event_type",
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(Status {
+        pending,
+        dead,
+        published,
+        oldest_pending_age_seconds: oldest,
+        by_type,
+    })
+}
+
+/// Cheap gauges for metrics and readiness (uses the partial indexes).
+pub async fn gauges(db: &PgPool) -> Result<(i64, i64, Option<f64>), sqlx::Error> {
+    sqlx::query_as(
+        "SELECT (SELECT count(*) FROM outbox WHERE state = 'pending'),
+                (SELECT count(*) FROM outbox WHERE state = 'dead'),
+                (SELECT EXTRACT(EPOCH FROM now() - min(occurred_at))::float8 FROM outbox WHERE state = 'pending')",
+    )
+    .fetch_one(db)
+    .await
+}
+
+/// Puts dead rows back in the queue (all of them, or those listed).
+pub async fn retry_dead(db: &PgPool, ids: Option<&[Uuid]>) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE outbox SET state = 'pending', dead_at = NULL, attempts = 0, next_attempt_at = now()
+         WHERE state = 'dead' AND ($1::uuid[] IS NULL OR id = ANY($1))",
+    )
+    .bind(ids.map(<[Uuid]>::to_vec))
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Published rows since a time, in publish order, for a replay.
+pub async fn published_since(
+    db: &PgPool,
+    since: DateTime<Utc>,
+    after_seq: i64,
+    limit: i64,
+) -> Result<Vec<OutboxRow>, sqlx::Error> {
+    let sql = format!(
+        "SELECT {ROW_COLUMNS} FROM outbox o
+         WHERE o.state = 'published' AND o.published_at >= $1 AND o.published_seq > $2
+         ORDER BY o.published_seq LIMIT $3"
+    );
+    sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(since)
+        .bind(after_seq)
+        .bind(limit)
+        .fetch_all(db)
+        .await
+}
+
+/// Session-level advisory lock naming the single publisher.
+pub const PUBLISHER_LOCK: i64 = 0x6576_656e_7473_6f62; // "eventsob"
+
+pub async fn try_lock(conn: &mut PgConnection) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+        .bind(PUBLISHER_LOCK)
+        .fetch_one(conn)
+        .await
+}
+
+/// Whether another session holds the publisher lock.
+pub async fn lock_held_elsewhere(db: &PgPool) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted
+                AND ((classid::bigint << 32) | objid::bigint) = $1 AND pid <> pg_backend_pid())",
+    )
+    .bind(PUBLISHER_LOCK)
+    .fetch_one(db)
+    .await
+}

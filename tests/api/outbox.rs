@@ -1,0 +1,487 @@
+//! The outbox publisher: every committed change reaches the stream exactly
+//! once, in per-event order, through restarts and outages.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use async_nats::jetstream;
+use serde_json::{Value, json};
+use updspace_events::app::{CallMeta, Op, Reply};
+use updspace_events::auth::{InternalContext, MasterFlags, SignatureVersion};
+use uuid::Uuid;
+
+use crate::helpers::{NATS_URL, PrivateNats, TempDir, TestApp, admin, free_port, identity};
+
+/// One message read back from the stream.
+#[derive(Debug)]
+pub struct Published {
+    pub subject: String,
+    pub msg_id: String,
+    pub content_type: String,
+    pub traceparent: Option<String>,
+    pub envelope: Value,
+}
+
+/// Every message in a stream, in stream order.
+pub async fn read_stream(nats_url: &str, stream: &str) -> Vec<Published> {
+    let client = async_nats::connect(nats_url).await.expect("connect");
+    let js = jetstream::new(client);
+    let mut s = js.get_stream(stream).await.expect("stream");
+    let info = s.info().await.expect("info").clone();
+    let mut out = Vec::new();
+    for seq in info.state.first_sequence..=info.state.last_sequence {
+        if info.state.messages == 0 {
+            break;
+        }
+        let Ok(m) = s.get_raw_message(seq).await else { continue };
+        let header = |n: &str| m.headers.get(n).map(|v| v.as_str().to_string());
+        let content_type = header("Content-Type").unwrap_or_default();
+        let envelope: Value = if content_type.ends_with("+json") {
+            serde_json::from_slice(&m.payload).expect("json envelope")
+        } else {
+            rmp_serde::from_slice(&m.payload).expect("msgpack envelope")
+        };
+        out.push(Published {
+            subject: m.subject.to_string(),
+            msg_id: header("Nats-Msg-Id").unwrap_or_default(),
+            content_type,
+            traceparent: header("traceparent"),
+            envelope,
+        });
+    }
+    out
+}
+
+async fn stream_count(nats_url: &str, stream: &str) -> u64 {
+    let Ok(client) = async_nats::connect(nats_url).await else { return 0 };
+    let js = jetstream::new(client);
+    let Ok(mut s) = js.get_stream(stream).await else { return 0 };
+    s.info().await.map(|i| i.state.messages).unwrap_or(0)
+}
+
+/// Waits (bounded) until the stream holds `n` messages.
+pub async fn wait_for_stream(nats_url: &str, stream: &str, n: u64, within: Duration) -> u64 {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let count = stream_count(nats_url, stream).await;
+        if count >= n || tokio::time::Instant::now() >= deadline {
+            return count;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn outbox_ids(db: &sqlx::PgPool) -> Vec<(Uuid, Uuid, String)> {
+    sqlx::query_as("SELECT id, event_id, state::text FROM outbox ORDER BY seq")
+        .fetch_all(db)
+        .await
+        .expect("outbox rows")
+}
+
+fn ctx(tenant: Uuid, user: Uuid, admin: bool) -> InternalContext {
+    InternalContext {
+        request_id: Uuid::new_v4().to_string(),
+        tenant_id: tenant,
+        tenant_slug: "acme".into(),
+        user_id: user,
+        master_flags: if admin {
+            MasterFlags::parse(Some(r#"{"system_admin":true}"#))
+        } else {
+            MasterFlags::default()
+        },
+        signature_version: SignatureVersion::V2,
+        signature: format!("{:064x}", rand_u128()),
+        timestamp: chrono::Utc::now().timestamp(),
+    }
+}
+
+fn rand_u128() -> u128 {
+    u128::from_le_bytes(*Uuid::new_v4().as_bytes())
+}
+
+/// Calls the application layer directly (no transport), as an admin.
+async fn direct(app: &TestApp, tenant: Uuid, op: Op, body: Value) -> Value {
+    let reply = app
+        .state
+        .app
+        .execute(&ctx(tenant, Uuid::new_v4(), true), op, &body, &CallMeta::default())
+        .await
+        .expect("operation succeeds");
+    match reply {
+        Reply::Json(v) => v,
+        Reply::Calendar { body, .. } => Value::String(body),
+    }
+}
+
+fn event_body(tenant: Uuid, title: &str) -> Value {
+    json!({"scopeType": "TENANT", "scopeId": tenant.to_string(), "title": title,
+           "startsAt": "2030-01-10T10:00:00Z", "endsAt": "2030-01-10T12:00:00Z", "capacity": 1})
+}
+
+#[tokio::test]
+async fn every_operation_reaches_the_stream_exactly_once_with_its_envelope() {
+    let app = TestApp::spawn().await;
+    let client = app.client();
+    let tenant = Uuid::new_v4();
+    let boss = admin(tenant);
+    let alice = identity(tenant, Uuid::new_v4());
+    let bob = identity(tenant, Uuid::new_v4());
+
+    let mut traced = boss.clone();
+    traced.master_flags = Some(r#"{"system_admin":true}"#.into());
+    let created = client.call("event.create", &traced, &event_body(tenant, "Raid")).await.expect("create");
+    let id = created.body["id"].as_str().expect("id").to_string();
+    client.call("event.update", &boss, &json!({"id": id, "title": "Raid night", "capacity": 2})).await.expect("update");
+    client.call("event.update", &boss, &json!({"id": id, "title": "Raid night"})).await.expect("no-op update");
+    client.call("rsvp.set", &alice, &json!({"eventId": id, "status": "going"})).await.expect("rsvp");
+    client.call("rsvp.set", &alice, &json!({"eventId": id, "status": "going"})).await.expect("same rsvp");
+    client.call("rsvp.set", &bob, &json!({"eventId": id, "status": "interested"})).await.expect("rsvp");
+    client.call("rsvp.clear", &bob, &json!({"eventId": id})).await.expect("clear");
+    client
+        .call("attendance.mark", &boss, &json!({"eventId": id, "userId": alice.user_id}))
+        .await
+        .expect("mark");
+    client
+        .call("attendance.mark", &boss, &json!({"eventId": id, "userId": alice.user_id}))
+        .await
+        .expect("mark again");
+    client.call("event.cancel", &boss, &json!({"id": id, "reason": "rain"})).await.expect("cancel");
+    client.call("event.cancel", &boss, &json!({"id": id})).await.expect("cancel again");
+
+    let expected_types = [
+        "event.created",
+        "event.updated",
+        "event.rsvp.changed",
+        "event.rsvp.changed",
+        "event.rsvp.changed",
+        "event.attendance.marked",
+        "event.cancelled",
+    ];
+    let n = wait_for_stream(NATS_URL, &app.isolation.stream, expected_types.len() as u64, Duration::from_secs(10)).await;
+    assert_eq!(n, expected_types.len() as u64, "no-ops must publish nothing");
+    // Give a stray duplicate time to show up before counting for good.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let messages = read_stream(NATS_URL, &app.isolation.stream).await;
+    assert_eq!(messages.len(), expected_types.len());
+
+    let rows = outbox_ids(&app.db).await;
+    assert!(rows.iter().all(|(_, _, state)| state == "published"), "{rows:?}");
+    let mut last_sequence = 0;
+    for ((message, ty), (row_id, _, _)) in messages.iter().zip(expected_types).zip(&rows) {
+        let env = &message.envelope;
+        assert_eq!(env["type"], ty);
+        assert_eq!(message.subject, format!("{}.out.{tenant}.{ty}", app.isolation.prefix));
+        assert_eq!(message.msg_id, row_id.to_string(), "Nats-Msg-Id is the outbox id");
+        assert_eq!(env["id"], row_id.to_string());
+        assert_eq!(message.content_type, "application/cloudevents+msgpack");
+        assert_eq!(env["specversion"], "1.0");
+        assert_eq!(env["source"], "updspace/events");
+        assert_eq!(env["subject"], id);
+        assert_eq!(env["tenantid"], tenant.to_string());
+        assert_eq!(env["datacontenttype"], "application/msgpack");
+        let sequence = env["sequence"].as_i64().expect("sequence is an integer");
+        assert!(sequence > last_sequence, "sequence grows in publish order");
+        last_sequence = sequence;
+        assert!(env["time"].as_str().is_some_and(|t| t.ends_with('Z')));
+        assert_eq!(env["data"]["event_id"], id);
+    }
+    let data: Vec<&Value> = messages.iter().map(|m| &m.envelope["data"]).collect();
+    assert_eq!(data[1]["updated_fields"], json!(["title", "capacity"]));
+    assert_eq!(data[2]["previous_status"], Value::Null);
+    assert_eq!(data[2]["status"], "going");
+    assert_eq!(data[4]["status"], Value::Null);
+    assert_eq!(data[4]["reason"], "cleared");
+    assert_eq!(data[5]["marked_by"], boss.user_id);
+    assert_eq!(data[6]["reason"], "rain");
+}
+
+#[tokio::test]
+async fn json_encoding_and_traceparent_are_carried_to_the_stream() {
+    let app = TestApp::spawn_with(|s| s.out_encoding = Some("json".into())).await;
+    let tenant = Uuid::new_v4();
+    let meta = CallMeta {
+        traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
+        tracestate: None,
+    };
+    app.state
+        .app
+        .execute(&ctx(tenant, Uuid::new_v4(), true), Op::EventCreate, &event_body(tenant, "Traced"), &meta)
+        .await
+        .expect("create");
+    wait_for_stream(NATS_URL, &app.isolation.stream, 1, Duration::from_secs(10)).await;
+    let messages = read_stream(NATS_URL, &app.isolation.stream).await;
+    assert_eq!(messages.len(), 1);
+    assert_eq!(messages[0].content_type, "application/cloudevents+json");
+    assert_eq!(messages[0].envelope["datacontenttype"], "application/json");
+    assert_eq!(messages[0].traceparent.as_deref(), meta.traceparent.as_deref());
+}
+
+/// Inserts pending rows straight into the outbox (a backlog): `per_event`
+/// numbered rows for each of `events` events.
+async fn backlog(db: &sqlx::PgPool, prefix: &str, tenant: Uuid, events: usize, per_event: usize) {
+    let n = events * per_event;
+    let ids: Vec<Uuid> = (0..n).map(|_| Uuid::new_v4()).collect();
+    let event_ids: Vec<Uuid> = (0..events).map(|_| Uuid::new_v4()).collect();
+    let owners: Vec<Uuid> = (0..n).map(|i| event_ids[i % events]).collect();
+    let subject = format!("{prefix}.out.{tenant}.event.updated");
+    sqlx::query(
+        "INSERT INTO outbox (id, tenant_id, event_id, event_type, subject, payload)
+         SELECT id, $2, e, 'event.updated', $3, jsonb_build_object('n', n)
+         FROM UNNEST($1::uuid[], $4::uuid[]) WITH ORDINALITY AS x(id, e, n) ORDER BY n",
+    )
+    .bind(&ids)
+    .bind(tenant)
+    .bind(&subject)
+    .bind(&owners)
+    .execute(db)
+    .await
+    .expect("backlog");
+}
+
+fn assert_per_event_order(messages: &[Published]) {
+    let mut last: HashMap<String, i64> = HashMap::new();
+    for m in messages {
+        let event = m.envelope["subject"].as_str().unwrap_or_default().to_string();
+        let n = m.envelope["data"]["n"].as_i64().unwrap_or_default();
+        if let Some(prev) = last.insert(event.clone(), n) {
+            assert!(n > prev, "event {event}: message {n} after {prev}");
+        }
+    }
+}
+
+async fn assert_exactly_once(app: &TestApp, expected: u64) {
+    let total = wait_for_stream(NATS_URL, &app.isolation.stream, expected, Duration::from_secs(90)).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(total, expected);
+    let messages = read_stream(NATS_URL, &app.isolation.stream).await;
+    assert_eq!(messages.len() as u64, expected, "exactly once");
+    let ids: HashSet<&str> = messages.iter().map(|m| m.msg_id.as_str()).collect();
+    assert_eq!(ids.len() as u64, expected, "no duplicate ids");
+    let rows = outbox_ids(&app.db).await;
+    let row_ids: HashSet<String> = rows.iter().map(|r| r.0.to_string()).collect();
+    assert!(ids.iter().all(|id| row_ids.contains(*id)), "every message is an outbox row");
+    assert_per_event_order(&messages);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE state <> 'published'")
+            .fetch_one(&app.db)
+            .await
+            .expect("count");
+        if pending == 0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{pending} rows never marked published");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_publisher_restarted_mid_backlog_loses_and_duplicates_nothing() {
+    let mut first = TestApp::spawn().await;
+    let tenant = Uuid::new_v4();
+    let isolation_db = sqlx::PgPool::connect(&first.isolation.database_url()).await.expect("pool");
+    first.stop().await;
+    backlog(&isolation_db, &first.isolation.prefix, tenant, 50, 400).await;
+    let mut second = first.spawn_sibling(|_| {}).await;
+    // Stop it while it drains (somewhere in the 20,000 rows), then restart.
+    wait_for_stream(NATS_URL, &first.isolation.stream, 2000, Duration::from_secs(30)).await;
+    second.stop().await;
+    let third = first.spawn_sibling(|_| {}).await;
+    assert_exactly_once(&third, 20_000).await;
+}
+
+#[tokio::test]
+async fn rows_published_but_not_marked_before_a_crash_are_not_duplicated() {
+    let mut first = TestApp::spawn().await;
+    let tenant = Uuid::new_v4();
+    let isolation_db = sqlx::PgPool::connect(&first.isolation.database_url()).await.expect("pool");
+    first.stop().await;
+    backlog(&isolation_db, &first.isolation.prefix, tenant, 10, 30).await;
+    // What a publisher that crashed between publish and mark leaves behind:
+    // the first 120 rows are in the stream, the outbox still says pending.
+    let rows: Vec<updspace_events::store::outbox::OutboxRow> = {
+        let mut rows = updspace_events::store::outbox::due(&isolation_db, 120).await.expect("rows");
+        updspace_events::store::outbox::assign_sequences(&isolation_db, &mut rows).await.expect("seq");
+        rows
+    };
+    let js = jetstream::new(async_nats::connect(NATS_URL).await.expect("connect"));
+    for row in &rows {
+        let (payload, content_type) =
+            updspace_events::actors::outbox::envelope(row, updspace_events::config::OutEncoding::Msgpack);
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", row.id.to_string().as_str());
+        headers.insert("Content-Type", content_type);
+        js.publish_with_headers(row.subject.clone(), headers, payload.into())
+            .await
+            .expect("publish")
+            .await
+            .expect("ack");
+    }
+    let second = first.spawn_sibling(|_| {}).await;
+    assert_exactly_once(&second, 300).await;
+}
+
+#[tokio::test]
+async fn writes_continue_while_nats_is_down_and_arrive_once_after_it_returns() {
+    let port = free_port();
+    let store = TempDir::new();
+    let start_nats = |store: &TempDir| {
+        let child = std::process::Command::new(crate::helpers::nats_server_bin())
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(store.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("nats-server");
+        child
+    };
+    let mut nats = start_nats(&store);
+    let url = format!("nats://127.0.0.1:{port}");
+    let probe = PrivateNats::start_on(free_port());
+    drop(probe);
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let app = TestApp::spawn_with(|s| {
+        s.nats_url = Some(url.clone());
+        s.outbox_backoff_max = Some("300ms".into());
+        s.outbox_poll_interval = Some("100ms".into());
+    })
+    .await;
+    let tenant = Uuid::new_v4();
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let created = direct(&app, tenant, Op::EventCreate, event_body(tenant, &format!("E{i}"))).await;
+        ids.push(created["id"].as_str().expect("id").to_string());
+    }
+    assert_eq!(wait_for_stream(&url, &app.isolation.stream, 5, Duration::from_secs(10)).await, 5);
+
+    // NATS goes away; writes go on (they only need Postgres).
+    let _ = nats.kill();
+    let _ = nats.wait();
+    for round in 0..4 {
+        for id in &ids {
+            direct(&app, tenant, Op::EventUpdate, json!({"id": id, "title": format!("round {round}")})).await;
+        }
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        let status = updspace_events::store::outbox::status(&app.db).await.expect("status");
+        if status.by_type.iter().any(|t| t.last_error.is_some()) || tokio::time::Instant::now() >= deadline {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(status.pending, 20, "rows pile up while NATS is down");
+    assert!(status.by_type.iter().any(|t| t.last_error.is_some()), "the failure is recorded: {status:?}");
+
+    let mut nats = start_nats(&store);
+    let total = wait_for_stream(&url, &app.isolation.stream, 25, Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let messages = read_stream(&url, &app.isolation.stream).await;
+    assert_eq!(total, 25);
+    assert_eq!(messages.len(), 25, "every change exactly once");
+    // Per event: created, then the four updates in order.
+    for id in &ids {
+        let titles: Vec<&str> = messages
+            .iter()
+            .filter(|m| m.envelope["subject"] == json!(id))
+            .map(|m| m.envelope["data"]["title"].as_str().unwrap_or_default())
+            .collect();
+        assert_eq!(titles.len(), 5);
+        assert_eq!(&titles[1..], ["round 0", "round 1", "round 2", "round 3"]);
+    }
+    let status = updspace_events::store::outbox::status(&app.db).await.expect("status");
+    assert_eq!(status.pending, 0);
+    drop(app);
+    let _ = nats.kill();
+    let _ = nats.wait();
+}
+
+#[tokio::test]
+async fn one_instance_publishes_and_another_takes_over_when_it_stops() {
+    let mut a = TestApp::spawn().await;
+    let b = a.spawn_sibling(|_| {}).await;
+    let tenant = Uuid::new_v4();
+    direct(&a, tenant, Op::EventCreate, event_body(tenant, "one")).await;
+    wait_for_stream(NATS_URL, &a.isolation.stream, 1, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let leaders = [&a, &b]
+        .iter()
+        .filter(|app| app.state.publisher.stats.leader.load(std::sync::atomic::Ordering::Relaxed))
+        .count();
+    assert_eq!(leaders, 1, "exactly one publisher");
+    let a_led = a.state.publisher.stats.leader.load(std::sync::atomic::Ordering::Relaxed);
+    let (survivor, stopped) = if a_led {
+        a.stop().await;
+        (&b, &a)
+    } else {
+        let mut b = b;
+        b.stop().await;
+        let started = std::time::Instant::now();
+        direct(&a, tenant, Op::EventCreate, event_body(tenant, "two")).await;
+        let n = wait_for_stream(NATS_URL, &a.isolation.stream, 2, Duration::from_secs(10)).await;
+        assert_eq!(n, 2, "the survivor publishes");
+        assert!(started.elapsed() < Duration::from_secs(10));
+        return;
+    };
+    let _ = stopped;
+    let started = std::time::Instant::now();
+    direct(survivor, tenant, Op::EventCreate, event_body(tenant, "two")).await;
+    let n = wait_for_stream(NATS_URL, &survivor.isolation.stream, 2, Duration::from_secs(10)).await;
+    assert_eq!(n, 2, "the survivor takes over and publishes");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(survivor.state.publisher.stats.leader.load(std::sync::atomic::Ordering::Relaxed));
+}
+
+#[tokio::test]
+async fn a_poison_row_goes_dead_without_blocking_the_rest() {
+    let app = TestApp::spawn_with(|s| {
+        s.outbox_max_attempts = Some("3".into());
+        s.outbox_backoff_max = Some("50ms".into());
+        s.outbox_poll_interval = Some("50ms".into());
+    })
+    .await;
+    let tenant = Uuid::new_v4();
+    // No stream captures this subject: every publish of it is rejected.
+    let poison = Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO outbox (id, tenant_id, event_id, event_type, subject, payload)
+         VALUES ($1, $2, $3, 'event.created', 'nowhere.poison', '{}'::jsonb)",
+    )
+    .bind(poison)
+    .bind(tenant)
+    .bind(Uuid::new_v4())
+    .execute(&app.db)
+    .await
+    .expect("poison row");
+    for i in 0..3 {
+        direct(&app, tenant, Op::EventCreate, event_body(tenant, &format!("ok {i}"))).await;
+    }
+    assert_eq!(wait_for_stream(NATS_URL, &app.isolation.stream, 3, Duration::from_secs(10)).await, 3);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let (state, attempts, error): (String, i32, Option<String>) =
+            sqlx::query_as("SELECT state::text, attempts, last_error FROM outbox WHERE id = $1")
+                .bind(poison)
+                .fetch_one(&app.db)
+                .await
+                .expect("row");
+        if state == "dead" {
+            assert_eq!(attempts, 3);
+            assert!(error.is_some());
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "poison row never went dead ({state}, {attempts})");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let status = updspace_events::store::outbox::status(&app.db).await.expect("status");
+    assert_eq!(status.dead, 1);
+    assert_eq!(status.pending, 0);
+    // retry-dead puts it back in the queue.
+    let retried = updspace_events::store::outbox::retry_dead(&app.db, Some(&[poison])).await.expect("retry");
+    assert_eq!(retried, 1);
+}
