@@ -222,15 +222,30 @@ pub struct Settings {
     pub max_live_actors: Option<String>,
 
     /// How often the outbox publisher looks for rows written elsewhere, e.g. 500ms.
-    #[arg(long, env = "EVENTS_OUTBOX_POLL_INTERVAL", global = true, value_name = "DURATION")]
+    #[arg(
+        long,
+        env = "EVENTS_OUTBOX_POLL_INTERVAL",
+        global = true,
+        value_name = "DURATION"
+    )]
     pub outbox_poll_interval: Option<String>,
 
     /// Publish attempts before an outbox row is marked dead.
-    #[arg(long, env = "EVENTS_OUTBOX_MAX_ATTEMPTS", global = true, value_name = "N")]
+    #[arg(
+        long,
+        env = "EVENTS_OUTBOX_MAX_ATTEMPTS",
+        global = true,
+        value_name = "N"
+    )]
     pub outbox_max_attempts: Option<String>,
 
     /// Longest wait between two publish attempts of a row, e.g. 5m.
-    #[arg(long, env = "EVENTS_OUTBOX_BACKOFF_MAX", global = true, value_name = "DURATION")]
+    #[arg(
+        long,
+        env = "EVENTS_OUTBOX_BACKOFF_MAX",
+        global = true,
+        value_name = "DURATION"
+    )]
     pub outbox_backoff_max: Option<String>,
 
     /// Development mode (1/true): allows a missing BFF_INTERNAL_HMAC_SECRET
@@ -798,7 +813,13 @@ impl Config {
                     Duration::from_millis(500),
                     Duration::from_millis(10),
                 )?,
-                max_attempts: parse_number("EVENTS_OUTBOX_MAX_ATTEMPTS", &s.outbox_max_attempts, 50, 1, 10_000)?,
+                max_attempts: parse_number(
+                    "EVENTS_OUTBOX_MAX_ATTEMPTS",
+                    &s.outbox_max_attempts,
+                    50,
+                    1,
+                    10_000,
+                )?,
                 backoff_max: parse_duration_var(
                     "EVENTS_OUTBOX_BACKOFF_MAX",
                     &s.outbox_backoff_max,

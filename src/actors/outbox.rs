@@ -87,8 +87,16 @@ pub struct Publisher {
 /// The CloudEvents 1.0 structured envelope of one row.
 pub fn envelope(row: &OutboxRow, encoding: OutEncoding) -> (Vec<u8>, &'static str) {
     let (data_type, content_type, enc) = match encoding {
-        OutEncoding::Msgpack => ("application/msgpack", "application/cloudevents+msgpack", Encoding::Msgpack),
-        OutEncoding::Json => ("application/json", "application/cloudevents+json", Encoding::Json),
+        OutEncoding::Msgpack => (
+            "application/msgpack",
+            "application/cloudevents+msgpack",
+            Encoding::Msgpack,
+        ),
+        OutEncoding::Json => (
+            "application/json",
+            "application/cloudevents+json",
+            Encoding::Json,
+        ),
     };
     let body = json!({
         "specversion": "1.0",
@@ -140,13 +148,21 @@ async fn publish_rows(
             Err(e) => failed.push((row.id, e.to_string(), true)),
         }
     }
-    let acks = futures::future::join_all(pending.into_iter().map(|(id, ack)| async move { (id, ack.await) })).await;
+    let acks = futures::future::join_all(
+        pending
+            .into_iter()
+            .map(|(id, ack)| async move { (id, ack.await) }),
+    )
+    .await;
     let mut ok = Vec::with_capacity(acks.len());
     for (id, ack) in acks {
         match ack {
             Ok(_) => ok.push(id),
             Err(e) => {
-                let outage = matches!(e.kind(), PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe);
+                let outage = matches!(
+                    e.kind(),
+                    PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe
+                );
                 failed.push((id, e.to_string(), outage));
             }
         }
@@ -155,7 +171,12 @@ async fn publish_rows(
 }
 
 impl Publisher {
-    pub fn new(db: PgPool, connect: PgConnectOptions, nats: async_nats::Client, config: OutboxConfig) -> Self {
+    pub fn new(
+        db: PgPool,
+        connect: PgConnectOptions,
+        nats: async_nats::Client,
+        config: OutboxConfig,
+    ) -> Self {
         Self {
             db,
             connect,
@@ -228,31 +249,42 @@ impl Publisher {
             }
         };
         if rows.is_empty() {
-            self.stats.last_healthy_ms.store(now_ms(), Ordering::Relaxed);
+            self.stats
+                .last_healthy_ms
+                .store(now_ms(), Ordering::Relaxed);
             return 0;
         }
         if let Err(e) = store::assign_sequences(&self.db, &mut rows).await {
             tracing::warn!(error = %e, "cannot number outbox rows");
             return 0;
         }
-        let (ok, failed) = if self.nats.connection_state() == async_nats::connection::State::Connected {
-            publish_rows(&self.js, &rows, self.config.encoding).await
-        } else {
-            // Publishing into a dead connection would only buffer and time out.
-            let error = "NATS is not connected".to_string();
-            (Vec::new(), rows.iter().map(|r| (r.id, error.clone(), true)).collect())
-        };
+        let (ok, failed) =
+            if self.nats.connection_state() == async_nats::connection::State::Connected {
+                publish_rows(&self.js, &rows, self.config.encoding).await
+            } else {
+                // Publishing into a dead connection would only buffer and time out.
+                let error = "NATS is not connected".to_string();
+                (
+                    Vec::new(),
+                    rows.iter().map(|r| (r.id, error.clone(), true)).collect(),
+                )
+            };
         if failed.iter().all(|(_, _, outage)| !outage) {
-            self.stats.last_healthy_ms.store(now_ms(), Ordering::Relaxed);
+            self.stats
+                .last_healthy_ms
+                .store(now_ms(), Ordering::Relaxed);
         }
-        self.stats.published.fetch_add(ok.len() as u64, Ordering::Relaxed);
+        self.stats
+            .published
+            .fetch_add(ok.len() as u64, Ordering::Relaxed);
         if let Err(e) = store::mark_published(&self.db, &ok).await {
             // Published but not marked: the next cycle sends them again and
             // JetStream drops the duplicates by Nats-Msg-Id.
             tracing::warn!(error = %e, rows = ok.len(), "cannot mark rows published; they will be re-sent and deduplicated");
         }
         if !failed.is_empty() {
-            let attempts: std::collections::HashMap<Uuid, i32> = rows.iter().map(|r| (r.id, r.attempts)).collect();
+            let attempts: std::collections::HashMap<Uuid, i32> =
+                rows.iter().map(|r| (r.id, r.attempts)).collect();
             let now: DateTime<Utc> = Utc::now();
             let failures: Vec<Failure> = failed
                 .iter()
@@ -262,14 +294,19 @@ impl Publisher {
                     Failure {
                         id: *id,
                         error: error.clone(),
-                        retry_at: now + chrono::Duration::from_std(self.backoff(tried)).unwrap_or_default(),
+                        retry_at: now
+                            + chrono::Duration::from_std(self.backoff(tried)).unwrap_or_default(),
                         dead,
                     }
                 })
                 .collect();
             let newly_dead = failures.iter().filter(|f| f.dead).count();
-            self.stats.failed.fetch_add(failures.len() as u64, Ordering::Relaxed);
-            self.stats.dead.fetch_add(newly_dead as u64, Ordering::Relaxed);
+            self.stats
+                .failed
+                .fetch_add(failures.len() as u64, Ordering::Relaxed);
+            self.stats
+                .dead
+                .fetch_add(newly_dead as u64, Ordering::Relaxed);
             if let Some((_, first, _)) = failed.first() {
                 self.stats.record_error(first);
                 tracing::warn!(failed = failures.len(), dead = newly_dead, error = %first, "publishing outbox rows failed; they will be retried with backoff");
@@ -352,7 +389,11 @@ impl Actor for OutboxActor {
         })
     }
 
-    async fn post_stop(&self, _myself: ActorRef<OutboxMsg>, state: &mut OutboxState) -> Result<(), ActorProcessingErr> {
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<OutboxMsg>,
+        state: &mut OutboxState,
+    ) -> Result<(), ActorProcessingErr> {
         if let Some(t) = state.ticker.take() {
             t.abort();
         }
@@ -360,7 +401,12 @@ impl Actor for OutboxActor {
         Ok(())
     }
 
-    async fn handle(&self, myself: ActorRef<OutboxMsg>, msg: OutboxMsg, state: &mut OutboxState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<OutboxMsg>,
+        msg: OutboxMsg,
+        state: &mut OutboxState,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             OutboxMsg::Wake | OutboxMsg::Tick => {
                 if state.running {
@@ -387,19 +433,28 @@ fn start(myself: &ActorRef<OutboxMsg>, state: &mut OutboxState) {
     let me = myself.clone();
     tokio::spawn(async move {
         let started = Instant::now();
-        let handled = tokio::spawn(async move { publisher.cycle().await }).await.unwrap_or_else(|e| {
-            tracing::error!(error = %e, "outbox cycle failed");
-            0
-        });
+        let handled = tokio::spawn(async move { publisher.cycle().await })
+            .await
+            .unwrap_or_else(|e| {
+                tracing::error!(error = %e, "outbox cycle failed");
+                0
+            });
         if handled > 0 {
-            tracing::debug!(handled, took_ms = started.elapsed().as_millis() as u64, "outbox cycle");
+            tracing::debug!(
+                handled,
+                took_ms = started.elapsed().as_millis() as u64,
+                "outbox cycle"
+            );
         }
         let _ = me.send_message(OutboxMsg::Done(handled));
     });
 }
 
 /// Starts the outbox actor.
-pub async fn start_actor(publisher: Arc<Publisher>, wakeup: Arc<Notify>) -> Result<ActorRef<OutboxMsg>, String> {
+pub async fn start_actor(
+    publisher: Arc<Publisher>,
+    wakeup: Arc<Notify>,
+) -> Result<ActorRef<OutboxMsg>, String> {
     Actor::spawn(None, OutboxActor, (publisher, wakeup))
         .await
         .map(|(actor, _)| actor)
@@ -407,7 +462,11 @@ pub async fn start_actor(publisher: Arc<Publisher>, wakeup: Arc<Notify>) -> Resu
 }
 
 /// A preview of what the publisher would send next.
-pub async fn dry_run(db: &PgPool, limit: i64, encoding: OutEncoding) -> Result<Vec<Value>, sqlx::Error> {
+pub async fn dry_run(
+    db: &PgPool,
+    limit: i64,
+    encoding: OutEncoding,
+) -> Result<Vec<Value>, sqlx::Error> {
     let rows = store::due(db, limit).await?;
     Ok(rows
         .iter()

@@ -39,20 +39,26 @@ pub async fn due(db: &PgPool, limit: i64) -> Result<Vec<OutboxRow>, sqlx::Error>
            )
          ORDER BY o.seq LIMIT $1"
     );
-    sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(limit).fetch_all(db).await
+    sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(limit)
+        .fetch_all(db)
+        .await
 }
 
 /// Gives rows without one their global publish sequence, in `seq` order.
 /// Drawn once, so a retried publish carries the same number.
 pub async fn assign_sequences(db: &PgPool, rows: &mut [OutboxRow]) -> Result<(), sqlx::Error> {
-    let missing: Vec<usize> = (0..rows.len()).filter(|i| rows[*i].published_seq.is_none()).collect();
+    let missing: Vec<usize> = (0..rows.len())
+        .filter(|i| rows[*i].published_seq.is_none())
+        .collect();
     if missing.is_empty() {
         return Ok(());
     }
-    let mut numbers: Vec<i64> = sqlx::query_scalar("SELECT nextval('outbox_published_seq') FROM generate_series(1, $1)")
-        .bind(missing.len() as i64)
-        .fetch_all(db)
-        .await?;
+    let mut numbers: Vec<i64> =
+        sqlx::query_scalar("SELECT nextval('outbox_published_seq') FROM generate_series(1, $1)")
+            .bind(missing.len() as i64)
+            .fetch_all(db)
+            .await?;
     numbers.sort_unstable();
     let ids: Vec<Uuid> = missing.iter().map(|i| rows[*i].id).collect();
     sqlx::query(
@@ -98,7 +104,10 @@ pub async fn mark_failed(db: &PgPool, failures: &[Failure]) -> Result<(), sqlx::
         return Ok(());
     }
     let ids: Vec<Uuid> = failures.iter().map(|f| f.id).collect();
-    let errors: Vec<String> = failures.iter().map(|f| f.error.chars().take(2000).collect()).collect();
+    let errors: Vec<String> = failures
+        .iter()
+        .map(|f| f.error.chars().take(2000).collect())
+        .collect();
     let retry: Vec<DateTime<Utc>> = failures.iter().map(|f| f.retry_at).collect();
     let dead: Vec<bool> = failures.iter().map(|f| f.dead).collect();
     sqlx::query(

@@ -33,7 +33,9 @@ pub async fn read_stream(nats_url: &str, stream: &str) -> Vec<Published> {
         if info.state.messages == 0 {
             break;
         }
-        let Ok(m) = s.get_raw_message(seq).await else { continue };
+        let Ok(m) = s.get_raw_message(seq).await else {
+            continue;
+        };
         let header = |n: &str| m.headers.get(n).map(|v| v.as_str().to_string());
         let content_type = header("Content-Type").unwrap_or_default();
         let envelope: Value = if content_type.ends_with("+json") {
@@ -53,9 +55,13 @@ pub async fn read_stream(nats_url: &str, stream: &str) -> Vec<Published> {
 }
 
 async fn stream_count(nats_url: &str, stream: &str) -> u64 {
-    let Ok(client) = async_nats::connect(nats_url).await else { return 0 };
+    let Ok(client) = async_nats::connect(nats_url).await else {
+        return 0;
+    };
     let js = jetstream::new(client);
-    let Ok(mut s) = js.get_stream(stream).await else { return 0 };
+    let Ok(mut s) = js.get_stream(stream).await else {
+        return 0;
+    };
     s.info().await.map(|i| i.state.messages).unwrap_or(0)
 }
 
@@ -104,7 +110,12 @@ async fn direct(app: &TestApp, tenant: Uuid, op: Op, body: Value) -> Value {
     let reply = app
         .state
         .app
-        .execute(&ctx(tenant, Uuid::new_v4(), true), op, &body, &CallMeta::default())
+        .execute(
+            &ctx(tenant, Uuid::new_v4(), true),
+            op,
+            &body,
+            &CallMeta::default(),
+        )
         .await
         .expect("operation succeeds");
     match reply {
@@ -129,24 +140,79 @@ async fn every_operation_reaches_the_stream_exactly_once_with_its_envelope() {
 
     let mut traced = boss.clone();
     traced.master_flags = Some(r#"{"system_admin":true}"#.into());
-    let created = client.call("event.create", &traced, &event_body(tenant, "Raid")).await.expect("create");
+    let created = client
+        .call("event.create", &traced, &event_body(tenant, "Raid"))
+        .await
+        .expect("create");
     let id = created.body["id"].as_str().expect("id").to_string();
-    client.call("event.update", &boss, &json!({"id": id, "title": "Raid night", "capacity": 2})).await.expect("update");
-    client.call("event.update", &boss, &json!({"id": id, "title": "Raid night"})).await.expect("no-op update");
-    client.call("rsvp.set", &alice, &json!({"eventId": id, "status": "going"})).await.expect("rsvp");
-    client.call("rsvp.set", &alice, &json!({"eventId": id, "status": "going"})).await.expect("same rsvp");
-    client.call("rsvp.set", &bob, &json!({"eventId": id, "status": "interested"})).await.expect("rsvp");
-    client.call("rsvp.clear", &bob, &json!({"eventId": id})).await.expect("clear");
     client
-        .call("attendance.mark", &boss, &json!({"eventId": id, "userId": alice.user_id}))
+        .call(
+            "event.update",
+            &boss,
+            &json!({"id": id, "title": "Raid night", "capacity": 2}),
+        )
+        .await
+        .expect("update");
+    client
+        .call(
+            "event.update",
+            &boss,
+            &json!({"id": id, "title": "Raid night"}),
+        )
+        .await
+        .expect("no-op update");
+    client
+        .call(
+            "rsvp.set",
+            &alice,
+            &json!({"eventId": id, "status": "going"}),
+        )
+        .await
+        .expect("rsvp");
+    client
+        .call(
+            "rsvp.set",
+            &alice,
+            &json!({"eventId": id, "status": "going"}),
+        )
+        .await
+        .expect("same rsvp");
+    client
+        .call(
+            "rsvp.set",
+            &bob,
+            &json!({"eventId": id, "status": "interested"}),
+        )
+        .await
+        .expect("rsvp");
+    client
+        .call("rsvp.clear", &bob, &json!({"eventId": id}))
+        .await
+        .expect("clear");
+    client
+        .call(
+            "attendance.mark",
+            &boss,
+            &json!({"eventId": id, "userId": alice.user_id}),
+        )
         .await
         .expect("mark");
     client
-        .call("attendance.mark", &boss, &json!({"eventId": id, "userId": alice.user_id}))
+        .call(
+            "attendance.mark",
+            &boss,
+            &json!({"eventId": id, "userId": alice.user_id}),
+        )
         .await
         .expect("mark again");
-    client.call("event.cancel", &boss, &json!({"id": id, "reason": "rain"})).await.expect("cancel");
-    client.call("event.cancel", &boss, &json!({"id": id})).await.expect("cancel again");
+    client
+        .call("event.cancel", &boss, &json!({"id": id, "reason": "rain"}))
+        .await
+        .expect("cancel");
+    client
+        .call("event.cancel", &boss, &json!({"id": id}))
+        .await
+        .expect("cancel again");
 
     let expected_types = [
         "event.created",
@@ -157,21 +223,41 @@ async fn every_operation_reaches_the_stream_exactly_once_with_its_envelope() {
         "event.attendance.marked",
         "event.cancelled",
     ];
-    let n = wait_for_stream(NATS_URL, &app.isolation.stream, expected_types.len() as u64, Duration::from_secs(10)).await;
-    assert_eq!(n, expected_types.len() as u64, "no-ops must publish nothing");
+    let n = wait_for_stream(
+        NATS_URL,
+        &app.isolation.stream,
+        expected_types.len() as u64,
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(
+        n,
+        expected_types.len() as u64,
+        "no-ops must publish nothing"
+    );
     // Give a stray duplicate time to show up before counting for good.
     tokio::time::sleep(Duration::from_millis(700)).await;
     let messages = read_stream(NATS_URL, &app.isolation.stream).await;
     assert_eq!(messages.len(), expected_types.len());
 
     let rows = outbox_ids(&app.db).await;
-    assert!(rows.iter().all(|(_, _, state)| state == "published"), "{rows:?}");
+    assert!(
+        rows.iter().all(|(_, _, state)| state == "published"),
+        "{rows:?}"
+    );
     let mut last_sequence = 0;
     for ((message, ty), (row_id, _, _)) in messages.iter().zip(expected_types).zip(&rows) {
         let env = &message.envelope;
         assert_eq!(env["type"], ty);
-        assert_eq!(message.subject, format!("{}.out.{tenant}.{ty}", app.isolation.prefix));
-        assert_eq!(message.msg_id, row_id.to_string(), "Nats-Msg-Id is the outbox id");
+        assert_eq!(
+            message.subject,
+            format!("{}.out.{tenant}.{ty}", app.isolation.prefix)
+        );
+        assert_eq!(
+            message.msg_id,
+            row_id.to_string(),
+            "Nats-Msg-Id is the outbox id"
+        );
         assert_eq!(env["id"], row_id.to_string());
         assert_eq!(message.content_type, "application/cloudevents+msgpack");
         assert_eq!(env["specversion"], "1.0");
@@ -205,7 +291,12 @@ async fn json_encoding_and_traceparent_are_carried_to_the_stream() {
     };
     app.state
         .app
-        .execute(&ctx(tenant, Uuid::new_v4(), true), Op::EventCreate, &event_body(tenant, "Traced"), &meta)
+        .execute(
+            &ctx(tenant, Uuid::new_v4(), true),
+            Op::EventCreate,
+            &event_body(tenant, "Traced"),
+            &meta,
+        )
         .await
         .expect("create");
     wait_for_stream(NATS_URL, &app.isolation.stream, 1, Duration::from_secs(10)).await;
@@ -213,7 +304,10 @@ async fn json_encoding_and_traceparent_are_carried_to_the_stream() {
     assert_eq!(messages.len(), 1);
     assert_eq!(messages[0].content_type, "application/cloudevents+json");
     assert_eq!(messages[0].envelope["datacontenttype"], "application/json");
-    assert_eq!(messages[0].traceparent.as_deref(), meta.traceparent.as_deref());
+    assert_eq!(
+        messages[0].traceparent.as_deref(),
+        meta.traceparent.as_deref()
+    );
 }
 
 /// Inserts pending rows straight into the outbox (a backlog): `per_event`
@@ -241,7 +335,10 @@ async fn backlog(db: &sqlx::PgPool, prefix: &str, tenant: Uuid, events: usize, p
 fn assert_per_event_order(messages: &[Published]) {
     let mut last: HashMap<String, i64> = HashMap::new();
     for m in messages {
-        let event = m.envelope["subject"].as_str().unwrap_or_default().to_string();
+        let event = m.envelope["subject"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         let n = m.envelope["data"]["n"].as_i64().unwrap_or_default();
         if let Some(prev) = last.insert(event.clone(), n) {
             assert!(n > prev, "event {event}: message {n} after {prev}");
@@ -250,7 +347,13 @@ fn assert_per_event_order(messages: &[Published]) {
 }
 
 async fn assert_exactly_once(app: &TestApp, expected: u64) {
-    let total = wait_for_stream(NATS_URL, &app.isolation.stream, expected, Duration::from_secs(90)).await;
+    let total = wait_for_stream(
+        NATS_URL,
+        &app.isolation.stream,
+        expected,
+        Duration::from_secs(90),
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert_eq!(total, expected);
     let messages = read_stream(NATS_URL, &app.isolation.stream).await;
@@ -259,18 +362,25 @@ async fn assert_exactly_once(app: &TestApp, expected: u64) {
     assert_eq!(ids.len() as u64, expected, "no duplicate ids");
     let rows = outbox_ids(&app.db).await;
     let row_ids: HashSet<String> = rows.iter().map(|r| r.0.to_string()).collect();
-    assert!(ids.iter().all(|id| row_ids.contains(*id)), "every message is an outbox row");
+    assert!(
+        ids.iter().all(|id| row_ids.contains(*id)),
+        "every message is an outbox row"
+    );
     assert_per_event_order(&messages);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE state <> 'published'")
-            .fetch_one(&app.db)
-            .await
-            .expect("count");
+        let pending: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM outbox WHERE state <> 'published'")
+                .fetch_one(&app.db)
+                .await
+                .expect("count");
         if pending == 0 {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "{pending} rows never marked published");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{pending} rows never marked published"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -279,12 +389,20 @@ async fn assert_exactly_once(app: &TestApp, expected: u64) {
 async fn a_publisher_restarted_mid_backlog_loses_and_duplicates_nothing() {
     let mut first = TestApp::spawn().await;
     let tenant = Uuid::new_v4();
-    let isolation_db = sqlx::PgPool::connect(&first.isolation.database_url()).await.expect("pool");
+    let isolation_db = sqlx::PgPool::connect(&first.isolation.database_url())
+        .await
+        .expect("pool");
     first.stop().await;
     backlog(&isolation_db, &first.isolation.prefix, tenant, 50, 400).await;
     let mut second = first.spawn_sibling(|_| {}).await;
     // Stop it while it drains (somewhere in the 20,000 rows), then restart.
-    wait_for_stream(NATS_URL, &first.isolation.stream, 2000, Duration::from_secs(30)).await;
+    wait_for_stream(
+        NATS_URL,
+        &first.isolation.stream,
+        2000,
+        Duration::from_secs(30),
+    )
+    .await;
     second.stop().await;
     let third = first.spawn_sibling(|_| {}).await;
     assert_exactly_once(&third, 20_000).await;
@@ -294,20 +412,28 @@ async fn a_publisher_restarted_mid_backlog_loses_and_duplicates_nothing() {
 async fn rows_published_but_not_marked_before_a_crash_are_not_duplicated() {
     let mut first = TestApp::spawn().await;
     let tenant = Uuid::new_v4();
-    let isolation_db = sqlx::PgPool::connect(&first.isolation.database_url()).await.expect("pool");
+    let isolation_db = sqlx::PgPool::connect(&first.isolation.database_url())
+        .await
+        .expect("pool");
     first.stop().await;
     backlog(&isolation_db, &first.isolation.prefix, tenant, 10, 30).await;
     // What a publisher that crashed between publish and mark leaves behind:
     // the first 120 rows are in the stream, the outbox still says pending.
     let rows: Vec<updspace_events::store::outbox::OutboxRow> = {
-        let mut rows = updspace_events::store::outbox::due(&isolation_db, 120).await.expect("rows");
-        updspace_events::store::outbox::assign_sequences(&isolation_db, &mut rows).await.expect("seq");
+        let mut rows = updspace_events::store::outbox::due(&isolation_db, 120)
+            .await
+            .expect("rows");
+        updspace_events::store::outbox::assign_sequences(&isolation_db, &mut rows)
+            .await
+            .expect("seq");
         rows
     };
     let js = jetstream::new(async_nats::connect(NATS_URL).await.expect("connect"));
     for row in &rows {
-        let (payload, content_type) =
-            updspace_events::actors::outbox::envelope(row, updspace_events::config::OutEncoding::Msgpack);
+        let (payload, content_type) = updspace_events::actors::outbox::envelope(
+            row,
+            updspace_events::config::OutEncoding::Msgpack,
+        );
         let mut headers = async_nats::HeaderMap::new();
         headers.insert("Nats-Msg-Id", row.id.to_string().as_str());
         headers.insert("Content-Type", content_type);
@@ -340,7 +466,10 @@ async fn writes_continue_while_nats_is_down_and_arrive_once_after_it_returns() {
     let probe = PrivateNats::start_on(free_port());
     drop(probe);
     for _ in 0..100 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -354,29 +483,51 @@ async fn writes_continue_while_nats_is_down_and_arrive_once_after_it_returns() {
     let tenant = Uuid::new_v4();
     let mut ids = Vec::new();
     for i in 0..5 {
-        let created = direct(&app, tenant, Op::EventCreate, event_body(tenant, &format!("E{i}"))).await;
+        let created = direct(
+            &app,
+            tenant,
+            Op::EventCreate,
+            event_body(tenant, &format!("E{i}")),
+        )
+        .await;
         ids.push(created["id"].as_str().expect("id").to_string());
     }
-    assert_eq!(wait_for_stream(&url, &app.isolation.stream, 5, Duration::from_secs(10)).await, 5);
+    assert_eq!(
+        wait_for_stream(&url, &app.isolation.stream, 5, Duration::from_secs(10)).await,
+        5
+    );
 
     // NATS goes away; writes go on (they only need Postgres).
     let _ = nats.kill();
     let _ = nats.wait();
     for round in 0..4 {
         for id in &ids {
-            direct(&app, tenant, Op::EventUpdate, json!({"id": id, "title": format!("round {round}")})).await;
+            direct(
+                &app,
+                tenant,
+                Op::EventUpdate,
+                json!({"id": id, "title": format!("round {round}")}),
+            )
+            .await;
         }
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     let status = loop {
-        let status = updspace_events::store::outbox::status(&app.db).await.expect("status");
-        if status.by_type.iter().any(|t| t.last_error.is_some()) || tokio::time::Instant::now() >= deadline {
+        let status = updspace_events::store::outbox::status(&app.db)
+            .await
+            .expect("status");
+        if status.by_type.iter().any(|t| t.last_error.is_some())
+            || tokio::time::Instant::now() >= deadline
+        {
             break status;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(status.pending, 20, "rows pile up while NATS is down");
-    assert!(status.by_type.iter().any(|t| t.last_error.is_some()), "the failure is recorded: {status:?}");
+    assert!(
+        status.by_type.iter().any(|t| t.last_error.is_some()),
+        "the failure is recorded: {status:?}"
+    );
 
     let mut nats = start_nats(&store);
     let total = wait_for_stream(&url, &app.isolation.stream, 25, Duration::from_secs(30)).await;
@@ -394,7 +545,9 @@ async fn writes_continue_while_nats_is_down_and_arrive_once_after_it_returns() {
         assert_eq!(titles.len(), 5);
         assert_eq!(&titles[1..], ["round 0", "round 1", "round 2", "round 3"]);
     }
-    let status = updspace_events::store::outbox::status(&app.db).await.expect("status");
+    let status = updspace_events::store::outbox::status(&app.db)
+        .await
+        .expect("status");
     assert_eq!(status.pending, 0);
     drop(app);
     let _ = nats.kill();
@@ -411,10 +564,21 @@ async fn one_instance_publishes_and_another_takes_over_when_it_stops() {
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let leaders = [&a, &b]
         .iter()
-        .filter(|app| app.state.publisher.stats.leader.load(std::sync::atomic::Ordering::Relaxed))
+        .filter(|app| {
+            app.state
+                .publisher
+                .stats
+                .leader
+                .load(std::sync::atomic::Ordering::Relaxed)
+        })
         .count();
     assert_eq!(leaders, 1, "exactly one publisher");
-    let a_led = a.state.publisher.stats.leader.load(std::sync::atomic::Ordering::Relaxed);
+    let a_led = a
+        .state
+        .publisher
+        .stats
+        .leader
+        .load(std::sync::atomic::Ordering::Relaxed);
     let (survivor, stopped) = if a_led {
         a.stop().await;
         (&b, &a)
@@ -431,10 +595,23 @@ async fn one_instance_publishes_and_another_takes_over_when_it_stops() {
     let _ = stopped;
     let started = std::time::Instant::now();
     direct(survivor, tenant, Op::EventCreate, event_body(tenant, "two")).await;
-    let n = wait_for_stream(NATS_URL, &survivor.isolation.stream, 2, Duration::from_secs(10)).await;
+    let n = wait_for_stream(
+        NATS_URL,
+        &survivor.isolation.stream,
+        2,
+        Duration::from_secs(10),
+    )
+    .await;
     assert_eq!(n, 2, "the survivor takes over and publishes");
     assert!(started.elapsed() < Duration::from_secs(10));
-    assert!(survivor.state.publisher.stats.leader.load(std::sync::atomic::Ordering::Relaxed));
+    assert!(
+        survivor
+            .state
+            .publisher
+            .stats
+            .leader
+            .load(std::sync::atomic::Ordering::Relaxed)
+    );
 }
 
 #[tokio::test]
@@ -459,9 +636,18 @@ async fn a_poison_row_goes_dead_without_blocking_the_rest() {
     .await
     .expect("poison row");
     for i in 0..3 {
-        direct(&app, tenant, Op::EventCreate, event_body(tenant, &format!("ok {i}"))).await;
+        direct(
+            &app,
+            tenant,
+            Op::EventCreate,
+            event_body(tenant, &format!("ok {i}")),
+        )
+        .await;
     }
-    assert_eq!(wait_for_stream(NATS_URL, &app.isolation.stream, 3, Duration::from_secs(10)).await, 3);
+    assert_eq!(
+        wait_for_stream(NATS_URL, &app.isolation.stream, 3, Duration::from_secs(10)).await,
+        3
+    );
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {
         let (state, attempts, error): (String, i32, Option<String>) =
@@ -475,13 +661,20 @@ async fn a_poison_row_goes_dead_without_blocking_the_rest() {
             assert!(error.is_some());
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "poison row never went dead ({state}, {attempts})");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "poison row never went dead ({state}, {attempts})"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let status = updspace_events::store::outbox::status(&app.db).await.expect("status");
+    let status = updspace_events::store::outbox::status(&app.db)
+        .await
+        .expect("status");
     assert_eq!(status.dead, 1);
     assert_eq!(status.pending, 0);
     // retry-dead puts it back in the queue.
-    let retried = updspace_events::store::outbox::retry_dead(&app.db, Some(&[poison])).await.expect("retry");
+    let retried = updspace_events::store::outbox::retry_dead(&app.db, Some(&[poison]))
+        .await
+        .expect("retry");
     assert_eq!(retried, 1);
 }
