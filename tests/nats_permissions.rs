@@ -639,6 +639,24 @@ async fn scenario() {
         .expect("events reads a stored message ($JS.API.STREAM.MSG.GET)");
     assert_eq!(stored.subject.as_str(), subject);
     assert_eq!(message_count(&events_js).await, 1);
+    // Instances tell each other which events changed (cache invalidation).
+    let mut notes = events
+        .client
+        .subscribe("events.internal.changes")
+        .await
+        .expect("subscribe to change notes");
+    events.flush().await;
+    events
+        .client
+        .publish("events.internal.changes", Bytes::from_static(b"{}"))
+        .await
+        .expect("publish a change note");
+    events.flush().await;
+    let note = timeout(STEP, notes.next())
+        .await
+        .expect("change note arrives in time")
+        .expect("change note");
+    assert_eq!(note.payload.as_ref(), b"{}");
     events.assert_no_server_errors().await;
 
     // ---- events: nothing beyond that ---------------------------------------------------
@@ -677,6 +695,13 @@ async fn scenario() {
         .expect("queued");
     bff.flush().await;
     bff.expect_violation(r#"Publish to "events.out.x.y""#).await;
+    bff.client
+        .publish("events.internal.changes", Bytes::from_static(b"forged"))
+        .await
+        .expect("queued");
+    bff.flush().await;
+    bff.expect_violation(r#"Publish to "events.internal.changes""#)
+        .await;
     let bff_js = js_context(&bff, DENIED);
     let (forged, stream_info) = tokio::join!(
         timeout(STEP, async {
