@@ -55,6 +55,7 @@ CREATE INDEX events_tenant_start_idx ON events (tenant_id, starts_at, id);
 CREATE INDEX events_tenant_end_idx ON events (tenant_id, ends_at);
 CREATE INDEX events_tenant_scope_idx ON events (tenant_id, scope_type, scope_id, starts_at);
 CREATE INDEX events_tenant_creator_idx ON events (tenant_id, created_by);
+CREATE INDEX events_tenant_canceller_idx ON events (tenant_id, cancelled_by) WHERE cancelled_by IS NOT NULL;
 
 -- Counters live apart from the event row: RSVPs update them constantly, and
 -- locking this narrow row serialises every seat decision for one event

@@ -761,6 +761,12 @@ impl Config {
                 ));
             }
         };
+        let actor_idle_timeout = parse_duration_var(
+            "EVENTS_ACTOR_IDLE_TIMEOUT",
+            &s.actor_idle_timeout,
+            Duration::from_secs(120),
+            Duration::from_millis(100),
+        )?;
         Ok(Self {
             database: DatabaseConfig::load(s)?,
             nats: NatsConfig::load(s)?,
@@ -791,12 +797,8 @@ impl Config {
             )?,
             telemetry: TelemetryConfig::load(s)?,
             actors: crate::actors::ActorConfig {
-                idle_timeout: parse_duration_var(
-                    "EVENTS_ACTOR_IDLE_TIMEOUT",
-                    &s.actor_idle_timeout,
-                    Duration::from_secs(120),
-                    Duration::from_millis(100),
-                )?,
+                idle_timeout: actor_idle_timeout,
+                sweep_interval: crate::actors::ActorConfig::sweep_interval_for(actor_idle_timeout),
                 max_live_actors: parse_number(
                     "EVENTS_MAX_LIVE_ACTORS",
                     &s.max_live_actors,

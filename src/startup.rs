@@ -179,10 +179,7 @@ impl Application {
     ) -> Result<(), StartupError> {
         let addr = self.http_addr();
         tracing::info!(%addr, subject_prefix = %self.state.config.nats.subject_prefix, "events service is up");
-        let router = http::router(self.state.clone());
-        let served = axum::serve(self.listener, router)
-            .with_graceful_shutdown(shutdown)
-            .await;
+        let served = http::serve(self.listener, self.state.clone(), shutdown).await;
         self.outbox.stop(Some("shutdown".into()));
         self.state.publisher.step_down().await;
         if let Err(e) = self.service.stop().await {

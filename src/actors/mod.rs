@@ -65,15 +65,39 @@ pub struct ActorConfig {
     pub max_cached_events_per_scope: usize,
 }
 
+impl ActorConfig {
+    /// The sweep interval that goes with an idle timeout: a quarter of it,
+    /// within [50ms, 10s], so an idle actor stops at most ~25% late.
+    pub fn sweep_interval_for(idle_timeout: Duration) -> Duration {
+        (idle_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(10))
+    }
+}
+
 impl Default for ActorConfig {
     fn default() -> Self {
+        let idle_timeout = Duration::from_secs(120);
         Self {
-            idle_timeout: Duration::from_secs(120),
-            sweep_interval: Duration::from_secs(10),
+            idle_timeout,
+            sweep_interval: Self::sweep_interval_for(idle_timeout),
             max_live_actors: 20_000,
             max_batch: 512,
             cache_ttl: Duration::from_secs(5),
             max_cached_events_per_scope: 1_000,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sweep_interval_follows_the_idle_timeout() {
+        let sweep = ActorConfig::sweep_interval_for;
+        assert_eq!(sweep(Duration::from_millis(300)), Duration::from_millis(75));
+        assert_eq!(sweep(Duration::from_millis(100)), Duration::from_millis(50));
+        assert_eq!(sweep(Duration::from_secs(20)), Duration::from_secs(5));
+        assert_eq!(sweep(Duration::from_secs(120)), Duration::from_secs(10));
+        assert_eq!(ActorConfig::default().sweep_interval, Duration::from_secs(10));
     }
 }

@@ -235,6 +235,16 @@ impl App {
             &self.inner.audit,
             op.name(),
         );
+        if body.is_null()
+            && matches!(
+                op,
+                Op::EventCreate | Op::EventUpdate | Op::RsvpSet | Op::AttendanceMark
+            )
+        {
+            return Err(
+                crate::domain::DomainError::InvalidBody("Request body is required".into()).into(),
+            );
+        }
         let obj = input::object(body)?;
         match op {
             Op::EventCreate => self.create(&guard, body, meta).await,

@@ -1,29 +1,48 @@
-//! The axum gateway: the BFF's REST API, health, readiness and metrics.
+//! The axum gateway: a drop-in for the Django service's REST API (served
+//! under both `/api/v1/events/…` and `/api/v1/…`, as the BFF strips
+//! `events`), plus health, readiness and metrics. Handlers only parse, call
+//! the application layer and render; every rule lives below.
 
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
-use serde_json::json;
+mod api;
+mod middleware;
+pub mod openapi;
+
+use axum::Router;
+use axum::routing::any;
 
 use crate::startup::AppState;
 
+pub use api::error_response;
+
 pub fn router(state: AppState) -> Router {
+    let api = api::routes();
     Router::new()
-        .route("/health", get(health).head(health))
-        .fallback(not_found)
+        .route("/health", any(health))
+        .nest("/api/v1/events", api.clone())
+        .nest("/api/v1", api)
+        .fallback(api::not_found)
         .with_state(state)
 }
 
-/// Liveness only: answers while the process serves HTTP, touching nothing else.
-async fn health() -> Json<serde_json::Value> {
-    Json(json!({"status": "ok"}))
+/// Serves HTTP until `shutdown` completes. The middleware that must run
+/// before routing (trailing slashes are trimmed before a route is chosen)
+/// wraps the whole router.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use axum::ServiceExt;
+    use tower::Layer;
+    let inner = axum::middleware::from_fn(middleware::method_not_allowed).layer(router(state));
+    let inner = axum::middleware::from_fn(middleware::security_headers).layer(inner);
+    let outer = axum::middleware::from_fn(middleware::request_id_and_panics).layer(inner);
+    axum::serve(listener, outer.into_make_service())
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
-async fn not_found() -> Response {
-    (
-        StatusCode::NOT_FOUND,
-        Json(json!({"error": {"code": "NOT_FOUND", "message": "No such route", "details": {}, "request_id": null}})),
-    )
-        .into_response()
+/// Liveness only: answers while the process serves HTTP, touching nothing else.
+async fn health() -> axum::Json<serde_json::Value> {
+    axum::Json(serde_json::json!({"status": "ok"}))
 }

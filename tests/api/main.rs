@@ -4,6 +4,7 @@
 mod authority;
 mod cli;
 mod health;
+mod http_gateway;
 mod helpers;
 mod ops;
 mod outbox;

@@ -1,0 +1,288 @@
+//! The REST routes of the BFF contract and the one adapter that runs them.
+
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Map, Value};
+
+use crate::app::{AppError, CallMeta, Op, Reply};
+use crate::auth::{HeaderSource, RequestParts};
+use crate::domain::{DomainError, ErrorCode};
+use crate::http::middleware::{ReceivedTarget, no_content};
+use crate::startup::AppState;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/", get(list).post(create))
+        .route("/openapi.json", get(crate::http::openapi::serve))
+        .route("/{id}", get(get_event).patch(update))
+        .route("/{id}/rsvp", post(rsvp_set).delete(rsvp_clear))
+        .route("/{id}/rsvps", get(rsvp_list))
+        .route(
+            "/{id}/attendance",
+            post(attendance_mark).get(attendance_list),
+        )
+        .route("/{id}/ics", get(ics))
+        .route("/{id}/cancel", post(cancel))
+        .route("/internal/dsar/users/{uid}/export", get(dsar_export))
+        .route("/internal/dsar/users/{uid}/erase", post(dsar_erase))
+}
+
+/// The error envelope as an HTTP response.
+pub fn error_response(err: &AppError, request_id: Option<&str>) -> Response {
+    let status = StatusCode::from_u16(err.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status, axum::Json(err.envelope(request_id))).into_response()
+}
+
+pub async fn not_found(headers: HeaderMap) -> Response {
+    let supplied = headers.get("x-request-id").and_then(|v| v.to_str().ok());
+    error_response(
+        &AppError::rejected(ErrorCode::NotFound, "No such route"),
+        supplied,
+    )
+}
+
+struct Headers<'a>(&'a HeaderMap);
+
+impl HeaderSource for Headers<'_> {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.0.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// Where an operation's input comes from besides the body.
+enum Target {
+    None,
+    Query,
+    Event(String),
+    User(String),
+}
+
+async fn run(state: &AppState, op: Op, target: Target, request: Request) -> Response {
+    let started = Instant::now();
+    let (parts, body) = request.into_parts();
+    let supplied_id = parts
+        .headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.trim().is_empty())
+        .map(str::to_string);
+    let received = parts
+        .extensions
+        .get::<ReceivedTarget>()
+        .cloned()
+        .unwrap_or(ReceivedTarget {
+            path: parts.uri.path().to_string(),
+            query: parts.uri.query().unwrap_or("").to_string(),
+        });
+    let outcome = async {
+        let limit = state.config.max_body_bytes;
+        let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
+            AppError::rejected(
+                ErrorCode::PayloadTooLarge,
+                format!("Request body is larger than {limit} bytes"),
+            )
+        })?;
+        // Authentication comes before any look at the body.
+        let ctx = state.app.authenticate(
+            &Headers(&parts.headers),
+            &RequestParts::http(
+                parts.method.as_str(),
+                &received.path,
+                &received.query,
+                &bytes,
+            ),
+        )?;
+        let body: Value = if bytes.iter().all(u8::is_ascii_whitespace) {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).map_err(|e| {
+                DomainError::InvalidBody(format!("Cannot parse request body as JSON: {e}"))
+            })?
+        };
+        let input = input(op, target, body, &received.query)?;
+        let meta = CallMeta {
+            traceparent: Headers(&parts.headers)
+                .header("traceparent")
+                .map(str::to_string),
+            tracestate: Headers(&parts.headers)
+                .header("tracestate")
+                .map(str::to_string),
+        };
+        tokio::time::timeout(
+            state.config.request_timeout,
+            state.app.execute(&ctx, op, &input, &meta),
+        )
+        .await
+        .map_err(|_| AppError::Unavailable {
+            code: ErrorCode::Timeout,
+            message: "The request took too long; it may or may not have been applied".into(),
+        })?
+    }
+    .await;
+    let response = match outcome {
+        Ok(reply) => render(op, reply),
+        Err(err) => {
+            if err.is_internal() {
+                tracing::error!(op = op.name(), request_id = ?supplied_id, error = %err, "request failed");
+            }
+            error_response(&err, supplied_id.as_deref())
+        }
+    };
+    tracing::debug!(
+        op = op.name(),
+        request_id = ?supplied_id,
+        status = response.status().as_u16(),
+        duration_us = started.elapsed().as_micros() as u64,
+        "http request"
+    );
+    response
+}
+
+fn input(op: Op, target: Target, body: Value, query: &str) -> Result<Value, AppError> {
+    let requires_body = matches!(
+        op,
+        Op::EventCreate | Op::EventUpdate | Op::RsvpSet | Op::AttendanceMark
+    );
+    let mut object = match body {
+        Value::Object(map) => map,
+        Value::Null if requires_body => return Ok(Value::Null),
+        Value::Null => Map::new(),
+        _ => {
+            return Err(
+                DomainError::InvalidBody("Request body must be a JSON object".into()).into(),
+            );
+        }
+    };
+    match target {
+        Target::None => {}
+        Target::Query => {
+            for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
+                object.insert(k.into_owned(), Value::String(v.into_owned()));
+            }
+        }
+        Target::Event(id) => {
+            object.insert("id".into(), Value::String(id.clone()));
+            object.insert("eventId".into(), Value::String(id));
+        }
+        Target::User(uid) => {
+            object.insert("userId".into(), Value::String(uid));
+        }
+    }
+    Ok(Value::Object(object))
+}
+
+fn render(op: Op, reply: Reply) -> Response {
+    match (op, reply) {
+        (Op::RsvpSet | Op::RsvpClear | Op::AttendanceMark, _) => no_content(),
+        (_, Reply::Json(value)) => (StatusCode::OK, axum::Json(value)).into_response(),
+        (_, Reply::Calendar { filename, body }) => {
+            let mut response = (StatusCode::OK, body).into_response();
+            let headers = response.headers_mut();
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(crate::domain::ics::CONTENT_TYPE),
+            );
+            if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{filename}\"")) {
+                headers.insert(header::CONTENT_DISPOSITION, v);
+            }
+            response
+        }
+    }
+}
+
+async fn list(State(state): State<AppState>, request: Request) -> Response {
+    run(&state, Op::EventList, Target::Query, request).await
+}
+
+async fn create(State(state): State<AppState>, request: Request) -> Response {
+    run(&state, Op::EventCreate, Target::None, request).await
+}
+
+async fn get_event(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    request: Request,
+) -> Response {
+    run(&state, Op::EventGet, Target::Event(id), request).await
+}
+
+async fn update(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    request: Request,
+) -> Response {
+    run(&state, Op::EventUpdate, Target::Event(id), request).await
+}
+
+async fn cancel(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    request: Request,
+) -> Response {
+    run(&state, Op::EventCancel, Target::Event(id), request).await
+}
+
+async fn rsvp_set(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    request: Request,
+) -> Response {
+    run(&state, Op::RsvpSet, Target::Event(id), request).await
+}
+
+async fn rsvp_clear(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    request: Request,
+) -> Response {
+    run(&state, Op::RsvpClear, Target::Event(id), request).await
+}
+
+async fn rsvp_list(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    request: Request,
+) -> Response {
+    run(&state, Op::RsvpList, Target::Event(id), request).await
+}
+
+async fn attendance_mark(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    request: Request,
+) -> Response {
+    run(&state, Op::AttendanceMark, Target::Event(id), request).await
+}
+
+async fn attendance_list(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    request: Request,
+) -> Response {
+    run(&state, Op::AttendanceList, Target::Event(id), request).await
+}
+
+async fn ics(State(state): State<AppState>, Path(id): Path<String>, request: Request) -> Response {
+    run(&state, Op::EventIcs, Target::Event(id), request).await
+}
+
+async fn dsar_export(
+    State(state): State<AppState>,
+    Path(uid): Path<String>,
+    request: Request,
+) -> Response {
+    run(&state, Op::DsarExport, Target::User(uid), request).await
+}
+
+async fn dsar_erase(
+    State(state): State<AppState>,
+    Path(uid): Path<String>,
+    request: Request,
+) -> Response {
+    run(&state, Op::DsarErase, Target::User(uid), request).await
+}
