@@ -46,7 +46,9 @@ async fn main() -> Result<(), async_nats::Error> {
             },
         )
         .await?;
-    eprintln!("tailing {stream_name} ({prefix}.out.>) as durable consumer {durable}; Ctrl-C to stop");
+    eprintln!(
+        "tailing {stream_name} ({prefix}.out.>) as durable consumer {durable}; Ctrl-C to stop"
+    );
 
     // Redeliveries can repeat a message: remember recent ids and skip repeats.
     let mut seen: HashSet<String> = HashSet::new();
@@ -68,10 +70,10 @@ async fn main() -> Result<(), async_nats::Error> {
         let id = envelope["id"].as_str().unwrap_or_default().to_string();
         if seen.insert(id.clone()) {
             order.push_back(id);
-            if order.len() > 100_000 {
-                if let Some(old) = order.pop_front() {
-                    seen.remove(&old);
-                }
+            if order.len() > 100_000
+                && let Some(old) = order.pop_front()
+            {
+                seen.remove(&old);
             }
             println!(
                 "{} {:<24} event={} seq={} {}",

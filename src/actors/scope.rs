@@ -24,7 +24,7 @@ pub enum ScopeMsg {
     Committed(Box<Committed>),
     Loaded {
         id: EventId,
-        result: Result<Option<Snapshot>, AppError>,
+        result: Box<Result<Option<Snapshot>, AppError>>,
         generation: u64,
     },
     /// Another instance changed these events: forget them.
@@ -41,6 +41,8 @@ pub struct Committed {
 }
 
 pub struct ScopeActor;
+
+type GetReply = RpcReplyPort<Result<Option<Snapshot>, AppError>>;
 
 pub struct ScopeArgs {
     pub key: ScopeKey,
@@ -60,7 +62,7 @@ pub struct ScopeState {
     flush_scheduled: bool,
     passivating: bool,
     cache: HashMap<EventId, CacheEntry>,
-    loading: HashMap<EventId, Vec<RpcReplyPort<Result<Option<Snapshot>, AppError>>>>,
+    loading: HashMap<EventId, Vec<GetReply>>,
     /// Bumped on every commit and invalidation, so a load that started
     /// before one cannot put older data in the cache.
     generation: u64,
@@ -136,13 +138,13 @@ impl Actor for ScopeActor {
                 generation,
             } => {
                 let waiters = state.loading.remove(&id).unwrap_or_default();
-                if let Ok(Some(snapshot)) = &result {
-                    if generation == state.generation {
-                        insert(state, snapshot.clone());
-                    }
+                if let Ok(Some(snapshot)) = result.as_ref()
+                    && generation == state.generation
+                {
+                    insert(state, snapshot.clone());
                 }
                 for waiter in waiters {
-                    let answer = match &result {
+                    let answer = match result.as_ref() {
                         Ok(v) => Ok(v.clone()),
                         Err(e) => Err(AppError::internal("load", e)),
                     };
@@ -188,18 +190,13 @@ fn insert(state: &mut ScopeState, snapshot: Snapshot) {
     );
 }
 
-fn get(
-    myself: &ActorRef<ScopeMsg>,
-    state: &mut ScopeState,
-    id: EventId,
-    reply: RpcReplyPort<Result<Option<Snapshot>, AppError>>,
-) {
+fn get(myself: &ActorRef<ScopeMsg>, state: &mut ScopeState, id: EventId, reply: GetReply) {
     let ttl = state.shared.config.cache_ttl;
-    if let Some(entry) = state.cache.get(&id) {
-        if entry.at.elapsed() < ttl {
-            let _ = reply.send(Ok(Some(entry.snapshot.clone())));
-            return;
-        }
+    if let Some(entry) = state.cache.get(&id)
+        && entry.at.elapsed() < ttl
+    {
+        let _ = reply.send(Ok(Some(entry.snapshot.clone())));
+        return;
     }
     if let Some(waiters) = state.loading.get_mut(&id) {
         waiters.push(reply);
@@ -216,7 +213,7 @@ fn get(
             .map(|found| found.map(|(event, counts)| Snapshot { event, counts }));
         let _ = me.send_message(ScopeMsg::Loaded {
             id,
-            result,
+            result: Box::new(result),
             generation,
         });
     });
@@ -252,15 +249,15 @@ fn start_commit(myself: &ActorRef<ScopeMsg>, state: &mut ScopeState) {
             effects,
             size,
         };
-        if let Err(e) = me.send_message(ScopeMsg::Committed(Box::new(done))) {
-            // The actor is gone: answer the callers from here.
-            if let ractor::MessagingErr::SendErr(ScopeMsg::Committed(done)) = e {
-                let Committed {
-                    replies, results, ..
-                } = *done;
-                for (reply, result) in replies.into_iter().zip(results) {
-                    let _ = reply.send(result);
-                }
+        // If the actor is gone, answer the callers from here.
+        if let Err(ractor::MessagingErr::SendErr(ScopeMsg::Committed(done))) =
+            me.send_message(ScopeMsg::Committed(Box::new(done)))
+        {
+            let Committed {
+                replies, results, ..
+            } = *done;
+            for (reply, result) in replies.into_iter().zip(results) {
+                let _ = reply.send(result);
             }
         }
     });

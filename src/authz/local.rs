@@ -27,9 +27,12 @@ struct Binding {
     scope_id: String,
 }
 
+/// (tenant, user) → when read, and the user's bindings.
+type BindingCache = HashMap<(Uuid, Uuid), (Instant, Vec<Binding>)>;
+
 pub struct LocalAuthorizer {
     db: PgPool,
-    bindings: Mutex<HashMap<(Uuid, Uuid), (Instant, Vec<Binding>)>>,
+    bindings: Mutex<BindingCache>,
 }
 
 impl LocalAuthorizer {
@@ -45,17 +48,17 @@ impl LocalAuthorizer {
         self.lock().remove(&(tenant, user));
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(Uuid, Uuid), (Instant, Vec<Binding>)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BindingCache> {
         self.bindings
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     async fn bindings_of(&self, tenant: Uuid, user: Uuid) -> Result<Vec<Binding>, AppError> {
-        if let Some((at, cached)) = self.lock().get(&(tenant, user)) {
-            if at.elapsed() < BINDINGS_TTL {
-                return Ok(cached.clone());
-            }
+        if let Some((at, cached)) = self.lock().get(&(tenant, user))
+            && at.elapsed() < BINDINGS_TTL
+        {
+            return Ok(cached.clone());
         }
         let rows: Vec<(String, String, String)> = sqlx::query_as(
             "SELECT role, scope_type::text, scope_id FROM role_bindings WHERE tenant_id = $1 AND user_id = $2",

@@ -297,6 +297,17 @@ async fn refuse_replays(
     Ok(())
 }
 
+/// One create's idempotency record.
+struct KeyRow {
+    index: usize,
+    tenant: Uuid,
+    user: Uuid,
+    request_id: String,
+    hash: String,
+    result: Value,
+    expires_at: DateTime<Utc>,
+}
+
 /// Records the idempotency key of every create before anything is
 /// written. A key another transaction holds makes this one wait for it;
 /// the earlier result (or a conflict, for a different body) is the answer.
@@ -306,7 +317,7 @@ async fn claim_idempotency_keys(
     results: &mut [Option<CommandResult>],
 ) -> Result<(), sqlx::Error> {
     let mut first: HashMap<(Uuid, Uuid, String), (usize, String)> = HashMap::new();
-    let mut rows: Vec<(usize, Uuid, Uuid, String, String, Value, DateTime<Utc>)> = Vec::new();
+    let mut rows: Vec<KeyRow> = Vec::new();
     for (i, c) in commands.iter().enumerate() {
         if results[i].is_some() {
             continue;
@@ -339,15 +350,15 @@ async fn claim_idempotency_keys(
             continue;
         }
         first.insert(key.clone(), (i, request_hash.clone()));
-        rows.push((
-            i,
-            key.0,
-            key.1,
-            key.2,
-            request_hash.clone(),
-            result.clone(),
-            c.meta.now + chrono::Duration::hours(24),
-        ));
+        rows.push(KeyRow {
+            index: i,
+            tenant: key.0,
+            user: key.1,
+            request_id: key.2,
+            hash: request_hash.clone(),
+            result: result.clone(),
+            expires_at: c.meta.now + chrono::Duration::hours(24),
+        });
     }
     if rows.is_empty() {
         return Ok(());
@@ -362,16 +373,24 @@ async fn claim_idempotency_keys(
              WHERE idempotency_keys.expires_at < now()
          RETURNING tenant_id, user_id, request_id",
     )
-    .bind(rows.iter().map(|r| r.1).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.2).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.3.clone()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.4.clone()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.5.clone()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.6).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.tenant).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.user).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.request_id.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.hash.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.result.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.expires_at).collect::<Vec<_>>())
     .fetch_all(&mut *tx)
     .await?;
     let inserted: HashSet<(Uuid, Uuid, String)> = inserted.into_iter().collect();
-    for (i, tenant, user, request_id, hash, _, _) in rows {
+    for KeyRow {
+        index: i,
+        tenant,
+        user,
+        request_id,
+        hash,
+        ..
+    } in rows
+    {
         if inserted.contains(&(tenant, user, request_id.clone())) {
             continue;
         }
@@ -939,20 +958,38 @@ async fn update_events(tx: &mut PgConnection, batch: &Batch<'_>) -> Result<(), s
     Ok(())
 }
 
+/// Column vectors of RSVP rows, for UNNEST.
+#[derive(Default)]
+struct RsvpColumns {
+    event: Vec<Uuid>,
+    user: Vec<Uuid>,
+    tenant: Vec<Uuid>,
+    status: Vec<&'static str>,
+    seq: Vec<Option<i64>>,
+}
+
+/// Column vectors of attendance rows, for UNNEST.
+#[derive(Default)]
+struct AttendanceColumns {
+    event: Vec<Uuid>,
+    user: Vec<Uuid>,
+    tenant: Vec<Uuid>,
+    marked_by: Vec<Uuid>,
+    marked_at: Vec<DateTime<Utc>>,
+}
+
 async fn write_rsvps(tx: &mut PgConnection, batch: &Batch<'_>) -> Result<(), sqlx::Error> {
-    let mut upsert: (Vec<Uuid>, Vec<Uuid>, Vec<Uuid>, Vec<&str>, Vec<Option<i64>>) =
-        Default::default();
+    let mut upsert = RsvpColumns::default();
     let mut delete: (Vec<Uuid>, Vec<Uuid>) = Default::default();
-    let mut now: Option<DateTime<Utc>> = None;
     for state in batch.events.values() {
         for user in &state.dirty_rsvps {
             match state.rsvps.get(user).copied().flatten() {
                 Some(row) => {
-                    upsert.0.push(Uuid::from(state.event.id));
-                    upsert.1.push(Uuid::from(*user));
-                    upsert.2.push(Uuid::from(state.event.tenant_id));
-                    upsert.3.push(row.status.as_str());
-                    upsert.4.push(row.seq);
+                    upsert.event.push(Uuid::from(state.event.id));
+                    upsert.user.push(Uuid::from(*user));
+                    upsert.tenant.push(Uuid::from(state.event.tenant_id));
+                    upsert.status.push(row.status.as_str());
+                    upsert.seq.push(row.seq);
                 }
                 None => {
                     delete.0.push(Uuid::from(state.event.id));
@@ -960,9 +997,8 @@ async fn write_rsvps(tx: &mut PgConnection, batch: &Batch<'_>) -> Result<(), sql
                 }
             }
         }
-        now = now.or(Some(state.event.updated_at));
     }
-    if !upsert.0.is_empty() {
+    if !upsert.event.is_empty() {
         sqlx::query(
             "INSERT INTO event_rsvps (event_id, user_id, tenant_id, status, waitlist_seq, created_at, updated_at)
              SELECT e, u, t, s::rsvp_status, q, now(), now()
@@ -970,11 +1006,11 @@ async fn write_rsvps(tx: &mut PgConnection, batch: &Batch<'_>) -> Result<(), sql
              ON CONFLICT (event_id, user_id) DO UPDATE
                  SET status = EXCLUDED.status, waitlist_seq = EXCLUDED.waitlist_seq, updated_at = now()",
         )
-        .bind(&upsert.0)
-        .bind(&upsert.1)
-        .bind(&upsert.2)
-        .bind(&upsert.3)
-        .bind(&upsert.4)
+        .bind(&upsert.event)
+        .bind(&upsert.user)
+        .bind(&upsert.tenant)
+        .bind(&upsert.status)
+        .bind(&upsert.seq)
         .execute(&mut *tx)
         .await?;
     }
@@ -988,39 +1024,32 @@ async fn write_rsvps(tx: &mut PgConnection, batch: &Batch<'_>) -> Result<(), sql
         .execute(&mut *tx)
         .await?;
     }
-    let _ = now;
     Ok(())
 }
 
 async fn insert_attendance(tx: &mut PgConnection, batch: &Batch<'_>) -> Result<(), sqlx::Error> {
-    let mut cols: (
-        Vec<Uuid>,
-        Vec<Uuid>,
-        Vec<Uuid>,
-        Vec<Uuid>,
-        Vec<DateTime<Utc>>,
-    ) = Default::default();
+    let mut cols = AttendanceColumns::default();
     for state in batch.events.values() {
         for (user, by, at) in &state.new_attendance {
-            cols.0.push(Uuid::from(state.event.id));
-            cols.1.push(Uuid::from(*user));
-            cols.2.push(Uuid::from(state.event.tenant_id));
-            cols.3.push(Uuid::from(*by));
-            cols.4.push(*at);
+            cols.event.push(Uuid::from(state.event.id));
+            cols.user.push(Uuid::from(*user));
+            cols.tenant.push(Uuid::from(state.event.tenant_id));
+            cols.marked_by.push(Uuid::from(*by));
+            cols.marked_at.push(*at);
         }
     }
-    if cols.0.is_empty() {
+    if cols.event.is_empty() {
         return Ok(());
     }
     sqlx::query(
         "INSERT INTO event_attendance (event_id, user_id, tenant_id, marked_by, marked_at)
          SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::timestamptz[])",
     )
-    .bind(&cols.0)
-    .bind(&cols.1)
-    .bind(&cols.2)
-    .bind(&cols.3)
-    .bind(&cols.4)
+    .bind(&cols.event)
+    .bind(&cols.user)
+    .bind(&cols.tenant)
+    .bind(&cols.marked_by)
+    .bind(&cols.marked_at)
     .execute(&mut *tx)
     .await?;
     Ok(())
