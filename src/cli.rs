@@ -3,10 +3,15 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
-use crate::config::{Config, ConfigError, DatabaseConfig, Settings, TelemetryConfig};
+use crate::app::Op;
+use crate::client::{ClientError, EventsClient, Identity};
+use crate::config::{
+    Config, ConfigError, DatabaseConfig, HmacConfig, NatsConfig, Settings, TelemetryConfig,
+};
 use crate::startup::{Application, shutdown_signal};
+use crate::subjects::endpoints::Encoding;
 use crate::{store, telemetry};
 
 #[derive(Debug, Parser)]
@@ -23,7 +28,7 @@ pub struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
 
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Settings (flag or environment variable)")]
     settings: Settings,
 }
 
@@ -39,6 +44,103 @@ enum Command {
         #[arg(long, default_value = "http://127.0.0.1:8005/health")]
         url: String,
     },
+    /// Send one signed request to the NATS API and print the reply.
+    #[command(
+        long_about = "Send one request to a running events-svc over NATS, signed with HMAC v2 \
+                      with the configured secret (BFF_INTERNAL_HMAC_SECRET, or the development \
+                      secret when EVENTS_DEV=1), and print the reply on stdout: pretty JSON, or \
+                      the raw calendar for event.ics.\n\n\
+                      Exit status: 0 success; 1 error reply (the error envelope is still printed \
+                      on stdout, a one-line summary on stderr); 2 usage problem; 69 no service \
+                      answers (or NATS cannot be reached); 78 unusable setting.",
+        after_help = CALL_EXAMPLES
+    )]
+    Call(CallArgs),
+}
+
+const CALL_EXAMPLES: &str = "\
+Examples (T and U stand for a tenant and a user UUID):
+  events-svc call event.create --tenant-id $T --user-id $U --flags '{\"system_admin\":true}' \\
+    '{\"scopeType\":\"TENANT\",\"scopeId\":\"'$T'\",\"title\":\"Board games\",
+      \"startsAt\":\"2030-01-10T18:00:00Z\",\"endsAt\":\"2030-01-10T21:00:00Z\",\"capacity\":10}'
+  events-svc call rsvp.set --tenant-id $T --user-id $U '{\"eventId\":\"<id>\",\"status\":\"going\"}'
+  events-svc call event.list --tenant-id $T --user-id $U '{\"limit\":10}'
+  echo '{\"id\":\"<id>\"}' | events-svc call event.ics --tenant-id $T --user-id $U -
+
+See docs/nats-api.md for every operation, its fields and its replies.";
+
+/// `events-svc call`.
+#[derive(Debug, Args)]
+struct CallArgs {
+    /// The operation: the last tokens of the subject {EVENTS_SUBJECT_PREFIX}.v1.<OP>.
+    #[arg(value_name = "OP", value_parser = clap::builder::PossibleValuesParser::new(Op::ALL.map(Op::name)))]
+    op: String,
+
+    /// Tenant of the caller (X-Tenant-Id), a UUID.
+    #[arg(long, value_name = "UUID", value_parser = parse_uuid_arg)]
+    tenant_id: String,
+
+    /// The calling user (X-User-Id), a UUID.
+    #[arg(long, value_name = "UUID", value_parser = parse_uuid_arg)]
+    user_id: String,
+
+    /// Tenant slug (X-Tenant-Slug); it appears in calendar UIDs.
+    #[arg(long, value_name = "SLUG", default_value = "acme")]
+    tenant_slug: String,
+
+    /// Master flags (X-Master-Flags), a JSON object, e.g. '{"system_admin":true}'.
+    #[arg(long, value_name = "JSON", value_parser = parse_flags_arg)]
+    flags: Option<String>,
+
+    /// X-Request-Id; a fresh UUID when absent. Repeat one to retry a create
+    /// safely: the service answers with the first result.
+    #[arg(long, value_name = "ID")]
+    request_id: Option<String>,
+
+    /// Send the body as JSON (application/json) instead of msgpack; the
+    /// reply comes back in the same encoding. The output is JSON either way.
+    #[arg(long)]
+    json: bool,
+
+    /// How long to wait for the reply, e.g. 10s, 1500ms, 1m.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_timeout_arg)]
+    timeout: Duration,
+
+    /// The request body, a JSON object; `-` reads it from stdin. Absent: {}.
+    #[arg(value_name = "BODY")]
+    body: Option<String>,
+}
+
+/// sysexits' EX_USAGE, as clap exits for bad arguments.
+const EXIT_USAGE: u8 = 2;
+/// sysexits' EX_UNAVAILABLE: nothing answers.
+const EXIT_UNAVAILABLE: u8 = 69;
+/// How long `call` keeps trying to reach NATS.
+const CALL_CONNECT_GIVE_UP: Duration = Duration::from_secs(5);
+
+fn parse_uuid_arg(text: &str) -> Result<String, String> {
+    uuid::Uuid::parse_str(text.trim())
+        .map(|_| text.trim().to_string())
+        .map_err(|_| format!("'{text}' is not a UUID"))
+}
+
+fn parse_flags_arg(text: &str) -> Result<String, String> {
+    match serde_json::from_str::<serde_json::Value>(text) {
+        // Sent compact: a header must not contain line breaks.
+        Ok(value @ serde_json::Value::Object(_)) => Ok(value.to_string()),
+        _ => Err(format!(
+            "'{text}' is not a JSON object; write e.g. '{{\"system_admin\":true}}'"
+        )),
+    }
+}
+
+fn parse_timeout_arg(text: &str) -> Result<Duration, String> {
+    match crate::config::parse_duration(text) {
+        Some(d) if !d.is_zero() => Ok(d),
+        _ => Err(format!(
+            "'{text}' is not a duration; write e.g. 10s, 1500ms or 1m"
+        )),
+    }
 }
 
 /// Exit code for an unusable setting (sysexits' EX_CONFIG).
@@ -109,7 +211,167 @@ async fn run(cli: Cli) -> ExitCode {
             }
         }
         Command::Healthcheck { url } => healthcheck(&url).await,
+        Command::Call(args) => call(&cli.settings, args).await,
     }
+}
+
+/// `EVENTS_DEV`, read with the same words `serve` accepts.
+fn dev_mode(s: &Settings) -> Result<bool, ConfigError> {
+    match s
+        .dev
+        .as_deref()
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
+        None | Some("0" | "false" | "no" | "off") => Ok(false),
+        Some("1" | "true" | "yes" | "on") => Ok(true),
+        Some(other) => Err(ConfigError {
+            var: "EVENTS_DEV",
+            message: format!("'{other}' is not a boolean; use true or false"),
+        }),
+    }
+}
+
+fn usage(message: &str) -> ExitCode {
+    eprintln!("events-svc call: {message}");
+    ExitCode::from(EXIT_USAGE)
+}
+
+/// The request body: the argument, stdin for `-`, `{}` when absent.
+fn read_body(arg: Option<&str>) -> Result<serde_json::Value, String> {
+    let text = match arg {
+        None => return Ok(serde_json::json!({})),
+        Some("-") => {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+                .map_err(|e| format!("cannot read BODY from stdin: {e}"))?;
+            text
+        }
+        Some(text) => text.to_string(),
+    };
+    if text.trim().is_empty() {
+        return Ok(serde_json::json!({}));
+    }
+    match serde_json::from_str::<serde_json::Value>(&text) {
+        Ok(value @ serde_json::Value::Object(_)) => Ok(value),
+        Ok(_) => Err("BODY must be a JSON object, e.g. '{\"id\":\"…\"}'".to_string()),
+        Err(e) => Err(format!("BODY is not valid JSON: {e}")),
+    }
+}
+
+async fn call(settings: &Settings, args: CallArgs) -> ExitCode {
+    let Some(op) = Op::from_name(&args.op) else {
+        let names: Vec<&str> = Op::ALL.iter().map(|op| op.name()).collect();
+        return usage(&format!(
+            "unknown operation '{}'; use one of: {}",
+            args.op,
+            names.join(", ")
+        ));
+    };
+    let body = match read_body(args.body.as_deref()) {
+        Ok(body) => body,
+        Err(message) => return usage(&message),
+    };
+    let dev = match dev_mode(settings) {
+        Ok(dev) => dev,
+        Err(e) => return config_error(&e),
+    };
+    let hmac = match HmacConfig::load(settings, dev) {
+        Ok(h) => h,
+        Err(e) => return config_error(&e),
+    };
+    let nats_config = match NatsConfig::load(settings) {
+        Ok(n) => n,
+        Err(e) => return config_error(&e),
+    };
+    let Some(secret) = hmac.secrets.first() else {
+        return config_error(&ConfigError {
+            var: "BFF_INTERNAL_HMAC_SECRET",
+            message: "is not set".into(),
+        });
+    };
+    let nats = match crate::subjects::connect_with_retry(&nats_config, Some(CALL_CONNECT_GIVE_UP))
+        .await
+    {
+        Ok(nats) => nats,
+        Err(e) => {
+            eprintln!("events-svc call: {e}; start nats-server (nats-server -js) or set NATS_URL");
+            return ExitCode::from(EXIT_UNAVAILABLE);
+        }
+    };
+    let encoding = if args.json {
+        Encoding::Json
+    } else {
+        Encoding::Msgpack
+    };
+    let mut client =
+        EventsClient::new(nats, &nats_config.subject_prefix, secret).with_encoding(encoding);
+    client.timeout = args.timeout;
+    let who = Identity {
+        tenant_id: args.tenant_id,
+        tenant_slug: args.tenant_slug,
+        user_id: args.user_id,
+        master_flags: args.flags,
+    };
+    let request_id = args
+        .request_id
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let reply = match client.call_as(op.name(), &who, &body, &request_id).await {
+        Ok(reply) => reply,
+        Err(ClientError::NoResponders(subject)) => {
+            eprintln!(
+                "events-svc call: no events service answers on {subject} (NATS at {}). Start \
+                 one with the same NATS_URL (events-svc serve, or EVENTS_DEV=1 cargo run), or \
+                 set EVENTS_SUBJECT_PREFIX to the prefix it serves (now '{}').",
+                crate::config::redact(&nats_config.url),
+                nats_config.subject_prefix,
+            );
+            return ExitCode::from(EXIT_UNAVAILABLE);
+        }
+        Err(ClientError::Timeout(after)) => {
+            eprintln!(
+                "events-svc call: no reply on {} within {after:?} (request id {request_id}). \
+                 Check that events-svc is running and healthy, or raise --timeout. A write may \
+                 or may not have been applied; retrying with --request-id {request_id} is safe \
+                 for event.create.",
+                client.subject(op.name())
+            );
+            return ExitCode::from(EXIT_UNAVAILABLE);
+        }
+        Err(e) => {
+            eprintln!("events-svc call: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let is_error = reply.status >= 400 || reply.code.is_some();
+    let output = match &reply.body {
+        // A calendar, printed as received.
+        serde_json::Value::String(text) if !is_error => text.clone(),
+        body => {
+            let mut pretty =
+                serde_json::to_string_pretty(body).unwrap_or_else(|_| body.to_string());
+            pretty.push('\n');
+            pretty
+        }
+    };
+    // A closed stdout (`| head`) is not worth a panic.
+    let mut stdout = std::io::stdout().lock();
+    let _ = std::io::Write::write_all(&mut stdout, output.as_bytes());
+    let _ = std::io::Write::flush(&mut stdout);
+    if !is_error {
+        return ExitCode::SUCCESS;
+    }
+    let error = &reply.body["error"];
+    let code = reply
+        .code
+        .clone()
+        .or_else(|| error["code"].as_str().map(str::to_string))
+        .unwrap_or_else(|| "ERROR".into());
+    let message = error["message"].as_str().unwrap_or("");
+    eprintln!("error: {} {code} {message}", reply.status);
+    ExitCode::FAILURE
 }
 
 fn failure(e: &dyn std::error::Error) -> ExitCode {

@@ -3,6 +3,7 @@
 
 mod authority;
 mod cli;
+mod cli_call;
 mod health;
 mod http_gateway;
 mod helpers;
