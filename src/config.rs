@@ -739,6 +739,56 @@ impl TelemetryConfig {
     }
 }
 
+/// `EVENTS_OUT_ENCODING`.
+pub fn out_encoding(s: &Settings) -> Result<OutEncoding, ConfigError> {
+    match value(&s.out_encoding) {
+        None | Some("msgpack") => Ok(OutEncoding::Msgpack),
+        Some("json") => Ok(OutEncoding::Json),
+        Some(other) => Err(ConfigError::new(
+            "EVENTS_OUT_ENCODING",
+            format!("'{other}' is not an encoding; use msgpack or json"),
+        )),
+    }
+}
+
+/// `EVENTS_RETENTION_PUBLISHED_OUTBOX_DAYS`.
+pub fn retention_days(s: &Settings) -> Result<u32, ConfigError> {
+    parse_number(
+        "EVENTS_RETENTION_PUBLISHED_OUTBOX_DAYS",
+        &s.retention_published_outbox_days,
+        30,
+        1,
+        3650,
+    )
+}
+
+/// The outbox publisher's settings.
+pub fn outbox_config(s: &Settings) -> Result<crate::actors::outbox::OutboxConfig, ConfigError> {
+    Ok(crate::actors::outbox::OutboxConfig {
+        poll_interval: parse_duration_var(
+            "EVENTS_OUTBOX_POLL_INTERVAL",
+            &s.outbox_poll_interval,
+            Duration::from_millis(500),
+            Duration::from_millis(10),
+        )?,
+        max_attempts: parse_number(
+            "EVENTS_OUTBOX_MAX_ATTEMPTS",
+            &s.outbox_max_attempts,
+            50,
+            1,
+            10_000,
+        )?,
+        backoff_max: parse_duration_var(
+            "EVENTS_OUTBOX_BACKOFF_MAX",
+            &s.outbox_backoff_max,
+            Duration::from_secs(300),
+            Duration::from_millis(10),
+        )?,
+        encoding: out_encoding(s)?,
+        ..Default::default()
+    })
+}
+
 impl Config {
     pub fn load(s: &Settings) -> Result<Self, ConfigError> {
         let dev = parse_bool("EVENTS_DEV", &s.dev, false)?;
@@ -751,16 +801,7 @@ impl Config {
                 ),
             )
         })?;
-        let out_encoding = match value(&s.out_encoding) {
-            None | Some("msgpack") => OutEncoding::Msgpack,
-            Some("json") => OutEncoding::Json,
-            Some(other) => {
-                return Err(ConfigError::new(
-                    "EVENTS_OUT_ENCODING",
-                    format!("'{other}' is not an encoding; use msgpack or json"),
-                ));
-            }
-        };
+        let out_encoding = out_encoding(s)?;
         let actor_idle_timeout = parse_duration_var(
             "EVENTS_ACTOR_IDLE_TIMEOUT",
             &s.actor_idle_timeout,
@@ -775,13 +816,7 @@ impl Config {
             hmac: HmacConfig::load(s, dev)?,
             authz: AuthzConfig::load(s)?,
             out_encoding,
-            retention_published_outbox_days: parse_number(
-                "EVENTS_RETENTION_PUBLISHED_OUTBOX_DAYS",
-                &s.retention_published_outbox_days,
-                30,
-                1,
-                3650,
-            )?,
+            retention_published_outbox_days: retention_days(s)?,
             max_body_bytes: parse_number(
                 "EVENTS_MAX_BODY_BYTES",
                 &s.max_body_bytes,
@@ -808,29 +843,7 @@ impl Config {
                 )?,
                 ..Default::default()
             },
-            outbox: crate::actors::outbox::OutboxConfig {
-                poll_interval: parse_duration_var(
-                    "EVENTS_OUTBOX_POLL_INTERVAL",
-                    &s.outbox_poll_interval,
-                    Duration::from_millis(500),
-                    Duration::from_millis(10),
-                )?,
-                max_attempts: parse_number(
-                    "EVENTS_OUTBOX_MAX_ATTEMPTS",
-                    &s.outbox_max_attempts,
-                    50,
-                    1,
-                    10_000,
-                )?,
-                backoff_max: parse_duration_var(
-                    "EVENTS_OUTBOX_BACKOFF_MAX",
-                    &s.outbox_backoff_max,
-                    Duration::from_secs(300),
-                    Duration::from_millis(10),
-                )?,
-                encoding: out_encoding,
-                ..Default::default()
-            },
+            outbox: outbox_config(s)?,
             dev,
         })
     }

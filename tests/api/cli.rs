@@ -113,3 +113,119 @@ fn healthcheck_fails_when_nothing_listens() {
         .expect("run");
     assert!(!out.status.success());
 }
+
+fn run_json(cmd: &mut Command) -> serde_json::Value {
+    let out = cmd.output().expect("run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "stdout: {stdout}\nstderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(&stdout).expect("JSON on stdout")
+}
+
+#[tokio::test]
+async fn outbox_commands_show_retry_and_preview_rows() {
+    let app =
+        crate::helpers::TestApp::spawn_with(|s| s.outbox_poll_interval = Some("1h".into())).await;
+    let url = app.isolation.database_url();
+    // A dead row and a pending one, inserted behind the publisher's back.
+    let dead = uuid::Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO outbox (id, tenant_id, event_id, event_type, subject, payload, state, dead_at, attempts, last_error)
+         VALUES ($1, $2, $2, 'event.created', 'x.out.t.event.created', '{}'::jsonb, 'dead', now(), 50, 'rejected')",
+    )
+    .bind(dead)
+    .bind(uuid::Uuid::new_v4())
+    .execute(&app.db)
+    .await
+    .expect("dead row");
+    let status = run_json(
+        events_svc()
+            .args(["outbox", "status", "--json"])
+            .env("DATABASE_URL", &url),
+    );
+    assert_eq!(status["dead"], 1);
+    assert_eq!(status["by_type"][0]["last_error"], "rejected");
+
+    let table = events_svc()
+        .args(["outbox", "status"])
+        .env("DATABASE_URL", &url)
+        .output()
+        .expect("run");
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        text.contains("dead       1") && text.contains("rejected"),
+        "{text}"
+    );
+
+    let out = events_svc()
+        .args(["outbox", "retry-dead", "--id", &dead.to_string()])
+        .env("DATABASE_URL", &url)
+        .output()
+        .expect("run");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 dead row(s) put back"));
+    let preview = run_json(
+        events_svc()
+            .args(["outbox", "dry-run", "--limit", "5"])
+            .env("DATABASE_URL", &url),
+    );
+    assert_eq!(preview[0]["headers"]["Nats-Msg-Id"], dead.to_string());
+    assert_eq!(preview[0]["message"]["specversion"], "1.0");
+    let state: String = sqlx::query_scalar("SELECT state::text FROM outbox WHERE id = $1")
+        .bind(dead)
+        .fetch_one(&app.db)
+        .await
+        .expect("state");
+    assert_eq!(state, "pending", "a dry run publishes nothing");
+}
+
+#[tokio::test]
+async fn purge_retention_deletes_only_old_published_rows() {
+    let app = crate::helpers::TestApp::spawn().await;
+    let insert = |days_ago: i32, state: &'static str| {
+        sqlx::query(
+            "INSERT INTO outbox (id, tenant_id, event_id, event_type, subject, payload, state, occurred_at, published_at, published_seq)
+             VALUES ($1, $2, $2, 'event.created', 'x', '{}'::jsonb, $3::outbox_state, now() - make_interval(days => $4),
+                     CASE WHEN $3 = 'published' THEN now() - make_interval(days => $4) END,
+                     CASE WHEN $3 = 'published' THEN nextval('outbox_published_seq') END)",
+        )
+        .bind(uuid::Uuid::new_v4())
+        .bind(uuid::Uuid::new_v4())
+        .bind(state)
+        .bind(days_ago)
+    };
+    insert(31, "published").execute(&app.db).await.expect("old");
+    insert(3, "published")
+        .execute(&app.db)
+        .await
+        .expect("recent");
+    insert(40, "pending")
+        .execute(&app.db)
+        .await
+        .expect("old pending");
+    let report = run_json(
+        events_svc()
+            .arg("purge-retention")
+            .env("DATABASE_URL", app.isolation.database_url())
+            .env("EVENTS_RETENTION_PUBLISHED_OUTBOX_DAYS", "30"),
+    );
+    assert_eq!(report["counts"]["published_outbox_deleted"], 1);
+    assert_eq!(report["service"], "events");
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+        .fetch_one(&app.db)
+        .await
+        .expect("count");
+    assert_eq!(left, 2);
+}
+
+#[test]
+fn dsar_refuses_ids_that_are_not_uuids() {
+    let out = events_svc()
+        .args(["dsar", "export", "--tenant-id", "x", "--user-id", "y"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("must be valid UUID values"));
+}

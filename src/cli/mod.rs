@@ -1,5 +1,7 @@
 //! The `events-svc` command line.
 
+mod ops;
+
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -56,6 +58,17 @@ enum Command {
         after_help = CALL_EXAMPLES
     )]
     Call(CallArgs),
+    /// Inspect and repair the transactional outbox.
+    #[command(subcommand)]
+    Outbox(ops::OutboxCommand),
+    /// Delete published outbox rows older than the retention period.
+    PurgeRetention {
+        /// Days to keep; defaults to EVENTS_RETENTION_PUBLISHED_OUTBOX_DAYS.
+        #[arg(long, value_name = "DAYS")]
+        published_outbox_days: Option<u32>,
+    },
+    /// Export or erase one user's data in one tenant (prints the original service's JSON).
+    Dsar(ops::DsarArgs),
 }
 
 const CALL_EXAMPLES: &str = "\
@@ -212,6 +225,11 @@ async fn run(cli: Cli) -> ExitCode {
         }
         Command::Healthcheck { url } => healthcheck(&url).await,
         Command::Call(args) => call(&cli.settings, args).await,
+        Command::Outbox(command) => ops::outbox(&cli.settings, command).await,
+        Command::PurgeRetention {
+            published_outbox_days,
+        } => ops::purge_retention(&cli.settings, published_outbox_days).await,
+        Command::Dsar(args) => ops::dsar(&cli.settings, args).await,
     }
 }
 
