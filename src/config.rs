@@ -116,6 +116,41 @@ pub struct Settings {
     #[arg(long, env = "PORTAL_SERVICE_URL", global = true, value_name = "URL")]
     pub portal_service_url: Option<String>,
 
+    /// `access` mode: how long an allow from Access (or a "member" from
+    /// Portal) is reused, e.g. 30s; 0s disables the cache. Default 30s.
+    #[arg(
+        long,
+        env = "EVENTS_AUTHZ_CACHE_TTL",
+        global = true,
+        value_name = "DURATION"
+    )]
+    pub authz_cache_ttl: Option<String>,
+
+    /// `access` mode: how long a deny from Access (or a 404 "not a member"
+    /// from Portal) is reused, e.g. 5s; 0s disables it. Default 5s.
+    #[arg(
+        long,
+        env = "EVENTS_AUTHZ_NEGATIVE_TTL",
+        global = true,
+        value_name = "DURATION"
+    )]
+    pub authz_negative_ttl: Option<String>,
+
+    /// `access` mode: deadline of one authorization look-up (connect and
+    /// answer, all scopes of a list together), e.g. 2s. Default 2s.
+    #[arg(long, env = "EVENTS_AUTHZ_TIMEOUT", global = true, value_name = "DURATION")]
+    pub authz_timeout: Option<String>,
+
+    /// `access` mode: how long the last answer Portal gave may still be used
+    /// while Portal is unreachable, e.g. 10m; 0s never uses one. Default 10m.
+    #[arg(
+        long,
+        env = "EVENTS_PORTAL_STALE_MAX",
+        global = true,
+        value_name = "DURATION"
+    )]
+    pub portal_stale_max: Option<String>,
+
     /// First token of every NATS subject the service uses.
     #[arg(
         long,
@@ -333,6 +368,14 @@ pub struct AuthzConfig {
     pub mode: AuthzMode,
     pub access_base_url: Option<Url>,
     pub portal_service_url: Url,
+    /// `access` mode: reuse of an allow / a membership (EVENTS_AUTHZ_CACHE_TTL).
+    pub cache_ttl: Duration,
+    /// `access` mode: reuse of a deny / a non-membership (EVENTS_AUTHZ_NEGATIVE_TTL).
+    pub negative_ttl: Duration,
+    /// `access` mode: deadline of one look-up (EVENTS_AUTHZ_TIMEOUT).
+    pub timeout: Duration,
+    /// `access` mode: oldest Portal answer usable while Portal is down (EVENTS_PORTAL_STALE_MAX).
+    pub portal_stale_max: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -698,10 +741,53 @@ impl AuthzConfig {
                 "is required when EVENTS_AUTHZ=access; set it, e.g. http://access:8002/api/v1",
             ));
         }
+        if mode == AuthzMode::Access {
+            // The HTTP client is built without TLS (internal calls are plain
+            // http inside the cluster): say so now rather than 503 later.
+            for (var, url) in [
+                ("ACCESS_BASE_URL", access_base_url.as_ref()),
+                ("PORTAL_SERVICE_URL", Some(&portal_service_url)),
+            ] {
+                if let Some(url) = url
+                    && url.scheme() != "http"
+                {
+                    return Err(ConfigError::new(
+                        var,
+                        format!(
+                            "'{url}': only http:// is supported for calls to Access and Portal (use the in-cluster address or a TLS sidecar)"
+                        ),
+                    ));
+                }
+            }
+        }
         Ok(Self {
             mode,
             access_base_url,
             portal_service_url,
+            cache_ttl: parse_duration_var(
+                "EVENTS_AUTHZ_CACHE_TTL",
+                &s.authz_cache_ttl,
+                Duration::from_secs(30),
+                Duration::ZERO,
+            )?,
+            negative_ttl: parse_duration_var(
+                "EVENTS_AUTHZ_NEGATIVE_TTL",
+                &s.authz_negative_ttl,
+                Duration::from_secs(5),
+                Duration::ZERO,
+            )?,
+            timeout: parse_duration_var(
+                "EVENTS_AUTHZ_TIMEOUT",
+                &s.authz_timeout,
+                Duration::from_secs(2),
+                Duration::from_millis(50),
+            )?,
+            portal_stale_max: parse_duration_var(
+                "EVENTS_PORTAL_STALE_MAX",
+                &s.portal_stale_max,
+                Duration::from_secs(600),
+                Duration::ZERO,
+            )?,
         })
     }
 }

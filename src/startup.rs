@@ -11,8 +11,8 @@ use crate::actors::outbox::{OutboxMsg, Publisher};
 use crate::actors::{Registry, Shared};
 use crate::app::{App, AppParts};
 use crate::auth::{SignatureVersion, Verifier};
-use crate::authz::{AuditLog, LocalAuthorizer};
-use crate::config::Config;
+use crate::authz::{AccessAuthorizer, AccessSettings, AuditLog, Authorizer, LocalAuthorizer};
+use crate::config::{AuthzMode, Config};
 use crate::http;
 use crate::store::{self, StoreError};
 use crate::subjects::{self, NatsError, Subjects};
@@ -33,6 +33,8 @@ pub enum StartupError {
     Serve(#[source] std::io::Error),
     #[error("cannot start the actors: {0}")]
     Actors(String),
+    #[error(transparent)]
+    Authz(#[from] crate::authz::access::AccessSetupError),
 }
 
 /// Exponential backoff with full jitter, for reconnect loops.
@@ -65,6 +67,10 @@ pub struct AppState {
     pub app: App,
     pub outbox_wakeup: std::sync::Arc<tokio::sync::Notify>,
     pub publisher: std::sync::Arc<Publisher>,
+    /// The `access` mode's authorizer (its counters are for metrics);
+    /// `None` in `local` mode.
+    pub access_authorizer: Option<std::sync::Arc<AccessAuthorizer>>,
+    pub metrics: std::sync::Arc<crate::telemetry::metrics::Metrics>,
 }
 
 /// The service, built and bound, not yet serving.
@@ -94,8 +100,11 @@ impl Application {
         subjects::ensure_stream(&nats, &config.stream, &config.nats.subject_prefix).await?;
         let service = subjects::start_service(&nats).await?;
         let outbox_wakeup = std::sync::Arc::new(tokio::sync::Notify::new());
+        let metrics = crate::telemetry::metrics::Metrics::new();
+        crate::telemetry::metrics::spawn_refresher(metrics.clone(), db.clone());
         let subject_names = Subjects::new(config.nats.subject_prefix.clone());
         let registry = Registry::start(Shared {
+            metrics: metrics.clone(),
             db: db.clone(),
             subjects: subject_names.clone(),
             nats: nats.clone(),
@@ -113,10 +122,29 @@ impl Application {
         } else {
             SignatureVersion::V1
         };
+        let (authorizer, access_authorizer): (
+            std::sync::Arc<dyn Authorizer>,
+            Option<std::sync::Arc<AccessAuthorizer>>,
+        ) = match config.authz.mode {
+            AuthzMode::Local => (std::sync::Arc::new(LocalAuthorizer::new(db.clone())), None),
+            AuthzMode::Access => {
+                let settings = AccessSettings::from_config(&config).ok_or_else(|| {
+                    StartupError::Actors("access mode needs ACCESS_BASE_URL and a secret".into())
+                })?;
+                let access = std::sync::Arc::new(AccessAuthorizer::new(settings)?);
+                tracing::info!(
+                    access = %config.authz.access_base_url.as_ref().map(|u| u.as_str()).unwrap_or(""),
+                    portal = %config.authz.portal_service_url,
+                    "authorization: access mode (Access + Portal)"
+                );
+                (access.clone(), Some(access))
+            }
+        };
         let app = App::new(AppParts {
+            metrics: metrics.clone(),
             db: db.clone(),
             registry,
-            authorizer: std::sync::Arc::new(LocalAuthorizer::new(db.clone())),
+            authorizer,
             audit: AuditLog::start(db.clone()),
             verifier: Verifier::new(config.hmac.secrets.clone()).with_min_version(min_version),
             replay_window_secs: Verifier::DEFAULT_WINDOW_SECS,
@@ -130,12 +158,15 @@ impl Application {
         )
         .await?;
         store::spawn_housekeeping(db.clone());
-        let publisher = std::sync::Arc::new(Publisher::new(
-            db.clone(),
-            store::connect_options(&config.database)?,
-            nats.clone(),
-            config.outbox.clone(),
-        ));
+        let publisher = std::sync::Arc::new(
+            Publisher::new(
+                db.clone(),
+                store::connect_options(&config.database)?,
+                nats.clone(),
+                config.outbox.clone(),
+            )
+            .with_metrics(metrics.clone()),
+        );
         let outbox = crate::actors::outbox::start_actor(publisher.clone(), outbox_wakeup.clone())
             .await
             .map_err(StartupError::Actors)?;
@@ -152,6 +183,8 @@ impl Application {
             app,
             outbox_wakeup,
             publisher,
+            metrics,
+            access_authorizer,
         };
         Ok(Self {
             state,
@@ -179,6 +212,7 @@ impl Application {
     ) -> Result<(), StartupError> {
         let addr = self.http_addr();
         tracing::info!(%addr, subject_prefix = %self.state.config.nats.subject_prefix, "events service is up");
+        http::probes::spawn_ready_refresher(self.state.clone());
         let served = http::serve(self.listener, self.state.clone(), shutdown).await;
         self.outbox.stop(Some("shutdown".into()));
         self.state.publisher.step_down().await;

@@ -82,6 +82,7 @@ pub struct Publisher {
     config: OutboxConfig,
     lock: Mutex<Option<PgConnection>>,
     pub stats: Arc<PublisherStats>,
+    metrics: Arc<crate::telemetry::metrics::Metrics>,
 }
 
 /// The CloudEvents 1.0 structured envelope of one row.
@@ -185,7 +186,19 @@ impl Publisher {
             config,
             lock: Mutex::new(None),
             stats: Arc::default(),
+            metrics: crate::telemetry::metrics::Metrics::new(),
         }
+    }
+
+    /// Reports into the service's metrics registry.
+    pub fn with_metrics(mut self, metrics: Arc<crate::telemetry::metrics::Metrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    fn set_leader(&self, leader: bool) {
+        self.stats.leader.store(leader, Ordering::Relaxed);
+        self.metrics.outbox_leader.set(i64::from(leader));
     }
 
     fn backoff(&self, attempts: i32) -> Duration {
@@ -206,7 +219,7 @@ impl Publisher {
             }
             tracing::warn!("lost the outbox publisher lock connection; stepping down");
             *lock = None;
-            self.stats.leader.store(false, Ordering::Relaxed);
+            self.set_leader(false);
         }
         let Ok(mut conn) = PgConnection::connect_with(&self.connect).await else {
             return false;
@@ -215,12 +228,12 @@ impl Publisher {
             Ok(true) => {
                 tracing::info!("this instance is now the outbox publisher");
                 *lock = Some(conn);
-                self.stats.leader.store(true, Ordering::Relaxed);
+                self.set_leader(true);
                 true
             }
             _ => {
                 let _ = conn.close().await;
-                self.stats.leader.store(false, Ordering::Relaxed);
+                self.set_leader(false);
                 false
             }
         }
@@ -231,7 +244,7 @@ impl Publisher {
         if let Some(conn) = self.lock.lock().await.take() {
             let _ = conn.close().await;
         }
-        self.stats.leader.store(false, Ordering::Relaxed);
+        self.set_leader(false);
     }
 
     /// One cycle: publish up to one batch. Returns how many rows it handled.
@@ -277,6 +290,7 @@ impl Publisher {
         self.stats
             .published
             .fetch_add(ok.len() as u64, Ordering::Relaxed);
+        self.metrics.outbox_published.inc_by(ok.len() as u64);
         if let Err(e) = store::mark_published(&self.db, &ok).await {
             // Published but not marked: the next cycle sends them again and
             // JetStream drops the duplicates by Nats-Msg-Id.
@@ -307,6 +321,10 @@ impl Publisher {
             self.stats
                 .dead
                 .fetch_add(newly_dead as u64, Ordering::Relaxed);
+            self.metrics
+                .outbox_publish_errors
+                .inc_by(failures.len() as u64);
+            self.metrics.outbox_dead.inc_by(newly_dead as u64);
             if let Some((_, first, _)) = failed.first() {
                 self.stats.record_error(first);
                 tracing::warn!(failed = failures.len(), dead = newly_dead, error = %first, "publishing outbox rows failed; they will be retried with backoff");

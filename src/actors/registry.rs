@@ -30,6 +30,7 @@ struct Slot {
 
 /// State shared by the registry and every scope actor.
 pub struct Shared {
+    pub metrics: Arc<crate::telemetry::metrics::Metrics>,
     pub db: PgPool,
     pub subjects: Subjects,
     pub nats: async_nats::Client,
@@ -42,7 +43,9 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn observe_batch(&self, size: usize, _took: Duration) {
+    pub fn observe_batch(&self, size: usize, took: Duration) {
+        self.metrics.batch_size.observe(size as f64);
+        self.metrics.batch_commit.observe(took.as_secs_f64());
         self.batches.fetch_add(1, Ordering::Relaxed);
         self.batched_commands
             .fetch_add(size as u64, Ordering::Relaxed);
@@ -164,6 +167,7 @@ impl Registry {
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .insert(actor.get_id(), key.clone());
                 let live = self.inner.live.fetch_add(1, Ordering::Relaxed) + 1;
+                self.inner.shared.metrics.live_actors.set(live as i64);
                 if live > self.inner.shared.config.max_live_actors {
                     let me = self.clone();
                     tokio::spawn(async move { me.sweep(true) });
@@ -192,6 +196,7 @@ impl Registry {
         for _ in 0..3 {
             let actor = self.actor(key).await?;
             let Some(env) = envelope.take() else { break };
+            let spare = env.clone();
             let sent = actor
                 .call(
                     |reply| ScopeMsg::Write(Box::new(env), reply),
@@ -201,6 +206,17 @@ impl Registry {
             match sent {
                 Ok(ractor::rpc::CallResult::Success(result)) => return result,
                 Ok(ractor::rpc::CallResult::Timeout) => return Err(timeout()),
+                // The actor stopped without answering. If it was passivated
+                // or evicted (its slot is gone), it stopped with the message
+                // still in its mailbox: nothing was applied, so a fresh one
+                // may. (A stopping actor keeps running its pending and
+                // in-flight writes to the end, so they always get a reply; a
+                // replayed write is refused by its replay key anyway.)
+                Ok(ractor::rpc::CallResult::SenderError)
+                    if !self.is_current(key, &actor.get_cell()) =>
+                {
+                    envelope = Some(spare);
+                }
                 Ok(ractor::rpc::CallResult::SenderError) => return Err(actor_failed()),
                 // The actor stopped before taking the message (passivated
                 // or crashed): nothing was applied, so a fresh one may.
@@ -224,11 +240,23 @@ impl Registry {
             {
                 Ok(ractor::rpc::CallResult::Success(result)) => return result,
                 Ok(ractor::rpc::CallResult::Timeout) => return Err(timeout()),
+                // Passivated or evicted before answering (the look-up was
+                // queued, or its load still running): a read, so ask again.
+                Ok(ractor::rpc::CallResult::SenderError)
+                    if !self.is_current(key, &actor.get_cell()) => {}
                 Ok(ractor::rpc::CallResult::SenderError) => return Err(actor_failed()),
                 Err(_) => self.forget(key, &actor.get_cell()),
             }
         }
         Err(actor_failed())
+    }
+
+    /// Whether `actor` is still the registered actor of `key`.
+    fn is_current(&self, key: &ScopeKey, actor: &ActorCell) -> bool {
+        self.lock(shard_of(key))
+            .get(key)
+            .and_then(|s| s.cell.get())
+            .is_some_and(|a| a.get_id() == actor.get_id())
     }
 
     /// Offers a snapshot read elsewhere to the scope's cache.
@@ -384,7 +412,8 @@ impl Actor for Supervisor {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(&cell.get_id());
-        inner.live.fetch_sub(1, Ordering::Relaxed);
+        let live = inner.live.fetch_sub(1, Ordering::Relaxed).saturating_sub(1);
+        inner.shared.metrics.live_actors.set(live as i64);
         if let Some(key) = key {
             if let Some(reason) = failure {
                 tracing::error!(scope = ?key, error = %reason, "scope actor crashed; the next request starts a fresh one");

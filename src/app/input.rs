@@ -182,6 +182,10 @@ pub fn list_filter(obj: &Map<String, Value>) -> Result<ListFilter, AppError> {
             Value::String(s) if s.chars().count() > 200 => {
                 fields.insert("q".into(), "must be at most 200 characters".into());
             }
+            // Postgres cannot compare text holding U+0000 (it was a 500).
+            Value::String(s) if s.contains('\0') => {
+                fields.insert("q".into(), "must not contain NUL characters".into());
+            }
             Value::String(s) if !s.trim().is_empty() => filter.q = Some(s.trim().to_string()),
             Value::String(_) => {}
             _ => {

@@ -152,6 +152,7 @@ impl ScopeIndex {
 }
 
 pub struct AppParts {
+    pub metrics: Arc<crate::telemetry::metrics::Metrics>,
     pub db: sqlx::PgPool,
     pub registry: Registry,
     pub authorizer: Arc<dyn Authorizer>,
@@ -166,6 +167,7 @@ pub struct App {
 }
 
 struct Inner {
+    metrics: Arc<crate::telemetry::metrics::Metrics>,
     db: sqlx::PgPool,
     registry: Registry,
     authorizer: Arc<dyn Authorizer>,
@@ -184,6 +186,7 @@ impl App {
     pub fn new(parts: AppParts) -> Self {
         Self {
             inner: Arc::new(Inner {
+                metrics: parts.metrics,
                 db: parts.db,
                 registry: parts.registry,
                 authorizer: parts.authorizer,
@@ -197,6 +200,10 @@ impl App {
                 replay_window_secs: parts.replay_window_secs,
             }),
         }
+    }
+
+    pub fn metrics(&self) -> &Arc<crate::telemetry::metrics::Metrics> {
+        &self.inner.metrics
     }
 
     pub fn registry(&self) -> &Registry {
@@ -271,12 +278,20 @@ impl App {
         triple.push(b'\n');
         triple.extend_from_slice(ctx.signature.as_bytes());
         let now = Utc::now();
+        // Trace context is the caller's to send and ours to carry into the
+        // outbox and stream headers: a malformed or oversized one is dropped
+        // (W3C: then tracestate goes too), never stored or fatal.
+        let traceparent = meta.traceparent.as_deref().filter(|t| valid_traceparent(t));
+        let tracestate = meta
+            .tracestate
+            .as_deref()
+            .filter(|t| traceparent.is_some() && valid_tracestate(t));
         CommandMeta {
             tenant: guard.tenant(),
             actor: guard.user(),
-            request_id: ctx.request_id.clone(),
-            traceparent: meta.traceparent.clone(),
-            tracestate: meta.tracestate.clone(),
+            request_id: idempotency_request_id(&ctx.request_id),
+            traceparent: traceparent.map(str::to_string),
+            tracestate: tracestate.map(str::to_string),
             replay_key: Some(sha256(&triple)),
             replay_expires_at: chrono::DateTime::from_timestamp(
                 ctx.timestamp + self.inner.replay_window_secs + 1,
@@ -717,6 +732,47 @@ impl App {
         shared.outbox_wakeup.notify_one();
         Ok(Reply::Json(erased.summary))
     }
+}
+
+/// The longest request id stored as sent in `idempotency_keys`.
+const MAX_STORED_REQUEST_ID_CHARS: usize = 255;
+
+/// The idempotency key of a request id: the id itself when it fits the
+/// column (1..=255 characters, no NUL, which Postgres text cannot hold),
+/// else its SHA-256, so any id the signature accepted can key a create
+/// (a longer id used to fail the insert with a 500).
+fn idempotency_request_id(request_id: &str) -> String {
+    if request_id.chars().count() <= MAX_STORED_REQUEST_ID_CHARS && !request_id.contains('\0') {
+        request_id.to_string()
+    } else {
+        format!("sha256:{}", hex::encode(sha256(request_id.as_bytes())))
+    }
+}
+
+/// A W3C `traceparent` (`vv-<32 hex>-<16 hex>-<2 hex>`, later versions may
+/// append fields) that fits the outbox column (128 characters).
+fn valid_traceparent(t: &str) -> bool {
+    let b = t.as_bytes();
+    let hex = |r: std::ops::Range<usize>| {
+        b.get(r)
+            .is_some_and(|s| s.iter().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c)))
+    };
+    b.len() <= 128
+        && b.len() >= 55
+        && hex(0..2)
+        && b[2] == b'-'
+        && hex(3..35)
+        && b[35] == b'-'
+        && hex(36..52)
+        && b[52] == b'-'
+        && hex(53..55)
+        && (b.len() == 55 || b[55] == b'-')
+        && b.iter().all(|c| c.is_ascii_graphic())
+}
+
+/// A `tracestate` of printable ASCII that fits the outbox column (512).
+fn valid_tracestate(t: &str) -> bool {
+    t.len() <= 512 && t.bytes().all(|c| c == b' ' || c.is_ascii_graphic())
 }
 
 fn rsvp_reply(

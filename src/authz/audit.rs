@@ -70,8 +70,14 @@ async fn insert(db: &PgPool, batch: &[AuditEntry]) -> Result<(), sqlx::Error> {
     let actors: Vec<Option<Uuid>> = batch.iter().map(|e| e.actor_user_id).collect();
     let actions: Vec<&str> = batch.iter().map(|e| e.action).collect();
     let target_types: Vec<&str> = batch.iter().map(|e| e.target_type).collect();
-    let target_ids: Vec<Option<String>> = batch.iter().map(|e| e.target_id.clone()).collect();
-    let request_ids: Vec<Option<String>> = batch.iter().map(|e| e.request_id.clone()).collect();
+    let target_ids: Vec<Option<String>> = batch
+        .iter()
+        .map(|e| e.target_id.as_deref().map(fit_column))
+        .collect();
+    let request_ids: Vec<Option<String>> = batch
+        .iter()
+        .map(|e| e.request_id.as_deref().map(fit_column))
+        .collect();
     let details: Vec<Value> = batch.iter().map(|e| e.details.clone()).collect();
     sqlx::query(
         "INSERT INTO audit_log (id, tenant_id, actor_user_id, action, target_type, target_id, request_id, details)
@@ -88,4 +94,12 @@ async fn insert(db: &PgPool, batch: &[AuditEntry]) -> Result<(), sqlx::Error> {
     .execute(db)
     .await?;
     Ok(())
+}
+
+/// A caller-supplied text (the request id) as the 255-character columns
+/// take it: NUL removed (Postgres text cannot hold it) and cut to 255
+/// characters. Without this, one long `X-Request-Id` failed the insert of
+/// its whole batch, and after the retries every entry in it was lost.
+fn fit_column(s: &str) -> String {
+    s.chars().filter(|c| *c != '\0').take(255).collect()
 }

@@ -1,6 +1,7 @@
 //! Authorization: permissions, roles, visibility, and the `Authorizer`
 //! that answers them (embedded `local` mode here; Access/Portal in `access`).
 
+pub mod access;
 pub mod audit;
 pub mod guard;
 pub mod local;
@@ -13,6 +14,7 @@ use crate::app::AppError;
 use crate::auth::InternalContext;
 use crate::domain::{Scope, ScopeType};
 
+pub use access::{AccessAuthorizer, AccessSettings, AccessStats, AccessStatsSnapshot};
 pub use audit::{AuditEntry, AuditLog};
 pub use guard::Guard;
 pub use local::LocalAuthorizer;

@@ -238,6 +238,18 @@ fn check_max(field: &str, s: &str, max: usize) -> Result<(), FieldError> {
     }
 }
 
+/// Postgres text cannot hold U+0000: refused here with a 422 rather than
+/// failing the insert with a 500.
+fn check_no_nul(field: &str, s: &str) -> Result<(), FieldError> {
+    if s.contains('\0') {
+        Err(FieldError::new(format!(
+            "{field} must not contain NUL characters"
+        )))
+    } else {
+        Ok(())
+    }
+}
+
 fn check_not_blank(field: &str, s: &str) -> Result<(), FieldError> {
     if s.trim().is_empty() {
         Err(FieldError::new(format!("{field} must not be empty")))
@@ -258,6 +270,7 @@ impl Title {
     pub fn parse(s: &str) -> Result<Self, FieldError> {
         check_not_blank("title", s)?;
         check_max("title", s, Self::MAX_CHARS)?;
+        check_no_nul("title", s)?;
         Ok(Self(s.to_owned()))
     }
 }
@@ -305,6 +318,7 @@ impl Description {
 
     pub fn parse(s: &str) -> Result<Self, FieldError> {
         check_max("description", s, Self::MAX_CHARS)?;
+        check_no_nul("description", s)?;
         Ok(Self(s.to_owned()))
     }
 
@@ -323,6 +337,7 @@ impl LocationText {
 
     pub fn parse(s: &str) -> Result<Self, FieldError> {
         check_max("locationText", s, Self::MAX_CHARS)?;
+        check_no_nul("locationText", s)?;
         Ok(Self(s.to_owned()))
     }
 
@@ -385,6 +400,7 @@ impl GameId {
     pub fn parse(s: &str) -> Result<Self, FieldError> {
         check_not_blank("gameId", s)?;
         check_max("gameId", s, Self::MAX_CHARS)?;
+        check_no_nul("gameId", s)?;
         Ok(Self(s.to_owned()))
     }
 }
@@ -399,6 +415,7 @@ impl CancelReason {
 
     pub fn parse(s: &str) -> Result<Self, FieldError> {
         check_max("reason", s, Self::MAX_CHARS)?;
+        check_no_nul("reason", s)?;
         Ok(Self(s.to_owned()))
     }
 }

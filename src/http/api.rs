@@ -79,6 +79,7 @@ async fn run(state: &AppState, op: Op, target: Target, request: Request) -> Resp
             path: parts.uri.path().to_string(),
             query: parts.uri.query().unwrap_or("").to_string(),
         });
+    let mut who: Option<(uuid::Uuid, uuid::Uuid)> = None;
     let outcome = async {
         let limit = state.config.max_body_bytes;
         let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
@@ -97,6 +98,7 @@ async fn run(state: &AppState, op: Op, target: Target, request: Request) -> Resp
                 &bytes,
             ),
         )?;
+        who = Some((ctx.tenant_id, ctx.user_id));
         let body: Value = if bytes.iter().all(u8::is_ascii_whitespace) {
             Value::Null
         } else {
@@ -124,21 +126,27 @@ async fn run(state: &AppState, op: Op, target: Target, request: Request) -> Resp
         })?
     }
     .await;
-    let response = match outcome {
-        Ok(reply) => render(op, reply),
+    let (response, code) = match outcome {
+        Ok(reply) => (render(op, reply), None),
         Err(err) => {
             if err.is_internal() {
-                tracing::error!(op = op.name(), request_id = ?supplied_id, error = %err, "request failed");
+                tracing::error!(op = op.name(), request_id = ?supplied_id, error = %err, "internal error");
             }
-            error_response(&err, supplied_id.as_deref())
+            (error_response(&err, supplied_id.as_deref()), Some(err.code().as_str()))
         }
     };
-    tracing::debug!(
-        op = op.name(),
-        request_id = ?supplied_id,
-        status = response.status().as_u16(),
-        duration_us = started.elapsed().as_micros() as u64,
-        "http request"
+    crate::telemetry::finish_request(
+        state.app.metrics(),
+        &crate::telemetry::RequestRecord {
+            transport: "http",
+            op: op.name(),
+            request_id: supplied_id.as_deref(),
+            tenant_id: who.map(|w| w.0),
+            user_id: who.map(|w| w.1),
+            status: response.status().as_u16(),
+            code,
+            took: started.elapsed(),
+        },
     );
     response
 }

@@ -6,6 +6,7 @@
 mod api;
 mod middleware;
 pub mod openapi;
+pub mod probes;
 
 use axum::Router;
 use axum::routing::any;
@@ -17,7 +18,9 @@ pub use api::error_response;
 pub fn router(state: AppState) -> Router {
     let api = api::routes();
     Router::new()
-        .route("/health", any(health))
+        .route("/health", any(probes::health))
+        .route("/ready", axum::routing::get(probes::ready))
+        .route("/metrics", axum::routing::get(probes::metrics))
         .nest("/api/v1/events", api.clone())
         .nest("/api/v1", api)
         .fallback(api::not_found)
@@ -40,9 +43,4 @@ pub async fn serve(
     axum::serve(listener, outer.into_make_service())
         .with_graceful_shutdown(shutdown)
         .await
-}
-
-/// Liveness only: answers while the process serves HTTP, touching nothing else.
-async fn health() -> axum::Json<serde_json::Value> {
-    axum::Json(serde_json::json!({"status": "ok"}))
 }

@@ -316,7 +316,12 @@ async fn claim_idempotency_keys(
     commands: &[Envelope],
     results: &mut [Option<CommandResult>],
 ) -> Result<(), sqlx::Error> {
-    let mut first: HashMap<(Uuid, Uuid, String), (usize, String)> = HashMap::new();
+    let mut first: HashSet<(Uuid, Uuid, String)> = HashSet::new();
+    // Later creates in this batch with a key an earlier one claims: they are
+    // answered once the key's owner is known (below), never before. The
+    // first claimant may itself lose to a key committed earlier, and its
+    // own (never written) event must not reach anyone.
+    let mut followers: Vec<(usize, (Uuid, Uuid, String), String)> = Vec::new();
     let mut rows: Vec<KeyRow> = Vec::new();
     for (i, c) in commands.iter().enumerate() {
         if results[i].is_some() {
@@ -335,21 +340,12 @@ async fn claim_idempotency_keys(
             Uuid::from(c.meta.actor),
             c.meta.request_id.clone(),
         );
-        if let Some((j, hash)) = first.get(&key) {
+        if first.contains(&key) {
             // The same create twice in one batch: the second is a retry.
-            results[i] = Some(if hash == request_hash {
-                match &commands[*j].command {
-                    WriteCommand::Create { result, .. } => Ok(WriteOutcome::CreatedEarlier {
-                        result: result.clone(),
-                    }),
-                    _ => Err(AppError::IdempotencyConflict),
-                }
-            } else {
-                Err(AppError::IdempotencyConflict)
-            });
+            followers.push((i, key, request_hash.clone()));
             continue;
         }
-        first.insert(key.clone(), (i, request_hash.clone()));
+        first.insert(key.clone());
         rows.push(KeyRow {
             index: i,
             tenant: key.0,
@@ -382,16 +378,20 @@ async fn claim_idempotency_keys(
     .fetch_all(&mut *tx)
     .await?;
     let inserted: HashSet<(Uuid, Uuid, String)> = inserted.into_iter().collect();
+    // Each key's owner: (request hash, result) of the create that holds it.
+    let mut owners: HashMap<(Uuid, Uuid, String), Option<(String, Value)>> = HashMap::new();
     for KeyRow {
         index: i,
         tenant,
         user,
         request_id,
         hash,
+        result,
         ..
     } in rows
     {
         if inserted.contains(&(tenant, user, request_id.clone())) {
+            owners.insert((tenant, user, request_id), Some((hash, result)));
             continue;
         }
         let earlier: Option<(String, Value)> = sqlx::query_as(
@@ -403,9 +403,22 @@ async fn claim_idempotency_keys(
         .bind(&request_id)
         .fetch_optional(&mut *tx)
         .await?;
-        results[i] = Some(match earlier {
-            Some((earlier_hash, result)) if earlier_hash == hash => {
-                Ok(WriteOutcome::CreatedEarlier { result })
+        results[i] = Some(match &earlier {
+            Some((earlier_hash, result)) if *earlier_hash == hash => {
+                Ok(WriteOutcome::CreatedEarlier {
+                    result: result.clone(),
+                })
+            }
+            _ => Err(AppError::IdempotencyConflict),
+        });
+        owners.insert((tenant, user, request_id), earlier);
+    }
+    for (i, key, hash) in followers {
+        results[i] = Some(match owners.get(&key) {
+            Some(Some((owner_hash, result))) if *owner_hash == hash => {
+                Ok(WriteOutcome::CreatedEarlier {
+                    result: result.clone(),
+                })
             }
             _ => Err(AppError::IdempotencyConflict),
         });

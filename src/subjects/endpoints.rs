@@ -68,7 +68,7 @@ impl Encoding {
         }
         let decoded = match self {
             Encoding::Json => serde_json::from_slice::<Value>(body).map_err(|e| e.to_string()),
-            Encoding::Msgpack => rmp_serde::from_slice::<Value>(body).map_err(|e| e.to_string()),
+            Encoding::Msgpack => decode_msgpack(body),
         };
         decoded.map_err(|e| {
             let kind = if self == Encoding::Json {
@@ -87,6 +87,31 @@ impl Encoding {
             Encoding::Msgpack => rmp_serde::to_vec_named(value).unwrap_or_default(),
         };
         Bytes::from(bytes)
+    }
+}
+
+/// How deeply msgpack values may nest: serde_json's own limit. rmp-serde's
+/// default (1024) let a 200 KB body of nested arrays overflow a 2 MiB
+/// worker stack and abort the whole process.
+const MAX_MSGPACK_DEPTH: usize = 128;
+
+/// One msgpack value filling the whole body, nested at most
+/// [`MAX_MSGPACK_DEPTH`] deep. `rmp_serde::from_slice` stops after the first
+/// value and ignores what follows, so a body with trailing bytes was
+/// accepted where the same mistake in JSON is a 400.
+fn decode_msgpack(body: &[u8]) -> Result<Value, String> {
+    use serde::Deserialize;
+    let mut de = rmp_serde::Deserializer::new(std::io::Cursor::new(body));
+    de.set_max_depth(MAX_MSGPACK_DEPTH);
+    let value = Value::deserialize(&mut de).map_err(|e| e.to_string())?;
+    let used = usize::try_from(de.position()).unwrap_or(usize::MAX);
+    if used == body.len() {
+        Ok(value)
+    } else {
+        Err(format!(
+            "{} trailing bytes after the value",
+            body.len().saturating_sub(used)
+        ))
     }
 }
 
@@ -161,6 +186,12 @@ async fn handle(app: &App, op: Op, request: Request, max_body: usize, timeout: D
             &RequestParts::nats(message.subject.as_str(), body),
         )?;
         let value = encoding?.decode(body)?;
+        // Over NATS the body carries the target, so only `event.list` (all
+        // of whose fields are optional) may come without one (DESIGN §12:
+        // an empty body where one is required is 400 INVALID_BODY).
+        if value.is_null() && op != Op::EventList {
+            return Err(DomainError::InvalidBody("Request body is required".into()).into());
+        }
         let meta = CallMeta {
             traceparent: headers.header("traceparent").map(str::to_string),
             tracestate: headers.header("tracestate").map(str::to_string),

@@ -1,5 +1,7 @@
 //! Logs (JSON lines or pretty) and, later, traces and metrics.
 
+pub mod metrics;
+
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -28,4 +30,46 @@ pub fn init(config: &TelemetryConfig) {
     };
     // An already-installed subscriber (tests, embedding) is fine.
     drop(result);
+}
+
+/// What one finished request reports: a log line with the request's
+/// identity at top level, and the request metrics.
+pub struct RequestRecord<'a> {
+    pub transport: &'static str,
+    pub op: &'static str,
+    pub request_id: Option<&'a str>,
+    pub tenant_id: Option<uuid::Uuid>,
+    pub user_id: Option<uuid::Uuid>,
+    pub status: u16,
+    pub code: Option<&'static str>,
+    pub took: std::time::Duration,
+}
+
+/// Logs (successes at debug, 4xx at info, 5xx at error; never bodies,
+/// secrets or signatures) and counts one request.
+pub fn finish_request(metrics: &metrics::Metrics, r: &RequestRecord<'_>) {
+    metrics.observe_request(r.transport, r.op, r.code, r.status, r.took);
+    let duration_ms = r.took.as_secs_f64() * 1000.0;
+    let tenant_id = r.tenant_id.map(|t| t.to_string());
+    let user_id = r.user_id.map(|u| u.to_string());
+    macro_rules! line {
+        ($level:ident, $msg:literal) => {
+            tracing::$level!(
+                transport = r.transport,
+                op = r.op,
+                request_id = r.request_id,
+                tenant_id = tenant_id.as_deref(),
+                user_id = user_id.as_deref(),
+                status = r.status,
+                code = r.code,
+                duration_ms,
+                $msg
+            )
+        };
+    }
+    match r.status {
+        500.. => line!(error, "request failed"),
+        400.. => line!(info, "request refused"),
+        _ => line!(debug, "request served"),
+    }
 }

@@ -1,0 +1,1103 @@
+//! The `access` authorization mode: permissions come from the Access service
+//! (`POST {ACCESS_BASE_URL}/access/check`), memberships from Portal
+//! (`GET {PORTAL_SERVICE_URL}/communities|teams/{id}/members/{user}`).
+//!
+//! What this adds to a plain HTTP client (the contract is
+//! `docs/authorization.md`):
+//! - one pooled client, a deadline on every look-up, redirects refused;
+//! - outgoing calls signed with v1 over the path the receiver sees (the
+//!   percent-decoded full path, base URL path included), canonical ids in
+//!   headers, body and path, path segments percent-escaped;
+//! - decision and membership caches (a positive TTL and a shorter negative
+//!   one), bounded in size;
+//! - identical look-ups in flight at the same time share one call, which runs
+//!   in its own task so a caller giving up does not waste it;
+//! - the last answer Portal gave stays usable for a bounded time while Portal
+//!   is unreachable; after that the membership is unknown (the guard then
+//!   answers 503 `PORTAL_UNAVAILABLE`, lists say `meta.partial`);
+//! - Access failing in any way is a 503 `ACCESS_UNAVAILABLE`: fail closed.
+//!
+//! Counters for the metrics endpoint are plain atomics ([`AccessStats`]).
+
+use std::collections::{HashMap, HashSet};
+use std::hash::Hash;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
+use percent_encoding::percent_decode_str;
+use reqwest::StatusCode;
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+use serde::Serialize;
+use serde_json::Value;
+use url::Url;
+use uuid::Uuid;
+
+use crate::app::AppError;
+use crate::auth::{InternalContext, sign_v1};
+use crate::authz::{Authorizer, Memberships, Permission, membership_gated};
+use crate::domain::{ErrorCode, Scope, ScopeType};
+
+/// Largest response body read from Access or Portal; their answers are tiny.
+const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
+/// Settings of the `access` mode (from `EVENTS_AUTHZ_*`, `ACCESS_BASE_URL`,
+/// `PORTAL_SERVICE_URL` and the first HMAC secret).
+#[derive(Debug, Clone)]
+pub struct AccessSettings {
+    /// e.g. `http://access:8002/api/v1`; calls go to `{this}/access/check`.
+    pub access_base_url: Url,
+    /// e.g. `http://portal:8003/api/v1`.
+    pub portal_base_url: Url,
+    /// Signs outgoing calls (the first of `BFF_INTERNAL_HMAC_SECRET` and the
+    /// previous secrets).
+    pub secret: String,
+    /// How long an allow, or a "member", is reused.
+    pub cache_ttl: Duration,
+    /// How long a deny, or a "not a member" (Portal 404), is reused.
+    pub negative_ttl: Duration,
+    /// Deadline of one look-up: connecting, sending and reading the answer,
+    /// and, for several scopes at once, all of them together.
+    pub timeout: Duration,
+    /// How old a Portal answer may be and still be used while Portal is
+    /// unreachable.
+    pub portal_stale_max: Duration,
+    /// Most entries per cache (decisions; memberships).
+    pub max_entries: usize,
+}
+
+impl AccessSettings {
+    pub const DEFAULT_MAX_ENTRIES: usize = 100_000;
+
+    /// The settings of a validated configuration; `None` unless it names an
+    /// Access base URL and a signing secret.
+    pub fn from_config(config: &crate::config::Config) -> Option<Self> {
+        let authz = &config.authz;
+        Some(Self {
+            access_base_url: authz.access_base_url.clone()?,
+            portal_base_url: authz.portal_service_url.clone(),
+            secret: config.hmac.secrets.first()?.clone(),
+            cache_ttl: authz.cache_ttl,
+            negative_ttl: authz.negative_ttl,
+            timeout: authz.timeout,
+            portal_stale_max: authz.portal_stale_max,
+            max_entries: Self::DEFAULT_MAX_ENTRIES,
+        })
+    }
+}
+
+/// The authorizer could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum AccessSetupError {
+    #[error("{var}: '{url}' cannot take a path (use http://host:port/path)")]
+    BaseUrl { var: &'static str, url: String },
+    #[error("the HTTP client for Access and Portal cannot be built: {0}")]
+    Client(#[source] reqwest::Error),
+}
+
+/// Counters and summed latencies, for the metrics endpoint. Monotonic.
+#[derive(Debug, Default)]
+pub struct AccessStats {
+    /// HTTP calls made to Access (retries included).
+    pub access_calls: AtomicU64,
+    /// Access look-ups that ended without a decision (→ 503).
+    pub access_failures: AtomicU64,
+    pub access_latency_micros: AtomicU64,
+    pub access_latency_max_micros: AtomicU64,
+    /// HTTP calls made to Portal (retries included).
+    pub portal_calls: AtomicU64,
+    /// Portal look-ups that ended without an answer (→ stale or unknown).
+    pub portal_failures: AtomicU64,
+    pub portal_latency_micros: AtomicU64,
+    pub portal_latency_max_micros: AtomicU64,
+    /// Permission questions answered from the decision cache.
+    pub decision_hits: AtomicU64,
+    /// Permission questions that needed Access (or a call already in flight).
+    pub decision_misses: AtomicU64,
+    /// Membership questions answered from the membership cache.
+    pub membership_hits: AtomicU64,
+    /// Membership questions that needed Portal (or a call already in flight).
+    pub membership_misses: AtomicU64,
+    /// Misses that joined an identical call already in flight.
+    pub coalesced: AtomicU64,
+    /// Membership answers taken from an expired entry because Portal failed.
+    pub stale_memberships: AtomicU64,
+    /// Memberships answered "unknown" (no usable answer at all).
+    pub unknown_memberships: AtomicU64,
+    /// Second attempts after a connection-level failure.
+    pub retries: AtomicU64,
+    /// Calls of the authorizer (`has_permission` + `memberships`).
+    pub lookups: AtomicU64,
+    /// Time callers spent inside the authorizer, summed.
+    pub lookup_micros: AtomicU64,
+}
+
+/// A copy of [`AccessStats`] at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct AccessStatsSnapshot {
+    pub access_calls: u64,
+    pub access_failures: u64,
+    pub access_latency_micros: u64,
+    pub access_latency_max_micros: u64,
+    pub portal_calls: u64,
+    pub portal_failures: u64,
+    pub portal_latency_micros: u64,
+    pub portal_latency_max_micros: u64,
+    pub decision_hits: u64,
+    pub decision_misses: u64,
+    pub membership_hits: u64,
+    pub membership_misses: u64,
+    pub coalesced: u64,
+    pub stale_memberships: u64,
+    pub unknown_memberships: u64,
+    pub retries: u64,
+    pub lookups: u64,
+    pub lookup_micros: u64,
+}
+
+impl AccessStats {
+    pub fn snapshot(&self) -> AccessStatsSnapshot {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        AccessStatsSnapshot {
+            access_calls: get(&self.access_calls),
+            access_failures: get(&self.access_failures),
+            access_latency_micros: get(&self.access_latency_micros),
+            access_latency_max_micros: get(&self.access_latency_max_micros),
+            portal_calls: get(&self.portal_calls),
+            portal_failures: get(&self.portal_failures),
+            portal_latency_micros: get(&self.portal_latency_micros),
+            portal_latency_max_micros: get(&self.portal_latency_max_micros),
+            decision_hits: get(&self.decision_hits),
+            decision_misses: get(&self.decision_misses),
+            membership_hits: get(&self.membership_hits),
+            membership_misses: get(&self.membership_misses),
+            coalesced: get(&self.coalesced),
+            stale_memberships: get(&self.stale_memberships),
+            unknown_memberships: get(&self.unknown_memberships),
+            retries: get(&self.retries),
+            lookups: get(&self.lookups),
+            lookup_micros: get(&self.lookup_micros),
+        }
+    }
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// What a cached permission depends on. Suspended, banned and system-admin
+/// callers never reach Access, so of the master flags only
+/// `membership_status` (forwarded to Access) can vary.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct DecisionKey {
+    tenant: Uuid,
+    user: Uuid,
+    permission: Permission,
+    scope: Scope,
+    membership_status: Option<String>,
+}
+
+/// What a cached membership depends on.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct MembershipKey {
+    tenant: Uuid,
+    user: Uuid,
+    scope: Scope,
+}
+
+/// Why a look-up ended without an answer.
+#[derive(Debug, Clone)]
+struct Failure {
+    /// HTTP status when the authority answered, else `None`.
+    status: Option<u16>,
+    detail: String,
+}
+
+impl Failure {
+    fn new(status: Option<u16>, detail: impl Into<String>) -> Self {
+        Self {
+            status,
+            detail: detail.into(),
+        }
+    }
+}
+
+type Flight<V> = Shared<BoxFuture<'static, Result<V, Failure>>>;
+
+struct Entry<V> {
+    value: V,
+    fetched: Instant,
+    fresh_until: Instant,
+}
+
+/// A bounded map of answers with their age.
+struct TtlCache<K, V> {
+    map: Mutex<HashMap<K, Entry<V>>>,
+    cap: usize,
+    /// Entries older than this are useless (fresh and stale windows passed).
+    keep: Duration,
+}
+
+impl<K: Eq + Hash + Clone, V: Clone> TtlCache<K, V> {
+    fn new(cap: usize, keep: Duration) -> Self {
+        Self {
+            map: Mutex::default(),
+            cap: cap.max(16),
+            keep,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<K, Entry<V>>> {
+        self.map.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn fresh(&self, key: &K, now: Instant) -> Option<V> {
+        self.lock()
+            .get(key)
+            .filter(|e| now < e.fresh_until)
+            .map(|e| e.value.clone())
+    }
+
+    /// The last answer when it is at most `max_age` old, fresh or not.
+    fn within(&self, key: &K, now: Instant, max_age: Duration) -> Option<V> {
+        self.lock()
+            .get(key)
+            .filter(|e| now.saturating_duration_since(e.fetched) <= max_age)
+            .map(|e| e.value.clone())
+    }
+
+    fn insert(&self, key: K, value: V, ttl: Duration) {
+        let now = Instant::now();
+        let mut map = self.lock();
+        if map.len() >= self.cap && !map.contains_key(&key) {
+            let keep = self.keep;
+            map.retain(|_, e| now.saturating_duration_since(e.fetched) <= keep);
+            if map.len() >= self.cap {
+                // Still full of live entries: drop the oldest tenth.
+                let mut ages: Vec<Instant> = map.values().map(|e| e.fetched).collect();
+                let cut = ages.len() / 10;
+                let (_, nth, _) = ages.select_nth_unstable(cut);
+                let threshold = *nth;
+                map.retain(|_, e| e.fetched > threshold);
+            }
+        }
+        map.insert(
+            key,
+            Entry {
+                value,
+                fetched: now,
+                fresh_until: now + ttl,
+            },
+        );
+    }
+
+    fn retain(&self, keep: impl Fn(&K) -> bool) {
+        self.lock().retain(|k, _| keep(k));
+    }
+}
+
+/// Calls in flight, by what they look up.
+struct Flights<K, V> {
+    map: Mutex<HashMap<K, Flight<V>>>,
+}
+
+impl<K: Eq + Hash + Clone, V: Clone> Flights<K, V> {
+    fn new() -> Self {
+        Self {
+            map: Mutex::default(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<K, Flight<V>>> {
+        self.map.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The caller's identity as sent to Access and Portal: canonical ids.
+#[derive(Debug, Clone)]
+struct Caller {
+    request_id: String,
+    tenant: Uuid,
+    tenant_slug: String,
+    user: Uuid,
+    /// The caller's master flags as compact JSON, `None` when there are none.
+    flags: Option<String>,
+    membership_status: Option<String>,
+}
+
+impl Caller {
+    fn of(ctx: &InternalContext) -> Self {
+        Self {
+            request_id: ctx.request_id.clone(),
+            tenant: ctx.tenant_id,
+            tenant_slug: ctx.tenant_slug.clone(),
+            user: ctx.user_id,
+            flags: ctx.master_flags.to_header_value(),
+            membership_status: ctx.master_flags.membership_status().map(str::to_string),
+        }
+    }
+
+    /// The identity and signature headers. Access always gets
+    /// `X-Master-Flags` (`{}` when there are none, as the original sent);
+    /// Portal only when there are flags.
+    fn headers(
+        &self,
+        always_flags: bool,
+        timestamp: i64,
+        signature: &str,
+    ) -> Result<HeaderMap, Failure> {
+        let mut headers = HeaderMap::with_capacity(9);
+        let mut put = |name: &'static str, value: &str| -> Result<(), Failure> {
+            let value = HeaderValue::from_bytes(value.as_bytes())
+                .map_err(|_| Failure::new(None, format!("{name} cannot be sent as a header")))?;
+            headers.insert(HeaderName::from_static(name), value);
+            Ok(())
+        };
+        put("x-request-id", &self.request_id)?;
+        put("x-tenant-id", &self.tenant.to_string())?;
+        put("x-tenant-slug", &self.tenant_slug)?;
+        put("x-user-id", &self.user.to_string())?;
+        put("x-forwarded-proto", "https")?;
+        match (&self.flags, always_flags) {
+            (Some(flags), _) => put("x-master-flags", flags)?,
+            (None, true) => put("x-master-flags", "{}")?,
+            (None, false) => {}
+        }
+        put("x-updspace-timestamp", &timestamp.to_string())?;
+        put("x-updspace-signature", signature)?;
+        Ok(headers)
+    }
+}
+
+/// The body Access expects (`CheckIn`), keys in the original's order.
+#[derive(Serialize)]
+struct CheckBody<'a> {
+    tenant_id: String,
+    user_id: String,
+    action: &'static str,
+    scope: CheckScope<'a>,
+    master_flags: CheckFlags<'a>,
+}
+
+#[derive(Serialize)]
+struct CheckScope<'a> {
+    #[serde(rename = "type")]
+    scope_type: &'static str,
+    id: &'a str,
+}
+
+/// Our reading of the flags. Only callers that are neither suspended, banned
+/// nor system admins reach Access, so the three booleans are `false`; they
+/// are sent because Access uses the body's flags instead of the header's.
+#[derive(Serialize)]
+struct CheckFlags<'a> {
+    suspended: bool,
+    banned: bool,
+    system_admin: bool,
+    membership_status: Option<&'a str>,
+}
+
+/// The compact JSON body of an Access check.
+fn check_body(caller: &Caller, permission: Permission, scope: &Scope) -> Vec<u8> {
+    let body = CheckBody {
+        tenant_id: caller.tenant.to_string(),
+        user_id: caller.user.to_string(),
+        action: permission.key(),
+        scope: CheckScope {
+            scope_type: scope.scope_type().as_str(),
+            id: scope.scope_id().as_str(),
+        },
+        master_flags: CheckFlags {
+            suspended: false,
+            banned: false,
+            system_admin: false,
+            membership_status: caller.membership_status.as_deref(),
+        },
+    };
+    serde_json::to_vec(&body).unwrap_or_default()
+}
+
+/// A scope id that cannot name a Portal resource: Portal routes on the
+/// decoded path, where a `/` would split the id, and `.`/`..` are dot
+/// segments any URL layer may resolve away. Portal can never say "member"
+/// for such an id, so it is "not a member" without a call.
+fn portal_addressable(id: &str) -> bool {
+    !(id == "." || id == ".." || id.contains(['/', '\\']))
+}
+
+/// `base` with `segments` appended (each percent-escaped), and the path its
+/// receiver sees and verifies the signature over: the percent-decoded path.
+fn endpoint(base: &Url, segments: &[&str]) -> Option<(Url, String)> {
+    let mut url = base.clone();
+    url.set_query(None);
+    url.set_fragment(None);
+    {
+        let mut path = url.path_segments_mut().ok()?;
+        path.pop_if_empty();
+        for segment in segments {
+            path.push(segment);
+        }
+    }
+    let signed = percent_decode_str(url.path()).decode_utf8().ok()?.into_owned();
+    Some((url, signed))
+}
+
+/// Reads at most [`MAX_ANSWER_BYTES`] of a response body.
+async fn read_body(mut response: reqwest::Response) -> Result<Vec<u8>, Failure> {
+    let status = response.status().as_u16();
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| Failure::new(Some(status), format!("reading the answer: {e}")))?
+    {
+        if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+            return Err(Failure::new(
+                Some(status),
+                "the answer is larger than 64 KiB",
+            ));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// An excerpt of an error answer for the logs.
+fn excerpt(body: &[u8]) -> String {
+    String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned()
+}
+
+struct Inner {
+    http: reqwest::Client,
+    access_url: Url,
+    /// The path Access receives and verifies: base path + `/access/check`.
+    access_path: String,
+    portal_base: Url,
+    secret: String,
+    cache_ttl: Duration,
+    negative_ttl: Duration,
+    timeout: Duration,
+    portal_stale_max: Duration,
+    decisions: TtlCache<DecisionKey, bool>,
+    memberships: TtlCache<MembershipKey, bool>,
+    decision_flights: Flights<DecisionKey, bool>,
+    membership_flights: Flights<MembershipKey, bool>,
+    stats: AccessStats,
+}
+
+/// Permissions from Access, memberships from Portal. Cheap to clone.
+#[derive(Clone)]
+pub struct AccessAuthorizer {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for AccessAuthorizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccessAuthorizer")
+            .field("access_url", &self.inner.access_url.as_str())
+            .field("portal_base", &self.inner.portal_base.as_str())
+            .finish_non_exhaustive()
+    }
+}
+
+impl AccessAuthorizer {
+    pub fn new(settings: AccessSettings) -> Result<Self, AccessSetupError> {
+        let (access_url, access_path) =
+            endpoint(&settings.access_base_url, &["access", "check"]).ok_or_else(|| {
+                AccessSetupError::BaseUrl {
+                    var: "ACCESS_BASE_URL",
+                    url: settings.access_base_url.to_string(),
+                }
+            })?;
+        if endpoint(&settings.portal_base_url, &["x"]).is_none() {
+            return Err(AccessSetupError::BaseUrl {
+                var: "PORTAL_SERVICE_URL",
+                url: settings.portal_base_url.to_string(),
+            });
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(settings.timeout)
+            .timeout(settings.timeout)
+            // gunicorn closes idle keep-alive connections after a few
+            // seconds; a reused connection closed under us is retried once.
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(64)
+            .tcp_nodelay(true)
+            // Internal calls go straight to the service, never via a proxy
+            // from the environment, and never follow a redirect elsewhere.
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("updspace-events/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(AccessSetupError::Client)?;
+        let keep = settings
+            .cache_ttl
+            .max(settings.negative_ttl)
+            .max(settings.portal_stale_max);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                http,
+                access_url,
+                access_path,
+                portal_base: settings.portal_base_url,
+                secret: settings.secret,
+                cache_ttl: settings.cache_ttl,
+                negative_ttl: settings.negative_ttl,
+                timeout: settings.timeout,
+                portal_stale_max: settings.portal_stale_max,
+                decisions: TtlCache::new(
+                    settings.max_entries,
+                    settings.cache_ttl.max(settings.negative_ttl),
+                ),
+                memberships: TtlCache::new(settings.max_entries, keep),
+                decision_flights: Flights::new(),
+                membership_flights: Flights::new(),
+                stats: AccessStats::default(),
+            }),
+        })
+    }
+
+    /// The counters (for metrics).
+    pub fn stats(&self) -> AccessStatsSnapshot {
+        self.inner.stats.snapshot()
+    }
+
+    /// The live counters.
+    pub fn counters(&self) -> &AccessStats {
+        &self.inner.stats
+    }
+
+    /// Forgets every cached answer about one user (after a grant or revoke
+    /// made through this instance, say). Calls in flight still complete.
+    pub fn invalidate_user(&self, tenant: Uuid, user: Uuid) {
+        self.inner
+            .decisions
+            .retain(|k| !(k.tenant == tenant && k.user == user));
+        self.inner
+            .memberships
+            .retain(|k| !(k.tenant == tenant && k.user == user));
+    }
+
+    /// Forgets every cached answer.
+    pub fn invalidate_all(&self) {
+        self.inner.decisions.retain(|_| false);
+        self.inner.memberships.retain(|_| false);
+    }
+
+    async fn permission(
+        &self,
+        ctx: &InternalContext,
+        permission: Permission,
+        scope: &Scope,
+    ) -> Result<bool, AppError> {
+        let inner = &self.inner;
+        // The guard decides these before asking; repeated here so that no
+        // caller of the authorizer can send them to Access (original §4.1).
+        if ctx.master_flags.is_suspended_or_banned() {
+            return Ok(false);
+        }
+        if ctx.master_flags.is_system_admin() {
+            return Ok(true);
+        }
+        let started = Instant::now();
+        bump(&inner.stats.lookups);
+        let caller = Caller::of(ctx);
+        let key = DecisionKey {
+            tenant: caller.tenant,
+            user: caller.user,
+            permission,
+            scope: scope.clone(),
+            membership_status: caller.membership_status.clone(),
+        };
+        let result = if let Some(allowed) = inner.decisions.fresh(&key, started) {
+            bump(&inner.stats.decision_hits);
+            Ok(allowed)
+        } else {
+            bump(&inner.stats.decision_misses);
+            let flight = self.decision_flight(key, caller);
+            match tokio::time::timeout(inner.timeout, flight).await {
+                Ok(Ok(allowed)) => Ok(allowed),
+                Ok(Err(_)) | Err(_) => Err(AppError::Unavailable {
+                    code: ErrorCode::AccessUnavailable,
+                    message: "The access service could not be reached; try again shortly".into(),
+                }),
+            }
+        };
+        inner
+            .stats
+            .lookup_micros
+            .fetch_add(micros(started.elapsed()), Ordering::Relaxed);
+        result
+    }
+
+    /// The call deciding `key`: the one in flight, or a new one.
+    fn decision_flight(&self, key: DecisionKey, caller: Caller) -> Flight<bool> {
+        let mut flights = self.inner.decision_flights.lock();
+        if let Some(flight) = flights.get(&key) {
+            bump(&self.inner.stats.coalesced);
+            return flight.clone();
+        }
+        let inner = self.inner.clone();
+        let task_key = key.clone();
+        let task = tokio::spawn(async move {
+            let result = inner
+                .check_access(&caller, task_key.permission, &task_key.scope)
+                .await;
+            match &result {
+                Ok(allowed) => {
+                    let ttl = if *allowed {
+                        inner.cache_ttl
+                    } else {
+                        inner.negative_ttl
+                    };
+                    if !ttl.is_zero() {
+                        inner.decisions.insert(task_key.clone(), *allowed, ttl);
+                    }
+                }
+                Err(failure) => {
+                    bump(&inner.stats.access_failures);
+                    let client_side = failure.status.is_some_and(|s| (400..500).contains(&s));
+                    if client_side {
+                        // Access refusing our request is a contract or
+                        // configuration fault (signature, headers, body).
+                        tracing::error!(
+                            authority = "access",
+                            status = failure.status,
+                            error = %failure.detail,
+                            request_id = %caller.request_id,
+                            tenant_id = %caller.tenant,
+                            user_id = %caller.user,
+                            permission = task_key.permission.key(),
+                            scope_type = task_key.scope.scope_type().as_str(),
+                            scope_id = task_key.scope.scope_id().as_str(),
+                            "Access refused the check; failing closed with 503"
+                        );
+                    } else {
+                        tracing::warn!(
+                            authority = "access",
+                            status = failure.status,
+                            error = %failure.detail,
+                            request_id = %caller.request_id,
+                            tenant_id = %caller.tenant,
+                            permission = task_key.permission.key(),
+                            "Access unavailable; failing closed with 503"
+                        );
+                    }
+                }
+            }
+            // The answer is cached before the flight leaves the map, so a
+            // new look-up finds one or the other.
+            inner.decision_flights.lock().remove(&task_key);
+            result
+        });
+        let flight = async move {
+            task.await
+                .unwrap_or_else(|e| Err(Failure::new(None, format!("look-up task failed: {e}"))))
+        }
+        .boxed()
+        .shared();
+        flights.insert(key, flight.clone());
+        flight
+    }
+
+    async fn resolve_memberships(&self, ctx: &InternalContext, scopes: &[Scope]) -> Memberships {
+        let inner = &self.inner;
+        let mut out = Memberships::default();
+        // Suspended and banned users are members of nothing here (Portal
+        // would refuse to answer for them anyway).
+        if ctx.master_flags.is_suspended_or_banned() {
+            return out;
+        }
+        let started = Instant::now();
+        bump(&inner.stats.lookups);
+        let caller = Caller::of(ctx);
+        let mut seen = HashSet::new();
+        let mut pending: Vec<(Scope, MembershipKey, Flight<bool>)> = Vec::new();
+        for scope in scopes {
+            if !seen.insert(scope) {
+                continue;
+            }
+            if !membership_gated(scope.scope_type()) || !portal_addressable(scope.scope_id()) {
+                continue;
+            }
+            let key = MembershipKey {
+                tenant: caller.tenant,
+                user: caller.user,
+                scope: scope.clone(),
+            };
+            match inner.memberships.fresh(&key, started) {
+                Some(member) => {
+                    bump(&inner.stats.membership_hits);
+                    if member {
+                        out.member_of.insert(scope.clone());
+                    }
+                }
+                None => {
+                    bump(&inner.stats.membership_misses);
+                    let flight = self.membership_flight(key.clone(), caller.clone());
+                    pending.push((scope.clone(), key, flight));
+                }
+            }
+        }
+        if !pending.is_empty() {
+            // One deadline for all of them; each answers on its own, so a
+            // slow scope does not hold back the others' answers.
+            let deadline = tokio::time::Instant::from_std(started) + inner.timeout;
+            let answers = futures::future::join_all(
+                pending
+                    .iter()
+                    .map(|(_, _, flight)| tokio::time::timeout_at(deadline, flight.clone())),
+            )
+            .await;
+            let now = Instant::now();
+            for ((scope, key, _), answer) in pending.into_iter().zip(answers) {
+                let member = match answer {
+                    Ok(Ok(member)) => Some(member),
+                    Ok(Err(_)) | Err(_) => {
+                        let last = inner.memberships.within(&key, now, inner.portal_stale_max);
+                        if last.is_some() {
+                            bump(&inner.stats.stale_memberships);
+                        } else {
+                            bump(&inner.stats.unknown_memberships);
+                        }
+                        last
+                    }
+                };
+                match member {
+                    Some(true) => {
+                        out.member_of.insert(scope);
+                    }
+                    Some(false) => {}
+                    None => {
+                        out.unknown.insert(scope);
+                    }
+                }
+            }
+        }
+        inner
+            .stats
+            .lookup_micros
+            .fetch_add(micros(started.elapsed()), Ordering::Relaxed);
+        out
+    }
+
+    fn membership_flight(&self, key: MembershipKey, caller: Caller) -> Flight<bool> {
+        let mut flights = self.inner.membership_flights.lock();
+        if let Some(flight) = flights.get(&key) {
+            bump(&self.inner.stats.coalesced);
+            return flight.clone();
+        }
+        let inner = self.inner.clone();
+        let task_key = key.clone();
+        let task = tokio::spawn(async move {
+            let result = inner.check_membership(&caller, &task_key.scope).await;
+            match &result {
+                Ok(member) => {
+                    let ttl = if *member {
+                        inner.cache_ttl
+                    } else {
+                        inner.negative_ttl
+                    };
+                    // Stored even with a zero TTL: it is the last known
+                    // answer, usable while Portal is unreachable.
+                    inner.memberships.insert(task_key.clone(), *member, ttl);
+                }
+                Err(failure) => {
+                    bump(&inner.stats.portal_failures);
+                    tracing::warn!(
+                        authority = "portal",
+                        status = failure.status,
+                        error = %failure.detail,
+                        request_id = %caller.request_id,
+                        tenant_id = %caller.tenant,
+                        user_id = %caller.user,
+                        scope_type = task_key.scope.scope_type().as_str(),
+                        scope_id = task_key.scope.scope_id().as_str(),
+                        "Portal membership lookup failed"
+                    );
+                }
+            }
+            inner.membership_flights.lock().remove(&task_key);
+            result
+        });
+        let flight = async move {
+            task.await
+                .unwrap_or_else(|e| Err(Failure::new(None, format!("look-up task failed: {e}"))))
+        }
+        .boxed()
+        .shared();
+        flights.insert(key, flight.clone());
+        flight
+    }
+}
+
+impl Inner {
+    /// Sends a request, once more after a connection-level failure that
+    /// left time (a pooled connection closed by the server under us).
+    async fn send(
+        &self,
+        build: impl Fn() -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, reqwest::Error> {
+        let started = Instant::now();
+        match build().send().await {
+            Err(e)
+                if !e.is_timeout()
+                    && (e.is_connect() || e.is_request())
+                    && started.elapsed() < self.timeout / 2 =>
+            {
+                bump(&self.stats.retries);
+                build().send().await
+            }
+            other => other,
+        }
+    }
+
+    fn record(&self, calls: &AtomicU64, total: &AtomicU64, max: &AtomicU64, took: Duration) {
+        bump(calls);
+        total.fetch_add(micros(took), Ordering::Relaxed);
+        max.fetch_max(micros(took), Ordering::Relaxed);
+    }
+
+    /// One Access check: `Ok(allowed)` only for a 200 with a JSON object
+    /// whose `allowed` is a boolean; anything else is a failure.
+    async fn check_access(
+        &self,
+        caller: &Caller,
+        permission: Permission,
+        scope: &Scope,
+    ) -> Result<bool, Failure> {
+        let body = check_body(caller, permission, scope);
+        let ts = crate::auth::now_unix();
+        let signature = sign_v1(
+            &self.secret,
+            "POST",
+            &self.access_path,
+            &body,
+            &caller.request_id,
+            ts,
+        );
+        let mut headers = caller.headers(true, ts, &signature)?;
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        let started = Instant::now();
+        let sent = self
+            .send(|| {
+                self.http
+                    .post(self.access_url.clone())
+                    .headers(headers.clone())
+                    .body(body.clone())
+            })
+            .await;
+        let outcome = match sent {
+            Err(e) => Err(Failure::new(
+                None,
+                if e.is_timeout() {
+                    format!("timed out: {e}")
+                } else {
+                    format!("request failed: {e}")
+                },
+            )),
+            Ok(response) => {
+                let status = response.status();
+                let answer = read_body(response).await;
+                match answer {
+                    Err(f) => Err(f),
+                    Ok(bytes) if status != StatusCode::OK => Err(Failure::new(
+                        Some(status.as_u16()),
+                        format!("Access answered {status}: {}", excerpt(&bytes)),
+                    )),
+                    Ok(bytes) => match serde_json::from_slice::<Value>(&bytes) {
+                        Ok(Value::Object(map)) => match map.get("allowed") {
+                            Some(Value::Bool(allowed)) => Ok(*allowed),
+                            _ => Err(Failure::new(
+                                Some(200),
+                                "the answer has no boolean `allowed`",
+                            )),
+                        },
+                        _ => Err(Failure::new(Some(200), "the answer is not a JSON object")),
+                    },
+                }
+            }
+        };
+        self.record(
+            &self.stats.access_calls,
+            &self.stats.access_latency_micros,
+            &self.stats.access_latency_max_micros,
+            started.elapsed(),
+        );
+        outcome
+    }
+
+    /// One Portal membership look-up: 200 → member (unless the body says
+    /// `"member": false`), 404 → not a member, anything else → failure.
+    async fn check_membership(&self, caller: &Caller, scope: &Scope) -> Result<bool, Failure> {
+        let collection = match scope.scope_type() {
+            ScopeType::Community => "communities",
+            ScopeType::Team => "teams",
+            ScopeType::Tenant => return Ok(false),
+        };
+        let user = caller.user.to_string();
+        let (url, path) = endpoint(
+            &self.portal_base,
+            &[collection, scope.scope_id().as_str(), "members", &user],
+        )
+        .ok_or_else(|| Failure::new(None, "the Portal URL cannot be built"))?;
+        let ts = crate::auth::now_unix();
+        let signature = sign_v1(&self.secret, "GET", &path, b"", &caller.request_id, ts);
+        let headers = caller.headers(false, ts, &signature)?;
+        let started = Instant::now();
+        let sent = self
+            .send(|| self.http.get(url.clone()).headers(headers.clone()))
+            .await;
+        let outcome = match sent {
+            Err(e) => Err(Failure::new(
+                None,
+                if e.is_timeout() {
+                    format!("Portal request timed out: {e}")
+                } else {
+                    format!("Portal request failed: {e}")
+                },
+            )),
+            Ok(response) => {
+                let status = response.status();
+                match read_body(response).await {
+                    Err(f) => Err(f),
+                    Ok(_) if status == StatusCode::NOT_FOUND => Ok(false),
+                    Ok(bytes) if status == StatusCode::OK => {
+                        match serde_json::from_slice::<Value>(&bytes) {
+                            Ok(Value::Object(map)) => {
+                                Ok(map.get("member") != Some(&Value::Bool(false)))
+                            }
+                            _ => Err(Failure::new(Some(200), "the answer is not a JSON object")),
+                        }
+                    }
+                    Ok(bytes) => Err(Failure::new(
+                        Some(status.as_u16()),
+                        format!("Unexpected portal status {status}: {}", excerpt(&bytes)),
+                    )),
+                }
+            }
+        };
+        self.record(
+            &self.stats.portal_calls,
+            &self.stats.portal_latency_micros,
+            &self.stats.portal_latency_max_micros,
+            started.elapsed(),
+        );
+        outcome
+    }
+}
+
+impl Authorizer for AccessAuthorizer {
+    fn has_permission<'a>(
+        &'a self,
+        ctx: &'a InternalContext,
+        permission: Permission,
+        scope: &'a Scope,
+    ) -> BoxFuture<'a, Result<bool, AppError>> {
+        self.permission(ctx, permission, scope).boxed()
+    }
+
+    fn memberships<'a>(
+        &'a self,
+        ctx: &'a InternalContext,
+        scopes: &'a [Scope],
+    ) -> BoxFuture<'a, Result<Memberships, AppError>> {
+        async move { Ok(self.resolve_memberships(ctx, scopes).await) }.boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::ScopeId;
+
+    fn scope(t: ScopeType, id: &str) -> Scope {
+        Scope::from_stored(t, ScopeId::parse(id).expect("scope id"))
+    }
+
+    #[test]
+    fn access_path_follows_the_base_url() {
+        for (base, path) in [
+            ("http://access:8002/api/v1", "/api/v1/access/check"),
+            ("http://access:8002/api/v1/", "/api/v1/access/check"),
+            ("http://access:8002", "/access/check"),
+            ("http://access:8002/", "/access/check"),
+            ("http://access:8002/api/?x=1#f", "/api/access/check"),
+            ("http://access:8002/a%20b", "/a b/access/check"),
+        ] {
+            let (url, signed) = endpoint(&Url::parse(base).expect("url"), &["access", "check"])
+                .expect("endpoint");
+            assert_eq!(signed, path, "{base}");
+            assert_eq!(url.query(), None);
+        }
+    }
+
+    #[test]
+    fn portal_segments_are_escaped_and_signed_decoded() {
+        let base = Url::parse("http://portal:8003/api/v1").expect("url");
+        let (url, signed) = endpoint(
+            &base,
+            &["communities", "c 1?x=#y%z ü", "members", "u"],
+        )
+        .expect("endpoint");
+        assert_eq!(
+            url.path(),
+            "/api/v1/communities/c%201%3Fx=%23y%25z%20%C3%BC/members/u"
+        );
+        assert_eq!(signed, "/api/v1/communities/c 1?x=#y%z ü/members/u");
+    }
+
+    #[test]
+    fn dot_segments_and_slashes_are_not_addressable() {
+        for id in [".", "..", "a/b", "../teams/x", "a\\b"] {
+            assert!(!portal_addressable(id), "{id}");
+        }
+        for id in ["c1", "...", ".a", "a.b", "%2F", "c 1"] {
+            assert!(portal_addressable(id), "{id}");
+        }
+    }
+
+    #[test]
+    fn check_body_is_compact_and_ordered() {
+        let caller = Caller {
+            request_id: "r".into(),
+            tenant: Uuid::parse_str("3F1C0A52-0000-4000-8000-000000000001").expect("uuid"),
+            tenant_slug: "acme".into(),
+            user: Uuid::parse_str("{3F1C0A52-0000-4000-8000-0000000000AA}").expect("uuid"),
+            flags: None,
+            membership_status: Some("active".into()),
+        };
+        let body = check_body(&caller, Permission::RsvpSet, &scope(ScopeType::Community, "c1"));
+        assert_eq!(
+            String::from_utf8(body).expect("utf8"),
+            r#"{"tenant_id":"3f1c0a52-0000-4000-8000-000000000001","user_id":"3f1c0a52-0000-4000-8000-0000000000aa","action":"events.rsvp.set","scope":{"type":"COMMUNITY","id":"c1"},"master_flags":{"suspended":false,"banned":false,"system_admin":false,"membership_status":"active"}}"#
+        );
+    }
+
+    #[test]
+    fn cache_is_fresh_then_stale_then_gone_and_bounded() {
+        let cache: TtlCache<u32, bool> = TtlCache::new(16, Duration::from_millis(50));
+        cache.insert(1, true, Duration::from_millis(10));
+        let now = Instant::now();
+        assert_eq!(cache.fresh(&1, now), Some(true));
+        assert_eq!(cache.fresh(&1, now + Duration::from_millis(20)), None);
+        assert_eq!(
+            cache.within(&1, now + Duration::from_millis(20), Duration::from_millis(40)),
+            Some(true)
+        );
+        assert_eq!(
+            cache.within(&1, now + Duration::from_millis(60), Duration::from_millis(40)),
+            None
+        );
+        for k in 0..1000 {
+            cache.insert(k, false, Duration::from_secs(60));
+        }
+        assert!(cache.lock().len() <= 16);
+    }
+}
