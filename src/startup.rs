@@ -128,9 +128,8 @@ impl Application {
         ) = match config.authz.mode {
             AuthzMode::Local => (std::sync::Arc::new(LocalAuthorizer::new(db.clone())), None),
             AuthzMode::Access => {
-                let settings = AccessSettings::from_config(&config).ok_or_else(|| {
-                    StartupError::Actors("access mode needs ACCESS_BASE_URL and a secret".into())
-                })?;
+                let settings = AccessSettings::from_config(&config)
+                    .ok_or(crate::authz::access::AccessSetupError::Missing)?;
                 let access = std::sync::Arc::new(AccessAuthorizer::new(settings)?);
                 tracing::info!(
                     access = %config.authz.access_base_url.as_ref().map(|u| u.as_str()).unwrap_or(""),

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tracing::Instrument;
 
 use crate::actors::registry::Shared;
 use crate::actors::{ScopeKey, Snapshot};
@@ -31,6 +32,10 @@ pub enum ScopeMsg {
     Invalidate(Vec<EventId>),
     /// Idle: stop once nothing is queued or in flight.
     Passivate,
+    /// Sent to itself on `Passivate`, so it queues behind the requests that
+    /// found this actor just before the registry forgot it: from here on
+    /// the actor stops as soon as it is idle (no write or load running).
+    Retire,
 }
 
 pub struct Committed {
@@ -116,8 +121,8 @@ impl Actor for ScopeActor {
                 finish_commit(state, *done);
                 if !state.pending.is_empty() {
                     start_commit(&myself, state);
-                } else if state.passivating {
-                    myself.stop(Some("passivated".into()));
+                } else {
+                    stop_if_retired(&myself, state);
                 }
             }
             ScopeMsg::Get(id, reply) => get(&myself, state, id, reply),
@@ -150,6 +155,7 @@ impl Actor for ScopeActor {
                     };
                     let _ = waiter.send(answer);
                 }
+                stop_if_retired(&myself, state);
             }
             ScopeMsg::Invalidate(ids) => {
                 state.generation += 1;
@@ -158,13 +164,28 @@ impl Actor for ScopeActor {
                 }
             }
             ScopeMsg::Passivate => {
+                // Stopping now would drop whatever is queued behind this
+                // message (its callers would get no answer).
+                let _ = myself.send_message(ScopeMsg::Retire);
+            }
+            ScopeMsg::Retire => {
                 state.passivating = true;
-                if !state.in_flight && state.pending.is_empty() {
-                    myself.stop(Some("passivated".into()));
-                }
+                stop_if_retired(&myself, state);
             }
         }
         Ok(())
+    }
+}
+
+/// Stops a retiring actor once no write, commit or load is outstanding.
+fn stop_if_retired(myself: &ActorRef<ScopeMsg>, state: &ScopeState) {
+    if state.passivating
+        && !state.in_flight
+        && !state.flush_scheduled
+        && state.pending.is_empty()
+        && state.loading.is_empty()
+    {
+        myself.stop(Some("passivated".into()));
     }
 }
 
@@ -263,6 +284,33 @@ fn start_commit(myself: &ActorRef<ScopeMsg>, state: &mut ScopeState) {
     });
 }
 
+/// The span of one group commit: a child of the first command's trace,
+/// linked to the others' (one transaction serves several requests).
+fn commit_span(envelopes: &[Envelope]) -> tracing::Span {
+    use opentelemetry::trace::TraceContextExt;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let span = tracing::info_span!(
+        "scope.commit",
+        otel.name = "scope.commit",
+        db.system = "postgresql",
+        batch.size = envelopes.len()
+    );
+    let mut parented = false;
+    for envelope in envelopes {
+        let Some(tp) = envelope.meta.traceparent.as_deref() else {
+            continue;
+        };
+        let cx = crate::telemetry::trace::extract(tp, envelope.meta.tracestate.as_deref());
+        if parented {
+            span.add_link(cx.span().span_context().clone());
+        } else {
+            let _ = span.set_parent(cx);
+            parented = true;
+        }
+    }
+    span
+}
+
 /// Runs one batch; if the transaction fails, runs each command alone so
 /// one bad command cannot fail the others.
 async fn commit(
@@ -270,7 +318,11 @@ async fn commit(
     envelopes: Vec<Envelope>,
 ) -> (Vec<CommandResult>, BatchEffects) {
     let started = Instant::now();
-    match batch::execute(&shared.db, &shared.subjects, &envelopes).await {
+    let span = commit_span(&envelopes);
+    match batch::execute(&shared.db, &shared.subjects, &envelopes)
+        .instrument(span)
+        .await
+    {
         Ok(done) => {
             shared.observe_batch(envelopes.len(), started.elapsed());
             done

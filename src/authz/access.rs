@@ -91,6 +91,8 @@ impl AccessSettings {
 /// The authorizer could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum AccessSetupError {
+    #[error("ACCESS_BASE_URL: EVENTS_AUTHZ=access needs it and a signing secret")]
+    Missing,
     #[error("{var}: '{url}' cannot take a path (use http://host:port/path)")]
     BaseUrl { var: &'static str, url: String },
     #[error("the HTTP client for Access and Portal cannot be built: {0}")]

@@ -190,7 +190,7 @@ async fn run(cli: Cli) -> ExitCode {
                 Ok(c) => c,
                 Err(e) => return config_error(&e),
             };
-            telemetry::init(&telemetry_config);
+            let _telemetry = telemetry::init(&telemetry_config);
             let app = match Application::build(config).await {
                 Ok(app) => app,
                 Err(e) => return failure(&e),
@@ -205,7 +205,7 @@ async fn run(cli: Cli) -> ExitCode {
                 Ok(c) => c,
                 Err(e) => return config_error(&e),
             };
-            telemetry::init(&telemetry_config);
+            let _telemetry = telemetry::init(&telemetry_config);
             let pool = match store::connect_with_retry(&config, Some(Duration::from_secs(30))).await
             {
                 Ok(p) => p,

@@ -2,6 +2,8 @@
 
 use std::time::Instant;
 
+use tracing::Instrument;
+
 use axum::Router;
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -59,6 +61,9 @@ enum Target {
     None,
     Query,
     Event(String),
+    /// An event listing (`/rsvps`, `/attendance`): the query string pages
+    /// and filters it (`limit`, `offset`, `status`), as the NATS body does.
+    EventQuery(String),
     User(String),
 }
 
@@ -80,6 +85,12 @@ async fn run(state: &AppState, op: Op, target: Target, request: Request) -> Resp
             query: parts.uri.query().unwrap_or("").to_string(),
         });
     let mut who: Option<(uuid::Uuid, uuid::Uuid)> = None;
+    let span = crate::telemetry::trace::request_span(
+        "http",
+        op.name(),
+        Headers(&parts.headers).header("traceparent"),
+        Headers(&parts.headers).header("tracestate"),
+    );
     let outcome = async {
         let limit = state.config.max_body_bytes;
         let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
@@ -107,17 +118,22 @@ async fn run(state: &AppState, op: Op, target: Target, request: Request) -> Resp
             })?
         };
         let input = input(op, target, body, &received.query)?;
+        let incoming = Headers(&parts.headers);
+        let (traceparent, tracestate) = crate::telemetry::trace::context_of(
+            &span,
+            incoming.header("traceparent"),
+            incoming.header("tracestate"),
+        );
         let meta = CallMeta {
-            traceparent: Headers(&parts.headers)
-                .header("traceparent")
-                .map(str::to_string),
-            tracestate: Headers(&parts.headers)
-                .header("tracestate")
-                .map(str::to_string),
+            traceparent,
+            tracestate,
         };
         tokio::time::timeout(
             state.config.request_timeout,
-            state.app.execute(&ctx, op, &input, &meta),
+            state
+                .app
+                .execute(&ctx, op, &input, &meta)
+                .instrument(span.clone()),
         )
         .await
         .map_err(|_| AppError::Unavailable {
@@ -132,7 +148,10 @@ async fn run(state: &AppState, op: Op, target: Target, request: Request) -> Resp
             if err.is_internal() {
                 tracing::error!(op = op.name(), request_id = ?supplied_id, error = %err, "internal error");
             }
-            (error_response(&err, supplied_id.as_deref()), Some(err.code().as_str()))
+            (
+                error_response(&err, supplied_id.as_deref()),
+                Some(err.code().as_str()),
+            )
         }
     };
     crate::telemetry::finish_request(
@@ -168,10 +187,11 @@ fn input(op: Op, target: Target, body: Value, query: &str) -> Result<Value, AppE
     };
     match target {
         Target::None => {}
-        Target::Query => {
-            for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
-                object.insert(k.into_owned(), Value::String(v.into_owned()));
-            }
+        Target::Query => merge_query(&mut object, query),
+        Target::EventQuery(id) => {
+            merge_query(&mut object, query);
+            object.insert("id".into(), Value::String(id.clone()));
+            object.insert("eventId".into(), Value::String(id));
         }
         Target::Event(id) => {
             object.insert("id".into(), Value::String(id.clone()));
@@ -182,6 +202,13 @@ fn input(op: Op, target: Target, body: Value, query: &str) -> Result<Value, AppE
         }
     }
     Ok(Value::Object(object))
+}
+
+/// Query parameters as string fields (the last of a repeated name wins).
+fn merge_query(object: &mut Map<String, Value>, query: &str) {
+    for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
+        object.insert(k.into_owned(), Value::String(v.into_owned()));
+    }
 }
 
 fn render(op: Op, reply: Reply) -> Response {
@@ -256,7 +283,7 @@ async fn rsvp_list(
     Path(id): Path<String>,
     request: Request,
 ) -> Response {
-    run(&state, Op::RsvpList, Target::Event(id), request).await
+    run(&state, Op::RsvpList, Target::EventQuery(id), request).await
 }
 
 async fn attendance_mark(
@@ -272,7 +299,7 @@ async fn attendance_list(
     Path(id): Path<String>,
     request: Request,
 ) -> Response {
-    run(&state, Op::AttendanceList, Target::Event(id), request).await
+    run(&state, Op::AttendanceList, Target::EventQuery(id), request).await
 }
 
 async fn ics(State(state): State<AppState>, Path(id): Path<String>, request: Request) -> Response {

@@ -96,14 +96,14 @@ impl Encoding {
 const MAX_MSGPACK_DEPTH: usize = 128;
 
 /// One msgpack value filling the whole body, nested at most
-/// [`MAX_MSGPACK_DEPTH`] deep. `rmp_serde::from_slice` stops after the first
-/// value and ignores what follows, so a body with trailing bytes was
-/// accepted where the same mistake in JSON is a 400.
+/// [`MAX_MSGPACK_DEPTH`] deep, holding only what JSON can. `rmp_serde::from_slice`
+/// stops after the first value and ignores what follows, so a body with
+/// trailing bytes was accepted where the same mistake in JSON is a 400.
 fn decode_msgpack(body: &[u8]) -> Result<Value, String> {
     use serde::Deserialize;
     let mut de = rmp_serde::Deserializer::new(std::io::Cursor::new(body));
     de.set_max_depth(MAX_MSGPACK_DEPTH);
-    let value = Value::deserialize(&mut de).map_err(|e| e.to_string())?;
+    let JsonValue(value) = JsonValue::deserialize(&mut de).map_err(|e| e.to_string())?;
     let used = usize::try_from(de.position()).unwrap_or(usize::MAX);
     if used == body.len() {
         Ok(value)
@@ -112,6 +112,82 @@ fn decode_msgpack(body: &[u8]) -> Result<Value, String> {
             "{} trailing bytes after the value",
             body.len().saturating_sub(used)
         ))
+    }
+}
+
+/// A JSON value read from msgpack, refusing what JSON cannot hold: NaN and
+/// infinities, which `serde_json::Value` silently turns into `null` (so a
+/// msgpack `capacity: NaN` made an event unlimited), and non-string keys.
+struct JsonValue(Value);
+
+impl<'de> serde::Deserialize<'de> for JsonValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(JsonVisitor).map(JsonValue)
+    }
+}
+
+struct JsonVisitor;
+
+impl<'de> serde::de::Visitor<'de> for JsonVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a value JSON can represent")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Value, E> {
+        serde_json::Number::from_f64(v)
+            .map(Value::Number)
+            .ok_or_else(|| E::custom("NaN and infinite numbers are not allowed"))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        // No capacity from the declared length: a hostile header may claim billions.
+        let mut items = Vec::new();
+        while let Some(JsonValue(item)) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut object = serde_json::Map::new();
+        while let Some((key, JsonValue(value))) = map.next_entry::<String, JsonValue>()? {
+            object.insert(key, value);
+        }
+        Ok(Value::Object(object))
     }
 }
 
