@@ -138,7 +138,12 @@ pub struct Settings {
 
     /// `access` mode: deadline of one authorization look-up (connect and
     /// answer, all scopes of a list together), e.g. 2s. Default 2s.
-    #[arg(long, env = "EVENTS_AUTHZ_TIMEOUT", global = true, value_name = "DURATION")]
+    #[arg(
+        long,
+        env = "EVENTS_AUTHZ_TIMEOUT",
+        global = true,
+        value_name = "DURATION"
+    )]
     pub authz_timeout: Option<String>,
 
     /// `access` mode: how long the last answer Portal gave may still be used
@@ -825,6 +830,11 @@ impl TelemetryConfig {
     }
 }
 
+/// `EVENTS_DEV`.
+pub fn dev_mode(s: &Settings) -> Result<bool, ConfigError> {
+    parse_bool("EVENTS_DEV", &s.dev, false)
+}
+
 /// `EVENTS_OUT_ENCODING`.
 pub fn out_encoding(s: &Settings) -> Result<OutEncoding, ConfigError> {
     match value(&s.out_encoding) {
@@ -877,7 +887,7 @@ pub fn outbox_config(s: &Settings) -> Result<crate::actors::outbox::OutboxConfig
 
 impl Config {
     pub fn load(s: &Settings) -> Result<Self, ConfigError> {
-        let dev = parse_bool("EVENTS_DEV", &s.dev, false)?;
+        let dev = dev_mode(s)?;
         let http_addr_text = value(&s.http_addr).unwrap_or("0.0.0.0:8005");
         let http_addr = http_addr_text.parse().map_err(|_| {
             ConfigError::new(
@@ -1027,6 +1037,34 @@ mod tests {
         assert_eq!(c.authz.mode, AuthzMode::Access);
         let err = Config::load(&with(|s| s.authz = Some("access".into()))).expect_err("needs url");
         assert_eq!(err.var, "ACCESS_BASE_URL");
+    }
+
+    #[test]
+    fn access_mode_settings_default_and_refuse_https() {
+        let c = Config::load(&with(|_| {})).expect("ok");
+        assert_eq!(c.authz.cache_ttl, Duration::from_secs(30));
+        assert_eq!(c.authz.negative_ttl, Duration::from_secs(5));
+        assert_eq!(c.authz.timeout, Duration::from_secs(2));
+        assert_eq!(c.authz.portal_stale_max, Duration::from_secs(600));
+        let c = Config::load(&with(|s| {
+            s.authz_cache_ttl = Some("0s".into());
+            s.portal_stale_max = Some("1m".into());
+        }))
+        .expect("ok");
+        assert_eq!(c.authz.cache_ttl, Duration::ZERO);
+        assert_eq!(c.authz.portal_stale_max, Duration::from_secs(60));
+        let err = Config::load(&with(|s| s.authz_timeout = Some("10ms".into()))).expect_err("min");
+        assert_eq!(err.var, "EVENTS_AUTHZ_TIMEOUT");
+        let err = Config::load(&with(|s| {
+            s.access_base_url = Some("https://access:8002/api/v1".into())
+        }))
+        .expect_err("no TLS");
+        assert_eq!(err.var, "ACCESS_BASE_URL");
+        // Only access mode calls Portal: local mode keeps any URL.
+        Config::load(&with(|s| {
+            s.portal_service_url = Some("https://portal/api/v1".into())
+        }))
+        .expect("local mode ignores it");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The `events-svc` command line.
 
+mod bench;
 mod ops;
 
 use std::process::ExitCode;
@@ -69,6 +70,9 @@ enum Command {
     },
     /// Export or erase one user's data in one tenant (prints the original service's JSON).
     Dsar(ops::DsarArgs),
+    /// Load a running service through its public API and report
+    /// throughput, latency percentiles and the service's memory.
+    Bench(bench::BenchArgs),
 }
 
 const CALL_EXAMPLES: &str = "\
@@ -230,28 +234,11 @@ async fn run(cli: Cli) -> ExitCode {
             published_outbox_days,
         } => ops::purge_retention(&cli.settings, published_outbox_days).await,
         Command::Dsar(args) => ops::dsar(&cli.settings, args).await,
+        Command::Bench(args) => bench::run(&cli.settings, args).await,
     }
 }
 
 /// `EVENTS_DEV`, read with the same words `serve` accepts.
-fn dev_mode(s: &Settings) -> Result<bool, ConfigError> {
-    match s
-        .dev
-        .as_deref()
-        .map(str::trim)
-        .filter(|v| !v.is_empty())
-        .map(str::to_ascii_lowercase)
-        .as_deref()
-    {
-        None | Some("0" | "false" | "no" | "off") => Ok(false),
-        Some("1" | "true" | "yes" | "on") => Ok(true),
-        Some(other) => Err(ConfigError {
-            var: "EVENTS_DEV",
-            message: format!("'{other}' is not a boolean; use true or false"),
-        }),
-    }
-}
-
 fn usage(message: &str) -> ExitCode {
     eprintln!("events-svc call: {message}");
     ExitCode::from(EXIT_USAGE)
@@ -292,7 +279,7 @@ async fn call(settings: &Settings, args: CallArgs) -> ExitCode {
         Ok(body) => body,
         Err(message) => return usage(&message),
     };
-    let dev = match dev_mode(settings) {
+    let dev = match crate::config::dev_mode(settings) {
         Ok(dev) => dev,
         Err(e) => return config_error(&e),
     };

@@ -1,0 +1,784 @@
+//! `events-svc bench`: load against a running service, through its public
+//! API, with HDR latency histograms.
+
+use std::collections::HashMap;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::{Args, ValueEnum};
+use futures::StreamExt;
+use hdrhistogram::Histogram;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::auth::{ContextHeaders, RequestParts, sign_headers_v1};
+use crate::client::{EventsClient, Identity};
+use crate::config::{ConfigError, HmacConfig, NatsConfig, Settings};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Scenario {
+    /// Raw NATS request/reply to a trivial responder: the transport ceiling.
+    Echo,
+    Create,
+    Get,
+    /// `event.list` with limit 100 over the seeded events.
+    List,
+    /// Random users set random statuses on random events.
+    Rsvp,
+    /// Every RSVP on one event with a capacity, so the waitlist works too.
+    RsvpHot,
+    /// 80% reads (get, list), 20% RSVPs.
+    Mixed,
+    /// Time to publish a backlog of `--events` outbox rows.
+    OutboxDrain,
+    /// Commit-to-stream latency under a steady write rate (`--rate`).
+    OutboxLatency,
+}
+
+impl Scenario {
+    fn name(self) -> &'static str {
+        match self {
+            Scenario::Echo => "echo",
+            Scenario::Create => "create",
+            Scenario::Get => "get",
+            Scenario::List => "list",
+            Scenario::Rsvp => "rsvp",
+            Scenario::RsvpHot => "rsvp-hot",
+            Scenario::Mixed => "mixed",
+            Scenario::OutboxDrain => "outbox-drain",
+            Scenario::OutboxLatency => "outbox-latency",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Transport {
+    Nats,
+    Http,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[arg(value_enum)]
+    scenario: Scenario,
+    #[arg(long, value_enum, default_value = "nats")]
+    transport: Transport,
+    /// Requests in flight.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Seconds of measured load (after seeding and a short warm-up).
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// Events to seed (outbox-drain: rows in the backlog).
+    #[arg(long, default_value_t = 1000)]
+    events: usize,
+    /// Changes per second for outbox-latency.
+    #[arg(long, default_value_t = 2000)]
+    rate: u64,
+    /// Capacity of the event in rsvp-hot.
+    #[arg(long, default_value_t = 100)]
+    capacity: u32,
+    /// Base URL of the HTTP gateway.
+    #[arg(long, default_value = "http://127.0.0.1:8005")]
+    http_url: String,
+    /// The service's process id, to report its RSS (default: found by name).
+    #[arg(long)]
+    pid: Option<u32>,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// One signed caller, over NATS or HTTP.
+#[derive(Clone)]
+enum Driver {
+    Nats(EventsClient),
+    Http {
+        client: reqwest::Client,
+        base: String,
+        secret: String,
+    },
+}
+
+impl Driver {
+    /// Calls an operation; true on success.
+    async fn call(&self, op: &str, who: &Identity, body: Value) -> Result<Value, String> {
+        match self {
+            Driver::Nats(c) => {
+                let reply = c.call(op, who, &body).await.map_err(|e| e.to_string())?;
+                if reply.status == 200 {
+                    Ok(reply.body)
+                } else {
+                    Err(format!(
+                        "{} {}",
+                        reply.status,
+                        reply.code.unwrap_or_default()
+                    ))
+                }
+            }
+            Driver::Http {
+                client,
+                base,
+                secret,
+            } => {
+                let id = body["id"]
+                    .as_str()
+                    .or(body["eventId"].as_str())
+                    .unwrap_or("")
+                    .to_string();
+                let (method, path, query, payload) = match op {
+                    "event.create" => (
+                        "POST",
+                        "/api/v1/events/".to_string(),
+                        String::new(),
+                        body.to_string(),
+                    ),
+                    "event.get" => (
+                        "GET",
+                        format!("/api/v1/events/{id}"),
+                        String::new(),
+                        String::new(),
+                    ),
+                    "event.list" => (
+                        "GET",
+                        "/api/v1/events/".to_string(),
+                        "limit=100".to_string(),
+                        String::new(),
+                    ),
+                    "rsvp.set" => (
+                        "POST",
+                        format!("/api/v1/events/{id}/rsvp"),
+                        String::new(),
+                        json!({"status": body["status"]}).to_string(),
+                    ),
+                    other => return Err(format!("{other} is not benchmarked over HTTP")),
+                };
+                let request_id = Uuid::new_v4().to_string();
+                let identity = ContextHeaders {
+                    request_id: &request_id,
+                    tenant_id: &who.tenant_id,
+                    tenant_slug: &who.tenant_slug,
+                    user_id: Some(&who.user_id),
+                    master_flags: who.master_flags.as_deref(),
+                };
+                let parts = RequestParts::http(method, &path, &query, payload.as_bytes());
+                let headers = sign_headers_v1(secret, &parts, &identity, crate::auth::now_unix());
+                let url = if query.is_empty() {
+                    format!("{base}{path}")
+                } else {
+                    format!("{base}{path}?{query}")
+                };
+                let mut request = client
+                    .request(method.parse().map_err(|_| "method")?, url)
+                    .header("Content-Type", "application/json");
+                for (k, v) in headers {
+                    request = request.header(k, v);
+                }
+                let response = request
+                    .body(payload)
+                    .send()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let status = response.status().as_u16();
+                let text = response.text().await.map_err(|e| e.to_string())?;
+                if status < 300 {
+                    Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
+                } else {
+                    Err(format!("{status} {text}"))
+                }
+            }
+        }
+    }
+}
+
+/// What a scenario measured.
+struct Outcome {
+    requests: u64,
+    errors: u64,
+    elapsed: Duration,
+    latency: Histogram<u64>,
+    extra: serde_json::Map<String, Value>,
+}
+
+fn histogram() -> Histogram<u64> {
+    // 1 µs .. 60 s at 3 significant digits; the bounds are constants.
+    Histogram::new_with_bounds(1, 60_000_000, 3)
+        .unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()))
+}
+
+fn rss_mb(pid: Option<u32>) -> Option<f64> {
+    let pid = pid.or_else(|| {
+        let out = std::process::Command::new("pgrep")
+            .args(["-n", "-x", "events-svc"])
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+    })?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kb / 1024.0)
+}
+
+fn event_body(tenant: &str, i: usize, capacity: Option<u32>) -> Value {
+    json!({
+        "scopeType": "TENANT", "scopeId": tenant, "title": format!("Bench event {i}"),
+        "description": "Seeded by events-svc bench",
+        "startsAt": "2030-01-10T10:00:00Z", "endsAt": "2030-01-10T12:00:00Z",
+        "capacity": capacity,
+    })
+}
+
+async fn seed(
+    driver: &Driver,
+    admin: &Identity,
+    n: usize,
+    capacity: Option<u32>,
+) -> Result<Vec<String>, String> {
+    let ids = futures::stream::iter(0..n)
+        .map(|i| {
+            let driver = driver.clone();
+            let admin = admin.clone();
+            async move {
+                let reply = driver
+                    .call(
+                        "event.create",
+                        &admin,
+                        event_body(&admin.tenant_id, i, capacity),
+                    )
+                    .await?;
+                reply["id"]
+                    .as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| "create returned no id".to_string())
+            }
+        })
+        .buffer_unordered(32)
+        .collect::<Vec<_>>()
+        .await;
+    ids.into_iter().collect()
+}
+
+/// Runs `op` from `concurrency` workers for `duration`, printing progress.
+async fn load<F, Fut>(concurrency: usize, warmup: Duration, duration: Duration, op: F) -> Outcome
+where
+    F: Fn(u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let op = Arc::new(op);
+    let stop = Arc::new(AtomicBool::new(false));
+    let measuring = Arc::new(AtomicBool::new(warmup.is_zero()));
+    let done = Arc::new(AtomicU64::new(0));
+    let mut workers = Vec::new();
+    for w in 0..concurrency {
+        let (op, stop, measuring, done) =
+            (op.clone(), stop.clone(), measuring.clone(), done.clone());
+        workers.push(tokio::spawn(async move {
+            let mut h = histogram();
+            let (mut ok, mut bad) = (0u64, 0u64);
+            let mut i = w as u64;
+            while !stop.load(Ordering::Relaxed) {
+                let started = Instant::now();
+                let success = op(i).await;
+                i += concurrency as u64;
+                if measuring.load(Ordering::Relaxed) {
+                    let _ = h.record(started.elapsed().as_micros().max(1) as u64);
+                    if success {
+                        ok += 1;
+                    } else {
+                        bad += 1;
+                    }
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            (h, ok, bad)
+        }));
+    }
+    tokio::time::sleep(warmup).await;
+    measuring.store(true, Ordering::Relaxed);
+    let started = Instant::now();
+    let mut last = 0;
+    while started.elapsed() < duration {
+        tokio::time::sleep(Duration::from_secs(1).min(duration)).await;
+        let now = done.load(Ordering::Relaxed);
+        eprint!(
+            "\r  {:>4.0}s  {:>9} requests  {:>8} req/s   ",
+            started.elapsed().as_secs_f64(),
+            now,
+            now - last
+        );
+        last = now;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let elapsed = started.elapsed();
+    eprintln!();
+    let mut latency = histogram();
+    let (mut requests, mut errors) = (0, 0);
+    for w in workers {
+        if let Ok((h, ok, bad)) = w.await {
+            let _ = latency.add(&h);
+            requests += ok + bad;
+            errors += bad;
+        }
+    }
+    Outcome {
+        requests,
+        errors,
+        elapsed,
+        latency,
+        extra: serde_json::Map::new(),
+    }
+}
+
+pub async fn run(settings: &Settings, args: BenchArgs) -> ExitCode {
+    let dev = crate::config::dev_mode(settings).unwrap_or(false);
+    let loaded = (|| {
+        Ok::<_, ConfigError>((
+            HmacConfig::load(settings, dev)?,
+            NatsConfig::load(settings)?,
+        ))
+    })();
+    let (hmac, nats_config) = match loaded {
+        Ok(c) => c,
+        Err(e) => return super::config_error(&e),
+    };
+    let secret = hmac.secrets.first().cloned().unwrap_or_default();
+    let nats = match crate::subjects::connect_with_retry(&nats_config, Some(Duration::from_secs(5)))
+        .await
+    {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("events-svc bench: {e}");
+            return ExitCode::from(69);
+        }
+    };
+    let events_client = EventsClient::new(nats.clone(), &nats_config.subject_prefix, &secret);
+    let driver = match args.transport {
+        Transport::Nats => Driver::Nats(events_client.clone()),
+        Transport::Http => Driver::Http {
+            client: reqwest::Client::builder()
+                .pool_max_idle_per_host(args.concurrency)
+                .build()
+                .unwrap_or_default(),
+            base: args.http_url.trim_end_matches('/').to_string(),
+            secret: secret.clone(),
+        },
+    };
+    let tenant = Uuid::new_v4().to_string();
+    let admin = Identity {
+        tenant_id: tenant.clone(),
+        tenant_slug: "bench".into(),
+        user_id: Uuid::new_v4().to_string(),
+        master_flags: Some(r#"{"system_admin":true}"#.into()),
+    };
+    let member_tenant = tenant.clone();
+    let member = move |n: u64| Identity {
+        tenant_id: member_tenant.clone(),
+        tenant_slug: "bench".into(),
+        user_id: Uuid::from_u64_pair(0x6265_6e63_6800_0000, n).to_string(),
+        master_flags: None,
+    };
+    let duration = Duration::from_secs(args.duration.max(1));
+    let warmup = Duration::from_secs(1);
+    eprintln!(
+        "bench {} over {:?}, {} in flight, {} s",
+        args.scenario.name(),
+        args.transport,
+        args.concurrency,
+        args.duration
+    );
+    let outcome = match args.scenario {
+        Scenario::Echo => {
+            let subject = format!(
+                "{}.bench.echo.{}",
+                nats_config.subject_prefix,
+                Uuid::new_v4().simple()
+            );
+            let Ok(mut sub) = nats.subscribe(subject.clone()).await else {
+                eprintln!("events-svc bench: cannot subscribe the echo responder");
+                return ExitCode::FAILURE;
+            };
+            let responder = nats.clone();
+            tokio::spawn(async move {
+                while let Some(m) = sub.next().await {
+                    if let Some(reply) = m.reply {
+                        let _ = responder.publish(reply, m.payload).await;
+                    }
+                }
+            });
+            let client = nats.clone();
+            load(args.concurrency, warmup, duration, move |_| {
+                let client = client.clone();
+                let subject = subject.clone();
+                async move { client.request(subject, "ping".into()).await.is_ok() }
+            })
+            .await
+        }
+        Scenario::Create => {
+            let (driver, admin) = (driver.clone(), admin.clone());
+            load(args.concurrency, warmup, duration, move |i| {
+                let (driver, admin) = (driver.clone(), admin.clone());
+                async move {
+                    let body = event_body(&admin.tenant_id, i as usize, None);
+                    driver.call("event.create", &admin, body).await.is_ok()
+                }
+            })
+            .await
+        }
+        Scenario::Get | Scenario::List | Scenario::Rsvp | Scenario::Mixed => {
+            eprintln!("  seeding {} events", args.events);
+            let ids = match seed(&driver, &admin, args.events, None).await {
+                Ok(ids) => Arc::new(ids),
+                Err(e) => {
+                    eprintln!("events-svc bench: seeding failed: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let scenario = args.scenario;
+            let driver = driver.clone();
+            let member = Arc::new(member);
+            load(args.concurrency, warmup, duration, move |i| {
+                let (driver, ids, member) = (driver.clone(), ids.clone(), member.clone());
+                async move {
+                    let pick = rand::random_range(0..ids.len().max(1));
+                    let id = ids.get(pick).cloned().unwrap_or_default();
+                    let user = member(rand::random_range(0..10_000));
+                    let kind = match scenario {
+                        Scenario::Mixed => match i % 10 {
+                            0 | 1 => "rsvp",
+                            2 => "list",
+                            _ => "get",
+                        },
+                        Scenario::Get => "get",
+                        Scenario::List => "list",
+                        _ => "rsvp",
+                    };
+                    let result = match kind {
+                        "get" => driver.call("event.get", &user, json!({"id": id})).await,
+                        "list" => {
+                            driver
+                                .call("event.list", &user, json!({"limit": 100}))
+                                .await
+                        }
+                        _ => {
+                            let status =
+                                ["going", "interested", "not_going"][rand::random_range(0..3)];
+                            driver
+                                .call("rsvp.set", &user, json!({"eventId": id, "status": status}))
+                                .await
+                        }
+                    };
+                    result.is_ok()
+                }
+            })
+            .await
+        }
+        Scenario::RsvpHot => {
+            let ids = match seed(&driver, &admin, 1, Some(args.capacity)).await {
+                Ok(ids) => ids,
+                Err(e) => {
+                    eprintln!("events-svc bench: seeding failed: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let id = ids.first().cloned().unwrap_or_default();
+            let (driver2, id2) = (driver.clone(), id.clone());
+            let member = Arc::new(member);
+            let mut outcome = load(args.concurrency, warmup, duration, move |_| {
+                let (driver, id, member) = (driver2.clone(), id2.clone(), member.clone());
+                async move {
+                    let user = member(rand::random_range(0..20_000));
+                    let status = if rand::random_range(0..4) == 0 {
+                        "not_going"
+                    } else {
+                        "going"
+                    };
+                    driver
+                        .call("rsvp.set", &user, json!({"eventId": id, "status": status}))
+                        .await
+                        .is_ok()
+                }
+            })
+            .await;
+            if let Ok(view) = driver.call("event.get", &admin, json!({"id": id})).await {
+                let going = view["rsvpCounts"]["going"].as_u64().unwrap_or(0);
+                outcome.extra.insert("going".into(), json!(going));
+                outcome.extra.insert(
+                    "waitlisted".into(),
+                    view["rsvpCounts"]["waitlisted"].clone(),
+                );
+                outcome
+                    .extra
+                    .insert("capacity".into(), json!(args.capacity));
+                outcome.extra.insert(
+                    "capacity_respected".into(),
+                    json!(going <= u64::from(args.capacity)),
+                );
+            }
+            outcome
+        }
+        Scenario::OutboxDrain => {
+            match outbox_drain(settings, &nats, &nats_config, args.events).await {
+                Ok(o) => o,
+                Err(e) => {
+                    eprintln!("events-svc bench: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        Scenario::OutboxLatency => {
+            match outbox_latency(
+                &driver,
+                &nats,
+                &nats_config,
+                &admin,
+                &member,
+                args.rate,
+                duration,
+            )
+            .await
+            {
+                Ok(o) => o,
+                Err(e) => {
+                    eprintln!("events-svc bench: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+    };
+    report(&args, &outcome);
+    ExitCode::SUCCESS
+}
+
+/// Inserts a backlog straight into the outbox and times until the
+/// publisher has sent every row (the stream holds them all).
+async fn outbox_drain(
+    settings: &Settings,
+    nats: &async_nats::Client,
+    nats_config: &NatsConfig,
+    rows: usize,
+) -> Result<Outcome, String> {
+    let db_config = crate::config::DatabaseConfig::load(settings).map_err(|e| e.to_string())?;
+    let db = crate::store::connect_with_retry(&db_config, Some(Duration::from_secs(5)))
+        .await
+        .map_err(|e| e.to_string())?;
+    let stream_name = settings.stream.clone().unwrap_or_else(|| "EVENTS".into());
+    let js = async_nats::jetstream::new(nats.clone());
+    let mut stream = js
+        .get_stream(&stream_name)
+        .await
+        .map_err(|e| e.to_string())?;
+    let before = stream
+        .info()
+        .await
+        .map_err(|e| e.to_string())?
+        .state
+        .messages;
+    let tenant = Uuid::new_v4();
+    eprintln!("  inserting {rows} outbox rows");
+    let subject = format!("{}.out.{tenant}.event.updated", nats_config.subject_prefix);
+    for chunk in (0..rows).collect::<Vec<_>>().chunks(10_000) {
+        let ids: Vec<Uuid> = chunk.iter().map(|_| Uuid::new_v4()).collect();
+        let events: Vec<Uuid> = chunk
+            .iter()
+            .map(|i| Uuid::from_u64_pair(7, (*i % 1000) as u64))
+            .collect();
+        sqlx::query(
+            "INSERT INTO outbox (id, tenant_id, event_id, event_type, subject, payload)
+             SELECT id, $2, e, 'event.updated', $3, jsonb_build_object('bench', true)
+             FROM UNNEST($1::uuid[], $4::uuid[]) WITH ORDINALITY AS x(id, e, n) ORDER BY n",
+        )
+        .bind(&ids)
+        .bind(tenant)
+        .bind(&subject)
+        .bind(&events)
+        .execute(&db)
+        .await
+        .map_err(|e| e.to_string())?;
+    }
+    let started = Instant::now();
+    let target = before + rows as u64;
+    loop {
+        let now = stream
+            .info()
+            .await
+            .map_err(|e| e.to_string())?
+            .state
+            .messages;
+        eprint!(
+            "\r  {:>6.1}s  {:>9} published   ",
+            started.elapsed().as_secs_f64(),
+            now.saturating_sub(before)
+        );
+        if now >= target {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(600) {
+            return Err("the backlog did not drain within 10 minutes".into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!();
+    let elapsed = started.elapsed();
+    Ok(Outcome {
+        requests: rows as u64,
+        errors: 0,
+        elapsed,
+        latency: histogram(),
+        extra: serde_json::Map::new(),
+    })
+}
+
+/// Changes at a steady rate; latency from the reply (the commit) to the
+/// message's arrival from the stream.
+async fn outbox_latency(
+    driver: &Driver,
+    nats: &async_nats::Client,
+    nats_config: &NatsConfig,
+    admin: &Identity,
+    member: &(dyn Fn(u64) -> Identity + Send + Sync),
+    rate: u64,
+    duration: Duration,
+) -> Result<Outcome, String> {
+    let ids = seed(driver, admin, 100, None).await?;
+    let filter = format!(
+        "{}.out.{}.event.rsvp.changed",
+        nats_config.subject_prefix, admin.tenant_id
+    );
+    let mut sub = nats.subscribe(filter).await.map_err(|e| e.to_string())?;
+    let committed: Arc<std::sync::Mutex<HashMap<String, Instant>>> = Arc::default();
+    let arrived: Arc<std::sync::Mutex<HashMap<String, Instant>>> = Arc::default();
+    let arrivals = arrived.clone();
+    tokio::spawn(async move {
+        while let Some(m) = sub.next().await {
+            let now = Instant::now();
+            let envelope: Value = rmp_serde::from_slice(&m.payload)
+                .or_else(|_| serde_json::from_slice(&m.payload))
+                .unwrap_or(Value::Null);
+            if let Some(user) = envelope["data"]["user_id"].as_str() {
+                if let Ok(mut a) = arrivals.lock() {
+                    a.insert(user.to_string(), now);
+                }
+            }
+        }
+    });
+    let interval = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
+    let started = Instant::now();
+    let mut next = Instant::now();
+    let mut n: u64 = 0;
+    let mut tasks = futures::stream::FuturesUnordered::new();
+    let mut errors = 0u64;
+    while started.elapsed() < duration {
+        let user = member(1_000_000 + n);
+        let id = ids[(n as usize) % ids.len()].clone();
+        let driver = driver.clone();
+        let committed = committed.clone();
+        tasks.push(tokio::spawn(async move {
+            let key = user.user_id.clone();
+            let ok = driver
+                .call(
+                    "rsvp.set",
+                    &user,
+                    json!({"eventId": id, "status": "interested"}),
+                )
+                .await
+                .is_ok();
+            if ok && let Ok(mut c) = committed.lock() {
+                c.insert(key, Instant::now());
+            }
+            ok
+        }));
+        n += 1;
+        next += interval;
+        while let Some(Some(done)) = futures::FutureExt::now_or_never(tasks.next()) {
+            if !matches!(done, Ok(true)) {
+                errors += 1;
+            }
+        }
+        if let Some(wait) = next.checked_duration_since(Instant::now()) {
+            tokio::time::sleep(wait).await;
+        }
+    }
+    while let Some(done) = tasks.next().await {
+        if !matches!(done, Ok(true)) {
+            errors += 1;
+        }
+    }
+    let elapsed = started.elapsed();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut latency = histogram();
+    let committed = committed.lock().map(|c| c.clone()).unwrap_or_default();
+    let arrived = arrived.lock().map(|a| a.clone()).unwrap_or_default();
+    let mut missing = 0u64;
+    for (user, at) in &committed {
+        match arrived.get(user) {
+            // A message can beat the reply to the client; count that as ~0.
+            Some(got) => {
+                let _ =
+                    latency.record(got.saturating_duration_since(*at).as_micros().max(1) as u64);
+            }
+            None => missing += 1,
+        }
+    }
+    let mut extra = serde_json::Map::new();
+    extra.insert("rate".into(), json!(rate));
+    extra.insert("not_seen_within_2s".into(), json!(missing));
+    Ok(Outcome {
+        requests: n,
+        errors,
+        elapsed,
+        latency,
+        extra,
+    })
+}
+
+fn report(args: &BenchArgs, o: &Outcome) {
+    let throughput = o.requests as f64 / o.elapsed.as_secs_f64().max(1e-9);
+    let rss = rss_mb(args.pid);
+    let mut object = json!({
+        "scenario": args.scenario.name(),
+        "transport": match args.transport { Transport::Nats => "nats", Transport::Http => "http" },
+        "concurrency": args.concurrency,
+        "requests": o.requests,
+        "errors": o.errors,
+        "throughput_rps": (throughput * 10.0).round() / 10.0,
+        "p50_us": o.latency.value_at_quantile(0.50),
+        "p90_us": o.latency.value_at_quantile(0.90),
+        "p99_us": o.latency.value_at_quantile(0.99),
+        "max_us": o.latency.max(),
+        "rss_mb": rss.map(|r| (r * 10.0).round() / 10.0),
+        "seconds": (o.elapsed.as_secs_f64() * 100.0).round() / 100.0,
+    });
+    if let Value::Object(map) = &mut object {
+        map.extend(o.extra.clone());
+    }
+    if args.json {
+        println!("{object}");
+        return;
+    }
+    println!(
+        "{:<15} {:<5} c={:<4} requests={:<9} errors={:<6} {:>10.1} req/s  p50={}µs p90={}µs p99={}µs max={}µs rss={}",
+        args.scenario.name(),
+        object["transport"].as_str().unwrap_or(""),
+        args.concurrency,
+        o.requests,
+        o.errors,
+        throughput,
+        o.latency.value_at_quantile(0.50),
+        o.latency.value_at_quantile(0.90),
+        o.latency.value_at_quantile(0.99),
+        o.latency.max(),
+        rss.map(|r| format!("{r:.1} MB"))
+            .unwrap_or_else(|| "?".into()),
+    );
+    if !o.extra.is_empty() {
+        println!("  {}", Value::Object(o.extra.clone()));
+    }
+}
