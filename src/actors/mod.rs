@@ -98,6 +98,9 @@ mod tests {
         assert_eq!(sweep(Duration::from_millis(100)), Duration::from_millis(50));
         assert_eq!(sweep(Duration::from_secs(20)), Duration::from_secs(5));
         assert_eq!(sweep(Duration::from_secs(120)), Duration::from_secs(10));
-        assert_eq!(ActorConfig::default().sweep_interval, Duration::from_secs(10));
+        assert_eq!(
+            ActorConfig::default().sweep_interval,
+            Duration::from_secs(10)
+        );
     }
 }

@@ -428,13 +428,25 @@ impl App {
             Audience::Everything
         } else {
             let gated = reads::gated_scopes(&self.inner.db, tenant, user, &filter).await?;
-            let answers = guard.memberships(&gated).await?;
+            // Read permission and membership of every gated scope, all at
+            // once (remote authorities are asked concurrently, never one
+            // scope after another).
+            let (answers, readable) = futures::future::try_join(
+                guard.memberships(&gated),
+                futures::future::try_join_all(
+                    gated.iter().map(|scope| guard.can(Permission::EventRead, scope)),
+                ),
+            )
+            .await?;
             let mut member_scopes = Vec::new();
-            for scope in gated {
-                let readable = guard.can(Permission::EventRead, &scope).await?;
+            for (scope, readable) in gated.into_iter().zip(readable) {
+                if !readable {
+                    // Hidden whatever the membership: not a partial answer.
+                    continue;
+                }
                 match answers.get(&scope).copied().flatten() {
-                    Some(true) if readable => member_scopes.push(scope),
-                    Some(_) => {}
+                    Some(true) => member_scopes.push(scope),
+                    Some(false) => {}
                     None => partial = true,
                 }
             }
@@ -754,8 +766,10 @@ fn idempotency_request_id(request_id: &str) -> String {
 fn valid_traceparent(t: &str) -> bool {
     let b = t.as_bytes();
     let hex = |r: std::ops::Range<usize>| {
-        b.get(r)
-            .is_some_and(|s| s.iter().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c)))
+        b.get(r).is_some_and(|s| {
+            s.iter()
+                .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
+        })
     };
     b.len() <= 128
         && b.len() >= 55

@@ -5,6 +5,7 @@ use std::time::Instant;
 use tracing::Instrument;
 
 use axum::Router;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -230,6 +231,14 @@ fn render(op: Op, reply: Reply) -> Response {
     }
 }
 
+/// A path segment, or (when it is not valid UTF-8 once percent-decoded)
+/// a value no id parser accepts: the request then fails after
+/// authentication, with `INVALID_EVENT_ID` or `INVALID_USER_ID` in the
+/// envelope, instead of axum's plain-text 400 before it.
+fn segment(path: Result<Path<String>, PathRejection>) -> String {
+    path.map(|Path(s)| s).unwrap_or_else(|_| "\u{FFFD}".to_string())
+}
+
 async fn list(State(state): State<AppState>, request: Request) -> Response {
     run(&state, Op::EventList, Target::Query, request).await
 }
@@ -240,84 +249,84 @@ async fn create(State(state): State<AppState>, request: Request) -> Response {
 
 async fn get_event(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
     request: Request,
 ) -> Response {
-    run(&state, Op::EventGet, Target::Event(id), request).await
+    run(&state, Op::EventGet, Target::Event(segment(id)), request).await
 }
 
 async fn update(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
     request: Request,
 ) -> Response {
-    run(&state, Op::EventUpdate, Target::Event(id), request).await
+    run(&state, Op::EventUpdate, Target::Event(segment(id)), request).await
 }
 
 async fn cancel(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
     request: Request,
 ) -> Response {
-    run(&state, Op::EventCancel, Target::Event(id), request).await
+    run(&state, Op::EventCancel, Target::Event(segment(id)), request).await
 }
 
 async fn rsvp_set(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
     request: Request,
 ) -> Response {
-    run(&state, Op::RsvpSet, Target::Event(id), request).await
+    run(&state, Op::RsvpSet, Target::Event(segment(id)), request).await
 }
 
 async fn rsvp_clear(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
     request: Request,
 ) -> Response {
-    run(&state, Op::RsvpClear, Target::Event(id), request).await
+    run(&state, Op::RsvpClear, Target::Event(segment(id)), request).await
 }
 
 async fn rsvp_list(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
     request: Request,
 ) -> Response {
-    run(&state, Op::RsvpList, Target::EventQuery(id), request).await
+    run(&state, Op::RsvpList, Target::EventQuery(segment(id)), request).await
 }
 
 async fn attendance_mark(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
     request: Request,
 ) -> Response {
-    run(&state, Op::AttendanceMark, Target::Event(id), request).await
+    run(&state, Op::AttendanceMark, Target::Event(segment(id)), request).await
 }
 
 async fn attendance_list(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
     request: Request,
 ) -> Response {
-    run(&state, Op::AttendanceList, Target::EventQuery(id), request).await
+    run(&state, Op::AttendanceList, Target::EventQuery(segment(id)), request).await
 }
 
-async fn ics(State(state): State<AppState>, Path(id): Path<String>, request: Request) -> Response {
-    run(&state, Op::EventIcs, Target::Event(id), request).await
+async fn ics(State(state): State<AppState>, id: Result<Path<String>, PathRejection>, request: Request) -> Response {
+    run(&state, Op::EventIcs, Target::Event(segment(id)), request).await
 }
 
 async fn dsar_export(
     State(state): State<AppState>,
-    Path(uid): Path<String>,
+    uid: Result<Path<String>, PathRejection>,
     request: Request,
 ) -> Response {
-    run(&state, Op::DsarExport, Target::User(uid), request).await
+    run(&state, Op::DsarExport, Target::User(segment(uid)), request).await
 }
 
 async fn dsar_erase(
     State(state): State<AppState>,
-    Path(uid): Path<String>,
+    uid: Result<Path<String>, PathRejection>,
     request: Request,
 ) -> Response {
-    run(&state, Op::DsarErase, Target::User(uid), request).await
+    run(&state, Op::DsarErase, Target::User(segment(uid)), request).await
 }

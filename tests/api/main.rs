@@ -11,3 +11,5 @@ mod ops;
 mod outbox;
 mod schema;
 mod startup;
+mod visibility;
+mod capacity;
