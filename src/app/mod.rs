@@ -434,7 +434,9 @@ impl App {
             let (answers, readable) = futures::future::try_join(
                 guard.memberships(&gated),
                 futures::future::try_join_all(
-                    gated.iter().map(|scope| guard.can(Permission::EventRead, scope)),
+                    gated
+                        .iter()
+                        .map(|scope| guard.can(Permission::EventRead, scope)),
                 ),
             )
             .await?;

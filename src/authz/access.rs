@@ -446,7 +446,10 @@ fn endpoint(base: &Url, segments: &[&str]) -> Option<(Url, String)> {
             path.push(segment);
         }
     }
-    let signed = percent_decode_str(url.path()).decode_utf8().ok()?.into_owned();
+    let signed = percent_decode_str(url.path())
+        .decode_utf8()
+        .ok()?
+        .into_owned();
     Some((url, signed))
 }
 
@@ -510,13 +513,11 @@ impl std::fmt::Debug for AccessAuthorizer {
 
 impl AccessAuthorizer {
     pub fn new(settings: AccessSettings) -> Result<Self, AccessSetupError> {
-        let (access_url, access_path) =
-            endpoint(&settings.access_base_url, &["access", "check"]).ok_or_else(|| {
-                AccessSetupError::BaseUrl {
-                    var: "ACCESS_BASE_URL",
-                    url: settings.access_base_url.to_string(),
-                }
-            })?;
+        let (access_url, access_path) = endpoint(&settings.access_base_url, &["access", "check"])
+            .ok_or_else(|| AccessSetupError::BaseUrl {
+            var: "ACCESS_BASE_URL",
+            url: settings.access_base_url.to_string(),
+        })?;
         if endpoint(&settings.portal_base_url, &["x"]).is_none() {
             return Err(AccessSetupError::BaseUrl {
                 var: "PORTAL_SERVICE_URL",
@@ -1033,8 +1034,8 @@ mod tests {
             ("http://access:8002/api/?x=1#f", "/api/access/check"),
             ("http://access:8002/a%20b", "/a b/access/check"),
         ] {
-            let (url, signed) = endpoint(&Url::parse(base).expect("url"), &["access", "check"])
-                .expect("endpoint");
+            let (url, signed) =
+                endpoint(&Url::parse(base).expect("url"), &["access", "check"]).expect("endpoint");
             assert_eq!(signed, path, "{base}");
             assert_eq!(url.query(), None);
         }
@@ -1043,11 +1044,8 @@ mod tests {
     #[test]
     fn portal_segments_are_escaped_and_signed_decoded() {
         let base = Url::parse("http://portal:8003/api/v1").expect("url");
-        let (url, signed) = endpoint(
-            &base,
-            &["communities", "c 1?x=#y%z ü", "members", "u"],
-        )
-        .expect("endpoint");
+        let (url, signed) =
+            endpoint(&base, &["communities", "c 1?x=#y%z ü", "members", "u"]).expect("endpoint");
         assert_eq!(
             url.path(),
             "/api/v1/communities/c%201%3Fx=%23y%25z%20%C3%BC/members/u"
@@ -1075,7 +1073,11 @@ mod tests {
             flags: None,
             membership_status: Some("active".into()),
         };
-        let body = check_body(&caller, Permission::RsvpSet, &scope(ScopeType::Community, "c1"));
+        let body = check_body(
+            &caller,
+            Permission::RsvpSet,
+            &scope(ScopeType::Community, "c1"),
+        );
         assert_eq!(
             String::from_utf8(body).expect("utf8"),
             r#"{"tenant_id":"3f1c0a52-0000-4000-8000-000000000001","user_id":"3f1c0a52-0000-4000-8000-0000000000aa","action":"events.rsvp.set","scope":{"type":"COMMUNITY","id":"c1"},"master_flags":{"suspended":false,"banned":false,"system_admin":false,"membership_status":"active"}}"#
@@ -1090,11 +1092,19 @@ mod tests {
         assert_eq!(cache.fresh(&1, now), Some(true));
         assert_eq!(cache.fresh(&1, now + Duration::from_millis(20)), None);
         assert_eq!(
-            cache.within(&1, now + Duration::from_millis(20), Duration::from_millis(40)),
+            cache.within(
+                &1,
+                now + Duration::from_millis(20),
+                Duration::from_millis(40)
+            ),
             Some(true)
         );
         assert_eq!(
-            cache.within(&1, now + Duration::from_millis(60), Duration::from_millis(40)),
+            cache.within(
+                &1,
+                now + Duration::from_millis(60),
+                Duration::from_millis(40)
+            ),
             None
         );
         for k in 0..1000 {

@@ -236,7 +236,8 @@ fn render(op: Op, reply: Reply) -> Response {
 /// authentication, with `INVALID_EVENT_ID` or `INVALID_USER_ID` in the
 /// envelope, instead of axum's plain-text 400 before it.
 fn segment(path: Result<Path<String>, PathRejection>) -> String {
-    path.map(|Path(s)| s).unwrap_or_else(|_| "\u{FFFD}".to_string())
+    path.map(|Path(s)| s)
+        .unwrap_or_else(|_| "\u{FFFD}".to_string())
 }
 
 async fn list(State(state): State<AppState>, request: Request) -> Response {
@@ -292,7 +293,13 @@ async fn rsvp_list(
     id: Result<Path<String>, PathRejection>,
     request: Request,
 ) -> Response {
-    run(&state, Op::RsvpList, Target::EventQuery(segment(id)), request).await
+    run(
+        &state,
+        Op::RsvpList,
+        Target::EventQuery(segment(id)),
+        request,
+    )
+    .await
 }
 
 async fn attendance_mark(
@@ -300,7 +307,13 @@ async fn attendance_mark(
     id: Result<Path<String>, PathRejection>,
     request: Request,
 ) -> Response {
-    run(&state, Op::AttendanceMark, Target::Event(segment(id)), request).await
+    run(
+        &state,
+        Op::AttendanceMark,
+        Target::Event(segment(id)),
+        request,
+    )
+    .await
 }
 
 async fn attendance_list(
@@ -308,10 +321,20 @@ async fn attendance_list(
     id: Result<Path<String>, PathRejection>,
     request: Request,
 ) -> Response {
-    run(&state, Op::AttendanceList, Target::EventQuery(segment(id)), request).await
+    run(
+        &state,
+        Op::AttendanceList,
+        Target::EventQuery(segment(id)),
+        request,
+    )
+    .await
 }
 
-async fn ics(State(state): State<AppState>, id: Result<Path<String>, PathRejection>, request: Request) -> Response {
+async fn ics(
+    State(state): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+    request: Request,
+) -> Response {
     run(&state, Op::EventIcs, Target::Event(segment(id)), request).await
 }
 

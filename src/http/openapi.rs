@@ -21,9 +21,7 @@ use utoipa::openapi::path::{Operation, Parameter, ParameterBuilder, ParameterIn,
 use utoipa::openapi::response::{Response as OaResponse, ResponseBuilder};
 use utoipa::openapi::schema::{ObjectBuilder, Schema, SchemaType, Type};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityRequirement, SecurityScheme};
-use utoipa::openapi::{
-    ContentBuilder, HeaderBuilder, Ref, RefOr, Required,
-};
+use utoipa::openapi::{ContentBuilder, HeaderBuilder, Ref, RefOr, Required};
 use utoipa::{IntoParams, Modify, OpenApi, PartialSchema, ToSchema};
 
 use crate::domain::ErrorCode;
@@ -929,11 +927,10 @@ impl Modify for Common {
                 if unsigned {
                     continue;
                 }
-                op.security = Some(vec![SecurityRequirement::new::<_, _, String>(
-                    SIGNATURE,
-                    [],
-                )
-                .add::<_, _, String>(TIMESTAMP, [])]);
+                op.security = Some(vec![
+                    SecurityRequirement::new::<_, _, String>(SIGNATURE, [])
+                        .add::<_, _, String>(TIMESTAMP, []),
+                ]);
                 let params = op.parameters.get_or_insert_with(Vec::new);
                 params.extend(headers.iter().cloned().map(RefOr::T));
                 for (status, _) in ERROR_STATUSES {
@@ -1092,16 +1089,31 @@ fn context_headers() -> Vec<Parameter> {
 /// The error statuses every signed operation may answer, with the codes and
 /// examples shown for each.
 const ERROR_STATUSES: [(u16, &str); 7] = [
-    (400, "Bad request: malformed headers, ids, query, JSON or time range"),
-    (401, "Not authenticated: missing, expired, wrong or replayed signature, or no user"),
+    (
+        400,
+        "Bad request: malformed headers, ids, query, JSON or time range",
+    ),
+    (
+        401,
+        "Not authenticated: missing, expired, wrong or replayed signature, or no user",
+    ),
     (403, "Authenticated but not allowed"),
-    (404, "No such event in the caller's tenant, or not visible to the caller"),
-    (413, "The body is larger than `EVENTS_MAX_BODY_BYTES` (default 256 KiB)"),
+    (
+        404,
+        "No such event in the caller's tenant, or not visible to the caller",
+    ),
+    (
+        413,
+        "The body is larger than `EVENTS_MAX_BODY_BYTES` (default 256 KiB)",
+    ),
     (
         503,
         "An authority (Access, Portal) could not be reached; the request was not applied",
     ),
-    (504, "The request took too long (`EVENTS_REQUEST_TIMEOUT`); it may have been applied"),
+    (
+        504,
+        "The request took too long (`EVENTS_REQUEST_TIMEOUT`); it may have been applied",
+    ),
 ];
 
 fn response_name(status: u16) -> String {
@@ -1117,56 +1129,158 @@ fn error_example(code: ErrorCode, message: &str, details: Value) -> Value {
 fn error_responses() -> Vec<(String, OaResponse)> {
     use ErrorCode as C;
     let examples: Vec<(u16, C, &str, Value)> = vec![
-        (400, C::MissingRequestId, "X-Request-Id is required", json!({})),
-        (400, C::MissingTenantContext, "Tenant headers required", json!({})),
-        (400, C::InvalidTenantId, "X-Tenant-Id must be a UUID", json!({})),
+        (
+            400,
+            C::MissingRequestId,
+            "X-Request-Id is required",
+            json!({}),
+        ),
+        (
+            400,
+            C::MissingTenantContext,
+            "Tenant headers required",
+            json!({}),
+        ),
+        (
+            400,
+            C::InvalidTenantId,
+            "X-Tenant-Id must be a UUID",
+            json!({}),
+        ),
         (400, C::InvalidUserId, "X-User-Id must be a UUID", json!({})),
         (400, C::InvalidEventId, "Invalid event id", json!({})),
         (400, C::InvalidFrom, "from must be ISO datetime", json!({})),
         (400, C::InvalidTo, "to must be ISO datetime", json!({})),
-        (400, C::InvalidTimeRange, "starts_at must be before ends_at", json!({})),
-        (400, C::NoUpdates, "Provide at least one editable field", json!({})),
-        (400, C::InvalidBody, "Cannot parse request body as JSON: EOF while parsing an object at line 1 column 9", json!({})),
-        (401, C::Unauthorized, "Missing internal signature", json!({})),
-        (401, C::Unauthorized, "Invalid internal timestamp", json!({})),
-        (401, C::Unauthorized, "Internal signature expired", json!({})),
-        (401, C::Unauthorized, "Invalid internal signature", json!({})),
-        (401, C::Unauthorized, "Signature version 1 is not accepted; sign with version 2", json!({})),
+        (
+            400,
+            C::InvalidTimeRange,
+            "starts_at must be before ends_at",
+            json!({}),
+        ),
+        (
+            400,
+            C::NoUpdates,
+            "Provide at least one editable field",
+            json!({}),
+        ),
+        (
+            400,
+            C::InvalidBody,
+            "Cannot parse request body as JSON: EOF while parsing an object at line 1 column 9",
+            json!({}),
+        ),
+        (
+            401,
+            C::Unauthorized,
+            "Missing internal signature",
+            json!({}),
+        ),
+        (
+            401,
+            C::Unauthorized,
+            "Invalid internal timestamp",
+            json!({}),
+        ),
+        (
+            401,
+            C::Unauthorized,
+            "Internal signature expired",
+            json!({}),
+        ),
+        (
+            401,
+            C::Unauthorized,
+            "Invalid internal signature",
+            json!({}),
+        ),
+        (
+            401,
+            C::Unauthorized,
+            "Signature version 1 is not accepted; sign with version 2",
+            json!({}),
+        ),
         (401, C::Unauthorized, "Replayed request", json!({})),
         (401, C::Unauthenticated, "X-User-Id is required", json!({})),
         (403, C::Forbidden, "Permission denied", json!({})),
         (403, C::Forbidden, "DSAR access denied", json!({})),
         (404, C::NotFound, "Event not found", json!({})),
-        (405, C::MethodNotAllowed, "Method not allowed on this route", json!({})),
+        (
+            405,
+            C::MethodNotAllowed,
+            "Method not allowed on this route",
+            json!({}),
+        ),
         (409, C::EventCancelled, "Event is cancelled", json!({})),
-        (409, C::IdempotencyConflict, "A create with this X-Request-Id was already made with a different body", json!({})),
-        (413, C::PayloadTooLarge, "Request body is larger than 262144 bytes", json!({})),
-        (422, C::ValidationError, "Validation failed",
+        (
+            409,
+            C::IdempotencyConflict,
+            "A create with this X-Request-Id was already made with a different body",
+            json!({}),
+        ),
+        (
+            413,
+            C::PayloadTooLarge,
+            "Request body is larger than 262144 bytes",
+            json!({}),
+        ),
+        (
+            422,
+            C::ValidationError,
+            "Validation failed",
             json!({"fields": {"title": "title must be at most 255 characters",
-                              "locationUrl": "locationUrl must be an absolute http or https URL"}})),
-        (503, C::AccessUnavailable, "Access service unavailable", json!({})),
-        (503, C::PortalUnavailable, "Membership could not be checked; try again shortly", json!({})),
-        (504, C::Timeout, "The request took too long; it may or may not have been applied", json!({})),
+                              "locationUrl": "locationUrl must be an absolute http or https URL"}}),
+        ),
+        (
+            503,
+            C::AccessUnavailable,
+            "Access service unavailable",
+            json!({}),
+        ),
+        (
+            503,
+            C::PortalUnavailable,
+            "Membership could not be checked; try again shortly",
+            json!({}),
+        ),
+        (
+            504,
+            C::Timeout,
+            "The request took too long; it may or may not have been applied",
+            json!({}),
+        ),
     ];
     let described: Vec<(u16, &str)> = ERROR_STATUSES
         .iter()
         .copied()
         .chain([
-            (405, "Wrong method for an existing route (with an `Allow` header)"),
+            (
+                405,
+                "Wrong method for an existing route (with an `Allow` header)",
+            ),
             (409, "Conflict with the event's state or an earlier request"),
-            (422, "Schema error; `details.fields` maps camelCase field names to messages"),
+            (
+                422,
+                "Schema error; `details.fields` maps camelCase field names to messages",
+            ),
         ])
         .collect();
     described
         .into_iter()
         .map(|(status, description)| {
-            let mut content = ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorEnvelope")));
-            for (n, (_, code, message, details)) in examples
-                .iter()
-                .filter(|(s, ..)| *s == status)
-                .enumerate()
+            let mut content =
+                ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorEnvelope")));
+            for (n, (_, code, message, details)) in
+                examples.iter().filter(|(s, ..)| *s == status).enumerate()
             {
-                let key = format!("{}{}", code.as_str(), if n == 0 { String::new() } else { format!("_{n}") });
+                let key = format!(
+                    "{}{}",
+                    code.as_str(),
+                    if n == 0 {
+                        String::new()
+                    } else {
+                        format!("_{n}")
+                    }
+                );
                 content = content.examples_from_iter([(
                     key,
                     ExampleBuilder::new()

@@ -11,5 +11,7 @@ mod ops;
 mod outbox;
 mod schema;
 mod startup;
+mod nats_behaviour;
+mod nats_hostile;
 mod visibility;
 mod capacity;
