@@ -699,9 +699,15 @@ impl AccessAuthorizer {
             inner.decision_flights.lock().remove(&task_key);
             result
         });
+        let cleanup = (self.inner.clone(), key.clone());
         let flight = async move {
-            task.await
-                .unwrap_or_else(|e| Err(Failure::new(None, format!("look-up task failed: {e}"))))
+            task.await.unwrap_or_else(|e| {
+                // The task died before removing its entry (panic, runtime
+                // shutdown): remove it, or the key would fail forever.
+                let (inner, key) = cleanup;
+                inner.decision_flights.lock().remove(&key);
+                Err(Failure::new(None, format!("look-up task failed: {e}")))
+            })
         }
         .boxed()
         .shared();
@@ -829,9 +835,15 @@ impl AccessAuthorizer {
             inner.membership_flights.lock().remove(&task_key);
             result
         });
+        let cleanup = (self.inner.clone(), key.clone());
         let flight = async move {
-            task.await
-                .unwrap_or_else(|e| Err(Failure::new(None, format!("look-up task failed: {e}"))))
+            task.await.unwrap_or_else(|e| {
+                // The task died before removing its entry (panic, runtime
+                // shutdown): remove it, or the key would fail forever.
+                let (inner, key) = cleanup;
+                inner.membership_flights.lock().remove(&key);
+                Err(Failure::new(None, format!("look-up task failed: {e}")))
+            })
         }
         .boxed()
         .shared();

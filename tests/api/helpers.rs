@@ -206,8 +206,9 @@ type Responder = dyn Fn(&RecordedCall) -> (StatusCode, serde_json::Value) + Send
 
 /// A real HTTP server standing in for an external authority (Access,
 /// Portal). It verifies the v1 signature over the full path it received,
-/// exactly as those services do, records every call, and answers with
-/// `respond` (401 for a bad signature, before `respond` is asked).
+/// percent-decoded (Django's `request.path`), exactly as those services do,
+/// records every call, and answers with `respond` (401 for a bad
+/// signature, before `respond` is asked).
 #[derive(Clone)]
 pub struct FakeAuthority {
     pub addr: SocketAddr,
@@ -239,11 +240,15 @@ impl FakeAuthority {
                     .parse::<i64>()
                     .unwrap_or(0);
                 let fresh = (chrono::Utc::now().timestamp() - ts).abs() <= 300;
+                // Django verifies over `request.path`: the percent-decoded path.
+                let decoded_path = percent_encoding::percent_decode_str(uri.path())
+                    .decode_utf8_lossy()
+                    .into_owned();
                 let signature_valid = fresh
                     && updspace_events::auth::hmac::verify_v1(
                         &[secret.as_str()],
                         method.as_str(),
-                        uri.path(),
+                        &decoded_path,
                         &body,
                         header("x-request-id"),
                         ts,

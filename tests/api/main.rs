@@ -15,3 +15,4 @@ mod nats_behaviour;
 mod nats_hostile;
 mod visibility;
 mod capacity;
+mod access_mode;
