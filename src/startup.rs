@@ -77,7 +77,8 @@ pub struct AppState {
 pub struct Application {
     state: AppState,
     listener: TcpListener,
-    service: async_nats::service::Service,
+    /// The NATS subscription tasks; aborting them unsubscribes.
+    nats_tasks: Vec<tokio::task::JoinHandle<()>>,
     outbox: ractor::ActorRef<OutboxMsg>,
 }
 
@@ -98,7 +99,6 @@ impl Application {
         }
         let nats = subjects::connect_with_retry(&config.nats, None).await?;
         subjects::ensure_stream(&nats, &config.stream, &config.nats.subject_prefix).await?;
-        let service = subjects::start_service(&nats).await?;
         let outbox_wakeup = std::sync::Arc::new(tokio::sync::Notify::new());
         let metrics = crate::telemetry::metrics::Metrics::new();
         crate::telemetry::metrics::spawn_refresher(metrics.clone(), db.clone());
@@ -148,9 +148,9 @@ impl Application {
             verifier: Verifier::new(config.hmac.secrets.clone()).with_min_version(min_version),
             replay_window_secs: Verifier::DEFAULT_WINDOW_SECS,
         });
-        subjects::endpoints::serve(
+        let (nats_tasks, _micro) = subjects::endpoints::serve(
             app.clone(),
-            &service,
+            nats.clone(),
             &subject_names,
             config.max_body_bytes,
             config.request_timeout,
@@ -188,7 +188,7 @@ impl Application {
         Ok(Self {
             state,
             listener,
-            service,
+            nats_tasks,
             outbox,
         })
     }
@@ -215,8 +215,9 @@ impl Application {
         let served = http::serve(self.listener, self.state.clone(), shutdown).await;
         self.outbox.stop(Some("shutdown".into()));
         self.state.publisher.step_down().await;
-        if let Err(e) = self.service.stop().await {
-            tracing::warn!(error = %e, "stopping the NATS micro service failed");
+        // Stop taking requests; the ones already taken finish.
+        for task in &self.nats_tasks {
+            task.abort();
         }
         if let Err(e) = self.state.nats.flush().await {
             tracing::debug!(error = %e, "final NATS flush failed");

@@ -10,7 +10,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{Event, RsvpCounts, Scope, ScopeId, ScopeType, TenantId};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::domain::{Event, RsvpCounts, RsvpStatus, Scope, ScopeId, ScopeType, TenantId, UserId};
 
 pub use registry::{Registry, Shared};
 
@@ -42,12 +45,32 @@ impl ScopeKey {
     }
 }
 
-/// An event with its counters, as one consistent read.
+/// An event with its counters, as one consistent read, and (when the
+/// event has few enough) every RSVP, so reads need no query for `myRsvp`.
 #[derive(Debug, Clone)]
 pub struct Snapshot {
     pub event: Event,
     pub counts: RsvpCounts,
+    pub rsvps: Option<Arc<HashMap<UserId, RsvpStatus>>>,
 }
+
+impl Snapshot {
+    pub fn new(event: Event, counts: RsvpCounts) -> Self {
+        Self {
+            event,
+            counts,
+            rsvps: None,
+        }
+    }
+
+    /// The user's RSVP when the snapshot holds the event's RSVPs.
+    pub fn rsvp_of(&self, user: &UserId) -> Option<Option<RsvpStatus>> {
+        self.rsvps.as_ref().map(|m| m.get(user).copied())
+    }
+}
+
+/// Events with more RSVPs than this are cached without them.
+pub const MAX_CACHED_RSVPS: i64 = 5_000;
 
 #[derive(Debug, Clone)]
 pub struct ActorConfig {
@@ -63,6 +86,10 @@ pub struct ActorConfig {
     /// made through any instance invalidate it sooner (see `docs/`).
     pub cache_ttl: Duration,
     pub max_cached_events_per_scope: usize,
+    /// Group commits one scope actor may have in flight at once. Postgres
+    /// row locks keep them correct; more than one lets a busy scope use
+    /// more than one connection.
+    pub max_in_flight_batches: usize,
 }
 
 impl ActorConfig {
@@ -83,6 +110,7 @@ impl Default for ActorConfig {
             max_batch: 512,
             cache_ttl: Duration::from_secs(5),
             max_cached_events_per_scope: 1_000,
+            max_in_flight_batches: 4,
         }
     }
 }

@@ -63,7 +63,8 @@ pub struct ScopeState {
     key: ScopeKey,
     shared: Arc<Shared>,
     pending: Vec<(Envelope, RpcReplyPort<CommandResult>)>,
-    in_flight: bool,
+    /// Group commits running now (at most `max_in_flight_batches`).
+    in_flight: usize,
     flush_scheduled: bool,
     passivating: bool,
     cache: HashMap<EventId, CacheEntry>,
@@ -87,7 +88,7 @@ impl Actor for ScopeActor {
             key: args.key,
             shared: args.shared,
             pending: Vec::new(),
-            in_flight: false,
+            in_flight: 0,
             flush_scheduled: false,
             passivating: false,
             cache: HashMap::new(),
@@ -105,7 +106,9 @@ impl Actor for ScopeActor {
         match msg {
             ScopeMsg::Write(envelope, reply) => {
                 state.pending.push((*envelope, reply));
-                if !state.in_flight && !state.flush_scheduled {
+                if state.in_flight < state.shared.config.max_in_flight_batches
+                    && !state.flush_scheduled
+                {
                     // The flush is queued behind everything already in the
                     // mailbox, so those writes join this batch.
                     state.flush_scheduled = true;
@@ -117,7 +120,7 @@ impl Actor for ScopeActor {
                 start_commit(&myself, state);
             }
             ScopeMsg::Committed(done) => {
-                state.in_flight = false;
+                state.in_flight = state.in_flight.saturating_sub(1);
                 finish_commit(state, *done);
                 if !state.pending.is_empty() {
                     start_commit(&myself, state);
@@ -180,7 +183,7 @@ impl Actor for ScopeActor {
 /// Stops a retiring actor once no write, commit or load is outstanding.
 fn stop_if_retired(myself: &ActorRef<ScopeMsg>, state: &ScopeState) {
     if state.passivating
-        && !state.in_flight
+        && state.in_flight == 0
         && !state.flush_scheduled
         && state.pending.is_empty()
         && state.loading.is_empty()
@@ -231,7 +234,19 @@ fn get(myself: &ActorRef<ScopeMsg>, state: &mut ScopeState, id: EventId, reply: 
     tokio::spawn(async move {
         let result = crate::store::reads::event(&db, tenant, id)
             .await
-            .map(|found| found.map(|(event, counts)| Snapshot { event, counts }));
+            .map(|found| found.map(|(event, counts)| Snapshot::new(event, counts)));
+        // The RSVPs go with the event, so reads need no query for `myRsvp`.
+        let result = match result {
+            Ok(Some(mut snapshot)) => {
+                match crate::store::reads::all_rsvps(&db, id, crate::actors::MAX_CACHED_RSVPS).await
+                {
+                    Ok(map) => snapshot.rsvps = map.map(Arc::new),
+                    Err(e) => tracing::debug!(error = %e, "RSVPs not cached"),
+                }
+                Ok(Some(snapshot))
+            }
+            other => other,
+        };
         let _ = me.send_message(ScopeMsg::Loaded {
             id,
             result: Box::new(result),
@@ -241,13 +256,13 @@ fn get(myself: &ActorRef<ScopeMsg>, state: &mut ScopeState, id: EventId, reply: 
 }
 
 fn start_commit(myself: &ActorRef<ScopeMsg>, state: &mut ScopeState) {
-    if state.in_flight || state.pending.is_empty() {
+    if state.in_flight >= state.shared.config.max_in_flight_batches || state.pending.is_empty() {
         return;
     }
     let take = state.pending.len().min(state.shared.config.max_batch);
     let (envelopes, replies): (Vec<Envelope>, Vec<RpcReplyPort<CommandResult>>) =
         state.pending.drain(..take).unzip();
-    state.in_flight = true;
+    state.in_flight += 1;
     let shared = state.shared.clone();
     let me = myself.clone();
     tokio::spawn(async move {
@@ -371,9 +386,40 @@ fn finish_commit(state: &mut ScopeState, done: Committed) {
     } = done;
     if !effects.changed.is_empty() {
         state.generation += 1;
-        let ids: Vec<EventId> = effects.changed.iter().map(|(e, _)| e.id).collect();
-        for (event, counts) in effects.changed {
-            insert(state, Snapshot { event, counts });
+        let ids: Vec<EventId> = effects.changed.iter().map(|c| c.event.id).collect();
+        for changed in effects.changed {
+            if state.in_flight > 0 {
+                // Another batch still running may commit an older view of
+                // this event after us: forget it rather than risk that.
+                state.cache.remove(&changed.event.id);
+                continue;
+            }
+            let rsvps = state
+                .cache
+                .remove(&changed.event.id)
+                .and_then(|old| old.snapshot.rsvps)
+                .map(|mut map| {
+                    let m = Arc::make_mut(&mut map);
+                    for (user, status) in &changed.rsvps {
+                        match status {
+                            Some(s) => {
+                                m.insert(*user, *s);
+                            }
+                            None => {
+                                m.remove(user);
+                            }
+                        }
+                    }
+                    map
+                });
+            insert(
+                state,
+                Snapshot {
+                    event: changed.event,
+                    counts: changed.counts,
+                    rsvps,
+                },
+            );
         }
         state.shared.announce_changes(&state.key, &ids);
     }

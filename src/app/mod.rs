@@ -315,7 +315,7 @@ impl App {
         };
         let key = ScopeKey::of(&event);
         self.inner.index.insert(id, key.clone());
-        let snapshot = Snapshot { event, counts };
+        let snapshot = Snapshot::new(event, counts);
         let registry = self.inner.registry.clone();
         let primed = snapshot.clone();
         tokio::spawn(async move { registry.prime(&key, primed).await });
@@ -394,7 +394,10 @@ impl App {
     ) -> Result<Reply, AppError> {
         let id = input::event_id(obj)?;
         let snapshot = self.visible(guard, id).await?;
-        let mine = reads::rsvp_of(&self.inner.db, id, guard.user()).await?;
+        let mine = match snapshot.rsvp_of(&guard.user()) {
+            Some(cached) => cached,
+            None => reads::rsvp_of(&self.inner.db, id, guard.user()).await?,
+        };
         Ok(Reply::Json(views::event(
             &snapshot.event,
             &snapshot.counts,

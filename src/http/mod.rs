@@ -38,8 +38,9 @@ pub async fn serve(
     use axum::ServiceExt;
     use tower::Layer;
     let inner = axum::middleware::from_fn(middleware::method_not_allowed).layer(router(state));
-    let inner = axum::middleware::from_fn(middleware::security_headers).layer(inner);
-    let outer = axum::middleware::from_fn(middleware::request_id_and_panics).layer(inner);
+    let inner = axum::middleware::from_fn(middleware::request_id_and_panics).layer(inner);
+    // Outermost, so that the 500 a caught panic becomes carries them too.
+    let outer = axum::middleware::from_fn(middleware::security_headers).layer(inner);
     axum::serve(listener, outer.into_make_service())
         .with_graceful_shutdown(shutdown)
         .await

@@ -29,8 +29,10 @@ use crate::domain::ErrorCode;
 /// `GET /api/v1/events/openapi.json` (also `/api/v1/openapi.json`, where
 /// the Django service had it). No signature needed.
 pub async fn serve() -> Response {
+    // Serialised straight from utoipa's types, which keep the declared
+    // order of paths and fields (a `serde_json::Value` would sort them).
     static BODY: LazyLock<String> =
-        LazyLock::new(|| serde_json::to_string(&document()).unwrap_or_else(|_| "{}".into()));
+        LazyLock::new(|| ApiDoc::openapi().to_json().unwrap_or_else(|_| "{}".into()));
     let mut response = BODY.as_str().into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -54,7 +56,8 @@ Django events service behind the BFF, on port 8005.
 **Prefixes.** Every route is served under `/api/v1/events/…` (the Django \
 service's prefix) and under `/api/v1/…` (what the BFF actually sends, since \
 it strips `events`). A trailing slash is tolerated on every route; nothing \
-ever redirects. The alias paths are listed with operation ids ending in `Bff`.
+ever redirects. The `/api/v1/…` copies have operation ids ending in `Bff`, \
+and the list's slash-less spellings ids ending in `NoSlash`.
 
 **Authentication.** Every route except `openapi.json` and `/health` needs the \
 internal HMAC headers (`X-Request-Id`, `X-Tenant-Id`, `X-Tenant-Slug`, \
@@ -727,8 +730,9 @@ fn clear_rsvp() {}
 
 /// List an event's RSVPs (new)
 ///
-/// Needs `events.event.manage`. Ordered by status then time; waitlisted
-/// entries carry their position.
+/// Needs `events.event.manage`. In the order the RSVPs were first made;
+/// waitlisted entries carry their position (from 1). The query pages and
+/// filters, as for the list.
 #[utoipa::path(get, path = "/api/v1/events/{event_id}/rsvps", operation_id = "listRsvps", tag = "rsvp",
     params(("event_id" = String, Path, format = "uuid", description = "Event id"), RsvpListQuery),
     responses(
@@ -912,14 +916,42 @@ impl Modify for Common {
                  accepted once: send it again and it is 401 `Replayed request`.",
             ))),
         );
+        let mut errors = error_responses();
+        for (_, response) in errors.iter_mut() {
+            response
+                .headers
+                .insert(REQUEST_ID.to_string(), request_id_header_ref());
+        }
         components
             .responses
-            .extend(error_responses().into_iter().map(|(k, v)| (k, RefOr::T(v))));
-
+            .extend(errors.into_iter().map(|(k, v)| (k, RefOr::T(v))));
+        components.headers.insert(
+            REQUEST_ID.to_string(),
+            RefOr::T(
+                HeaderBuilder::new()
+                    .schema(Some(String::schema()))
+                    .description(Some(
+                        "The request's `X-Request-Id`, or one made up when none was sent",
+                    ))
+                    .build(),
+            ),
+        );
         let headers = context_headers();
+        let header_names: Vec<String> = headers.iter().map(|p| p.name.clone()).collect();
+        components
+            .parameters
+            .extend(headers.into_iter().map(|p| (p.name.clone(), RefOr::T(p))));
+        let shared: Vec<String> = components.responses.keys().cloned().collect();
+
         for item in api.paths.paths.values_mut() {
             for op in operations(item) {
-                add_request_id_header(op);
+                for response in op.responses.responses.values_mut() {
+                    if let RefOr::T(response) = response {
+                        response
+                            .headers
+                            .insert(REQUEST_ID.to_string(), request_id_header_ref());
+                    }
+                }
                 let unsigned = op
                     .security
                     .as_ref()
@@ -931,19 +963,28 @@ impl Modify for Common {
                     SecurityRequirement::new::<_, _, String>(SIGNATURE, [])
                         .add::<_, _, String>(TIMESTAMP, []),
                 ]);
-                let params = op.parameters.get_or_insert_with(Vec::new);
-                params.extend(headers.iter().cloned().map(RefOr::T));
+                op.parameters.get_or_insert_with(Vec::new).extend(
+                    header_names.iter().map(|name| {
+                        RefOr::Ref(Ref::new(format!("#/components/parameters/{name}")))
+                    }),
+                );
                 for (status, _) in ERROR_STATUSES {
-                    let name = response_name(status);
-                    let entry = op
-                        .responses
+                    op.responses
                         .responses
                         .entry(status.to_string())
-                        .or_insert_with(|| RefOr::Ref(Ref::from_response_name(&name)));
-                    // Keep the operation's own description of which codes it
-                    // can answer with, and point at the shared examples.
-                    if let RefOr::T(response) = entry {
-                        let mut reference = Ref::from_response_name(&name);
+                        .or_insert_with(|| {
+                            RefOr::Ref(Ref::from_response_name(response_name(status)))
+                        });
+                }
+                // An error the operation lists itself keeps its description
+                // (which codes it answers with) and points at the shared
+                // schema and examples.
+                for (status, entry) in op.responses.responses.iter_mut() {
+                    let name = format!("Error{status}");
+                    if let RefOr::T(response) = entry
+                        && shared.contains(&name)
+                    {
+                        let mut reference = Ref::from_response_name(name);
                         reference.description = response.description.clone();
                         *entry = RefOr::Ref(reference);
                     }
@@ -951,6 +992,12 @@ impl Modify for Common {
             }
         }
     }
+}
+
+const REQUEST_ID: &str = "X-Request-Id";
+
+fn request_id_header_ref() -> RefOr<utoipa::openapi::Header> {
+    RefOr::Ref(Ref::new(format!("#/components/headers/{REQUEST_ID}")))
 }
 
 /// Copies every `/api/v1/events/…` path to its `/api/v1/…` alias (what the
@@ -969,18 +1016,27 @@ impl Modify for Aliases {
             .collect();
         for (path, item) in originals {
             let rest = &path[LONG_PREFIX.len()..];
-            let mut aliases = vec![(format!("{SHORT_PREFIX}{rest}"), "Bff")];
+            let bff = format!("the path the BFF sends (`{SHORT_PREFIX}…`, `events` stripped)");
+            let mut aliases = vec![(format!("{SHORT_PREFIX}{rest}"), "Bff", bff.as_str())];
             if rest == "/" {
-                aliases.push((LONG_PREFIX.to_string(), "NoSlash"));
-                aliases.push((SHORT_PREFIX.to_string(), "BffNoSlash"));
+                aliases.push((
+                    LONG_PREFIX.to_string(),
+                    "NoSlash",
+                    "without the trailing slash",
+                ));
+                aliases.push((
+                    SHORT_PREFIX.to_string(),
+                    "BffNoSlash",
+                    "the BFF's prefix without the trailing slash",
+                ));
             }
-            for (alias, suffix) in aliases {
+            for (alias, suffix, how) in aliases {
                 let mut copy = item.clone();
                 for op in operations(&mut copy) {
                     if let Some(id) = op.operation_id.as_mut() {
                         id.push_str(suffix);
                     }
-                    let note = format!("Alias of `{} {path}`.", "the same operation at");
+                    let note = format!("The same operation as `{path}`, served at {how}.");
                     op.summary = op.summary.take().map(|s| format!("{s} (alias)"));
                     op.description = Some(match op.description.take() {
                         Some(d) => format!("{note}\n\n{d}"),
@@ -1003,23 +1059,6 @@ fn operations(item: &mut PathItem) -> impl Iterator<Item = &mut Operation> {
     ]
     .into_iter()
     .flatten()
-}
-
-fn add_request_id_header(op: &mut Operation) {
-    for response in op.responses.responses.values_mut() {
-        if let RefOr::T(response) = response {
-            response.headers.insert(
-                "X-Request-Id".to_string(),
-                HeaderBuilder::new()
-                    .schema(Some(String::schema()))
-                    .description(Some(
-                        "The request's `X-Request-Id`, or one made up when none was sent",
-                    ))
-                    .build()
-                    .into(),
-            );
-        }
-    }
 }
 
 fn header_param(name: &str, required: bool, description: &str, example: Value) -> Parameter {

@@ -125,8 +125,17 @@ pub type CommandResult = Result<WriteOutcome, AppError>;
 #[derive(Debug, Default)]
 pub struct BatchEffects {
     /// Events whose row or counters changed, with their state after commit.
-    pub changed: Vec<(Event, RsvpCounts)>,
+    pub changed: Vec<ChangedEvent>,
     pub outbox_rows: usize,
+}
+
+/// One event after a commit, with the RSVPs the commit changed.
+#[derive(Debug, Clone)]
+pub struct ChangedEvent {
+    pub event: Event,
+    pub counts: RsvpCounts,
+    /// `None` status: the RSVP was removed.
+    pub rsvps: Vec<(UserId, Option<RsvpStatus>)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -433,7 +442,10 @@ async fn load_events(
     batch: &mut Batch<'_>,
 ) -> Result<(), sqlx::Error> {
     // Locking the counter rows first, in id order, serialises every writer
-    // of these events across instances without deadlocks.
+    // of these events across instances without deadlocks. The events are
+    // read by a second statement on purpose: in READ COMMITTED it takes a
+    // fresh snapshot after the locks are held, so it sees what the writer
+    // we waited for committed (a join in the locking statement would not).
     let counts: Vec<(Uuid, i32, i32, i32, i32)> = sqlx::query_as(
         "SELECT event_id, interested, going, not_going, waitlisted FROM event_counters
          WHERE event_id = ANY($1) AND tenant_id = $2 ORDER BY event_id FOR UPDATE",
@@ -847,23 +859,78 @@ async fn write(
         }
     }
 
-    insert_events(tx, batch).await?;
-    update_events(tx, batch).await?;
-    write_rsvps(tx, batch).await?;
-    insert_attendance(tx, batch).await?;
-    write_counters(tx, batch).await?;
-    effects.outbox_rows = insert_outbox(tx, batch, commands).await?;
+    let mut writes = Writes::default();
+    insert_events(&mut writes, batch)?;
+    update_events(&mut writes, batch)?;
+    write_rsvps(&mut writes, batch)?;
+    insert_attendance(&mut writes, batch)?;
+    write_counters(&mut writes, batch)?;
+    effects.outbox_rows = insert_outbox(&mut writes, batch, commands)?;
+    writes.execute(tx).await?;
 
     effects.changed = batch
         .events
         .values()
         .filter(|s| s.event_dirty || s.counts_dirty)
-        .map(|s| (s.event.clone(), s.counts))
+        .map(|s| ChangedEvent {
+            event: s.event.clone(),
+            counts: s.counts,
+            rsvps: s
+                .dirty_rsvps
+                .iter()
+                .map(|u| (*u, s.rsvps.get(u).copied().flatten().map(|r| r.status)))
+                .collect(),
+        })
         .collect();
     Ok(effects)
 }
 
-async fn insert_events(tx: &mut PgConnection, batch: &Batch<'_>) -> Result<(), sqlx::Error> {
+/// Every write of a batch as one statement of data-modifying CTEs: one
+/// round trip instead of one per table. The sub-statements touch distinct
+/// rows, and constraint checks run at the end of the statement, so the
+/// order Postgres runs them in does not matter.
+#[derive(Default)]
+struct Writes {
+    ctes: Vec<String>,
+    args: sqlx::postgres::PgArguments,
+    n: usize,
+}
+
+impl Writes {
+    /// Binds a value; returns its placeholder.
+    fn p<'t, T>(&mut self, value: T) -> Result<String, sqlx::Error>
+    where
+        T: sqlx::Encode<'t, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>,
+    {
+        use sqlx::Arguments;
+        self.args.add(value).map_err(sqlx::Error::Encode)?;
+        self.n += 1;
+        Ok(format!("${}", self.n))
+    }
+
+    fn cte(&mut self, sql: String) {
+        self.ctes.push(sql);
+    }
+
+    async fn execute(self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
+        if self.ctes.is_empty() {
+            return Ok(());
+        }
+        let parts: Vec<String> = self
+            .ctes
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("w{i} AS ({c})"))
+            .collect();
+        let sql = format!("WITH {} SELECT 1", parts.join(", "));
+        sqlx::query_with(sqlx::AssertSqlSafe(sql), self.args)
+            .execute(&mut *tx)
+            .await?;
+        Ok(())
+    }
+}
+
+fn insert_events(w: &mut Writes, batch: &Batch<'_>) -> Result<(), sqlx::Error> {
     let new: Vec<&Event> = batch
         .events
         .values()
@@ -873,51 +940,49 @@ async fn insert_events(tx: &mut PgConnection, batch: &Batch<'_>) -> Result<(), s
     if new.is_empty() {
         return Ok(());
     }
-    let cols = EventColumns::of(&new);
-    sqlx::query(
+    let c = EventColumns::of(&new);
+    let sql = format!(
         "INSERT INTO events (id, tenant_id, scope_type, scope_id, title, description, starts_at, ends_at,
                              location_text, location_url, game_id, visibility, status, capacity, created_by,
                              created_at, updated_at, version)
          SELECT id, tenant_id, scope_type::scope_type, scope_id, title, description, starts_at, ends_at,
                 location_text, location_url, game_id, visibility::event_visibility, status::event_status,
                 capacity, created_by, created_at, updated_at, version
-         FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::timestamptz[],
-                     $8::timestamptz[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::int[],
-                     $15::uuid[], $16::timestamptz[], $17::timestamptz[], $18::bigint[])
+         FROM UNNEST({}::uuid[], {}::uuid[], {}::text[], {}::text[], {}::text[], {}::text[], {}::timestamptz[],
+                     {}::timestamptz[], {}::text[], {}::text[], {}::text[], {}::text[], {}::text[], {}::int[],
+                     {}::uuid[], {}::timestamptz[], {}::timestamptz[], {}::bigint[])
            AS u(id, tenant_id, scope_type, scope_id, title, description, starts_at, ends_at, location_text,
                 location_url, game_id, visibility, status, capacity, created_by, created_at, updated_at, version)",
-    )
-    .bind(&cols.id)
-    .bind(&cols.tenant_id)
-    .bind(&cols.scope_type)
-    .bind(&cols.scope_id)
-    .bind(&cols.title)
-    .bind(&cols.description)
-    .bind(&cols.starts_at)
-    .bind(&cols.ends_at)
-    .bind(&cols.location_text)
-    .bind(&cols.location_url)
-    .bind(&cols.game_id)
-    .bind(&cols.visibility)
-    .bind(&cols.status)
-    .bind(&cols.capacity)
-    .bind(&cols.created_by)
-    .bind(&cols.created_at)
-    .bind(&cols.updated_at)
-    .bind(&cols.version)
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query(
-        "INSERT INTO event_counters (event_id, tenant_id) SELECT * FROM UNNEST($1::uuid[], $2::uuid[])",
-    )
-    .bind(&cols.id)
-    .bind(&cols.tenant_id)
-    .execute(&mut *tx)
-    .await?;
+        w.p(&c.id)?,
+        w.p(&c.tenant_id)?,
+        w.p(&c.scope_type)?,
+        w.p(&c.scope_id)?,
+        w.p(&c.title)?,
+        w.p(&c.description)?,
+        w.p(&c.starts_at)?,
+        w.p(&c.ends_at)?,
+        w.p(&c.location_text)?,
+        w.p(&c.location_url)?,
+        w.p(&c.game_id)?,
+        w.p(&c.visibility)?,
+        w.p(&c.status)?,
+        w.p(&c.capacity)?,
+        w.p(&c.created_by)?,
+        w.p(&c.created_at)?,
+        w.p(&c.updated_at)?,
+        w.p(&c.version)?,
+    );
+    w.cte(sql);
+    let sql = format!(
+        "INSERT INTO event_counters (event_id, tenant_id) SELECT * FROM UNNEST({}::uuid[], {}::uuid[])",
+        w.p(&c.id)?,
+        w.p(&c.tenant_id)?,
+    );
+    w.cte(sql);
     Ok(())
 }
 
-async fn update_events(tx: &mut PgConnection, batch: &Batch<'_>) -> Result<(), sqlx::Error> {
+fn update_events(w: &mut Writes, batch: &Batch<'_>) -> Result<(), sqlx::Error> {
     let changed: Vec<&Event> = batch
         .events
         .values()
@@ -927,7 +992,7 @@ async fn update_events(tx: &mut PgConnection, batch: &Batch<'_>) -> Result<(), s
     if changed.is_empty() {
         return Ok(());
     }
-    let cols = EventColumns::of(&changed);
+    let c = EventColumns::of(&changed);
     let cancelled_at: Vec<Option<DateTime<Utc>>> = changed.iter().map(|e| e.cancelled_at).collect();
     let cancelled_by: Vec<Option<Uuid>> = changed
         .iter()
@@ -937,37 +1002,36 @@ async fn update_events(tx: &mut PgConnection, batch: &Batch<'_>) -> Result<(), s
         .iter()
         .map(|e| e.cancel_reason.as_ref().map(|r| r.as_str().to_string()))
         .collect();
-    sqlx::query(
+    let sql = format!(
         "UPDATE events e SET title = u.title, description = u.description, starts_at = u.starts_at,
                 ends_at = u.ends_at, location_text = u.location_text, location_url = u.location_url,
                 game_id = u.game_id, visibility = u.visibility::event_visibility, status = u.status::event_status,
                 capacity = u.capacity, updated_at = u.updated_at, version = u.version,
                 cancelled_at = u.cancelled_at, cancelled_by = u.cancelled_by, cancel_reason = u.cancel_reason
-         FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[], $6::text[],
-                     $7::text[], $8::text[], $9::text[], $10::text[], $11::int[], $12::timestamptz[], $13::bigint[],
-                     $14::timestamptz[], $15::uuid[], $16::text[])
+         FROM UNNEST({}::uuid[], {}::text[], {}::text[], {}::timestamptz[], {}::timestamptz[], {}::text[],
+                     {}::text[], {}::text[], {}::text[], {}::text[], {}::int[], {}::timestamptz[], {}::bigint[],
+                     {}::timestamptz[], {}::uuid[], {}::text[])
            AS u(id, title, description, starts_at, ends_at, location_text, location_url, game_id, visibility,
                 status, capacity, updated_at, version, cancelled_at, cancelled_by, cancel_reason)
          WHERE e.id = u.id",
-    )
-    .bind(&cols.id)
-    .bind(&cols.title)
-    .bind(&cols.description)
-    .bind(&cols.starts_at)
-    .bind(&cols.ends_at)
-    .bind(&cols.location_text)
-    .bind(&cols.location_url)
-    .bind(&cols.game_id)
-    .bind(&cols.visibility)
-    .bind(&cols.status)
-    .bind(&cols.capacity)
-    .bind(&cols.updated_at)
-    .bind(&cols.version)
-    .bind(&cancelled_at)
-    .bind(&cancelled_by)
-    .bind(&cancel_reason)
-    .execute(&mut *tx)
-    .await?;
+        w.p(&c.id)?,
+        w.p(&c.title)?,
+        w.p(&c.description)?,
+        w.p(&c.starts_at)?,
+        w.p(&c.ends_at)?,
+        w.p(&c.location_text)?,
+        w.p(&c.location_url)?,
+        w.p(&c.game_id)?,
+        w.p(&c.visibility)?,
+        w.p(&c.status)?,
+        w.p(&c.capacity)?,
+        w.p(&c.updated_at)?,
+        w.p(&c.version)?,
+        w.p(&cancelled_at)?,
+        w.p(&cancelled_by)?,
+        w.p(&cancel_reason)?,
+    );
+    w.cte(sql);
     Ok(())
 }
 
@@ -991,7 +1055,7 @@ struct AttendanceColumns {
     marked_at: Vec<DateTime<Utc>>,
 }
 
-async fn write_rsvps(tx: &mut PgConnection, batch: &Batch<'_>) -> Result<(), sqlx::Error> {
+fn write_rsvps(w: &mut Writes, batch: &Batch<'_>) -> Result<(), sqlx::Error> {
     let mut upsert = RsvpColumns::default();
     let mut delete: (Vec<Uuid>, Vec<Uuid>) = Default::default();
     for state in batch.events.values() {
@@ -1012,35 +1076,33 @@ async fn write_rsvps(tx: &mut PgConnection, batch: &Batch<'_>) -> Result<(), sql
         }
     }
     if !upsert.event.is_empty() {
-        sqlx::query(
+        let sql = format!(
             "INSERT INTO event_rsvps (event_id, user_id, tenant_id, status, waitlist_seq, created_at, updated_at)
              SELECT e, u, t, s::rsvp_status, q, now(), now()
-             FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::bigint[]) AS x(e, u, t, s, q)
+             FROM UNNEST({}::uuid[], {}::uuid[], {}::uuid[], {}::text[], {}::bigint[]) AS x(e, u, t, s, q)
              ON CONFLICT (event_id, user_id) DO UPDATE
                  SET status = EXCLUDED.status, waitlist_seq = EXCLUDED.waitlist_seq, updated_at = now()",
-        )
-        .bind(&upsert.event)
-        .bind(&upsert.user)
-        .bind(&upsert.tenant)
-        .bind(&upsert.status)
-        .bind(&upsert.seq)
-        .execute(&mut *tx)
-        .await?;
+            w.p(upsert.event)?,
+            w.p(upsert.user)?,
+            w.p(upsert.tenant)?,
+            w.p(upsert.status)?,
+            w.p(upsert.seq)?,
+        );
+        w.cte(sql);
     }
     if !delete.0.is_empty() {
-        sqlx::query(
-            "DELETE FROM event_rsvps r USING UNNEST($1::uuid[], $2::uuid[]) AS x(e, u)
+        let sql = format!(
+            "DELETE FROM event_rsvps r USING UNNEST({}::uuid[], {}::uuid[]) AS x(e, u)
              WHERE r.event_id = x.e AND r.user_id = x.u",
-        )
-        .bind(&delete.0)
-        .bind(&delete.1)
-        .execute(&mut *tx)
-        .await?;
+            w.p(delete.0)?,
+            w.p(delete.1)?,
+        );
+        w.cte(sql);
     }
     Ok(())
 }
 
-async fn insert_attendance(tx: &mut PgConnection, batch: &Batch<'_>) -> Result<(), sqlx::Error> {
+fn insert_attendance(w: &mut Writes, batch: &Batch<'_>) -> Result<(), sqlx::Error> {
     let mut cols = AttendanceColumns::default();
     for state in batch.events.values() {
         for (user, by, at) in &state.new_attendance {
@@ -1054,21 +1116,20 @@ async fn insert_attendance(tx: &mut PgConnection, batch: &Batch<'_>) -> Result<(
     if cols.event.is_empty() {
         return Ok(());
     }
-    sqlx::query(
+    let sql = format!(
         "INSERT INTO event_attendance (event_id, user_id, tenant_id, marked_by, marked_at)
-         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::timestamptz[])",
-    )
-    .bind(&cols.event)
-    .bind(&cols.user)
-    .bind(&cols.tenant)
-    .bind(&cols.marked_by)
-    .bind(&cols.marked_at)
-    .execute(&mut *tx)
-    .await?;
+         SELECT * FROM UNNEST({}::uuid[], {}::uuid[], {}::uuid[], {}::uuid[], {}::timestamptz[])",
+        w.p(cols.event)?,
+        w.p(cols.user)?,
+        w.p(cols.tenant)?,
+        w.p(cols.marked_by)?,
+        w.p(cols.marked_at)?,
+    );
+    w.cte(sql);
     Ok(())
 }
 
-async fn write_counters(tx: &mut PgConnection, batch: &Batch<'_>) -> Result<(), sqlx::Error> {
+fn write_counters(w: &mut Writes, batch: &Batch<'_>) -> Result<(), sqlx::Error> {
     let dirty: Vec<&EventState> = batch
         .events
         .values()
@@ -1078,25 +1139,24 @@ async fn write_counters(tx: &mut PgConnection, batch: &Batch<'_>) -> Result<(), 
         return Ok(());
     }
     let n = |v: u32| i32::try_from(v).unwrap_or(i32::MAX);
-    sqlx::query(
+    let sql = format!(
         "UPDATE event_counters c SET interested = u.i, going = u.g, not_going = u.n, waitlisted = u.w,
                 attended = c.attended + u.a, updated_at = now()
-         FROM UNNEST($1::uuid[], $2::int[], $3::int[], $4::int[], $5::int[], $6::int[]) AS u(id, i, g, n, w, a)
+         FROM UNNEST({}::uuid[], {}::int[], {}::int[], {}::int[], {}::int[], {}::int[]) AS u(id, i, g, n, w, a)
          WHERE c.event_id = u.id",
-    )
-    .bind(dirty.iter().map(|s| Uuid::from(s.event.id)).collect::<Vec<_>>())
-    .bind(dirty.iter().map(|s| n(s.counts.interested)).collect::<Vec<_>>())
-    .bind(dirty.iter().map(|s| n(s.counts.going)).collect::<Vec<_>>())
-    .bind(dirty.iter().map(|s| n(s.counts.not_going)).collect::<Vec<_>>())
-    .bind(dirty.iter().map(|s| n(s.counts.waitlisted)).collect::<Vec<_>>())
-    .bind(dirty.iter().map(|s| s.attended_delta).collect::<Vec<_>>())
-    .execute(&mut *tx)
-    .await?;
+        w.p(dirty.iter().map(|s| Uuid::from(s.event.id)).collect::<Vec<_>>())?,
+        w.p(dirty.iter().map(|s| n(s.counts.interested)).collect::<Vec<_>>())?,
+        w.p(dirty.iter().map(|s| n(s.counts.going)).collect::<Vec<_>>())?,
+        w.p(dirty.iter().map(|s| n(s.counts.not_going)).collect::<Vec<_>>())?,
+        w.p(dirty.iter().map(|s| n(s.counts.waitlisted)).collect::<Vec<_>>())?,
+        w.p(dirty.iter().map(|s| s.attended_delta).collect::<Vec<_>>())?,
+    );
+    w.cte(sql);
     Ok(())
 }
 
-async fn insert_outbox(
-    tx: &mut PgConnection,
+fn insert_outbox(
+    w: &mut Writes,
     batch: &mut Batch<'_>,
     commands: &[Envelope],
 ) -> Result<usize, sqlx::Error> {
@@ -1116,36 +1176,35 @@ async fn insert_outbox(
                 .domain_event(&Uuid::from(p.tenant_id), p.event_type)
         })
         .collect();
-    let payloads: Vec<&Value> = rows.iter().map(|(p, _)| &p.data).collect();
-    let traceparents: Vec<Option<&str>> = rows
+    let payloads: Vec<Value> = rows.iter().map(|(p, _)| p.data.clone()).collect();
+    let traceparents: Vec<Option<String>> = rows
         .iter()
-        .map(|(_, i)| commands.get(*i).and_then(|c| c.meta.traceparent.as_deref()))
+        .map(|(_, i)| commands.get(*i).and_then(|c| c.meta.traceparent.clone()))
         .collect();
-    let tracestates: Vec<Option<&str>> = rows
+    let tracestates: Vec<Option<String>> = rows
         .iter()
-        .map(|(_, i)| commands.get(*i).and_then(|c| c.meta.tracestate.as_deref()))
+        .map(|(_, i)| commands.get(*i).and_then(|c| c.meta.tracestate.clone()))
         .collect();
     let occurred: Vec<DateTime<Utc>> = rows.iter().map(|(p, _)| p.occurred_at).collect();
     // WITH ORDINALITY keeps the insertion order, so `seq` follows the order
     // in which this batch decided the changes.
-    sqlx::query(
+    let sql = format!(
         "INSERT INTO outbox (id, tenant_id, event_id, event_type, subject, payload, traceparent, tracestate, occurred_at)
          SELECT id, t, e, ty, s, p, tp, ts, o
-         FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::jsonb[], $7::text[], $8::text[],
-                     $9::timestamptz[]) WITH ORDINALITY AS x(id, t, e, ty, s, p, tp, ts, o, n)
+         FROM UNNEST({}::uuid[], {}::uuid[], {}::uuid[], {}::text[], {}::text[], {}::jsonb[], {}::text[], {}::text[],
+                     {}::timestamptz[]) WITH ORDINALITY AS x(id, t, e, ty, s, p, tp, ts, o, n)
          ORDER BY n",
-    )
-    .bind(&ids)
-    .bind(&tenants)
-    .bind(&events)
-    .bind(&types)
-    .bind(&subjects)
-    .bind(&payloads)
-    .bind(&traceparents)
-    .bind(&tracestates)
-    .bind(&occurred)
-    .execute(&mut *tx)
-    .await?;
+        w.p(ids)?,
+        w.p(tenants)?,
+        w.p(events)?,
+        w.p(types)?,
+        w.p(subjects)?,
+        w.p(payloads)?,
+        w.p(traceparents)?,
+        w.p(tracestates)?,
+        w.p(occurred)?,
+    );
+    w.cte(sql);
     Ok(rows.len())
 }
 

@@ -44,6 +44,29 @@ pub async fn event(
     row.map(to_domain).transpose()
 }
 
+/// Every RSVP of an event, if it has at most `max`.
+pub async fn all_rsvps(
+    db: &PgPool,
+    event: EventId,
+    max: i64,
+) -> Result<Option<HashMap<UserId, RsvpStatus>>, AppError> {
+    let rows: Vec<(Uuid, String)> = sqlx::query_as(
+        "SELECT user_id, status::text FROM event_rsvps WHERE event_id = $1 LIMIT $2",
+    )
+    .bind(Uuid::from(event))
+    .bind(max + 1)
+    .fetch_all(db)
+    .await?;
+    if rows.len() as i64 > max {
+        return Ok(None);
+    }
+    Ok(Some(
+        rows.into_iter()
+            .filter_map(|(u, s)| Some((UserId::from(u), parse_rsvp_status(&s)?)))
+            .collect(),
+    ))
+}
+
 /// The caller's own RSVP on one event.
 pub async fn rsvp_of(
     db: &PgPool,

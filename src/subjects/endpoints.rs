@@ -5,7 +5,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_nats::service::{Request, Service};
 use async_nats::{HeaderMap, HeaderValue};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -15,7 +14,9 @@ use tokio::sync::Semaphore;
 use crate::app::{App, AppError, CallMeta, Op, Reply};
 use crate::auth::{HeaderSource, RequestParts};
 use crate::domain::{DomainError, ErrorCode};
+use crate::subjects::micro::{self, Micro};
 use crate::subjects::{NatsError, QUEUE_GROUP, Subjects};
+use tracing::Instrument;
 
 /// How many requests one instance works on at once; more wait in NATS.
 const MAX_IN_FLIGHT: usize = 4096;
@@ -207,49 +208,76 @@ impl HeaderSource for NatsHeaders<'_> {
     }
 }
 
-/// Registers every operation and serves requests until the service stops.
+/// Registers every operation (and the micro-service discovery subjects)
+/// and serves requests; returns the subscription tasks (aborting them
+/// unsubscribes) and the micro-service record.
 pub async fn serve(
     app: App,
-    service: &Service,
+    client: async_nats::Client,
     subjects: &Subjects,
     max_body: usize,
     timeout: Duration,
-) -> Result<(), NatsError> {
-    let group = service.group_with_queue_group(format!("{}.v1", subjects.prefix()), QUEUE_GROUP);
+) -> Result<(Vec<tokio::task::JoinHandle<()>>, Arc<Micro>), NatsError> {
+    let micro = Arc::new(Micro::new(
+        "UpdSpace Events: events, RSVP, attendance, calendar export",
+        Op::ALL
+            .iter()
+            .map(|op| (op.name().replace('.', "-"), subjects.command(op.name())))
+            .collect(),
+    ));
+    let mut tasks = micro::serve_discovery(client.clone(), micro.clone()).await?;
     let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-    for op in Op::ALL {
-        let mut endpoint = group
-            .endpoint_builder()
-            .name(op.name().replace('.', "-"))
-            .add(op.name())
+    for (index, op) in Op::ALL.into_iter().enumerate() {
+        let subject = subjects.command(op.name());
+        let mut subscription = client
+            .queue_subscribe(subject.clone(), QUEUE_GROUP.to_string())
             .await
-            .map_err(|e| NatsError::Service(format!("endpoint {}: {e}", op.name())))?;
-        let app = app.clone();
-        let permits = permits.clone();
-        tokio::spawn(async move {
-            while let Some(request) = endpoint.next().await {
+            .map_err(|e| NatsError::Service(format!("subscribe {subject}: {e}")))?;
+        let (app, permits, client, micro) =
+            (app.clone(), permits.clone(), client.clone(), micro.clone());
+        tasks.push(tokio::spawn(async move {
+            while let Some(message) = subscription.next().await {
                 let Ok(permit) = permits.clone().acquire_owned().await else {
                     return;
                 };
-                let app = app.clone();
+                let (app, client, micro) = (app.clone(), client.clone(), micro.clone());
                 tokio::spawn(async move {
-                    handle(&app, op, request, max_body, timeout).await;
+                    handle(&app, &client, &micro, index, op, message, max_body, timeout).await;
                     drop(permit);
                 });
             }
-        });
+        }));
     }
-    Ok(())
+    Ok((tasks, micro))
 }
 
-async fn handle(app: &App, op: Op, request: Request, max_body: usize, timeout: Duration) {
+#[allow(clippy::too_many_arguments)]
+async fn handle(
+    app: &App,
+    client: &async_nats::Client,
+    micro: &Micro,
+    index: usize,
+    op: Op,
+    message: async_nats::Message,
+    max_body: usize,
+    timeout: Duration,
+) {
     let started = Instant::now();
-    let message = &request.message;
+    let Some(reply_to) = message.reply.clone() else {
+        return;
+    };
     let headers = NatsHeaders(message.headers.as_ref());
     let request_id = headers.header("X-Request-Id").map(str::to_string);
     let body = message.payload.as_ref();
     let encoding = Encoding::of_request(headers.header("Content-Type"), body);
     let reply_encoding = *encoding.as_ref().unwrap_or(&Encoding::Json);
+    let span = crate::telemetry::trace::request_span(
+        "nats",
+        op.name(),
+        headers.header("traceparent"),
+        headers.header("tracestate"),
+    );
+    let mut who: Option<(uuid::Uuid, uuid::Uuid)> = None;
     let outcome = async {
         if body.len() > max_body {
             return Err(AppError::rejected(
@@ -261,6 +289,7 @@ async fn handle(app: &App, op: Op, request: Request, max_body: usize, timeout: D
             &headers,
             &RequestParts::nats(message.subject.as_str(), body),
         )?;
+        who = Some((ctx.tenant_id, ctx.user_id));
         let value = encoding?.decode(body)?;
         // Over NATS the body carries the target, so only `event.list` (all
         // of whose fields are optional) may come without one (DESIGN §12:
@@ -268,17 +297,25 @@ async fn handle(app: &App, op: Op, request: Request, max_body: usize, timeout: D
         if value.is_null() && op != Op::EventList {
             return Err(DomainError::InvalidBody("Request body is required".into()).into());
         }
+        let (traceparent, tracestate) = crate::telemetry::trace::context_of(
+            &span,
+            headers.header("traceparent"),
+            headers.header("tracestate"),
+        );
         let meta = CallMeta {
-            traceparent: headers.header("traceparent").map(str::to_string),
-            tracestate: headers.header("tracestate").map(str::to_string),
+            traceparent,
+            tracestate,
         };
-        let reply = tokio::time::timeout(timeout, app.execute(&ctx, op, &value, &meta))
-            .await
-            .map_err(|_| AppError::Unavailable {
-                code: ErrorCode::Timeout,
-                message: "The request took too long; it may or may not have been applied".into(),
-            })??;
-        Ok((reply, ctx))
+        tokio::time::timeout(
+            timeout,
+            app.execute(&ctx, op, &value, &meta)
+                .instrument(span.clone()),
+        )
+        .await
+        .map_err(|_| AppError::Unavailable {
+            code: ErrorCode::Timeout,
+            message: "The request took too long; it may or may not have been applied".into(),
+        })?
     }
     .await;
 
@@ -286,39 +323,52 @@ async fn handle(app: &App, op: Op, request: Request, max_body: usize, timeout: D
     if let Some(id) = &request_id {
         reply_headers.insert("X-Request-Id", id.as_str());
     }
-    let (payload, code) = match outcome {
-        Ok((Reply::Json(value), _)) => {
+    let (payload, status, code) = match outcome {
+        Ok(Reply::Json(value)) => {
             reply_headers.insert("Content-Type", reply_encoding.content_type());
-            (reply_encoding.encode(&value), None)
+            (reply_encoding.encode(&value), 200, None)
         }
-        Ok((Reply::Calendar { body, .. }, _)) => {
+        Ok(Reply::Calendar { body, .. }) => {
             reply_headers.insert("Content-Type", crate::domain::ics::CONTENT_TYPE);
-            (Bytes::from(body), None)
+            (Bytes::from(body), 200, None)
         }
         Err(err) => {
             if err.is_internal() {
-                tracing::error!(op = op.name(), request_id = ?request_id, error = %err, "request failed");
+                tracing::error!(op = op.name(), request_id = ?request_id, error = %err, "internal error");
             }
             reply_headers.insert("Content-Type", reply_encoding.content_type());
             reply_headers.insert("Nats-Service-Error-Code", err.status().to_string().as_str());
             reply_headers.insert("Nats-Service-Error", err.code().as_str());
             (
                 reply_encoding.encode(&err.envelope(request_id.as_deref())),
-                Some(err.code()),
+                err.status(),
+                Some(err.code().as_str()),
             )
         }
     };
-    tracing::debug!(
-        op = op.name(),
-        request_id = ?request_id,
-        code = code.map(|c| c.as_str()),
-        duration_us = started.elapsed().as_micros() as u64,
-        "nats request"
-    );
-    if let Err(e) = request
-        .respond_with_headers(Ok(payload), reply_headers)
+    if let Err(e) = client
+        .publish_with_headers(reply_to, reply_headers, payload)
         .await
     {
         tracing::warn!(op = op.name(), error = %e, "could not send the reply");
     }
+    let took = started.elapsed();
+    if let Some(endpoint) = micro.endpoints.get(index) {
+        endpoint
+            .stats
+            .record(took, code.map(|c| format!("{status}:{c}")));
+    }
+    crate::telemetry::finish_request(
+        app.metrics(),
+        &crate::telemetry::RequestRecord {
+            transport: "nats",
+            op: op.name(),
+            request_id: request_id.as_deref(),
+            tenant_id: who.map(|w| w.0),
+            user_id: who.map(|w| w.1),
+            status,
+            code,
+            took,
+        },
+    );
 }

@@ -2,6 +2,7 @@
 //! service registration.
 
 pub mod endpoints;
+pub mod micro;
 
 use std::time::Duration;
 
@@ -247,18 +248,4 @@ pub async fn ensure_stream(
             }
         }
     }
-}
-
-/// Registers the `events` micro service so `$SRV.PING|INFO|STATS.events` answer.
-pub async fn start_service(
-    client: &async_nats::Client,
-) -> Result<async_nats::service::Service, NatsError> {
-    use async_nats::service::ServiceExt;
-    client
-        .service_builder()
-        .description("UpdSpace Events: events, RSVP, attendance, calendar export")
-        .queue_group(QUEUE_GROUP)
-        .start(SERVICE_NAME, env!("CARGO_PKG_VERSION"))
-        .await
-        .map_err(|e| NatsError::Service(e.to_string()))
 }

@@ -109,3 +109,77 @@ async fn create_get_rsvp_list_round_trip() {
             .contains("SUMMARY:Board games")
     );
 }
+
+/// Finds this test's instance among every `events` service on the bus.
+async fn own_instance_id(app: &TestApp) -> String {
+    let subject_prefix = format!("{}.v1.", app.isolation.prefix);
+    // Scatter-gather by hand: every instance answers INFO on the inbox.
+    let inbox = app.nats.new_inbox();
+    let mut answers = app.nats.subscribe(inbox.clone()).await.expect("subscribe");
+    app.nats
+        .publish_with_reply("$SRV.INFO.events", inbox, "".into())
+        .await
+        .expect("publish");
+    app.nats.flush().await.expect("flush");
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
+    while let Ok(Some(msg)) =
+        tokio::time::timeout_at(deadline, futures::StreamExt::next(&mut answers)).await
+    {
+        let info: serde_json::Value = serde_json::from_slice(&msg.payload).expect("json");
+        let ours = info["endpoints"].as_array().is_some_and(|e| {
+            e.iter().any(|e| {
+                e["subject"]
+                    .as_str()
+                    .is_some_and(|s| s.starts_with(&subject_prefix))
+            })
+        });
+        if ours {
+            return info["id"].as_str().expect("id").to_string();
+        }
+    }
+    panic!("this instance did not answer $SRV.INFO.events");
+}
+
+#[tokio::test]
+async fn srv_stats_count_requests_and_errors() {
+    let app = TestApp::spawn().await;
+    let client = app.client();
+    let tenant = Uuid::new_v4();
+    let who = admin(tenant);
+    let missing = client
+        .call(
+            "event.get",
+            &who,
+            &json!({"id": Uuid::new_v4().to_string()}),
+        )
+        .await
+        .expect("reply");
+    assert_eq!(missing.status, 404);
+    let list = client
+        .call("event.list", &who, &json!({}))
+        .await
+        .expect("reply");
+    assert_eq!(list.status, 200);
+    let id = own_instance_id(&app).await;
+    let reply = app
+        .nats
+        .request(format!("$SRV.STATS.events.{id}"), "".into())
+        .await
+        .expect("stats");
+    let stats: serde_json::Value = serde_json::from_slice(&reply.payload).expect("json");
+    assert_eq!(stats["type"], "io.nats.micro.v1.stats_response");
+    let endpoint = |name: &str| {
+        stats["endpoints"]
+            .as_array()
+            .and_then(|e| e.iter().find(|e| e["name"] == name).cloned())
+            .expect("endpoint")
+    };
+    let get = endpoint("event-get");
+    assert_eq!(get["num_requests"], 1);
+    assert_eq!(get["num_errors"], 1);
+    assert_eq!(get["last_error"], "404:NOT_FOUND");
+    let list = endpoint("event-list");
+    assert_eq!(list["num_requests"], 1);
+    assert_eq!(list["num_errors"], 0);
+    assert!(list["processing_time"].as_u64().is_some_and(|t| t > 0));
+}
