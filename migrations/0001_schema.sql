@@ -68,6 +68,9 @@ CREATE TABLE event_counters (
     not_going     integer NOT NULL DEFAULT 0 CHECK (not_going >= 0),
     waitlisted    integer NOT NULL DEFAULT 0 CHECK (waitlisted >= 0),
     attended      integer NOT NULL DEFAULT 0 CHECK (attended >= 0),
+    -- Grows with every committed change of the event (row or counters), so
+    -- a cache can tell which of two snapshots is newer.
+    revision      bigint NOT NULL DEFAULT 0 CHECK (revision >= 0),
     updated_at    timestamptz NOT NULL DEFAULT now()
 );
 

@@ -52,6 +52,8 @@ pub struct Snapshot {
     pub event: Event,
     pub counts: RsvpCounts,
     pub rsvps: Option<Arc<HashMap<UserId, RsvpStatus>>>,
+    /// `event_counters.revision` when read: which of two snapshots is newer.
+    pub revision: i64,
 }
 
 impl Snapshot {
@@ -60,6 +62,7 @@ impl Snapshot {
             event,
             counts,
             rsvps: None,
+            revision: 0,
         }
     }
 

@@ -69,9 +69,9 @@ pub struct ScopeState {
     passivating: bool,
     cache: HashMap<EventId, CacheEntry>,
     loading: HashMap<EventId, Vec<GetReply>>,
-    /// Bumped on every commit and invalidation, so a load that started
-    /// before one cannot put older data in the cache.
-    generation: u64,
+    /// Per event, how many changes other instances announced: a load that
+    /// started before one of them must not fill the cache.
+    remote_changes: HashMap<EventId, u64>,
 }
 
 impl Actor for ScopeActor {
@@ -93,7 +93,7 @@ impl Actor for ScopeActor {
             passivating: false,
             cache: HashMap::new(),
             loading: HashMap::new(),
-            generation: 0,
+            remote_changes: HashMap::new(),
         })
     }
 
@@ -129,15 +129,9 @@ impl Actor for ScopeActor {
                 }
             }
             ScopeMsg::Get(id, reply) => get(&myself, state, id, reply),
-            ScopeMsg::Prime(snapshot, generation) => {
-                if generation == state.generation {
-                    let keep = state
-                        .cache
-                        .get(&snapshot.event.id)
-                        .is_some_and(|c| c.snapshot.event.version > snapshot.event.version);
-                    if !keep {
-                        insert(state, *snapshot);
-                    }
+            ScopeMsg::Prime(snapshot, _) => {
+                if !state.remote_changes.contains_key(&snapshot.event.id) {
+                    offer(state, *snapshot);
                 }
             }
             ScopeMsg::Loaded {
@@ -146,10 +140,13 @@ impl Actor for ScopeActor {
                 generation,
             } => {
                 let waiters = state.loading.remove(&id).unwrap_or_default();
+                // A change made by another instance while this load ran
+                // could be missing from it; local commits are ordered by revision.
+                let remote = state.remote_changes.get(&id).copied().unwrap_or(0);
                 if let Ok(Some(snapshot)) = result.as_ref()
-                    && generation == state.generation
+                    && generation == remote
                 {
-                    insert(state, snapshot.clone());
+                    offer(state, snapshot.clone());
                 }
                 for waiter in waiters {
                     let answer = match result.as_ref() {
@@ -161,9 +158,12 @@ impl Actor for ScopeActor {
                 stop_if_retired(&myself, state);
             }
             ScopeMsg::Invalidate(ids) => {
-                state.generation += 1;
+                if state.remote_changes.len() > 100_000 {
+                    state.remote_changes.clear();
+                }
                 for id in ids {
                     state.cache.remove(&id);
+                    *state.remote_changes.entry(id).or_insert(0) += 1;
                 }
             }
             ScopeMsg::Passivate => {
@@ -189,6 +189,18 @@ fn stop_if_retired(myself: &ActorRef<ScopeMsg>, state: &ScopeState) {
         && state.loading.is_empty()
     {
         myself.stop(Some("passivated".into()));
+    }
+}
+
+/// Caches a snapshot unless a newer one is cached; at equal revisions the
+/// one carrying the RSVP map wins.
+fn offer(state: &mut ScopeState, snapshot: Snapshot) {
+    let keep = state.cache.get(&snapshot.event.id).is_some_and(|c| {
+        c.snapshot.revision > snapshot.revision
+            || (c.snapshot.revision == snapshot.revision && snapshot.rsvps.is_none())
+    });
+    if !keep {
+        insert(state, snapshot);
     }
 }
 
@@ -229,12 +241,18 @@ fn get(myself: &ActorRef<ScopeMsg>, state: &mut ScopeState, id: EventId, reply: 
     state.loading.insert(id, vec![reply]);
     let db = state.shared.db.clone();
     let tenant = state.key.tenant;
-    let generation = state.generation;
+    let generation = state.remote_changes.get(&id).copied().unwrap_or(0);
     let me = myself.clone();
     tokio::spawn(async move {
         let result = crate::store::reads::event(&db, tenant, id)
             .await
-            .map(|found| found.map(|(event, counts)| Snapshot::new(event, counts)));
+            .map(|found| {
+                found.map(|(event, counts, revision)| {
+                    let mut snapshot = Snapshot::new(event, counts);
+                    snapshot.revision = revision;
+                    snapshot
+                })
+            });
         // The RSVPs go with the event, so reads need no query for `myRsvp`.
         let result = match result {
             Ok(Some(mut snapshot)) => {
@@ -385,18 +403,22 @@ fn finish_commit(state: &mut ScopeState, done: Committed) {
         size,
     } = done;
     if !effects.changed.is_empty() {
-        state.generation += 1;
         let ids: Vec<EventId> = effects.changed.iter().map(|c| c.event.id).collect();
         for changed in effects.changed {
-            if state.in_flight > 0 {
-                // Another batch still running may commit an older view of
-                // this event after us: forget it rather than risk that.
-                state.cache.remove(&changed.event.id);
+            // Batches of one scope may commit concurrently; revisions say
+            // which view of an event is the newer one.
+            let previous = state.cache.remove(&changed.event.id);
+            if let Some(old) = &previous
+                && old.snapshot.revision > changed.revision
+            {
+                if let Some(old) = previous {
+                    state.cache.insert(changed.event.id, old);
+                }
                 continue;
             }
-            let rsvps = state
-                .cache
-                .remove(&changed.event.id)
+            // The RSVP map stays valid only if it was exactly one change behind.
+            let rsvps = previous
+                .filter(|old| old.snapshot.revision + 1 == changed.revision)
                 .and_then(|old| old.snapshot.rsvps)
                 .map(|mut map| {
                     let m = Arc::make_mut(&mut map);
@@ -418,6 +440,7 @@ fn finish_commit(state: &mut ScopeState, done: Committed) {
                     event: changed.event,
                     counts: changed.counts,
                     rsvps,
+                    revision: changed.revision,
                 },
             );
         }

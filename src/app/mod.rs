@@ -310,12 +310,14 @@ impl App {
             }
             return self.inner.registry.get(&key, id).await;
         }
-        let Some((event, counts)) = reads::event(&self.inner.db, tenant, id).await? else {
+        let Some((event, counts, revision)) = reads::event(&self.inner.db, tenant, id).await?
+        else {
             return Ok(None);
         };
         let key = ScopeKey::of(&event);
         self.inner.index.insert(id, key.clone());
-        let snapshot = Snapshot::new(event, counts);
+        let mut snapshot = Snapshot::new(event, counts);
+        snapshot.revision = revision;
         let registry = self.inner.registry.clone();
         let primed = snapshot.clone();
         tokio::spawn(async move { registry.prime(&key, primed).await });

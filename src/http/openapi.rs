@@ -848,6 +848,36 @@ fn openapi_json() {}
 #[allow(dead_code)]
 fn health() {}
 
+/// Readiness
+///
+/// 200 when Postgres, NATS, the JetStream stream and the outbox publisher
+/// are fine, else 503; the body always lists the checks. No signature.
+#[utoipa::path(get, path = "/ready", operation_id = "ready", tag = "meta",
+    security(()),
+    responses(
+        (status = 200, description = "Ready", body = inline(Value), example = json!({
+            "status": "ok",
+            "checks": [
+                {"name": "postgres", "status": "ok", "latency_ms": 0.8, "message": "reachable"},
+                {"name": "nats", "status": "ok", "latency_ms": 0.1, "message": "connected"},
+            ]})),
+        (status = 503, description = "Not ready; the failing checks say why", body = inline(Value)),
+    ))]
+#[allow(dead_code)]
+fn ready() {}
+
+/// Metrics
+///
+/// Prometheus text exposition, or JSON with `?format=json`. No signature.
+#[utoipa::path(get, path = "/metrics", operation_id = "metrics", tag = "meta",
+    security(()),
+    params(("format" = Option<String>, Query, description = "`json` for JSON instead of Prometheus text")),
+    responses(
+        (status = 200, description = "The metrics", content_type = "text/plain; version=0.0.4; charset=utf-8", body = String),
+    ))]
+#[allow(dead_code)]
+fn metrics() {}
+
 // ---------------------------------------------------------------------------
 // The document
 // ---------------------------------------------------------------------------
@@ -862,7 +892,7 @@ fn health() {}
     paths(
         list_events, create_event, get_event, update_event, cancel_event, set_rsvp, clear_rsvp,
         list_rsvps, mark_attendance, list_attendance, export_ics, dsar_export, dsar_erase,
-        openapi_json, health,
+        openapi_json, health, ready, metrics,
     ),
     components(schemas(
         EventView, EventCreate, EventPatch, EventPage, PageMeta, RsvpCounts, RsvpRequest, RsvpReply,

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use axum::extract::{Query, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
@@ -142,18 +142,17 @@ pub async fn ready(State(state): State<AppState>) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
-#[derive(serde::Deserialize)]
-pub struct MetricsQuery {
-    format: Option<String>,
-}
-
-/// `GET /metrics`: Prometheus text, or JSON with `?format=json`.
-pub async fn metrics(State(state): State<AppState>, Query(q): Query<MetricsQuery>) -> Response {
+/// `GET /metrics`: Prometheus text, or JSON with `?format=json`. The query
+/// is read leniently (a repeated or undecodable parameter must not turn
+/// into axum's plain-text 400).
+pub async fn metrics(State(state): State<AppState>, RawQuery(query): RawQuery) -> Response {
     state
         .metrics
         .live_actors
         .set(state.app.registry().live() as i64);
-    if q.format.as_deref() == Some("json") {
+    let json = url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+        .any(|(k, v)| k == "format" && v == "json");
+    if json {
         return axum::Json(state.metrics.render_json()).into_response();
     }
     let mut response = state.metrics.render_text().into_response();

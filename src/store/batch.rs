@@ -134,6 +134,8 @@ pub struct BatchEffects {
 pub struct ChangedEvent {
     pub event: Event,
     pub counts: RsvpCounts,
+    /// The event's revision after this commit.
+    pub revision: i64,
     /// `None` status: the RSVP was removed.
     pub rsvps: Vec<(UserId, Option<RsvpStatus>)>,
 }
@@ -147,6 +149,8 @@ struct RsvpRow {
 struct EventState {
     event: Event,
     counts: RsvpCounts,
+    /// The revision read under the lock; the commit writes `revision + 1`.
+    revision: i64,
     attended_delta: i32,
     is_new: bool,
     event_dirty: bool,
@@ -166,6 +170,7 @@ impl EventState {
         Self {
             event,
             counts,
+            revision: 0,
             attended_delta: 0,
             is_new,
             event_dirty: is_new,
@@ -446,8 +451,8 @@ async fn load_events(
     // read by a second statement on purpose: in READ COMMITTED it takes a
     // fresh snapshot after the locks are held, so it sees what the writer
     // we waited for committed (a join in the locking statement would not).
-    let counts: Vec<(Uuid, i32, i32, i32, i32)> = sqlx::query_as(
-        "SELECT event_id, interested, going, not_going, waitlisted FROM event_counters
+    let counts: Vec<(Uuid, i32, i32, i32, i32, i64)> = sqlx::query_as(
+        "SELECT event_id, interested, going, not_going, waitlisted, revision FROM event_counters
          WHERE event_id = ANY($1) AND tenant_id = $2 ORDER BY event_id FOR UPDATE",
     )
     .bind(ids)
@@ -461,18 +466,21 @@ async fn load_events(
         .bind(Uuid::from(tenant))
         .fetch_all(&mut *tx)
         .await?;
-    let counts: HashMap<Uuid, RsvpCounts> = counts
+    let counts: HashMap<Uuid, (RsvpCounts, i64)> = counts
         .into_iter()
-        .map(|(id, i, g, n, w)| {
+        .map(|(id, i, g, n, w, revision)| {
             let c = |v: i32| u32::try_from(v).unwrap_or(0);
             (
                 id,
-                RsvpCounts {
-                    interested: c(i),
-                    going: c(g),
-                    not_going: c(n),
-                    waitlisted: c(w),
-                },
+                (
+                    RsvpCounts {
+                        interested: c(i),
+                        going: c(g),
+                        not_going: c(n),
+                        waitlisted: c(w),
+                    },
+                    revision,
+                ),
             )
         })
         .collect();
@@ -480,10 +488,10 @@ async fn load_events(
         let id = row.id;
         match Event::try_from(row) {
             Ok(event) => {
-                let c = counts.get(&id).copied().unwrap_or_default();
-                batch
-                    .events
-                    .insert(event.id, EventState::new(event, c, false));
+                let (c, revision) = counts.get(&id).copied().unwrap_or_default();
+                let mut state = EventState::new(event, c, false);
+                state.revision = revision;
+                batch.events.insert(state.event.id, state);
             }
             Err(e) => tracing::error!(error = %e, "skipping an event row that does not validate"),
         }
@@ -875,6 +883,7 @@ async fn write(
         .map(|s| ChangedEvent {
             event: s.event.clone(),
             counts: s.counts,
+            revision: if s.is_new { 0 } else { s.revision + 1 },
             rsvps: s
                 .dirty_rsvps
                 .iter()
@@ -1133,7 +1142,7 @@ fn write_counters(w: &mut Writes, batch: &Batch<'_>) -> Result<(), sqlx::Error> 
     let dirty: Vec<&EventState> = batch
         .events
         .values()
-        .filter(|s| s.counts_dirty && !s.is_new)
+        .filter(|s| (s.counts_dirty || s.event_dirty) && !s.is_new)
         .collect();
     if dirty.is_empty() {
         return Ok(());
@@ -1141,7 +1150,7 @@ fn write_counters(w: &mut Writes, batch: &Batch<'_>) -> Result<(), sqlx::Error> 
     let n = |v: u32| i32::try_from(v).unwrap_or(i32::MAX);
     let sql = format!(
         "UPDATE event_counters c SET interested = u.i, going = u.g, not_going = u.n, waitlisted = u.w,
-                attended = c.attended + u.a, updated_at = now()
+                attended = c.attended + u.a, revision = c.revision + 1, updated_at = now()
          FROM UNNEST({}::uuid[], {}::int[], {}::int[], {}::int[], {}::int[], {}::int[]) AS u(id, i, g, n, w, a)
          WHERE c.event_id = u.id",
         w.p(dirty.iter().map(|s| Uuid::from(s.event.id)).collect::<Vec<_>>())?,

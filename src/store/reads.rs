@@ -26,12 +26,12 @@ fn to_domain(row: EventWithCounts) -> Result<(Event, RsvpCounts), AppError> {
     Ok((event, counts))
 }
 
-/// One event of a tenant with its counters.
+/// One event of a tenant with its counters and their revision.
 pub async fn event(
     db: &PgPool,
     tenant: TenantId,
     id: EventId,
-) -> Result<Option<(Event, RsvpCounts)>, AppError> {
+) -> Result<Option<(Event, RsvpCounts, i64)>, AppError> {
     let sql = format!(
         "SELECT {EVENT_COLUMNS}, {COUNT_COLUMNS} FROM events e LEFT JOIN event_counters c ON c.event_id = e.id
          WHERE e.id = $1 AND e.tenant_id = $2"
@@ -41,7 +41,11 @@ pub async fn event(
         .bind(Uuid::from(tenant))
         .fetch_optional(db)
         .await?;
-    row.map(to_domain).transpose()
+    row.map(|r| {
+        let revision = r.counts.revision;
+        to_domain(r).map(|(e, c)| (e, c, revision))
+    })
+    .transpose()
 }
 
 /// Every RSVP of an event, if it has at most `max`.

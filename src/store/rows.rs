@@ -18,7 +18,8 @@ pub const EVENT_COLUMNS: &str = "e.id, e.tenant_id, e.scope_type::text AS scope_
 
 /// The column list matching [`CountsRow`] (from `event_counters c`).
 pub const COUNT_COLUMNS: &str = "COALESCE(c.interested, 0) AS interested, COALESCE(c.going, 0) AS going, \
-     COALESCE(c.not_going, 0) AS not_going, COALESCE(c.waitlisted, 0) AS waitlisted";
+     COALESCE(c.not_going, 0) AS not_going, COALESCE(c.waitlisted, 0) AS waitlisted, \
+     COALESCE(c.revision, 0) AS revision";
 
 #[derive(Debug, sqlx::FromRow)]
 pub struct EventRow {
@@ -51,6 +52,7 @@ pub struct CountsRow {
     pub going: i32,
     pub not_going: i32,
     pub waitlisted: i32,
+    pub revision: i64,
 }
 
 impl From<CountsRow> for RsvpCounts {

@@ -15,4 +15,6 @@ mod nats_behaviour;
 mod nats_hostile;
 mod visibility;
 mod capacity;
+mod http_contract;
+mod http_errors;
 mod access_mode;
