@@ -417,23 +417,27 @@ fn finish_commit(state: &mut ScopeState, done: Committed) {
                 continue;
             }
             // The RSVP map stays valid only if it was exactly one change behind.
-            let rsvps = previous
-                .filter(|old| old.snapshot.revision + 1 == changed.revision)
-                .and_then(|old| old.snapshot.rsvps)
-                .map(|mut map| {
-                    let m = Arc::make_mut(&mut map);
-                    for (user, status) in &changed.rsvps {
-                        match status {
-                            Some(s) => {
-                                m.insert(*user, *s);
-                            }
-                            None => {
-                                m.remove(user);
-                            }
+            let base = if changed.is_new {
+                Some(Arc::new(HashMap::new()))
+            } else {
+                previous
+                    .filter(|old| old.snapshot.revision + 1 == changed.revision)
+                    .and_then(|old| old.snapshot.rsvps)
+            };
+            let rsvps = base.map(|mut map| {
+                let m = Arc::make_mut(&mut map);
+                for (user, status) in &changed.rsvps {
+                    match status {
+                        Some(s) => {
+                            m.insert(*user, *s);
+                        }
+                        None => {
+                            m.remove(user);
                         }
                     }
-                    map
-                });
+                }
+                map
+            });
             insert(
                 state,
                 Snapshot {

@@ -431,6 +431,10 @@ impl App {
         let audience = if guard.is_admin() {
             guard.note_admin_bypass("event_list", None).await;
             Audience::Everything
+        } else if self.inner.authorizer.memberships_in_database() {
+            // Every member reads at every scope here, so memberships are
+            // the only question left, and the query answers it itself.
+            Audience::LocalMember { user }
         } else {
             let gated = reads::gated_scopes(&self.inner.db, tenant, user, &filter).await?;
             // Read permission and membership of every gated scope, all at
@@ -463,11 +467,9 @@ impl App {
             }
         };
         let (rows, total) = reads::list(&self.inner.db, tenant, user, &filter, &audience).await?;
-        let ids: Vec<EventId> = rows.iter().map(|(e, _)| e.id).collect();
-        let mine = reads::rsvps_of(&self.inner.db, &ids, user).await?;
         let items = rows
             .iter()
-            .map(|(e, c)| views::event(e, c, mine.get(&e.id).copied()))
+            .map(|(e, c, mine)| views::event(e, c, *mine))
             .collect();
         let mut page = views::page(items, total, filter.limit, filter.offset);
         if partial {

@@ -90,6 +90,10 @@ impl LocalAuthorizer {
 }
 
 impl Authorizer for LocalAuthorizer {
+    fn memberships_in_database(&self) -> bool {
+        true
+    }
+
     fn has_permission<'a>(
         &'a self,
         ctx: &'a InternalContext,

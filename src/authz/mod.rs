@@ -100,6 +100,12 @@ pub trait Authorizer: Send + Sync {
         scope: &'a Scope,
     ) -> BoxFuture<'a, Result<bool, AppError>>;
 
+    /// True when memberships live in our own `scope_memberships` table, so
+    /// a list can filter by them inside its query.
+    fn memberships_in_database(&self) -> bool {
+        false
+    }
+
     /// Which of `scopes` (COMMUNITY or TEAM) the caller is a member of.
     fn memberships<'a>(
         &'a self,

@@ -136,6 +136,8 @@ pub struct ChangedEvent {
     pub counts: RsvpCounts,
     /// The event's revision after this commit.
     pub revision: i64,
+    /// Created by this commit (so it has no other RSVPs than `rsvps`).
+    pub is_new: bool,
     /// `None` status: the RSVP was removed.
     pub rsvps: Vec<(UserId, Option<RsvpStatus>)>,
 }
@@ -884,6 +886,7 @@ async fn write(
             event: s.event.clone(),
             counts: s.counts,
             revision: if s.is_new { 0 } else { s.revision + 1 },
+            is_new: s.is_new,
             rsvps: s
                 .dirty_rsvps
                 .iter()

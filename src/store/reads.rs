@@ -122,13 +122,17 @@ pub struct ListFilter {
 }
 
 /// Who is looking: everything (system admin), or public events, the
-/// caller's own, and membership-gated events of the listed scopes.
+/// caller's own, and membership-gated events of the listed scopes (or, in
+/// the embedded mode, of the scopes the memberships table lists).
 #[derive(Debug, Clone)]
 pub enum Audience {
     Everything,
     Member {
         user: UserId,
         member_scopes: Vec<Scope>,
+    },
+    LocalMember {
+        user: UserId,
     },
 }
 
@@ -177,7 +181,21 @@ fn push_filters(qb: &mut QueryBuilder<Postgres>, tenant: TenantId, viewer: UserI
     }
 }
 
-fn push_audience(qb: &mut QueryBuilder<Postgres>, audience: &Audience) {
+fn push_audience(qb: &mut QueryBuilder<Postgres>, tenant: TenantId, audience: &Audience) {
+    if let Audience::LocalMember { user } = audience {
+        qb.push(" AND (e.visibility = 'public' OR e.created_by = ")
+            .push_bind(Uuid::from(*user))
+            .push(
+                " OR (((e.visibility = 'community' AND e.scope_type = 'COMMUNITY') \
+                   OR (e.visibility = 'team' AND e.scope_type = 'TEAM')) \
+                  AND EXISTS (SELECT 1 FROM scope_memberships m WHERE m.tenant_id = ",
+            )
+            .push_bind(Uuid::from(tenant))
+            .push(" AND m.user_id = ")
+            .push_bind(Uuid::from(*user))
+            .push(" AND m.scope_type = e.scope_type AND m.scope_id = e.scope_id)))");
+        return;
+    }
     let Audience::Member {
         user,
         member_scopes,
@@ -244,32 +262,61 @@ pub async fn gated_scopes(
         .collect())
 }
 
-/// One page of visible events and the total the caller may see.
+/// One listed event: the event, its counters and the viewer's RSVP.
+pub type ListedEvent = (Event, RsvpCounts, Option<RsvpStatus>);
+
+#[derive(sqlx::FromRow)]
+struct ListedRow {
+    #[sqlx(flatten)]
+    event: EventRow,
+    #[sqlx(flatten)]
+    counts: CountsRow,
+    my_rsvp: Option<String>,
+    total: i64,
+}
+
+/// One page of visible events, each with the viewer's RSVP, and the total
+/// the caller may see: one statement (the total is a window count).
 pub async fn list(
     db: &PgPool,
     tenant: TenantId,
     viewer: UserId,
     f: &ListFilter,
     audience: &Audience,
-) -> Result<(Vec<(Event, RsvpCounts)>, i64), AppError> {
-    let mut count = QueryBuilder::new("SELECT count(*) FROM events e");
-    push_filters(&mut count, tenant, viewer, f);
-    push_audience(&mut count, audience);
-    let total: i64 = count.build_query_scalar().fetch_one(db).await?;
-
+) -> Result<(Vec<ListedEvent>, i64), AppError> {
     let mut page = QueryBuilder::new(format!(
-        "SELECT {EVENT_COLUMNS}, {COUNT_COLUMNS} FROM events e LEFT JOIN event_counters c ON c.event_id = e.id"
+        "SELECT {EVENT_COLUMNS}, {COUNT_COLUMNS}, r.status::text AS my_rsvp, count(*) OVER () AS total
+         FROM events e LEFT JOIN event_counters c ON c.event_id = e.id
+         LEFT JOIN event_rsvps r ON r.event_id = e.id AND r.user_id = "
     ));
+    page.push_bind(Uuid::from(viewer));
     push_filters(&mut page, tenant, viewer, f);
-    push_audience(&mut page, audience);
+    push_audience(&mut page, tenant, audience);
     page.push(" ORDER BY e.starts_at, e.id LIMIT ")
         .push_bind(f.limit)
         .push(" OFFSET ")
         .push_bind(f.offset);
-    let rows: Vec<EventWithCounts> = page.build_query_as().fetch_all(db).await?;
+    let rows: Vec<ListedRow> = page.build_query_as().fetch_all(db).await?;
+    let total = match rows.first() {
+        Some(row) => row.total,
+        // Past the last page the window count has no row to ride on.
+        None if f.offset > 0 => {
+            let mut count = QueryBuilder::new("SELECT count(*) FROM events e");
+            push_filters(&mut count, tenant, viewer, f);
+            push_audience(&mut count, tenant, audience);
+            count.build_query_scalar().fetch_one(db).await?
+        }
+        None => 0,
+    };
     let items = rows
         .into_iter()
-        .map(to_domain)
+        .map(|row| {
+            let mine = row.my_rsvp.as_deref().and_then(parse_rsvp_status);
+            let counts = row.counts.into();
+            Event::try_from(row.event)
+                .map(|event| (event, counts, mine))
+                .map_err(|e| AppError::internal("stored event", e))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     Ok((items, total))
 }
