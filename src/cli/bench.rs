@@ -35,6 +35,10 @@ pub enum Scenario {
     OutboxDrain,
     /// Commit-to-stream latency under a steady write rate (`--rate`).
     OutboxLatency,
+    /// Creates `--events` events over `--scopes` scopes, reads each once,
+    /// and reports the service's RSS then, and again after `--settle` seconds
+    /// (idle scope actors are passivated meanwhile).
+    Memory,
 }
 
 impl Scenario {
@@ -49,6 +53,7 @@ impl Scenario {
             Scenario::Mixed => "mixed",
             Scenario::OutboxDrain => "outbox-drain",
             Scenario::OutboxLatency => "outbox-latency",
+            Scenario::Memory => "memory",
         }
     }
 }
@@ -77,6 +82,12 @@ pub struct BenchArgs {
     /// Changes per second for outbox-latency.
     #[arg(long, default_value_t = 2000)]
     rate: u64,
+    /// Scopes the memory scenario spreads its events over.
+    #[arg(long, default_value_t = 10_000)]
+    scopes: usize,
+    /// Seconds the memory scenario waits before measuring again.
+    #[arg(long, default_value_t = 30)]
+    settle: u64,
     /// Capacity of the event in rsvp-hot.
     #[arg(long, default_value_t = 100)]
     capacity: u32,
@@ -524,6 +535,25 @@ pub async fn run(settings: &Settings, args: BenchArgs) -> ExitCode {
             }
             outcome
         }
+        Scenario::Memory => {
+            match memory(
+                &driver,
+                &admin,
+                args.events,
+                args.scopes,
+                args.concurrency,
+                args.pid,
+                args.settle,
+            )
+            .await
+            {
+                Ok(o) => o,
+                Err(e) => {
+                    eprintln!("events-svc bench: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
         Scenario::OutboxDrain => {
             match outbox_drain(settings, &nats, &nats_config, args.events).await {
                 Ok(o) => o,
@@ -555,6 +585,84 @@ pub async fn run(settings: &Settings, args: BenchArgs) -> ExitCode {
     };
     report(&args, &outcome);
     ExitCode::SUCCESS
+}
+
+/// Touches many events in many scopes, then measures memory twice.
+async fn memory(
+    driver: &Driver,
+    admin: &Identity,
+    events: usize,
+    scopes: usize,
+    concurrency: usize,
+    pid: Option<u32>,
+    settle: u64,
+) -> Result<Outcome, String> {
+    let started = Instant::now();
+    let scopes = scopes.max(1);
+    eprintln!("  creating {events} events in {scopes} scopes");
+    let done = Arc::new(AtomicU64::new(0));
+    let ids: Vec<Result<String, String>> = futures::stream::iter(0..events)
+        .map(|i| {
+            let (driver, admin, done) = (driver.clone(), admin.clone(), done.clone());
+            async move {
+                let mut body = event_body(&admin.tenant_id, i, None);
+                body["scopeType"] = json!("COMMUNITY");
+                body["scopeId"] = json!(format!("bench-community-{}", i % scopes));
+                let reply = driver.call("event.create", &admin, body).await?;
+                let n = done.fetch_add(1, Ordering::Relaxed) + 1;
+                if n % 5000 == 0 {
+                    eprint!("\r  {n} created   ");
+                }
+                reply["id"]
+                    .as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| "no id".to_string())
+            }
+        })
+        .buffer_unordered(concurrency.max(1))
+        .collect()
+        .await;
+    eprintln!();
+    let ids: Vec<String> = ids.into_iter().filter_map(Result::ok).collect();
+    eprintln!("  reading each of {} events once", ids.len());
+    let mut latency = histogram();
+    let reads: Vec<(bool, u64)> = futures::stream::iter(ids.clone())
+        .map(|id| {
+            let (driver, admin) = (driver.clone(), admin.clone());
+            async move {
+                let t = Instant::now();
+                let ok = driver
+                    .call("event.get", &admin, json!({"id": id}))
+                    .await
+                    .is_ok();
+                (ok, t.elapsed().as_micros().max(1) as u64)
+            }
+        })
+        .buffer_unordered(concurrency.max(1))
+        .collect()
+        .await;
+    let mut errors = (events - ids.len()) as u64;
+    for (ok, us) in &reads {
+        let _ = latency.record(*us);
+        if !ok {
+            errors += 1;
+        }
+    }
+    let touched = rss_mb(pid);
+    eprintln!("  RSS after touching: {touched:?} MB; waiting {settle} s for passivation");
+    tokio::time::sleep(Duration::from_secs(settle)).await;
+    let settled = rss_mb(pid);
+    let mut extra = serde_json::Map::new();
+    extra.insert("scopes".into(), json!(scopes));
+    extra.insert("rss_touched_mb".into(), json!(touched));
+    extra.insert("rss_settled_mb".into(), json!(settled));
+    Ok(Outcome {
+        requests: (events + reads.len()) as u64,
+        errors,
+        elapsed: started.elapsed(),
+        latency,
+        extra,
+    })
 }
 
 /// Inserts a backlog straight into the outbox and times until the

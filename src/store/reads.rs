@@ -272,11 +272,11 @@ struct ListedRow {
     #[sqlx(flatten)]
     counts: CountsRow,
     my_rsvp: Option<String>,
-    total: i64,
 }
 
 /// One page of visible events, each with the viewer's RSVP, and the total
-/// the caller may see: one statement (the total is a window count).
+/// the caller may see. The count and the page run concurrently: a window
+/// count would have to join every matching row before the limit applies.
 pub async fn list(
     db: &PgPool,
     tenant: TenantId,
@@ -284,30 +284,27 @@ pub async fn list(
     f: &ListFilter,
     audience: &Audience,
 ) -> Result<(Vec<ListedEvent>, i64), AppError> {
+    let mut count = QueryBuilder::new("SELECT count(*) FROM events e");
+    push_filters(&mut count, tenant, viewer, f);
+    push_audience(&mut count, tenant, audience);
     let mut page = QueryBuilder::new(format!(
-        "SELECT {EVENT_COLUMNS}, {COUNT_COLUMNS}, r.status::text AS my_rsvp, count(*) OVER () AS total
-         FROM events e LEFT JOIN event_counters c ON c.event_id = e.id
-         LEFT JOIN event_rsvps r ON r.event_id = e.id AND r.user_id = "
+        "SELECT {EVENT_COLUMNS}, {COUNT_COLUMNS},
+                (SELECT r.status::text FROM event_rsvps r WHERE r.event_id = e.id AND r.user_id = "
     ));
+    // A per-row lookup by primary key, run only for the rows of the page.
     page.push_bind(Uuid::from(viewer));
+    page.push(") AS my_rsvp FROM events e LEFT JOIN event_counters c ON c.event_id = e.id");
     push_filters(&mut page, tenant, viewer, f);
     push_audience(&mut page, tenant, audience);
     page.push(" ORDER BY e.starts_at, e.id LIMIT ")
         .push_bind(f.limit)
         .push(" OFFSET ")
         .push_bind(f.offset);
-    let rows: Vec<ListedRow> = page.build_query_as().fetch_all(db).await?;
-    let total = match rows.first() {
-        Some(row) => row.total,
-        // Past the last page the window count has no row to ride on.
-        None if f.offset > 0 => {
-            let mut count = QueryBuilder::new("SELECT count(*) FROM events e");
-            push_filters(&mut count, tenant, viewer, f);
-            push_audience(&mut count, tenant, audience);
-            count.build_query_scalar().fetch_one(db).await?
-        }
-        None => 0,
-    };
+    let (total, rows) = futures::future::try_join(
+        count.build_query_scalar::<i64>().fetch_one(db),
+        page.build_query_as::<ListedRow>().fetch_all(db),
+    )
+    .await?;
     let items = rows
         .into_iter()
         .map(|row| {

@@ -1,0 +1,174 @@
+#!/usr/bin/env bash
+# Builds the service in release mode, starts it with a database, subject
+# prefix and stream of its own, runs every benchmark scenario, measures the
+# Postgres and NATS ceilings of this machine in the same run, and writes
+# BENCHMARKS.md. Needs Postgres (127.0.0.1:5432, user postgres, trust) and
+# NATS with JetStream (127.0.0.1:4222), like the tests.
+#
+#   scripts/bench.sh                 # 10 s per scenario
+#   DURATION=5 scripts/bench.sh      # shorter
+#   OUT=/tmp/b.md scripts/bench.sh   # write elsewhere
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-10}
+OUT=${OUT:-BENCHMARKS.md}
+PORT=${PORT:-18005}
+RUN_ID=$(date +%s)
+DB="events_bench_${RUN_ID}"
+PGB_DB="pgbench_${RUN_ID}"
+PREFIX="bench${RUN_ID}"
+STREAM="BENCH${RUN_ID}"
+RESULTS=$(mktemp)
+SERVICE_LOG=$(mktemp)
+
+log() { printf '\n==> %s\n' "$*" >&2; }
+
+log "building release"
+cargo build --release --locked --bin events-svc
+BIN=target/release/events-svc
+
+export DATABASE_URL="postgres://postgres@127.0.0.1:5432/${DB}"
+export EVENTS_SUBJECT_PREFIX="$PREFIX" EVENTS_STREAM="$STREAM" EVENTS_HTTP_ADDR="127.0.0.1:${PORT}"
+export BFF_INTERNAL_HMAC_SECRET="bench-secret-${RUN_ID}" RUST_LOG=warn EVENTS_LOG_FORMAT=json
+export EVENTS_ACTOR_IDLE_TIMEOUT=15s EVENTS_DB_MAX_CONNECTIONS=32
+unset EVENTS_DEV EVENTS_AUTHZ ACCESS_BASE_URL
+
+cleanup() {
+    if [ -n "${SERVICE_PID:-}" ]; then kill "$SERVICE_PID" 2>/dev/null || true; wait "$SERVICE_PID" 2>/dev/null || true; fi
+    psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS \"${DB}\" WITH (FORCE)" -c "DROP DATABASE IF EXISTS \"${PGB_DB}\" WITH (FORCE)" >/dev/null 2>&1 || true
+    rm -f "$RESULTS" "$SERVICE_LOG"
+}
+trap cleanup EXIT
+
+log "starting the service (local authorization, database ${DB})"
+"$BIN" serve >"$SERVICE_LOG" 2>&1 &
+SERVICE_PID=$!
+for _ in $(seq 1 120); do
+    if curl -fsS "http://127.0.0.1:${PORT}/health" >/dev/null 2>&1; then break; fi
+    sleep 0.5
+done
+curl -fsS "http://127.0.0.1:${PORT}/health" >/dev/null || { cat "$SERVICE_LOG" >&2; exit 1; }
+
+bench() {
+    log "bench $*"
+    "$BIN" bench "$@" --json --pid "$SERVICE_PID" --http-url "http://127.0.0.1:${PORT}" >>"$RESULTS"
+}
+
+bench echo --duration "$DURATION" --concurrency 64
+bench get --duration "$DURATION" --concurrency 64 --events 1000
+bench list --duration "$DURATION" --concurrency 64 --events 1000
+bench rsvp --duration "$DURATION" --concurrency 64 --events 1000
+bench rsvp-hot --duration "$DURATION" --concurrency 64 --capacity 100
+bench mixed --duration "$DURATION" --concurrency 64 --events 1000
+bench create --duration "$DURATION" --concurrency 64
+bench get --transport http --duration "$DURATION" --concurrency 64 --events 1000
+bench rsvp --transport http --duration "$DURATION" --concurrency 64 --events 1000
+bench outbox-drain --events 100000
+bench outbox-latency --duration "$DURATION" --rate 2000
+bench memory --events 100000 --scopes 10000 --concurrency 64 --settle 45
+
+log "pgbench: single-row updates, 16 clients (random rows, then one hot row)"
+psql -h 127.0.0.1 -U postgres -qc "CREATE DATABASE \"${PGB_DB}\""
+psql -h 127.0.0.1 -U postgres -d "$PGB_DB" -qc "CREATE TABLE t (id int PRIMARY KEY, n int NOT NULL); INSERT INTO t SELECT g, 0 FROM generate_series(1, 10000) g"
+SCRIPT=$(mktemp)
+printf '\\set id random(1, 10000)\nUPDATE t SET n = n + 1 WHERE id = :id;\n' >"$SCRIPT"
+PGB_RANDOM=$(pgbench -h 127.0.0.1 -U postgres -n -f "$SCRIPT" -c 16 -j 2 -T "$DURATION" "$PGB_DB" 2>/dev/null | awk '/^tps/ {print $3}')
+printf 'UPDATE t SET n = n + 1 WHERE id = 1;\n' >"$SCRIPT"
+PGB_HOT=$(pgbench -h 127.0.0.1 -U postgres -n -f "$SCRIPT" -c 16 -j 2 -T "$DURATION" "$PGB_DB" 2>/dev/null | awk '/^tps/ {print $3}')
+rm -f "$SCRIPT"
+
+log "writing ${OUT}"
+python3 - "$RESULTS" "$OUT" "$PGB_RANDOM" "$PGB_HOT" "$DURATION" <<'PY'
+import json, platform, subprocess, sys, datetime
+
+results_path, out, pgb_random, pgb_hot, duration = sys.argv[1:6]
+rows = [json.loads(l) for l in open(results_path) if l.strip().startswith("{")]
+pgb_random, pgb_hot = float(pgb_random or 0), float(pgb_hot or 0)
+
+def version(cmd):
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, shell=True).stdout.strip().splitlines()[0]
+    except Exception:
+        return "?"
+
+def find(scenario, transport="nats"):
+    for r in rows:
+        if r["scenario"] == scenario and r["transport"] == transport:
+            return r
+    return None
+
+echo = find("echo")
+echo_rps = echo["throughput_rps"] if echo else 0
+cpu = version("lscpu | grep 'Model name' | sed 's/Model name: *//'")
+lines = []
+lines.append("# Benchmarks\n")
+lines.append(f"Measured {datetime.datetime.utcnow().strftime('%Y-%m-%d %H:%M UTC')} by `scripts/bench.sh` "
+             f"({duration} s per scenario, 64 requests in flight unless stated).\n")
+lines.append("## Machine and versions\n")
+lines.append(f"- CPU: {cpu}; {version('nproc')} cores; memory {version('free -g | awk \"/Mem/ {print \\$2}\"')} GiB")
+lines.append(f"- {version('uname -sr')}")
+lines.append(f"- {version('psql --version')} (`synchronous_commit` = {version('psql -h 127.0.0.1 -U postgres -Atc \"show synchronous_commit\"')})")
+lines.append(f"- {version('nats-server --version')}")
+lines.append(f"- {version('rustc --version')}")
+lines.append("- Postgres, NATS, the service and the load generator all run on this one machine.\n")
+lines.append("## Method\n")
+lines.append("The service runs from a release build with local authorization, its own database, "
+             "subject prefix and stream, `RUST_LOG=warn`. `events-svc bench <scenario>` seeds its own tenant "
+             "and data through the public API, warms up for 1 s, then measures: each of 64 workers sends a "
+             "request and waits for its reply; latency is recorded in an HDR histogram. RSS is the service "
+             "process's resident memory at the end. Ceilings come from the same run: `echo` (NATS request/reply "
+             "to a trivial responder), and `pgbench` with a single-row `UPDATE` at 16 clients, over random rows "
+             "and over one hot row.\n")
+lines.append("## Ceilings of this run\n")
+lines.append(f"- NATS echo: **{echo_rps:,.0f}** req/s")
+lines.append(f"- pgbench single-row update, 16 clients, random rows: **{pgb_random:,.0f}** tx/s")
+lines.append(f"- pgbench single-row update, 16 clients, one hot row: **{pgb_hot:,.0f}** tx/s\n")
+lines.append("## Results\n")
+lines.append("| scenario | transport | requests | errors | throughput (/s) | p50 µs | p90 µs | p99 µs | max µs | RSS MB | ratio to ceiling |")
+lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+for r in rows:
+    ratio = ""
+    t = r["throughput_rps"]
+    if r["scenario"] in ("get", "list", "mixed", "create") and echo_rps:
+        ratio = f"{t / echo_rps:.2f} × echo"
+    if r["scenario"] == "rsvp" and pgb_random:
+        ratio = f"{t / pgb_random:.2f} × pgbench"
+    if r["scenario"] == "rsvp-hot" and pgb_hot:
+        ratio = f"{t / pgb_hot:.2f} × pgbench hot row"
+    if r["scenario"] == "outbox-drain":
+        ratio = "messages/s"
+    lines.append(f"| {r['scenario']} | {r['transport']} | {r['requests']:,} | {r['errors']} | {t:,.0f} | "
+                 f"{r['p50_us']:,} | {r['p90_us']:,} | {r['p99_us']:,} | {r['max_us']:,} | {r.get('rss_mb') or '?'} | {ratio} |")
+extras = [r for r in rows if any(k not in ("scenario","transport","concurrency","requests","errors","throughput_rps","p50_us","p90_us","p99_us","max_us","rss_mb","seconds") for k in r)]
+if extras:
+    lines.append("\nScenario details:\n")
+    for r in extras:
+        detail = {k: v for k, v in r.items() if k not in ("scenario","transport","concurrency","requests","errors","throughput_rps","p50_us","p90_us","p99_us","max_us","rss_mb","seconds")}
+        lines.append(f"- `{r['scenario']}`: `{json.dumps(detail)}`")
+budgets = [
+    ("rsvp over NATS ≥ 15,000/s, p99 ≤ 20 ms, ≥ 2× pgbench", lambda: (find("rsvp") or {}).get("throughput_rps", 0) >= 15000 and (find("rsvp") or {}).get("p99_us", 1e9) <= 20000 and (find("rsvp") or {}).get("throughput_rps", 0) >= 2 * pgb_random),
+    ("rsvp-hot ≥ 5,000/s, capacity never exceeded", lambda: (find("rsvp-hot") or {}).get("throughput_rps", 0) >= 5000 and (find("rsvp-hot") or {}).get("capacity_respected", False)),
+    ("get ≥ 40,000/s and ≥ 35% of echo", lambda: (find("get") or {}).get("throughput_rps", 0) >= 40000 and (find("get") or {}).get("throughput_rps", 0) >= 0.35 * echo_rps),
+    ("list ≥ 2,000/s", lambda: (find("list") or {}).get("throughput_rps", 0) >= 2000),
+    ("HTTP rsvp ≥ 10,000/s", lambda: (find("rsvp", "http") or {}).get("throughput_rps", 0) >= 10000),
+    ("HTTP get ≥ 25,000/s", lambda: (find("get", "http") or {}).get("throughput_rps", 0) >= 25000),
+    ("outbox-drain ≥ 30,000 messages/s", lambda: (find("outbox-drain") or {}).get("throughput_rps", 0) >= 30000),
+    ("outbox-latency p99 ≤ 50 ms at 2,000 changes/s", lambda: (find("outbox-latency") or {}).get("p99_us", 1e9) <= 50000),
+    ("memory: RSS ≤ 200 MB after 100,000 events in 10,000 scopes, lower after passivation", lambda: ((find("memory") or {}).get("rss_touched_mb") or 1e9) <= 200 and ((find("memory") or {}).get("rss_settled_mb") or 1e9) <= ((find("memory") or {}).get("rss_touched_mb") or 0)),
+]
+lines.append("\n## Budgets\n")
+lines.append("| budget | met |")
+lines.append("|---|---|")
+for name, check in budgets:
+    try:
+        ok = check()
+    except Exception:
+        ok = False
+    lines.append(f"| {name} | {'yes' if ok else '**no**'} |")
+lines.append("")
+analysis = "docs/performance.md"
+lines.append(f"Where the time goes, what was changed to get here, and what stands in the way of the budgets not met: see [`{analysis}`]({analysis}).\n")
+open(out, "w").write("\n".join(lines))
+print(f"wrote {out}")
+PY
