@@ -11,7 +11,10 @@ use crate::actors::outbox::{OutboxMsg, Publisher};
 use crate::actors::{Registry, Shared};
 use crate::app::{App, AppParts};
 use crate::auth::{SignatureVersion, Verifier};
-use crate::authz::{AccessAuthorizer, AccessSettings, AuditLog, Authorizer, LocalAuthorizer};
+use crate::authz::{
+    AccessAuthorizer, AccessRoleAdmin, AccessSettings, AuditLog, Authorizer, LocalAuthorizer,
+    LocalRoleAdmin, RoleAdmin,
+};
 use crate::config::{AuthzMode, Config};
 use crate::http;
 use crate::store::{self, StoreError};
@@ -114,6 +117,8 @@ impl Application {
             batches: Default::default(),
             batched_commands: Default::default(),
             largest_batch: Default::default(),
+            peer_seen_ms: Default::default(),
+            created: std::time::Instant::now(),
         })
         .await
         .map_err(|e| StartupError::Actors(e.to_string()))?;
@@ -122,11 +127,13 @@ impl Application {
         } else {
             SignatureVersion::V1
         };
-        let (authorizer, access_authorizer): (
-            std::sync::Arc<dyn Authorizer>,
-            Option<std::sync::Arc<AccessAuthorizer>>,
-        ) = match config.authz.mode {
-            AuthzMode::Local => (std::sync::Arc::new(LocalAuthorizer::new(db.clone())), None),
+        let (authorizer, access_authorizer, role_admin) = match config.authz.mode {
+            AuthzMode::Local => {
+                let local = std::sync::Arc::new(LocalAuthorizer::new(db.clone()));
+                let admin: std::sync::Arc<dyn RoleAdmin> =
+                    std::sync::Arc::new(LocalRoleAdmin::new(db.clone(), local.clone()));
+                (local as std::sync::Arc<dyn Authorizer>, None, admin)
+            }
             AuthzMode::Access => {
                 let settings = AccessSettings::from_config(&config)
                     .ok_or(crate::authz::access::AccessSetupError::Missing)?;
@@ -136,7 +143,13 @@ impl Application {
                     portal = %config.authz.portal_service_url,
                     "authorization: access mode (Access + Portal)"
                 );
-                (access.clone(), Some(access))
+                let admin: std::sync::Arc<dyn RoleAdmin> =
+                    std::sync::Arc::new(AccessRoleAdmin::new(access.clone()));
+                (
+                    access.clone() as std::sync::Arc<dyn Authorizer>,
+                    Some(access),
+                    admin,
+                )
             }
         };
         let app = App::new(AppParts {
@@ -147,6 +160,7 @@ impl Application {
             audit: AuditLog::start(db.clone()),
             verifier: Verifier::new(config.hmac.secrets.clone()).with_min_version(min_version),
             replay_window_secs: Verifier::DEFAULT_WINDOW_SECS,
+            role_admin,
         });
         let (nats_tasks, _micro) = subjects::endpoints::serve(
             app.clone(),

@@ -113,7 +113,7 @@ async fn one_trace_from_the_http_call_to_the_stream_message() {
     let js = async_nats::jetstream::new(client);
     let mut message = None;
     for _ in 0..100 {
-        if let Ok(mut stream) = js.get_stream(&app.isolation.stream).await
+        if let Ok(stream) = js.get_stream(&app.isolation.stream).await
             && let Ok(m) = stream.get_raw_message(1).await
         {
             message = Some(m);

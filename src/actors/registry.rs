@@ -38,6 +38,9 @@ pub struct Shared {
     pub outbox_wakeup: Arc<Notify>,
     pub instance: String,
     pub batches: AtomicU64,
+    /// Milliseconds since `Shared` was made when another instance was last heard of.
+    pub peer_seen_ms: AtomicU64,
+    pub created: Instant,
     pub batched_commands: AtomicU64,
     pub largest_batch: AtomicU64,
 }
@@ -52,11 +55,29 @@ impl Shared {
         self.largest_batch.fetch_max(size as u64, Ordering::Relaxed);
     }
 
+    pub fn saw_peer(&self) {
+        let now = self.created.elapsed().as_millis() as u64;
+        self.peer_seen_ms.store(now.max(1), Ordering::Relaxed);
+    }
+
+    /// Whether another instance may have changed what this one caches, so
+    /// cached reads must be checked against Postgres: during start-up, and
+    /// while other instances' heartbeats or notes keep arriving. A single
+    /// instance serves its cache unchecked.
+    pub fn peers_possible(&self) -> bool {
+        let now = self.created.elapsed();
+        if now < PEER_GRACE {
+            return true;
+        }
+        let seen = self.peer_seen_ms.load(Ordering::Relaxed);
+        seen > 0 && now.saturating_sub(Duration::from_millis(seen)) < PEER_GRACE
+    }
+
     /// Tells the other instances which events changed, so their caches drop them.
     pub fn announce_changes(&self, key: &ScopeKey, ids: &[EventId]) {
         let note = ChangeNote {
             instance: self.instance.clone(),
-            key: key.clone(),
+            key: Some(key.clone()),
             events: ids.to_vec(),
         };
         if let Ok(body) = serde_json::to_vec(&note) {
@@ -70,12 +91,19 @@ impl Shared {
     }
 }
 
+/// A note between instances: changed events of a scope, or (without a
+/// scope) a heartbeat saying "another instance is here".
 #[derive(Debug, Serialize, Deserialize)]
 struct ChangeNote {
     instance: String,
-    key: ScopeKey,
+    key: Option<ScopeKey>,
     events: Vec<EventId>,
 }
+
+/// How long after the last sign of another instance (or after start-up)
+/// cached reads are checked against Postgres. Heartbeats come every 5 s.
+const PEER_GRACE: Duration = Duration::from_secs(15);
+const HEARTBEAT: Duration = Duration::from_secs(5);
 
 struct Inner {
     shards: Vec<Mutex<HashMap<ScopeKey, Slot>>>,
@@ -116,6 +144,7 @@ impl Registry {
         let registry = Self { inner };
         registry.spawn_sweeper();
         registry.spawn_change_listener().await;
+        registry.spawn_heartbeat();
         Ok(registry)
     }
 
@@ -266,6 +295,17 @@ impl Registry {
         }
     }
 
+    /// Drops this instance's cached state of events (no note to others).
+    pub fn forget_cached(&self, key: &ScopeKey, ids: &[EventId]) {
+        let actor = self
+            .lock(shard_of(key))
+            .get(key)
+            .and_then(|s| s.cell.get().cloned());
+        if let Some(actor) = actor {
+            let _ = actor.send_message(ScopeMsg::Invalidate(ids.to_vec()));
+        }
+    }
+
     /// Drops cached state of events changed outside their scope actor
     /// (DSAR erase), here and on the other instances.
     pub async fn invalidate(&self, key: &ScopeKey, ids: &[EventId]) {
@@ -330,6 +370,30 @@ impl Registry {
         }
     }
 
+    /// Announces this instance to the others every few seconds.
+    fn spawn_heartbeat(&self) {
+        let weak = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(HEARTBEAT);
+            loop {
+                tick.tick().await;
+                let Some(inner) = weak.upgrade() else { return };
+                let shared = &inner.shared;
+                let note = ChangeNote {
+                    instance: shared.instance.clone(),
+                    key: None,
+                    events: Vec::new(),
+                };
+                if let Ok(body) = serde_json::to_vec(&note) {
+                    let _ = shared
+                        .nats
+                        .publish(shared.subjects.internal_changes(), body.into())
+                        .await;
+                }
+            }
+        });
+    }
+
     async fn spawn_change_listener(&self) {
         let shared = self.inner.shared.clone();
         let subject = shared.subjects.internal_changes();
@@ -348,10 +412,12 @@ impl Registry {
                 if note.instance == inner.shared.instance {
                     continue;
                 }
+                inner.shared.saw_peer();
+                let Some(key) = note.key else { continue };
                 let registry = Registry { inner };
                 let actor = registry
-                    .lock(shard_of(&note.key))
-                    .get(&note.key)
+                    .lock(shard_of(&key))
+                    .get(&key)
                     .and_then(|s| s.cell.get().cloned());
                 if let Some(actor) = actor {
                     let _ = actor.send_message(ScopeMsg::Invalidate(note.events));

@@ -6,9 +6,11 @@ use std::collections::BTreeMap;
 use serde_json::{Map, Value};
 
 use crate::app::AppError;
+use crate::authz::Role;
+use crate::authz::admin::{self, BindingFilter, BindingSpec, RevokeTarget};
 use crate::domain::{
-    DomainError, ErrorCode, EventId, RequestedRsvp, RsvpStatus, ScopeType, UserId, Visibility,
-    parse_datetime_str,
+    DomainError, ErrorCode, EventId, RequestedRsvp, RsvpStatus, ScopeId, ScopeType, TenantId,
+    UserId, Visibility, parse_datetime_str,
 };
 use crate::store::reads::ListFilter;
 
@@ -245,5 +247,191 @@ pub fn list_filter(obj: &Map<String, Value>) -> Result<ListFilter, AppError> {
         Ok(filter)
     } else {
         Err(DomainError::Validation { fields }.into())
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Role administration (`admin.roles.*`)
+// ---------------------------------------------------------------------------
+
+const ROLE_NAMES: &str = "participant, organizer, events.participant, events.organizer";
+
+/// A UUID field; a malformed one is noted in `fields`.
+fn uuid_field(
+    fields: &mut BTreeMap<String, String>,
+    obj: &Map<String, Value>,
+    camel: &str,
+    snake: &str,
+    required: bool,
+) -> Option<uuid::Uuid> {
+    match field(obj, camel, snake) {
+        Some(Value::String(s)) => match uuid::Uuid::parse_str(s.trim()) {
+            Ok(u) => Some(u),
+            Err(_) => {
+                fields.insert(camel.into(), "must be a UUID".into());
+                None
+            }
+        },
+        Some(_) => {
+            fields.insert(camel.into(), "must be a string (a UUID)".into());
+            None
+        }
+        None => {
+            if required {
+                fields.insert(camel.into(), "field required".into());
+            }
+            None
+        }
+    }
+}
+
+/// `role`: `participant`, `organizer` or their full names.
+fn role_field(
+    fields: &mut BTreeMap<String, String>,
+    obj: &Map<String, Value>,
+    required: bool,
+) -> Option<Role> {
+    match field(obj, "role", "role") {
+        Some(Value::String(s)) => Role::from_name(s.trim()).or_else(|| {
+            fields.insert("role".into(), format!("must be one of: {ROLE_NAMES}"));
+            None
+        }),
+        Some(_) => {
+            fields.insert("role".into(), "must be a string".into());
+            None
+        }
+        None => {
+            if required {
+                fields.insert("role".into(), "field required".into());
+            }
+            None
+        }
+    }
+}
+
+/// `scopeType` and the raw `scopeId`.
+fn scope_fields(
+    fields: &mut BTreeMap<String, String>,
+    obj: &Map<String, Value>,
+) -> (Option<ScopeType>, Option<String>) {
+    let scope_type = match field(obj, "scopeType", "scope_type") {
+        Some(Value::String(s)) => s
+            .parse::<ScopeType>()
+            .map_err(|e| fields.insert("scopeType".into(), e.into_message()))
+            .ok(),
+        Some(_) => {
+            fields.insert("scopeType".into(), "must be a string".into());
+            None
+        }
+        None => None,
+    };
+    let scope_id = match field(obj, "scopeId", "scope_id") {
+        Some(v) => match text(v) {
+            Some(s) => Some(s),
+            None => {
+                fields.insert("scopeId".into(), "must be a string".into());
+                None
+            }
+        },
+        None => None,
+    };
+    (scope_type, scope_id)
+}
+
+fn validated<T>(fields: BTreeMap<String, String>, value: T) -> Result<T, AppError> {
+    if fields.is_empty() {
+        Ok(value)
+    } else {
+        Err(DomainError::Validation { fields }.into())
+    }
+}
+
+/// The filters of `admin.roles.list` (all optional; `limit` 1..=1000,
+/// default 500).
+pub fn binding_filter(obj: &Map<String, Value>) -> Result<BindingFilter, AppError> {
+    let mut fields = BTreeMap::new();
+    let user = uuid_field(&mut fields, obj, "userId", "user_id", false);
+    let role = role_field(&mut fields, obj, false);
+    let (scope_type, scope_id) = scope_fields(&mut fields, obj);
+    let scope_id = scope_id.and_then(|id| {
+        ScopeId::parse(&id)
+            .map_err(|e| fields.insert("scopeId".into(), e.into_message()))
+            .ok()
+    });
+    let limit = integer(
+        &mut fields,
+        "limit",
+        field(obj, "limit", "limit"),
+        admin::DEFAULT_LIST_LIMIT,
+        1,
+        admin::MAX_LIST_LIMIT,
+    );
+    validated(
+        fields,
+        BindingFilter {
+            user,
+            role,
+            scope_type,
+            scope_id,
+            limit,
+        },
+    )
+}
+
+/// The binding of `admin.roles.grant` (and of a revoke without `bindingId`):
+/// `userId`, `role`, and a scope that defaults to the tenant.
+pub fn binding_spec(obj: &Map<String, Value>, tenant: TenantId) -> Result<BindingSpec, AppError> {
+    let mut fields = BTreeMap::new();
+    let user = uuid_field(&mut fields, obj, "userId", "user_id", true);
+    let role = role_field(&mut fields, obj, true);
+    let (scope_type, scope_id) = scope_fields(&mut fields, obj);
+    let scope = if fields.contains_key("scopeType") || fields.contains_key("scopeId") {
+        None
+    } else {
+        admin::binding_scope(tenant, scope_type, scope_id.as_deref())
+            .map_err(|(name, message)| fields.insert(name.into(), message))
+            .ok()
+    };
+    match (user, role, scope) {
+        (Some(user), Some(role), Some(scope)) if fields.is_empty() => {
+            Ok(BindingSpec { user, role, scope })
+        }
+        _ => Err(DomainError::Validation { fields }.into()),
+    }
+}
+
+/// What `admin.roles.revoke` removes: `bindingId`, or `userId` + `role`
+/// (+ scope, default the tenant), not both.
+pub fn revoke_target(obj: &Map<String, Value>, tenant: TenantId) -> Result<RevokeTarget, AppError> {
+    let Some(id) = field(obj, "bindingId", "binding_id") else {
+        return binding_spec(obj, tenant).map(RevokeTarget::Binding);
+    };
+    let mut fields = BTreeMap::new();
+    if field(obj, "userId", "user_id").is_some() || field(obj, "role", "role").is_some() {
+        fields.insert(
+            "bindingId".into(),
+            "give either bindingId or userId and role, not both".into(),
+        );
+    }
+    let id = match id {
+        Value::String(s)
+            if !s.trim().is_empty()
+                && s.chars().count() <= 128
+                && !s.chars().any(char::is_control) =>
+        {
+            Some(s.trim().to_string())
+        }
+        Value::Number(n) if n.as_u64().is_some() => Some(n.to_string()),
+        _ => {
+            fields.insert(
+                "bindingId".into(),
+                "must be a binding id (a non-empty string of at most 128 characters)".into(),
+            );
+            None
+        }
+    };
+    match id {
+        Some(id) if fields.is_empty() => Ok(RevokeTarget::Id(id)),
+        _ => Err(DomainError::Validation { fields }.into()),
     }
 }

@@ -3,6 +3,7 @@
 //! visibility) → route to the scope actor → reply. Authentication happens
 //! before, in [`App::authenticate`], which transports call first.
 
+mod admin;
 pub mod error;
 pub mod input;
 pub mod views;
@@ -41,10 +42,13 @@ pub enum Op {
     EventIcs,
     DsarExport,
     DsarErase,
+    AdminRolesList,
+    AdminRolesGrant,
+    AdminRolesRevoke,
 }
 
 impl Op {
-    pub const ALL: [Op; 13] = [
+    pub const ALL: [Op; 16] = [
         Op::EventCreate,
         Op::EventGet,
         Op::EventList,
@@ -58,6 +62,9 @@ impl Op {
         Op::EventIcs,
         Op::DsarExport,
         Op::DsarErase,
+        Op::AdminRolesList,
+        Op::AdminRolesGrant,
+        Op::AdminRolesRevoke,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -75,6 +82,9 @@ impl Op {
             Op::EventIcs => "event.ics",
             Op::DsarExport => "dsar.export",
             Op::DsarErase => "dsar.erase",
+            Op::AdminRolesList => "admin.roles.list",
+            Op::AdminRolesGrant => "admin.roles.grant",
+            Op::AdminRolesRevoke => "admin.roles.revoke",
         }
     }
 
@@ -93,6 +103,8 @@ impl Op {
                 | Op::RsvpClear
                 | Op::AttendanceMark
                 | Op::DsarErase
+                | Op::AdminRolesGrant
+                | Op::AdminRolesRevoke
         )
     }
 }
@@ -159,6 +171,8 @@ pub struct AppParts {
     pub audit: AuditLog,
     pub verifier: Verifier,
     pub replay_window_secs: i64,
+    /// Where role bindings are granted and revoked (`admin.roles.*`).
+    pub role_admin: Arc<dyn crate::authz::RoleAdmin>,
 }
 
 #[derive(Clone)]
@@ -176,6 +190,7 @@ struct Inner {
     replay: ReplayGuard,
     index: ScopeIndex,
     replay_window_secs: i64,
+    roles: crate::authz::RoleAdministration,
 }
 
 fn sha256(bytes: &[u8]) -> [u8; 32] {
@@ -190,6 +205,7 @@ impl App {
                 db: parts.db,
                 registry: parts.registry,
                 authorizer: parts.authorizer,
+                roles: crate::authz::RoleAdministration::new(parts.role_admin, parts.audit.clone()),
                 audit: parts.audit,
                 verifier: parts.verifier,
                 replay: ReplayGuard::new(
@@ -266,6 +282,9 @@ impl App {
             Op::AttendanceList => self.attendance_list(&guard, obj).await,
             Op::EventIcs => self.ics(&guard, obj).await,
             Op::DsarExport | Op::DsarErase => self.dsar(&guard, obj, op).await,
+            Op::AdminRolesList | Op::AdminRolesGrant | Op::AdminRolesRevoke => {
+                self.admin_roles(&guard, obj, op).await
+            }
         }
     }
 
@@ -308,7 +327,24 @@ impl App {
             if key.tenant != tenant {
                 return Ok(None);
             }
-            return self.inner.registry.get(&key, id).await;
+            let cached = self.inner.registry.get(&key, id).await?;
+            // With other instances about, a change they just committed may
+            // not have reached this cache yet: check the revision first, so
+            // a user reads their own writes on any instance.
+            if let Some(snapshot) = &cached
+                && self.inner.registry.shared().peers_possible()
+            {
+                let current: Option<i64> =
+                    sqlx::query_scalar("SELECT revision FROM event_counters WHERE event_id = $1")
+                        .bind(uuid::Uuid::from(id))
+                        .fetch_optional(&self.inner.db)
+                        .await?;
+                if current != Some(snapshot.revision) {
+                    self.inner.registry.forget_cached(&key, &[id]);
+                    return self.inner.registry.get(&key, id).await;
+                }
+            }
+            return Ok(cached);
         }
         let Some((event, counts, revision)) = reads::event(&self.inner.db, tenant, id).await?
         else {

@@ -42,6 +42,8 @@ use crate::domain::{ErrorCode, Scope, ScopeType};
 
 /// Largest response body read from Access or Portal; their answers are tiny.
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
+/// Largest answer of the admin API (role and binding listings).
+const MAX_ADMIN_ANSWER_BYTES: usize = 8 * 1024 * 1024;
 
 /// Settings of the `access` mode (from `EVENTS_AUTHZ_*`, `ACCESS_BASE_URL`,
 /// `PORTAL_SERVICE_URL` and the first HMAC secret).
@@ -74,11 +76,19 @@ impl AccessSettings {
     /// The settings of a validated configuration; `None` unless it names an
     /// Access base URL and a signing secret.
     pub fn from_config(config: &crate::config::Config) -> Option<Self> {
-        let authz = &config.authz;
+        Self::from_parts(&config.authz, &config.hmac)
+    }
+
+    /// The same from the two parts of the configuration it needs (for the
+    /// operator commands, which load no full `serve` configuration).
+    pub fn from_parts(
+        authz: &crate::config::AuthzConfig,
+        hmac: &crate::config::HmacConfig,
+    ) -> Option<Self> {
         Some(Self {
             access_base_url: authz.access_base_url.clone()?,
             portal_base_url: authz.portal_service_url.clone(),
-            secret: config.hmac.secrets.first()?.clone(),
+            secret: hmac.secrets.first()?.clone(),
             cache_ttl: authz.cache_ttl,
             negative_ttl: authz.negative_ttl,
             timeout: authz.timeout,
@@ -454,7 +464,15 @@ fn endpoint(base: &Url, segments: &[&str]) -> Option<(Url, String)> {
 }
 
 /// Reads at most [`MAX_ANSWER_BYTES`] of a response body.
-async fn read_body(mut response: reqwest::Response) -> Result<Vec<u8>, Failure> {
+async fn read_body(response: reqwest::Response) -> Result<Vec<u8>, Failure> {
+    read_body_up_to(response, MAX_ANSWER_BYTES).await
+}
+
+/// Reads at most `limit` bytes of a response body.
+async fn read_body_up_to(
+    mut response: reqwest::Response,
+    limit: usize,
+) -> Result<Vec<u8>, Failure> {
     let status = response.status().as_u16();
     let mut body = Vec::new();
     while let Some(chunk) = response
@@ -462,10 +480,10 @@ async fn read_body(mut response: reqwest::Response) -> Result<Vec<u8>, Failure> 
         .await
         .map_err(|e| Failure::new(Some(status), format!("reading the answer: {e}")))?
     {
-        if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+        if body.len() + chunk.len() > limit {
             return Err(Failure::new(
                 Some(status),
-                "the answer is larger than 64 KiB",
+                format!("the answer is larger than {} KiB", limit / 1024),
             ));
         }
         body.extend_from_slice(&chunk);
@@ -480,6 +498,8 @@ fn excerpt(body: &[u8]) -> String {
 
 struct Inner {
     http: reqwest::Client,
+    /// `ACCESS_BASE_URL`, for the admin API ([`AccessAuthorizer::call_access`]).
+    access_base: Url,
     access_url: Url,
     /// The path Access receives and verifies: base path + `/access/check`.
     access_path: String,
@@ -546,6 +566,7 @@ impl AccessAuthorizer {
         Ok(Self {
             inner: Arc::new(Inner {
                 http,
+                access_base: settings.access_base_url.clone(),
                 access_url,
                 access_path,
                 portal_base: settings.portal_base_url,
@@ -591,6 +612,79 @@ impl AccessAuthorizer {
     pub fn invalidate_all(&self) {
         self.inner.decisions.retain(|_| false);
         self.inner.memberships.retain(|_| false);
+    }
+
+    /// One call to Access's API on behalf of `ctx` (its role and
+    /// role-binding admin API, [`crate::authz::admin`]): `{ACCESS_BASE_URL}`
+    /// followed by `segments` (each escaped) and `query`, signed with v1 over
+    /// the path Access receives, with the caller's identity headers (canonical ids,
+    /// `X-Master-Flags` always) and a compact JSON body when there is one.
+    /// Whatever status Access answers with is returned with its body as JSON
+    /// (`null` when empty or not JSON); no answer at all (unreachable,
+    /// timed out, unreadable) is 503 `ACCESS_UNAVAILABLE`. The decision
+    /// caches and counters are not involved.
+    pub async fn call_access(
+        &self,
+        ctx: &InternalContext,
+        method: reqwest::Method,
+        segments: &[&str],
+        query: &[(&str, &str)],
+        body: Option<&Value>,
+    ) -> Result<(StatusCode, Value), AppError> {
+        let inner = &self.inner;
+        let unavailable = |detail: String| {
+            tracing::warn!(
+                authority = "access",
+                error = %detail,
+                request_id = %ctx.request_id,
+                path = ?segments,
+                "Access admin call failed"
+            );
+            AppError::Unavailable {
+                code: ErrorCode::AccessUnavailable,
+                message: "The access service could not be reached; try again shortly".into(),
+            }
+        };
+        let (mut url, path) = endpoint(&inner.access_base, segments)
+            .ok_or_else(|| unavailable("the Access URL cannot be built".into()))?;
+        if !query.is_empty() {
+            url.query_pairs_mut().extend_pairs(query);
+        }
+        let bytes = body
+            .map(|b| serde_json::to_vec(b).unwrap_or_default())
+            .unwrap_or_default();
+        let caller = Caller::of(ctx);
+        let ts = crate::auth::now_unix();
+        let signature = sign_v1(
+            &inner.secret,
+            method.as_str(),
+            &path,
+            &bytes,
+            &caller.request_id,
+            ts,
+        );
+        let mut headers = caller
+            .headers(true, ts, &signature)
+            .map_err(|f| unavailable(f.detail))?;
+        if body.is_some() {
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        }
+        let response = inner
+            .send(|| {
+                inner
+                    .http
+                    .request(method.clone(), url.clone())
+                    .headers(headers.clone())
+                    .body(bytes.clone())
+            })
+            .await
+            .map_err(|e| unavailable(format!("request failed: {e}")))?;
+        let status = response.status();
+        let answer = read_body_up_to(response, MAX_ADMIN_ANSWER_BYTES)
+            .await
+            .map_err(|f| unavailable(f.detail))?;
+        let value = serde_json::from_slice(&answer).unwrap_or(Value::Null);
+        Ok((status, value))
     }
 
     async fn permission(

@@ -30,9 +30,16 @@ impl AuditLog {
     /// Starts the writer; it stops when every `AuditLog` clone is dropped,
     /// after writing what it holds.
     pub fn start(db: PgPool) -> Self {
+        Self::start_joinable(db).0
+    }
+
+    /// The same, with the writer's task: once every clone is dropped, it
+    /// ends after writing what it holds (a short-lived command waits for it
+    /// before exiting, so no entry is lost).
+    pub fn start_joinable(db: PgPool) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(10_000);
-        tokio::spawn(writer(db, rx));
-        Self { tx }
+        let task = tokio::spawn(writer(db, rx));
+        (Self { tx }, task)
     }
 
     pub async fn record(&self, entry: AuditEntry) {

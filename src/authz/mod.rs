@@ -2,6 +2,7 @@
 //! that answers them (embedded `local` mode here; Access/Portal in `access`).
 
 pub mod access;
+pub mod admin;
 pub mod audit;
 pub mod guard;
 pub mod local;
@@ -15,6 +16,10 @@ use crate::auth::InternalContext;
 use crate::domain::{Scope, ScopeType};
 
 pub use access::{AccessAuthorizer, AccessSettings, AccessStats, AccessStatsSnapshot};
+pub use admin::{
+    AccessRoleAdmin, Binding, BindingFilter, BindingSpec, LocalRoleAdmin, RevokeTarget, RoleAdmin,
+    RoleAdministration,
+};
 pub use audit::{AuditEntry, AuditLog};
 pub use guard::Guard;
 pub use local::LocalAuthorizer;

@@ -770,10 +770,10 @@ async fn outbox_latency(
             let envelope: Value = rmp_serde::from_slice(&m.payload)
                 .or_else(|_| serde_json::from_slice(&m.payload))
                 .unwrap_or(Value::Null);
-            if let Some(user) = envelope["data"]["user_id"].as_str() {
-                if let Ok(mut a) = arrivals.lock() {
-                    a.insert(user.to_string(), now);
-                }
+            if let Some(user) = envelope["data"]["user_id"].as_str()
+                && let Ok(mut a) = arrivals.lock()
+            {
+                a.insert(user.to_string(), now);
             }
         }
     });

@@ -1,5 +1,6 @@
 //! The `events-svc` command line.
 
+mod access;
 mod bench;
 mod ops;
 
@@ -70,6 +71,10 @@ enum Command {
     },
     /// Export or erase one user's data in one tenant (prints the original service's JSON).
     Dsar(ops::DsarArgs),
+    /// Roles and role bindings: bootstrap the roles in Access, grant,
+    /// revoke, list (local tables or Access, per EVENTS_AUTHZ; audited).
+    #[command(subcommand)]
+    Access(access::AccessCommand),
     /// Load a running service through its public API and report
     /// throughput, latency percentiles and the service's memory.
     Bench(bench::BenchArgs),
@@ -234,6 +239,7 @@ async fn run(cli: Cli) -> ExitCode {
             published_outbox_days,
         } => ops::purge_retention(&cli.settings, published_outbox_days).await,
         Command::Dsar(args) => ops::dsar(&cli.settings, args).await,
+        Command::Access(command) => access::run(&cli.settings, command).await,
         Command::Bench(args) => bench::run(&cli.settings, args).await,
     }
 }

@@ -33,6 +33,11 @@ pub fn routes() -> Router<AppState> {
         .route("/{id}/cancel", post(cancel))
         .route("/internal/dsar/users/{uid}/export", get(dsar_export))
         .route("/internal/dsar/users/{uid}/erase", post(dsar_erase))
+        .route("/admin/roles", get(admin_roles_list))
+        .route(
+            "/admin/role-bindings",
+            post(admin_role_grant).delete(admin_role_revoke),
+        )
 }
 
 /// The error envelope as an HTTP response.
@@ -352,4 +357,18 @@ async fn dsar_erase(
     request: Request,
 ) -> Response {
     run(&state, Op::DsarErase, Target::User(segment(uid)), request).await
+}
+
+async fn admin_roles_list(State(state): State<AppState>, request: Request) -> Response {
+    run(&state, Op::AdminRolesList, Target::Query, request).await
+}
+
+async fn admin_role_grant(State(state): State<AppState>, request: Request) -> Response {
+    run(&state, Op::AdminRolesGrant, Target::None, request).await
+}
+
+/// The binding to revoke comes in the body or in the query (`bindingId`,
+/// or `userId` + `role` + scope), as a DELETE body is not always possible.
+async fn admin_role_revoke(State(state): State<AppState>, request: Request) -> Response {
+    run(&state, Op::AdminRolesRevoke, Target::Query, request).await
 }

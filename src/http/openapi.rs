@@ -85,7 +85,12 @@ counts only visible events); hidden events are 404 before any 403; creates \
 are idempotent on (tenant, user, `X-Request-Id`); input limits give 422 \
 instead of a 500; new: `capacity`, waitlist, cancel, RSVP removal, RSVP and \
 attendance listings, and the additive fields `updatedAt`, `status`, \
-`capacity`, `version`, `cancelledAt`, `cancelReason`, `rsvpCounts.waitlisted`.";
+`capacity`, `version`, `cancelledAt`, `cancelReason`, `rsvpCounts.waitlisted`.
+
+**Role administration (new).** `GET /admin/roles`, `POST` and `DELETE \
+/admin/role-bindings`: the role catalog and the tenant's role bindings, for \
+system admins; kept in our tables (`local` mode) or proxied to Access \
+(`access` mode), every grant and revoke audited.";
 
 // ---------------------------------------------------------------------------
 // Schemas
@@ -478,6 +483,137 @@ pub struct DsarErase {
     pub counts: DsarCounts,
 }
 
+/// A role's name as listed.
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+pub enum RoleName {
+    #[serde(rename = "events.participant")]
+    Participant,
+    #[serde(rename = "events.organizer")]
+    Organizer,
+}
+
+/// A role as a grant or revoke names it: the short or the full name.
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+pub enum RoleInput {
+    #[serde(rename = "participant")]
+    Participant,
+    #[serde(rename = "organizer")]
+    Organizer,
+    #[serde(rename = "events.participant")]
+    EventsParticipant,
+    #[serde(rename = "events.organizer")]
+    EventsOrganizer,
+}
+
+/// A role of the catalog and the permissions it holds.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[allow(dead_code)]
+pub struct RoleView {
+    pub name: RoleName,
+    pub permissions: Vec<String>,
+    /// `access` mode only: the role's id in Access, `null` while it does not
+    /// exist there (run `events-svc access bootstrap`). Absent in `local` mode.
+    pub access_role_id: Option<Value>,
+}
+
+/// A role binding: a role held by a user at a scope of the tenant.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(example = json!({
+    "id": "5d0c8f3e-2b1a-4c9d-8e7f-6a5b4c3d2e1f", "userId": "0b8e4c2a-3d5f-4a6b-8c7d-9e0f1a2b3c4d",
+    "role": "events.organizer", "scopeType": "TENANT", "scopeId": "6f1c2b9e-8d1a-4c3e-9b7a-2f4d5e6a7b8c",
+    "createdBy": "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d", "createdAt": "2029-12-01T10:15:30.250Z"
+}))]
+#[allow(dead_code)]
+pub struct RoleBinding {
+    /// A UUID in `local` mode; Access's id (as text) in `access` mode.
+    pub id: String,
+    #[schema(format = "uuid")]
+    pub user_id: String,
+    pub role: RoleName,
+    pub scope_type: ScopeType,
+    /// The tenant id for TENANT scope.
+    pub scope_id: String,
+    /// Who granted it; `null` in `access` mode (Access keeps it in its own audit log).
+    #[schema(format = "uuid")]
+    pub created_by: Option<String>,
+    #[schema(format = DateTime)]
+    pub created_at: Option<String>,
+}
+
+/// The answer of a grant: the binding, and whether the grant created it.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[allow(dead_code)]
+pub struct GrantedRoleBinding {
+    pub id: String,
+    #[schema(format = "uuid")]
+    pub user_id: String,
+    pub role: RoleName,
+    pub scope_type: ScopeType,
+    pub scope_id: String,
+    #[schema(format = "uuid")]
+    pub created_by: Option<String>,
+    #[schema(format = DateTime)]
+    pub created_at: Option<String>,
+    /// `false` when the user already held the role at that scope (nothing changed).
+    pub created: bool,
+}
+
+/// The role catalog and the bindings of the caller's tenant the filters select.
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+pub struct RoleListing {
+    pub roles: Vec<RoleView>,
+    /// Oldest first, at most `limit`.
+    pub bindings: Vec<RoleBinding>,
+}
+
+/// Body of a grant (camelCase or snake_case keys).
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(example = json!({"userId": "0b8e4c2a-3d5f-4a6b-8c7d-9e0f1a2b3c4d", "role": "organizer",
+                          "scopeType": "COMMUNITY", "scopeId": "c-42"}))]
+#[allow(dead_code)]
+pub struct RoleGrantRequest {
+    #[schema(format = "uuid")]
+    pub user_id: String,
+    pub role: RoleInput,
+    /// Default `TENANT`.
+    pub scope_type: Option<ScopeType>,
+    /// Default (and, for TENANT, the only value allowed): the tenant id.
+    /// Required for COMMUNITY and TEAM. At most 128 characters.
+    #[schema(max_length = 128)]
+    pub scope_id: Option<String>,
+}
+
+/// Body (or query) of a revoke: `bindingId`, or `userId` + `role` (+ scope,
+/// default the tenant), not both.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(example = json!({"userId": "0b8e4c2a-3d5f-4a6b-8c7d-9e0f1a2b3c4d", "role": "organizer"}))]
+#[allow(dead_code)]
+pub struct RoleRevokeRequest {
+    #[schema(max_length = 128)]
+    pub binding_id: Option<String>,
+    #[schema(format = "uuid")]
+    pub user_id: Option<String>,
+    pub role: Option<RoleInput>,
+    pub scope_type: Option<ScopeType>,
+    #[schema(max_length = 128)]
+    pub scope_id: Option<String>,
+}
+
+/// How many bindings a revoke removed (0: there was none; not an error).
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+pub struct RoleRevokeReply {
+    pub revoked: u64,
+}
+
 /// Every error code the service answers with.
 #[allow(dead_code)]
 pub struct ErrorCodeName;
@@ -594,6 +730,45 @@ pub struct PageQuery {
     pub limit: Option<i64>,
     #[param(minimum = 0)]
     pub offset: Option<i64>,
+}
+
+/// Query of the role listing (camelCase spellings accepted too).
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct RoleListQuery {
+    /// Only this user's bindings.
+    #[param(format = "uuid")]
+    pub user_id: Option<String>,
+    /// Only bindings of this role (short or full name).
+    #[param(inline)]
+    pub role: Option<RoleInput>,
+    /// Only bindings at scopes of this type.
+    #[param(inline)]
+    pub scope_type: Option<ScopeType>,
+    /// Only bindings at this scope id.
+    #[param(max_length = 128)]
+    pub scope_id: Option<String>,
+    /// 1..=1000, default 500.
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<i64>,
+}
+
+/// Query of a revoke (instead of a body).
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct RoleRevokeQuery {
+    #[param(max_length = 128)]
+    pub binding_id: Option<String>,
+    #[param(format = "uuid")]
+    pub user_id: Option<String>,
+    #[param(inline)]
+    pub role: Option<RoleInput>,
+    #[param(inline)]
+    pub scope_type: Option<ScopeType>,
+    #[param(max_length = 128)]
+    pub scope_id: Option<String>,
 }
 
 // ---------------------------------------------------------------------------
@@ -829,6 +1004,68 @@ fn dsar_export() {}
 #[allow(dead_code)]
 fn dsar_erase() {}
 
+/// List roles and role bindings (new)
+///
+/// System admins only (`system_admin` exactly `true`, not suspended or
+/// banned; else 403 `System admin required`). The catalog (`events.participant`,
+/// `events.organizer` and their permissions) and the role bindings of the
+/// caller's tenant, filtered. `local` mode reads our tables; `access` mode
+/// asks Access (`GET /access/admin/roles?service=events` and
+/// `GET /access/admin/role-bindings/search`), and each role carries its
+/// Access id. The NATS operation `admin.roles.list` takes the same fields.
+#[utoipa::path(get, path = "/api/v1/events/admin/roles", operation_id = "listRoles", tag = "admin",
+    params(RoleListQuery),
+    responses(
+        (status = 200, description = "The catalog and the bindings", body = RoleListing),
+        (status = 403, description = "`FORBIDDEN` (`System admin required`)"),
+        (status = 422, description = "`VALIDATION_ERROR` (`userId`, `role`, `scopeType`, `scopeId`, `limit`)"),
+        (status = 503, description = "`ACCESS_UNAVAILABLE` (`access` mode)"),
+    ))]
+#[allow(dead_code)]
+fn list_roles() {}
+
+/// Grant a role (new)
+///
+/// System admins only. Binds the role to the user at the scope (the tenant
+/// when none is given; a TENANT binding covers every scope of the tenant).
+/// Answers **200** (as create does) with the binding; idempotent: granting
+/// a binding that exists answers it with `created: false`. Audited
+/// (`role.granted`). `access` mode: the role must exist in Access (else 409:
+/// run `events-svc access bootstrap`), and the binding is created there
+/// (`POST /access/admin/role-bindings`). NATS: `admin.roles.grant`.
+#[utoipa::path(post, path = "/api/v1/events/admin/role-bindings", operation_id = "grantRole", tag = "admin",
+    request_body = RoleGrantRequest,
+    responses(
+        (status = 200, description = "The binding (new or existing)", body = GrantedRoleBinding),
+        (status = 400, description = "`INVALID_BODY`"),
+        (status = 403, description = "`FORBIDDEN` (`System admin required`)"),
+        (status = 409, description = "`CONFLICT`: the role does not exist in Access yet"),
+        (status = 422, description = "`VALIDATION_ERROR` (`userId`, `role`, `scopeType`, `scopeId`)"),
+        (status = 503, description = "`ACCESS_UNAVAILABLE` (`access` mode)"),
+    ))]
+#[allow(dead_code)]
+fn grant_role() {}
+
+/// Revoke a role (new)
+///
+/// System admins only. Removes one binding by `bindingId`, or the binding of
+/// `userId` + `role` at the scope (default the tenant); in the body or in
+/// the query. `revoked: 0` when there was none. Audited (`role.revoked`).
+/// `access` mode: deletes it in Access (`DELETE /access/admin/role-bindings/{id}`).
+/// NATS: `admin.roles.revoke`.
+#[utoipa::path(delete, path = "/api/v1/events/admin/role-bindings", operation_id = "revokeRole", tag = "admin",
+    params(RoleRevokeQuery),
+    request_body(content = RoleRevokeRequest, description = "Optional when the query names the binding"),
+    responses(
+        (status = 200, description = "How many bindings were removed", body = RoleRevokeReply),
+        (status = 400, description = "`INVALID_BODY`"),
+        (status = 403, description = "`FORBIDDEN` (`System admin required`)"),
+        (status = 422, description = "`VALIDATION_ERROR` (`bindingId`, `userId`, `role`, `scopeType`, `scopeId`)"),
+        (status = 503, description = "`ACCESS_UNAVAILABLE` (`access` mode)"),
+    ))]
+#[allow(dead_code)]
+fn revoke_role() {}
+
 /// This document
 ///
 /// OpenAPI 3.1, generated from code. No signature needed.
@@ -892,13 +1129,15 @@ fn metrics() {}
     paths(
         list_events, create_event, get_event, update_event, cancel_event, set_rsvp, clear_rsvp,
         list_rsvps, mark_attendance, list_attendance, export_ics, dsar_export, dsar_erase,
-        openapi_json, health, ready, metrics,
+        list_roles, grant_role, revoke_role, openapi_json, health, ready, metrics,
     ),
     components(schemas(
         EventView, EventCreate, EventPatch, EventPage, PageMeta, RsvpCounts, RsvpRequest, RsvpReply,
         RsvpEntry, RsvpPage, AttendanceRequest, AttendanceEntry, AttendancePage, CancelRequest,
         DsarExport, DsarErase, DsarCounts, ErrorEnvelope, ErrorBody, ErrorCodeName, ScopeType,
-        Visibility, RequestedRsvp, RsvpStatus, EventStatus,
+        Visibility, RequestedRsvp, RsvpStatus, EventStatus, RoleName, RoleInput, RoleView,
+        RoleBinding, GrantedRoleBinding, RoleListing, RoleGrantRequest, RoleRevokeRequest,
+        RoleRevokeReply,
     )),
     modifiers(&Common, &Aliases),
     tags(
@@ -906,6 +1145,7 @@ fn metrics() {}
         (name = "rsvp", description = "The caller's RSVP, and an event's RSVP list"),
         (name = "attendance", description = "Attendance marks"),
         (name = "dsar", description = "Data-subject requests (called by the BFF's account export and deletion)"),
+        (name = "admin", description = "Roles and role bindings (system admins; our tables or Access, per mode)"),
         (name = "meta", description = "Unsigned service endpoints"),
     ),
 )]
@@ -1272,6 +1512,7 @@ fn error_responses() -> Vec<(String, OaResponse)> {
         (401, C::Unauthenticated, "X-User-Id is required", json!({})),
         (403, C::Forbidden, "Permission denied", json!({})),
         (403, C::Forbidden, "DSAR access denied", json!({})),
+        (403, C::Forbidden, "System admin required", json!({})),
         (404, C::NotFound, "Event not found", json!({})),
         (
             405,
@@ -1280,6 +1521,12 @@ fn error_responses() -> Vec<(String, OaResponse)> {
             json!({}),
         ),
         (409, C::EventCancelled, "Event is cancelled", json!({})),
+        (
+            409,
+            C::Conflict,
+            "Role events.organizer does not exist in Access; run events-svc access bootstrap first",
+            json!({}),
+        ),
         (
             409,
             C::IdempotencyConflict,
@@ -1326,7 +1573,10 @@ fn error_responses() -> Vec<(String, OaResponse)> {
                 405,
                 "Wrong method for an existing route (with an `Allow` header)",
             ),
-            (409, "Conflict with the event's state or an earlier request"),
+            (
+                409,
+                "Conflict with the event's state or an earlier request (or, for a grant, a role missing in Access)",
+            ),
             (
                 422,
                 "Schema error; `details.fields` maps camelCase field names to messages",
@@ -1387,6 +1637,8 @@ mod tests {
                 ("/{event_id}/ics", &["get"]),
                 ("/internal/dsar/users/{user_id}/export", &["get"]),
                 ("/internal/dsar/users/{user_id}/erase", &["post"]),
+                ("/admin/roles", &["get"]),
+                ("/admin/role-bindings", &["post", "delete"]),
                 ("/openapi.json", &["get"]),
             ] {
                 let full = format!("{prefix}{path}");

@@ -291,10 +291,11 @@ async fn handle(
         )?;
         who = Some((ctx.tenant_id, ctx.user_id));
         let value = encoding?.decode(body)?;
-        // Over NATS the body carries the target, so only `event.list` (all
-        // of whose fields are optional) may come without one (DESIGN §12:
-        // an empty body where one is required is 400 INVALID_BODY).
-        if value.is_null() && op != Op::EventList {
+        // Over NATS the body carries the target, so only the listings whose
+        // fields are all optional (`event.list`, `admin.roles.list`) may come
+        // without one (DESIGN §12: an empty body where one is required is
+        // 400 INVALID_BODY).
+        if value.is_null() && !matches!(op, Op::EventList | Op::AdminRolesList) {
             return Err(DomainError::InvalidBody("Request body is required".into()).into());
         }
         let (traceparent, tracestate) = crate::telemetry::trace::context_of(

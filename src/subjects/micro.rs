@@ -128,7 +128,7 @@ impl Micro {
                     "num_errors": e.stats.errors.load(Ordering::Relaxed),
                     "last_error": last_error,
                     "processing_time": ns,
-                    "average_processing_time": if requests == 0 { 0 } else { ns / requests },
+                    "average_processing_time": ns.checked_div(requests).unwrap_or(0),
                     "data": null,
                 })
             })

@@ -292,7 +292,7 @@ pub fn spawn_refresher(metrics: Arc<Metrics>, db: sqlx::PgPool) {
                     .outbox_oldest_age_seconds
                     .set(oldest.unwrap_or(0.0).max(0.0));
             }
-            if n % 3 == 0 {
+            if n.is_multiple_of(3) {
                 refresh_totals(&metrics, &db).await;
             }
             n += 1;

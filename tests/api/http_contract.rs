@@ -1854,7 +1854,7 @@ async fn the_openapi_document_is_3_1_lists_every_route_and_needs_no_signature() 
     assert!(doc["info"]["title"].is_string() && doc["info"]["version"].is_string());
     let paths = doc["paths"].as_object().expect("paths");
 
-    let routes: [(&str, &[&str]); 10] = [
+    let routes: [(&str, &[&str]); 12] = [
         ("/", &["get", "post"]),
         ("/{event_id}", &["get", "patch"]),
         ("/{event_id}/cancel", &["post"]),
@@ -1864,6 +1864,8 @@ async fn the_openapi_document_is_3_1_lists_every_route_and_needs_no_signature() 
         ("/{event_id}/ics", &["get"]),
         ("/internal/dsar/users/{user_id}/export", &["get"]),
         ("/internal/dsar/users/{user_id}/erase", &["post"]),
+        ("/admin/roles", &["get"]),
+        ("/admin/role-bindings", &["post", "delete"]),
         ("/openapi.json", &["get"]),
     ];
     let mut operation_ids = BTreeSet::new();

@@ -1991,7 +1991,7 @@ async fn srv_ping_info_and_stats_answer_with_all_endpoints() {
     let stats: Value = serde_json::from_slice(&stats.payload).expect("stats json");
     assert_eq!(stats["name"], "events");
     let endpoints = stats["endpoints"].as_array().expect("endpoints");
-    assert_eq!(endpoints.len(), 13, "{stats}");
+    assert_eq!(endpoints.len(), 16, "{stats}");
     let mut subjects: Vec<String> = endpoints
         .iter()
         .map(|e| e["subject"].as_str().expect("subject").to_string())
@@ -2011,6 +2011,9 @@ async fn srv_ping_info_and_stats_answer_with_all_endpoints() {
         "event.ics",
         "dsar.export",
         "dsar.erase",
+        "admin.roles.list",
+        "admin.roles.grant",
+        "admin.roles.revoke",
     ]
     .iter()
     .map(|op| format!("{}.v1.{op}", w.app.isolation.prefix))

@@ -452,14 +452,13 @@ async fn writes_continue_while_nats_is_down_and_arrive_once_after_it_returns() {
     let port = free_port();
     let store = TempDir::new();
     let start_nats = |store: &TempDir| {
-        let child = std::process::Command::new(crate::helpers::nats_server_bin())
+        std::process::Command::new(crate::helpers::nats_server_bin())
             .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
             .arg(store.path())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
-            .expect("nats-server");
-        child
+            .expect("nats-server")
     };
     let mut nats = start_nats(&store);
     let url = format!("nats://127.0.0.1:{port}");
