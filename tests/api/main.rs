@@ -16,6 +16,7 @@ mod nats_behaviour;
 mod nats_hostile;
 mod ops;
 mod outbox;
+mod probes;
 mod scaling;
 mod schema;
 mod startup;
