@@ -37,6 +37,7 @@ unset EVENTS_DEV EVENTS_AUTHZ ACCESS_BASE_URL
 cleanup() {
     if [ -n "${SERVICE_PID:-}" ]; then kill "$SERVICE_PID" 2>/dev/null || true; wait "$SERVICE_PID" 2>/dev/null || true; fi
     psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS \"${DB}\" WITH (FORCE)" -c "DROP DATABASE IF EXISTS \"${PGB_DB}\" WITH (FORCE)" >/dev/null 2>&1 || true
+    cp "$RESULTS" "${TMPDIR:-/tmp}/events-bench-results.jsonl" 2>/dev/null || true
     rm -f "$RESULTS" "$SERVICE_LOG"
 }
 trap cleanup EXIT
@@ -109,9 +110,11 @@ lines.append("# Benchmarks\n")
 lines.append(f"Measured {datetime.datetime.utcnow().strftime('%Y-%m-%d %H:%M UTC')} by `scripts/bench.sh` "
              f"({duration} s per scenario, 64 requests in flight unless stated).\n")
 lines.append("## Machine and versions\n")
-lines.append(f"- CPU: {cpu}; {version('nproc')} cores; memory {version('free -g | awk \"/Mem/ {print \\$2}\"')} GiB")
+mem = version("free -g | awk '/Mem/ {print $2}'")
+lines.append(f"- CPU: {cpu}; {version('nproc')} cores; memory {mem} GiB")
 lines.append(f"- {version('uname -sr')}")
-lines.append(f"- {version('psql --version')} (`synchronous_commit` = {version('psql -h 127.0.0.1 -U postgres -Atc \"show synchronous_commit\"')})")
+sync = version("psql -h 127.0.0.1 -U postgres -Atc 'show synchronous_commit'")
+lines.append(f"- {version('psql --version')} (`synchronous_commit` = {sync})")
 lines.append(f"- {version('nats-server --version')}")
 lines.append(f"- {version('rustc --version')}")
 lines.append("- Postgres, NATS, the service and the load generator all run on this one machine.\n")
