@@ -97,6 +97,41 @@ impl EventsClient {
         self.send(subject, headers, payload).await
     }
 
+    /// Calls `op` and returns only the reply's status, leaving the body
+    /// undecoded (load generators check success, not content).
+    pub async fn status_of(
+        &self,
+        op: &str,
+        who: &Identity,
+        body: &Value,
+    ) -> Result<u16, ClientError> {
+        let request_id = uuid::Uuid::new_v4().to_string();
+        let payload = self.encoding.encode(body);
+        let subject = self.subjects.command(op);
+        let headers = self.signed_headers(
+            &subject,
+            who,
+            &payload,
+            &request_id,
+            crate::auth::now_unix(),
+        );
+        let request = async_nats::Request::new()
+            .headers(headers)
+            .payload(payload)
+            .timeout(Some(self.timeout));
+        let message = self
+            .nats
+            .send_request(subject, request)
+            .await
+            .map_err(|e| ClientError::Request(e.to_string()))?;
+        Ok(message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("Nats-Service-Error-Code"))
+            .and_then(|c| c.as_str().parse().ok())
+            .unwrap_or(200))
+    }
+
     /// The signed header set of a request (exposed for tests that tamper with it).
     pub fn signed_headers(
         &self,

@@ -49,7 +49,8 @@ impl ScopeKey {
 /// event has few enough) every RSVP, so reads need no query for `myRsvp`.
 #[derive(Debug, Clone)]
 pub struct Snapshot {
-    pub event: Event,
+    /// Shared with the replies built from it: reads never copy an event.
+    pub event: Arc<Event>,
     pub counts: RsvpCounts,
     pub rsvps: Option<Arc<HashMap<UserId, RsvpStatus>>>,
     /// `event_counters.revision` when read: which of two snapshots is newer.
@@ -59,7 +60,7 @@ pub struct Snapshot {
 impl Snapshot {
     pub fn new(event: Event, counts: RsvpCounts) -> Self {
         Self {
-            event,
+            event: Arc::new(event),
             counts,
             rsvps: None,
             revision: 0,

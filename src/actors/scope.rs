@@ -441,7 +441,7 @@ fn finish_commit(state: &mut ScopeState, done: Committed) {
             insert(
                 state,
                 Snapshot {
-                    event: changed.event,
+                    event: Arc::new(changed.event),
                     counts: changed.counts,
                     rsvps,
                     revision: changed.revision,

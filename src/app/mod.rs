@@ -25,6 +25,7 @@ use crate::domain::{
 };
 use crate::store::batch::{CommandMeta, Envelope, WriteCommand, WriteOutcome};
 use crate::store::reads::{self, Audience};
+use views::{EventView, RsvpView, View};
 
 /// Every operation of the API, by its NATS name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -113,11 +114,24 @@ impl Op {
 #[derive(Debug, Clone)]
 pub enum Reply {
     Json(Value),
+    /// A typed view, encoded without building a `Value`.
+    View(views::View),
     /// An iCalendar document.
     Calendar {
         filename: String,
         body: String,
     },
+}
+
+impl Reply {
+    /// The reply as a JSON value (a calendar becomes its text).
+    pub fn into_value(self) -> Value {
+        match self {
+            Reply::Json(v) => v,
+            Reply::View(view) => serde_json::to_value(view).unwrap_or(Value::Null),
+            Reply::Calendar { body, .. } => Value::String(body),
+        }
+    }
 }
 
 /// Per-request context beyond identity.
@@ -269,23 +283,27 @@ impl App {
             );
         }
         let obj = input::object(body)?;
-        match op {
-            Op::EventCreate => self.create(&guard, body, meta).await,
-            Op::EventGet => self.get(&guard, obj).await,
-            Op::EventList => self.list(&guard, obj).await,
-            Op::EventUpdate => self.update(&guard, obj, body, meta).await,
-            Op::EventCancel => self.cancel(&guard, obj, body, meta).await,
-            Op::RsvpSet => self.set_rsvp(&guard, obj, meta, true).await,
-            Op::RsvpClear => self.set_rsvp(&guard, obj, meta, false).await,
-            Op::RsvpList => self.rsvp_list(&guard, obj).await,
-            Op::AttendanceMark => self.mark_attendance(&guard, obj, meta).await,
-            Op::AttendanceList => self.attendance_list(&guard, obj).await,
-            Op::EventIcs => self.ics(&guard, obj).await,
-            Op::DsarExport | Op::DsarErase => self.dsar(&guard, obj, op).await,
+        // Each operation's future is boxed: unboxed, every request's task
+        // would be as large as the largest operation's state and be copied
+        // around at that size when spawned.
+        let run: futures::future::BoxFuture<'_, Result<Reply, AppError>> = match op {
+            Op::EventCreate => Box::pin(self.create(&guard, body, meta)),
+            Op::EventGet => Box::pin(self.get(&guard, obj)),
+            Op::EventList => Box::pin(self.list(&guard, obj)),
+            Op::EventUpdate => Box::pin(self.update(&guard, obj, body, meta)),
+            Op::EventCancel => Box::pin(self.cancel(&guard, obj, body, meta)),
+            Op::RsvpSet => Box::pin(self.set_rsvp(&guard, obj, meta, true)),
+            Op::RsvpClear => Box::pin(self.set_rsvp(&guard, obj, meta, false)),
+            Op::RsvpList => Box::pin(self.rsvp_list(&guard, obj)),
+            Op::AttendanceMark => Box::pin(self.mark_attendance(&guard, obj, meta)),
+            Op::AttendanceList => Box::pin(self.attendance_list(&guard, obj)),
+            Op::EventIcs => Box::pin(self.ics(&guard, obj)),
+            Op::DsarExport | Op::DsarErase => Box::pin(self.dsar(&guard, obj, op)),
             Op::AdminRolesList | Op::AdminRolesGrant | Op::AdminRolesRevoke => {
-                self.admin_roles(&guard, obj, op).await
+                Box::pin(self.admin_roles(&guard, obj, op))
             }
-        }
+        };
+        run.await
     }
 
     fn meta(&self, guard: &Guard<'_>, meta: &CallMeta) -> CommandMeta {
@@ -415,7 +433,11 @@ impl App {
         match outcome {
             WriteOutcome::Created { event, counts } => {
                 self.inner.index.insert(id, key);
-                Ok(Reply::Json(views::event(&event, &counts, None)))
+                Ok(Reply::View(View::Event(EventView::new(
+                    Arc::new(event),
+                    counts,
+                    None,
+                ))))
             }
             WriteOutcome::CreatedEarlier { result } => Ok(Reply::Json(result)),
             other => Err(AppError::internal(
@@ -436,11 +458,11 @@ impl App {
             Some(cached) => cached,
             None => reads::rsvp_of(&self.inner.db, id, guard.user()).await?,
         };
-        Ok(Reply::Json(views::event(
-            &snapshot.event,
-            &snapshot.counts,
+        Ok(Reply::View(View::Event(EventView::new(
+            snapshot.event,
+            snapshot.counts,
             mine,
-        )))
+        ))))
     }
 
     async fn list(
@@ -504,14 +526,14 @@ impl App {
         };
         let (rows, total) = reads::list(&self.inner.db, tenant, user, &filter, &audience).await?;
         let items = rows
-            .iter()
-            .map(|(e, c, mine)| views::event(e, c, *mine))
+            .into_iter()
+            .map(|(e, c, mine)| EventView::new(Arc::new(e), c, mine))
             .collect();
-        let mut page = views::page(items, total, filter.limit, filter.offset);
+        let mut page = views::Page::new(items, total, filter.limit, filter.offset);
         if partial {
-            page["meta"]["partial"] = json!(true);
+            page.meta.partial = Some(true);
         }
-        Ok(Reply::Json(page))
+        Ok(Reply::View(View::Events(page)))
     }
 
     async fn update(
@@ -541,7 +563,11 @@ impl App {
         match outcome {
             WriteOutcome::Updated { event, counts, .. } => {
                 let mine = reads::rsvp_of(&self.inner.db, id, guard.user()).await?;
-                Ok(Reply::Json(views::event(&event, &counts, mine)))
+                Ok(Reply::View(View::Event(EventView::new(
+                    Arc::new(event),
+                    counts,
+                    mine,
+                ))))
             }
             other => Err(AppError::internal(
                 "update",
@@ -577,7 +603,11 @@ impl App {
         match outcome {
             WriteOutcome::Cancelled { event, counts, .. } => {
                 let mine = reads::rsvp_of(&self.inner.db, id, guard.user()).await?;
-                Ok(Reply::Json(views::event(&event, &counts, mine)))
+                Ok(Reply::View(View::Event(EventView::new(
+                    Arc::new(event),
+                    counts,
+                    mine,
+                ))))
             }
             other => Err(AppError::internal(
                 "cancel",
@@ -616,7 +646,7 @@ impl App {
             .await?;
         match outcome {
             WriteOutcome::Rsvp { counts, status, .. } => {
-                Ok(Reply::Json(rsvp_reply(id, &counts, status)))
+                Ok(Reply::View(View::Rsvp(RsvpView::new(id, counts, status))))
             }
             other => Err(AppError::internal(
                 "rsvp",
@@ -832,17 +862,4 @@ fn valid_traceparent(t: &str) -> bool {
 /// A `tracestate` of printable ASCII that fits the outbox column (512).
 fn valid_tracestate(t: &str) -> bool {
     t.len() <= 512 && t.bytes().all(|c| c == b' ' || c.is_ascii_graphic())
-}
-
-fn rsvp_reply(
-    id: EventId,
-    counts: &crate::domain::RsvpCounts,
-    status: Option<RsvpStatus>,
-) -> Value {
-    json!({
-        "eventId": id.to_string(),
-        "status": status.map(|s| s.as_str()),
-        "rsvpCounts": views::counts(counts),
-        "myRsvp": status.map(|s| s.as_str()),
-    })
 }

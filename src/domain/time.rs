@@ -68,23 +68,33 @@ pub fn parse_datetime_str(s: &str) -> Result<DateTime<Utc>, String> {
 pub fn format_utc(dt: &DateTime<Utc>) -> String {
     let mut out = String::with_capacity(24);
     // Writing to a String cannot fail.
-    let _ = write!(
-        out,
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
-        dt.year(),
-        dt.month(),
-        dt.day(),
-        dt.hour(),
-        dt.minute(),
-        dt.second()
-    );
-    // A leap second is stored as nanoseconds past 1e9.
-    let millis = (dt.nanosecond() % 1_000_000_000) / 1_000_000;
-    if millis != 0 {
-        let _ = write!(out, ".{millis:03}");
-    }
-    out.push('Z');
+    let _ = write!(out, "{}", UtcDisplay(dt));
     out
+}
+
+/// [`format_utc`] as a `Display`, for writers that need no `String`.
+pub struct UtcDisplay<'a>(pub &'a DateTime<Utc>);
+
+impl std::fmt::Display for UtcDisplay<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let dt = self.0;
+        write!(
+            f,
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
+            dt.year(),
+            dt.month(),
+            dt.day(),
+            dt.hour(),
+            dt.minute(),
+            dt.second()
+        )?;
+        // A leap second is stored as nanoseconds past 1e9.
+        let millis = (dt.nanosecond() % 1_000_000_000) / 1_000_000;
+        if millis != 0 {
+            write!(f, ".{millis:03}")?;
+        }
+        f.write_str("Z")
+    }
 }
 
 /// Drops sub-microsecond precision, so a value survives a round trip through

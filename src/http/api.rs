@@ -221,6 +221,7 @@ fn render(op: Op, reply: Reply) -> Response {
     match (op, reply) {
         (Op::RsvpSet | Op::RsvpClear | Op::AttendanceMark, _) => no_content(),
         (_, Reply::Json(value)) => (StatusCode::OK, axum::Json(value)).into_response(),
+        (_, Reply::View(view)) => (StatusCode::OK, axum::Json(view)).into_response(),
         (_, Reply::Calendar { filename, body }) => {
             let mut response = (StatusCode::OK, body).into_response();
             let headers = response.headers_mut();

@@ -28,14 +28,17 @@ const ROW_COLUMNS: &str = "o.id, o.seq, o.tenant_id, o.event_id, o.event_type, o
 
 /// The next pending rows that are due, in insertion order. A row waiting
 /// for a retry holds back the later rows of its event, so each event's
-/// messages reach the stream in order; dead rows hold back nothing.
+/// messages reach the stream in order; dead rows hold back nothing. Only a
+/// failed attempt sets `next_attempt_at` ahead, so waiting rows have
+/// `attempts > 0`, which lets `outbox_waiting_idx` answer the check.
 pub async fn due(db: &PgPool, limit: i64) -> Result<Vec<OutboxRow>, sqlx::Error> {
     let sql = format!(
         "SELECT {ROW_COLUMNS} FROM outbox o
          WHERE o.state = 'pending' AND o.next_attempt_at <= now()
            AND NOT EXISTS (
                SELECT 1 FROM outbox w
-               WHERE w.event_id = o.event_id AND w.state = 'pending' AND w.seq < o.seq AND w.next_attempt_at > now()
+               WHERE w.event_id = o.event_id AND w.state = 'pending' AND w.attempts > 0
+                 AND w.seq < o.seq AND w.next_attempt_at > now()
            )
          ORDER BY o.seq LIMIT $1"
     );

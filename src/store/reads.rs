@@ -272,11 +272,15 @@ struct ListedRow {
     #[sqlx(flatten)]
     counts: CountsRow,
     my_rsvp: Option<String>,
+    total_count: i64,
 }
 
 /// One page of visible events, each with the viewer's RSVP, and the total
-/// the caller may see. The count and the page run concurrently: a window
-/// count would have to join every matching row before the limit applies.
+/// the caller may see, in one statement: the page's ids are chosen first,
+/// with a window count over the (narrow) rows the filter matched anyway,
+/// and only the page's rows are read whole and joined to their counters
+/// and the viewer's RSVP, one index lookup each (`OFFSET 0` keeps the
+/// planner from turning those into joins over every row of the tenant).
 pub async fn list(
     db: &PgPool,
     tenant: TenantId,
@@ -284,27 +288,37 @@ pub async fn list(
     f: &ListFilter,
     audience: &Audience,
 ) -> Result<(Vec<ListedEvent>, i64), AppError> {
-    let mut count = QueryBuilder::new("SELECT count(*) FROM events e");
-    push_filters(&mut count, tenant, viewer, f);
-    push_audience(&mut count, tenant, audience);
     let mut page = QueryBuilder::new(format!(
-        "SELECT {EVENT_COLUMNS}, {COUNT_COLUMNS},
+        "SELECT {EVENT_COLUMNS}, {COUNT_COLUMNS}, p.total_count,
                 (SELECT r.status::text FROM event_rsvps r WHERE r.event_id = e.id AND r.user_id = "
     ));
-    // A per-row lookup by primary key, run only for the rows of the page.
     page.push_bind(Uuid::from(viewer));
-    page.push(") AS my_rsvp FROM events e LEFT JOIN event_counters c ON c.event_id = e.id");
+    page.push(
+        ") AS my_rsvp FROM (SELECT e.id, e.starts_at, count(*) OVER () AS total_count FROM events e",
+    );
     push_filters(&mut page, tenant, viewer, f);
     push_audience(&mut page, tenant, audience);
     page.push(" ORDER BY e.starts_at, e.id LIMIT ")
         .push_bind(f.limit)
         .push(" OFFSET ")
         .push_bind(f.offset);
-    let (total, rows) = futures::future::try_join(
-        count.build_query_scalar::<i64>().fetch_one(db),
-        page.build_query_as::<ListedRow>().fetch_all(db),
-    )
-    .await?;
+    page.push(
+        ") p CROSS JOIN LATERAL (SELECT * FROM events e WHERE e.id = p.id OFFSET 0) e \
+         LEFT JOIN LATERAL (SELECT * FROM event_counters c WHERE c.event_id = p.id OFFSET 0) c ON true \
+         ORDER BY p.starts_at, p.id",
+    );
+    let rows = page.build_query_as::<ListedRow>().fetch_all(db).await?;
+    let total = match rows.first() {
+        Some(row) => row.total_count,
+        None if f.offset == 0 => 0,
+        // Past the end: the page is empty, the total still counts.
+        None => {
+            let mut count = QueryBuilder::new("SELECT count(*) FROM events e");
+            push_filters(&mut count, tenant, viewer, f);
+            push_audience(&mut count, tenant, audience);
+            count.build_query_scalar::<i64>().fetch_one(db).await?
+        }
+    };
     let items = rows
         .into_iter()
         .map(|row| {

@@ -81,7 +81,7 @@ impl Encoding {
         })
     }
 
-    pub fn encode(self, value: &Value) -> Bytes {
+    pub fn encode<T: serde::Serialize + ?Sized>(self, value: &T) -> Bytes {
         let bytes = match self {
             Encoding::Json => serde_json::to_vec(value).unwrap_or_default(),
             // Maps with field names, never positional arrays.
@@ -197,14 +197,20 @@ struct NatsHeaders<'a>(Option<&'a HeaderMap>);
 
 impl HeaderSource for NatsHeaders<'_> {
     fn header(&self, name: &str) -> Option<&str> {
+        // One pass over the few headers, comparing strings: `HeaderMap::get`
+        // would parse (and allocate) a `HeaderName` per lookup.
         let map = self.0?;
-        if let Some(v) = map.get(name) {
-            return Some(v.as_str());
+        let mut folded = None;
+        for (k, values) in map.iter() {
+            let k: &str = k.as_ref();
+            if k == name {
+                return values.first().map(HeaderValue::as_str);
+            }
+            if folded.is_none() && k.eq_ignore_ascii_case(name) {
+                folded = values.first();
+            }
         }
-        map.iter()
-            .find(|(k, _)| AsRef::<str>::as_ref(*k).eq_ignore_ascii_case(name))
-            .and_then(|(_, values)| values.first())
-            .map(HeaderValue::as_str)
+        folded.map(HeaderValue::as_str)
     }
 }
 
@@ -328,6 +334,10 @@ async fn handle(
         Ok(Reply::Json(value)) => {
             reply_headers.insert("Content-Type", reply_encoding.content_type());
             (reply_encoding.encode(&value), 200, None)
+        }
+        Ok(Reply::View(view)) => {
+            reply_headers.insert("Content-Type", reply_encoding.content_type());
+            (reply_encoding.encode(&view), 200, None)
         }
         Ok(Reply::Calendar { body, .. }) => {
             reply_headers.insert("Content-Type", crate::domain::ics::CONTENT_TYPE);

@@ -793,6 +793,10 @@ async fn list_meta_and_query_parameters_in_snake_and_camel_case() {
     let page = list("limit=1&offset=1".into()).await;
     assert_eq!(page["meta"], json!({"total": 4, "limit": 1, "offset": 1}));
     assert_eq!(ids(&page), [feb.as_str()]);
+    // Past the end: no items, and the total still counts the whole match.
+    let page = list("limit=2&offset=10".into()).await;
+    assert_eq!(page["meta"], json!({"total": 4, "limit": 2, "offset": 10}));
+    assert!(ids(&page).is_empty());
 
     // New filters, snake and camel.
     let page = list("q=raid".into()).await;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use serde_json::{Value, json};
-use updspace_events::app::{CallMeta, Op, Reply};
+use updspace_events::app::{CallMeta, Op};
 use updspace_events::auth::{InternalContext, MasterFlags, SignatureVersion};
 use uuid::Uuid;
 
@@ -118,10 +118,7 @@ async fn direct(app: &TestApp, tenant: Uuid, op: Op, body: Value) -> Value {
         )
         .await
         .expect("operation succeeds");
-    match reply {
-        Reply::Json(v) => v,
-        Reply::Calendar { body, .. } => Value::String(body),
-    }
+    reply.into_value()
 }
 
 fn event_body(tenant: Uuid, title: &str) -> Value {
