@@ -933,7 +933,7 @@ impl Config {
                 max_live_actors: parse_number(
                     "EVENTS_MAX_LIVE_ACTORS",
                     &s.max_live_actors,
-                    20_000,
+                    4_096,
                     10,
                     10_000_000,
                 )?,

@@ -110,7 +110,7 @@ impl Default for ActorConfig {
         Self {
             idle_timeout,
             sweep_interval: Self::sweep_interval_for(idle_timeout),
-            max_live_actors: 20_000,
+            max_live_actors: 4_096,
             max_batch: 512,
             cache_ttl: Duration::from_secs(5),
             max_cached_events_per_scope: 1_000,
