@@ -81,6 +81,10 @@ pub struct Publisher {
     js: jetstream::Context,
     config: OutboxConfig,
     lock: Mutex<Option<PgConnection>>,
+    /// The previous cycle's "mark published" update, still running, and the
+    /// `seq` of its rows: the next cycle claims around them, so claiming and
+    /// publishing the next batch overlaps that update.
+    marking: Mutex<Option<(Arc<Vec<i64>>, tokio::task::JoinHandle<()>)>>,
     pub stats: Arc<PublisherStats>,
     metrics: Arc<crate::telemetry::metrics::Metrics>,
 }
@@ -185,6 +189,7 @@ impl Publisher {
             nats,
             config,
             lock: Mutex::new(None),
+            marking: Mutex::new(None),
             stats: Arc::default(),
             metrics: crate::telemetry::metrics::Metrics::new(),
         }
@@ -241,19 +246,34 @@ impl Publisher {
 
     /// Gives up the lock (on shutdown), so another instance takes over at once.
     pub async fn step_down(&self) {
+        self.settle().await;
         if let Some(conn) = self.lock.lock().await.take() {
             let _ = conn.close().await;
         }
         self.set_leader(false);
     }
 
+    /// Waits for the previous cycle's "mark published" update.
+    pub async fn settle(&self) {
+        if let Some((_, marking)) = self.marking.lock().await.take() {
+            let _ = marking.await;
+        }
+    }
+
     /// One cycle: publish up to one batch. Returns how many rows it handled.
     pub async fn cycle(&self) -> usize {
         self.stats.cycles.fetch_add(1, Ordering::Relaxed);
         if !self.lead().await {
+            self.settle().await;
             return 0;
         }
-        let mut rows = match store::due(&self.db, self.config.batch).await {
+        // While the previous batch is being marked its rows still look
+        // pending: the claim skips them.
+        let in_flight = match self.marking.lock().await.as_ref() {
+            Some((seqs, marking)) if !marking.is_finished() => seqs.clone(),
+            _ => Arc::default(),
+        };
+        let mut rows = match store::due(&self.db, self.config.batch, &in_flight).await {
             Ok(rows) => rows,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the outbox");
@@ -291,11 +311,19 @@ impl Publisher {
             .published
             .fetch_add(ok.len() as u64, Ordering::Relaxed);
         self.metrics.outbox_published.inc_by(ok.len() as u64);
-        if let Err(e) = store::mark_published(&self.db, &ok).await {
-            // Published but not marked: the next cycle sends them again and
-            // JetStream drops the duplicates by Nats-Msg-Id.
-            tracing::warn!(error = %e, rows = ok.len(), "cannot mark rows published; they will be re-sent and deduplicated");
-        }
+        // One update in flight at a time; this one runs while the next
+        // batch is claimed and published.
+        self.settle().await;
+        let seqs = Arc::new(rows.iter().map(|r| r.seq).collect::<Vec<_>>());
+        let db = self.db.clone();
+        let marking = tokio::spawn(async move {
+            if let Err(e) = store::mark_published(&db, &ok).await {
+                // Published but not marked: a later cycle sends them again
+                // and JetStream drops the duplicates by Nats-Msg-Id.
+                tracing::warn!(error = %e, rows = ok.len(), "cannot mark rows published; they will be re-sent and deduplicated");
+            }
+        });
+        *self.marking.lock().await = Some((seqs, marking));
         if !failed.is_empty() {
             let attempts: std::collections::HashMap<Uuid, i32> =
                 rows.iter().map(|r| (r.id, r.attempts)).collect();
@@ -485,7 +513,7 @@ pub async fn dry_run(
     limit: i64,
     encoding: OutEncoding,
 ) -> Result<Vec<Value>, sqlx::Error> {
-    let rows = store::due(db, limit).await?;
+    let rows = store::due(db, limit, &[]).await?;
     Ok(rows
         .iter()
         .map(|row| {

@@ -28,13 +28,15 @@ const ROW_COLUMNS: &str = "o.id, o.seq, o.tenant_id, o.event_id, o.event_type, o
 
 /// The next pending rows that are due, in insertion order. A row waiting
 /// for a retry holds back the later rows of its event, so each event's
-/// messages reach the stream in order; dead rows hold back nothing. Only a
+/// messages reach the stream in order; dead rows hold back nothing. `skip`:
+/// rows being marked published right now. Only a
 /// failed attempt sets `next_attempt_at` ahead, so waiting rows have
 /// `attempts > 0`, which lets `outbox_waiting_idx` answer the check.
-pub async fn due(db: &PgPool, limit: i64) -> Result<Vec<OutboxRow>, sqlx::Error> {
+pub async fn due(db: &PgPool, limit: i64, skip: &[i64]) -> Result<Vec<OutboxRow>, sqlx::Error> {
     let sql = format!(
         "SELECT {ROW_COLUMNS} FROM outbox o
          WHERE o.state = 'pending' AND o.next_attempt_at <= now()
+           AND o.seq NOT IN (SELECT unnest($2::bigint[]))
            AND NOT EXISTS (
                SELECT 1 FROM outbox w
                WHERE w.event_id = o.event_id AND w.state = 'pending' AND w.attempts > 0
@@ -44,6 +46,7 @@ pub async fn due(db: &PgPool, limit: i64) -> Result<Vec<OutboxRow>, sqlx::Error>
     );
     sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(limit)
+        .bind(skip)
         .fetch_all(db)
         .await
 }

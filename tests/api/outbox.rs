@@ -417,7 +417,7 @@ async fn rows_published_but_not_marked_before_a_crash_are_not_duplicated() {
     // What a publisher that crashed between publish and mark leaves behind:
     // the first 120 rows are in the stream, the outbox still says pending.
     let rows: Vec<updspace_events::store::outbox::OutboxRow> = {
-        let mut rows = updspace_events::store::outbox::due(&isolation_db, 120)
+        let mut rows = updspace_events::store::outbox::due(&isolation_db, 120, &[])
             .await
             .expect("rows");
         updspace_events::store::outbox::assign_sequences(&isolation_db, &mut rows)
@@ -425,6 +425,18 @@ async fn rows_published_but_not_marked_before_a_crash_are_not_duplicated() {
             .expect("seq");
         rows
     };
+    // Rows being marked published are skipped by the next claim, which
+    // takes the following ones in order.
+    let skip: Vec<i64> = rows.iter().take(100).map(|r| r.seq).collect();
+    let next = updspace_events::store::outbox::due(&isolation_db, 50, &skip)
+        .await
+        .expect("rows");
+    let expected: Vec<i64> = rows.iter().skip(100).take(20).map(|r| r.seq).collect();
+    assert_eq!(
+        next.iter().take(20).map(|r| r.seq).collect::<Vec<_>>(),
+        expected
+    );
+    assert!(next.iter().all(|r| !skip.contains(&r.seq)));
     let js = jetstream::new(async_nats::connect(NATS_URL).await.expect("connect"));
     for row in &rows {
         let (payload, content_type) = updspace_events::actors::outbox::envelope(
