@@ -84,10 +84,13 @@ pub struct Publisher {
     /// The previous cycle's "mark published" update, still running, and the
     /// `seq` of its rows: the next cycle claims around them, so claiming and
     /// publishing the next batch overlaps that update.
-    marking: Mutex<Option<(Arc<Vec<i64>>, tokio::task::JoinHandle<()>)>>,
+    marking: Mutex<Option<Marking>>,
     pub stats: Arc<PublisherStats>,
     metrics: Arc<crate::telemetry::metrics::Metrics>,
 }
+
+/// The `seq` of the rows being marked published, and the update doing it.
+type Marking = (Arc<Vec<i64>>, tokio::task::JoinHandle<()>);
 
 /// The CloudEvents 1.0 structured envelope of one row.
 pub fn envelope(row: &OutboxRow, encoding: OutEncoding) -> (Vec<u8>, &'static str) {
