@@ -213,7 +213,17 @@ pub async fn execute(
     subjects: &Subjects,
     commands: &[Envelope],
 ) -> Result<(Vec<CommandResult>, BatchEffects), sqlx::Error> {
-    let mut tx = db.begin().await?;
+    // Every statement of a batch looks rows up by key. The planner would
+    // otherwise pick sequential scans and hash joins whenever its statistics
+    // say a table is small, and keep those plans (prepared statements) while
+    // a fresh or fast-growing table outgrows them until autovacuum analyses
+    // it again: index lookups are right at every size. One round trip still.
+    let mut tx = db
+        .begin_with(
+            "BEGIN; SET LOCAL enable_seqscan = off; SET LOCAL enable_hashjoin = off; \
+             SET LOCAL enable_mergejoin = off",
+        )
+        .await?;
     let mut results: Vec<Option<CommandResult>> = (0..commands.len()).map(|_| None).collect();
 
     refuse_replays(&mut tx, commands, &mut results).await?;
