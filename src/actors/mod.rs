@@ -114,7 +114,7 @@ impl Default for ActorConfig {
             max_batch: 512,
             cache_ttl: Duration::from_secs(5),
             max_cached_events_per_scope: 1_000,
-            max_in_flight_batches: 4,
+            max_in_flight_batches: 2,
         }
     }
 }

@@ -13,7 +13,7 @@ use serde::Serialize;
 use serde::ser::{SerializeStruct, Serializer};
 use serde_json::Value;
 
-use crate::domain::{Event, EventId, RsvpCounts, RsvpStatus, UtcDisplay};
+use crate::domain::{Event, EventId, RsvpCounts, RsvpStatus, utc_str};
 
 pub fn counts(c: &RsvpCounts) -> Value {
     serde_json::to_value(c).unwrap_or(Value::Null)
@@ -30,13 +30,23 @@ fn non_empty(s: &str) -> Option<&str> {
     (!s.is_empty()).then_some(s)
 }
 
-/// `Display` fields written without an intermediate `String` where the
-/// encoder allows it.
-struct Shown<T>(T);
+/// A UTC datetime as `format_utc` writes it.
+struct Time<'a>(&'a chrono::DateTime<chrono::Utc>);
 
-impl<T: std::fmt::Display> Serialize for Shown<T> {
+impl Serialize for Time<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&self.0)
+        let mut buf = [0u8; 28];
+        s.serialize_str(utc_str(self.0, &mut buf))
+    }
+}
+
+/// An id as its hyphenated text, without a `String`.
+struct Id(uuid::Uuid);
+
+impl Serialize for Id {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut buf = uuid::Uuid::encode_buffer();
+        s.serialize_str(self.0.hyphenated().encode_lower(&mut buf))
     }
 }
 
@@ -44,28 +54,25 @@ impl Serialize for EventRef<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let e = self.event;
         let mut m = s.serialize_struct("Event", 22)?;
-        m.serialize_field("id", &Shown(e.id))?;
-        m.serialize_field("tenantId", &Shown(e.tenant_id))?;
+        m.serialize_field("id", &Id(e.id.as_uuid()))?;
+        m.serialize_field("tenantId", &Id(e.tenant_id.as_uuid()))?;
         m.serialize_field("scopeType", e.scope_type().as_str())?;
         m.serialize_field("scopeId", e.scope_id().as_str())?;
         m.serialize_field("title", e.title.as_str())?;
         m.serialize_field("description", &non_empty(e.description.as_str()))?;
-        m.serialize_field("startsAt", &Shown(UtcDisplay(&e.starts_at)))?;
-        m.serialize_field("endsAt", &Shown(UtcDisplay(&e.ends_at)))?;
+        m.serialize_field("startsAt", &Time(&e.starts_at))?;
+        m.serialize_field("endsAt", &Time(&e.ends_at))?;
         m.serialize_field("locationText", &non_empty(e.location_text.as_str()))?;
         m.serialize_field("locationUrl", &e.location_url.as_ref().map(|u| u.as_str()))?;
         m.serialize_field("gameId", &e.game_id.as_ref().map(|g| g.as_str()))?;
         m.serialize_field("visibility", e.visibility.as_str())?;
-        m.serialize_field("createdBy", &Shown(e.created_by))?;
-        m.serialize_field("createdAt", &Shown(UtcDisplay(&e.created_at)))?;
-        m.serialize_field("updatedAt", &Shown(UtcDisplay(&e.updated_at)))?;
+        m.serialize_field("createdBy", &Id(e.created_by.as_uuid()))?;
+        m.serialize_field("createdAt", &Time(&e.created_at))?;
+        m.serialize_field("updatedAt", &Time(&e.updated_at))?;
         m.serialize_field("status", e.status.as_str())?;
         m.serialize_field("capacity", &e.seat_capacity())?;
         m.serialize_field("version", &e.version)?;
-        m.serialize_field(
-            "cancelledAt",
-            &e.cancelled_at.as_ref().map(|t| Shown(UtcDisplay(t))),
-        )?;
+        m.serialize_field("cancelledAt", &e.cancelled_at.as_ref().map(Time))?;
         m.serialize_field(
             "cancelReason",
             &e.cancel_reason.as_ref().map(|r| r.as_str()),
@@ -162,7 +169,7 @@ pub struct RsvpView {
 }
 
 fn shown<S: Serializer>(id: &EventId, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(id)
+    Id(id.as_uuid()).serialize(s)
 }
 
 impl RsvpView {

@@ -22,7 +22,9 @@ pub use rsvp::{
     RequestedRsvp, RsvpChangeReason, RsvpCounts, RsvpDecision, RsvpStatus, Seats, decide,
     promotions_after_capacity_change,
 };
-pub use time::{UtcDisplay, format_utc, parse_datetime, parse_datetime_str, truncate_to_micros};
+pub use time::{
+    UtcDisplay, format_utc, parse_datetime, parse_datetime_str, truncate_to_micros, utc_str,
+};
 pub use values::{
     CancelReason, Capacity, Description, FieldError, GameId, LocationText, LocationUrl, Scope,
     ScopeId, ScopeType, Title, Visibility, visibility_fits_scope, visibility_scope_mismatch,

@@ -72,6 +72,49 @@ pub fn format_utc(dt: &DateTime<Utc>) -> String {
     out
 }
 
+/// [`format_utc`] into a stack buffer: the hot path of every view, where
+/// `fmt` machinery costs more than the digits.
+pub fn utc_str<'b>(dt: &DateTime<Utc>, buf: &'b mut [u8; 28]) -> &'b str {
+    fn put(buf: &mut [u8], at: usize, width: usize, mut v: u32) {
+        for i in (0..width).rev() {
+            buf[at + i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    }
+    let year = dt.year();
+    if !(0..=9999).contains(&year) {
+        // Out of the four-digit range the general formatter is right.
+        let text = format_utc_slow(dt);
+        let n = text.len().min(buf.len());
+        buf[..n].copy_from_slice(&text.as_bytes()[..n]);
+        return std::str::from_utf8(&buf[..n]).unwrap_or("");
+    }
+    put(buf, 0, 4, year as u32);
+    buf[4] = b'-';
+    put(buf, 5, 2, dt.month());
+    buf[7] = b'-';
+    put(buf, 8, 2, dt.day());
+    buf[10] = b'T';
+    put(buf, 11, 2, dt.hour());
+    buf[13] = b':';
+    put(buf, 14, 2, dt.minute());
+    buf[16] = b':';
+    put(buf, 17, 2, dt.second());
+    let millis = (dt.nanosecond() % 1_000_000_000) / 1_000_000;
+    let mut n = 19;
+    if millis != 0 {
+        buf[19] = b'.';
+        put(buf, 20, 3, millis);
+        n = 23;
+    }
+    buf[n] = b'Z';
+    std::str::from_utf8(&buf[..=n]).unwrap_or("")
+}
+
+fn format_utc_slow(dt: &DateTime<Utc>) -> String {
+    UtcDisplay(dt).to_string()
+}
+
 /// [`format_utc`] as a `Display`, for writers that need no `String`.
 pub struct UtcDisplay<'a>(pub &'a DateTime<Utc>);
 
@@ -379,6 +422,24 @@ fn parse_iso(s: &str) -> Result<DateTime<Utc>, IsoError> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_stack_formatter_matches_the_general_one() {
+        use chrono::TimeZone;
+        let cases = [
+            Utc.with_ymd_and_hms(2026, 1, 10, 10, 0, 0).single(),
+            Utc.timestamp_opt(1_767_000_000, 5_000_000).single(),
+            Utc.timestamp_opt(1_767_000_000, 999_999_999).single(),
+            Utc.timestamp_opt(0, 1_000_000).single(),
+            Utc.with_ymd_and_hms(9999, 12, 31, 23, 59, 59).single(),
+            Utc.with_ymd_and_hms(10000, 1, 1, 0, 0, 0).single(),
+            Utc.with_ymd_and_hms(-1, 1, 1, 0, 0, 0).single(),
+        ];
+        for dt in cases.into_iter().flatten() {
+            let mut buf = [0u8; 28];
+            assert_eq!(super::utc_str(&dt, &mut buf), super::format_utc(&dt));
+        }
+    }
+
     use super::*;
     use proptest::prelude::*;
     use serde_json::json;
