@@ -43,7 +43,7 @@ pub struct OutboxConfig {
 impl Default for OutboxConfig {
     fn default() -> Self {
         Self {
-            batch: 1000,
+            batch: 2000,
             poll_interval: Duration::from_millis(500),
             max_attempts: 50,
             backoff_base: Duration::from_secs(1),
