@@ -281,11 +281,29 @@ fn start_commit(myself: &ActorRef<ScopeMsg>, state: &mut ScopeState) {
     let (envelopes, replies): (Vec<Envelope>, Vec<RpcReplyPort<CommandResult>>) =
         state.pending.drain(..take).unzip();
     state.in_flight += 1;
+    // What the cache knows of the touched events, so the batch reads only
+    // what changed since (it compares revisions under the lock).
+    let known: HashMap<EventId, batch::Known> = envelopes
+        .iter()
+        .filter_map(|e| e.command.target())
+        .filter_map(|id| {
+            state.cache.get(&id).map(|c| {
+                (
+                    id,
+                    batch::Known {
+                        event: c.snapshot.event.clone(),
+                        rsvps: c.snapshot.rsvps.clone(),
+                        revision: c.snapshot.revision,
+                    },
+                )
+            })
+        })
+        .collect();
     let shared = state.shared.clone();
     let me = myself.clone();
     tokio::spawn(async move {
         let size = envelopes.len();
-        let worker = tokio::spawn(commit(shared.clone(), envelopes));
+        let worker = tokio::spawn(commit(shared.clone(), envelopes, known));
         let (results, effects) = match worker.await {
             Ok(done) => done,
             Err(e) => {
@@ -349,10 +367,11 @@ fn commit_span(envelopes: &[Envelope]) -> tracing::Span {
 async fn commit(
     shared: Arc<Shared>,
     envelopes: Vec<Envelope>,
+    known: HashMap<EventId, batch::Known>,
 ) -> (Vec<CommandResult>, BatchEffects) {
     let started = Instant::now();
     let span = commit_span(&envelopes);
-    match batch::execute(&shared.db, &shared.subjects, &envelopes)
+    match batch::execute(&shared.db, &shared.subjects, &envelopes, &known)
         .instrument(span)
         .await
     {
@@ -369,6 +388,7 @@ async fn commit(
                     &shared.db,
                     &shared.subjects,
                     std::slice::from_ref(&envelope),
+                    &known,
                 )
                 .await
                 {

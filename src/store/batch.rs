@@ -67,7 +67,7 @@ pub enum WriteCommand {
 }
 
 impl WriteCommand {
-    fn target(&self) -> Option<EventId> {
+    pub(crate) fn target(&self) -> Option<EventId> {
         match self {
             WriteCommand::Create { .. } => None,
             WriteCommand::Update { event_id, .. }
@@ -205,6 +205,17 @@ struct Batch<'a> {
     outbox: Vec<(Published, usize)>,
 }
 
+/// What the scope actor already knows of an event: if the revision read
+/// under the lock is this one, nothing changed since, and the event (and
+/// the RSVPs, when the map is there) need not be read again.
+#[derive(Debug, Clone)]
+pub struct Known {
+    pub event: std::sync::Arc<Event>,
+    /// Every RSVP of the event, when the actor holds them all.
+    pub rsvps: Option<std::sync::Arc<HashMap<UserId, RsvpStatus>>>,
+    pub revision: i64,
+}
+
 /// Applies `commands` in one transaction; one result per command, in order.
 /// An `Err` means the transaction itself failed (nothing was written); the
 /// caller may then retry the commands one by one to isolate a bad one.
@@ -212,6 +223,7 @@ pub async fn execute(
     db: &PgPool,
     subjects: &Subjects,
     commands: &[Envelope],
+    known: &HashMap<EventId, Known>,
 ) -> Result<(Vec<CommandResult>, BatchEffects), sqlx::Error> {
     // Every statement of a batch looks rows up by key. The planner would
     // otherwise pick sequential scans and hash joins whenever its statistics
@@ -247,8 +259,8 @@ pub async fn execute(
         ids
     };
     if let (Some(tenant), false) = (tenant, targets.is_empty()) {
-        load_events(&mut tx, tenant, &targets, &mut batch).await?;
-        load_rsvps(&mut tx, commands, &mut batch).await?;
+        let maps = load_events(&mut tx, tenant, &targets, known, &mut batch).await?;
+        load_rsvps(&mut tx, commands, &maps, &mut batch).await?;
         load_attendance(&mut tx, commands, &mut batch).await?;
     }
 
@@ -452,17 +464,23 @@ async fn claim_idempotency_keys(
     Ok(())
 }
 
+/// The RSVP maps of the events taken from what the actor knew.
+type KnownRsvps = HashMap<EventId, std::sync::Arc<HashMap<UserId, RsvpStatus>>>;
+
 async fn load_events(
     tx: &mut PgConnection,
     tenant: TenantId,
     ids: &[Uuid],
+    known: &HashMap<EventId, Known>,
     batch: &mut Batch<'_>,
-) -> Result<(), sqlx::Error> {
+) -> Result<KnownRsvps, sqlx::Error> {
     // Locking the counter rows first, in id order, serialises every writer
     // of these events across instances without deadlocks. The events are
     // read by a second statement on purpose: in READ COMMITTED it takes a
     // fresh snapshot after the locks are held, so it sees what the writer
     // we waited for committed (a join in the locking statement would not).
+    // Every change to an event or its RSVPs moves its revision, so an event
+    // the actor knows at the locked revision is not read again at all.
     let counts: Vec<(Uuid, i32, i32, i32, i32, i64)> = sqlx::query_as(
         "SELECT event_id, interested, going, not_going, waitlisted, revision FROM event_counters
          WHERE event_id = ANY($1) AND tenant_id = $2 ORDER BY event_id FOR UPDATE",
@@ -471,13 +489,6 @@ async fn load_events(
     .bind(Uuid::from(tenant))
     .fetch_all(&mut *tx)
     .await?;
-    let sql =
-        format!("SELECT {EVENT_COLUMNS} FROM events e WHERE e.id = ANY($1) AND e.tenant_id = $2");
-    let rows: Vec<EventRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-        .bind(ids)
-        .bind(Uuid::from(tenant))
-        .fetch_all(&mut *tx)
-        .await?;
     let counts: HashMap<Uuid, (RsvpCounts, i64)> = counts
         .into_iter()
         .map(|(id, i, g, n, w, revision)| {
@@ -496,6 +507,35 @@ async fn load_events(
             )
         })
         .collect();
+    let mut maps = KnownRsvps::new();
+    let mut unknown: Vec<Uuid> = Vec::new();
+    for id in ids {
+        let Some((c, revision)) = counts.get(id).copied() else {
+            continue;
+        };
+        let event_id = EventId::from(*id);
+        match known.get(&event_id) {
+            Some(k) if k.revision == revision && k.event.tenant_id == tenant => {
+                let mut state = EventState::new((*k.event).clone(), c, false);
+                state.revision = revision;
+                batch.events.insert(event_id, state);
+                if let Some(map) = &k.rsvps {
+                    maps.insert(event_id, map.clone());
+                }
+            }
+            _ => unknown.push(*id),
+        }
+    }
+    if unknown.is_empty() {
+        return Ok(maps);
+    }
+    let sql =
+        format!("SELECT {EVENT_COLUMNS} FROM events e WHERE e.id = ANY($1) AND e.tenant_id = $2");
+    let rows: Vec<EventRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(&unknown)
+        .bind(Uuid::from(tenant))
+        .fetch_all(&mut *tx)
+        .await?;
     for row in rows {
         let id = row.id;
         match Event::try_from(row) {
@@ -508,23 +548,34 @@ async fn load_events(
             Err(e) => tracing::error!(error = %e, "skipping an event row that does not validate"),
         }
     }
-    Ok(())
+    Ok(maps)
 }
 
 async fn load_rsvps(
     tx: &mut PgConnection,
     commands: &[Envelope],
+    maps: &KnownRsvps,
     batch: &mut Batch<'_>,
 ) -> Result<(), sqlx::Error> {
-    let pairs: Vec<(Uuid, Uuid)> = commands
-        .iter()
-        .filter_map(|c| match c.command {
-            WriteCommand::SetRsvp { event_id, .. } => {
-                Some((Uuid::from(event_id), Uuid::from(c.meta.actor)))
+    let mut pairs: Vec<(Uuid, Uuid)> = Vec::new();
+    for c in commands {
+        let WriteCommand::SetRsvp { event_id, .. } = c.command else {
+            continue;
+        };
+        let user = c.meta.actor;
+        // From the actor's complete map, unless the user is waitlisted:
+        // the map does not hold their place in the queue.
+        let cached = maps.get(&event_id).map(|m| m.get(&user).copied());
+        match (cached, batch.events.get_mut(&event_id)) {
+            (Some(status), Some(state)) if status != Some(RsvpStatus::Waitlisted) => {
+                state
+                    .rsvps
+                    .entry(user)
+                    .or_insert(status.map(|status| RsvpRow { status, seq: None }));
             }
-            _ => None,
-        })
-        .collect();
+            _ => pairs.push((Uuid::from(event_id), Uuid::from(user))),
+        }
+    }
     if pairs.is_empty() {
         return Ok(());
     }

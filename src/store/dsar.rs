@@ -423,6 +423,12 @@ async fn erase_in(
     .bind(&touched)
     .fetch_all(&mut *tx)
     .await?;
+    // Every change to an event or its RSVPs moves its revision: caches and
+    // group commits that hold an older one read the event again.
+    sqlx::query("UPDATE event_counters SET revision = revision + 1 WHERE event_id = ANY($1)")
+        .bind(locked.iter().map(|row| row.0).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
     let count = |v: i32| u32::try_from(v).unwrap_or(0);
     let mut counters: BTreeMap<Uuid, Counter> = locked
         .into_iter()

@@ -931,3 +931,76 @@ async fn eviction_over_the_actor_cap_never_fails_a_request() {
     );
     assert_eq!(stored, writes as i64);
 }
+
+/// A group commit takes an event and its RSVPs from the scope actor's cache
+/// only when the revision it locks is the cached one. A change made behind
+/// the cache's back (as by an instance whose change note was lost) moves the
+/// revision, and the commit reads the event again instead of deciding on
+/// what it remembered.
+#[tokio::test]
+async fn a_group_commit_reads_again_what_changed_behind_the_cache() {
+    let app = TestApp::spawn().await;
+    let client = app.client();
+    let tenant = Uuid::new_v4();
+    let organizer = Uuid::new_v4();
+    app.grant(
+        tenant,
+        organizer,
+        "events.organizer",
+        "TENANT",
+        &tenant.to_string(),
+    )
+    .await;
+    let reply = client
+        .call(
+            "event.create",
+            &identity(tenant, organizer),
+            &json!({
+                "scopeType": "TENANT", "scopeId": tenant.to_string(), "title": "One seat",
+                "startsAt": "2030-01-10T10:00:00Z", "endsAt": "2030-01-10T12:00:00Z",
+                "capacity": 1,
+            }),
+        )
+        .await
+        .expect("create reply");
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    let event = reply.body["id"].as_str().expect("id").to_string();
+    let user = Uuid::new_v4();
+    let going = |client: EventsClient, event: String| async move {
+        let reply = client
+            .call(
+                "rsvp.set",
+                &identity(tenant, user),
+                &json!({"eventId": event, "status": "going"}),
+            )
+            .await
+            .expect("rsvp reply");
+        assert_eq!(reply.status, 200, "{:?}", reply.body);
+        reply
+    };
+    going(client.clone(), event.clone()).await;
+    assert_eq!(count(&rsvps(&app.db, &event).await, "going"), 1);
+
+    // The seat is given back behind the cache's back.
+    let mut tx = app.db.begin().await.expect("begin");
+    sqlx::query("DELETE FROM event_rsvps WHERE event_id = $1::uuid")
+        .bind(&event)
+        .execute(&mut *tx)
+        .await
+        .expect("delete");
+    sqlx::query(
+        "UPDATE event_counters SET going = 0, revision = revision + 1 WHERE event_id = $1::uuid",
+    )
+    .bind(&event)
+    .execute(&mut *tx)
+    .await
+    .expect("counters");
+    tx.commit().await.expect("commit");
+
+    // The cache still says "going": trusting it would change nothing.
+    let reply = going(client.clone(), event.clone()).await;
+    assert_eq!(reply.body["status"], json!("going"));
+    let rows = rsvps(&app.db, &event).await;
+    assert_eq!(rows.get(&user).map(|r| r.0.as_str()), Some("going"));
+    assert_counters_match(&app.db, &event).await;
+}
