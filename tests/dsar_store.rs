@@ -636,6 +636,14 @@ async fn erasing_a_going_user_promotes_the_first_waitlisted() {
     rsvp(&t.pool, tenant, c, w1, "waitlisted", Some(10)).await;
     rsvp(&t.pool, tenant, c, i, "interested", None).await;
     recount(&t.pool).await;
+    let revision = |pool: PgPool| async move {
+        sqlx::query_scalar::<_, i64>("SELECT revision FROM event_counters WHERE event_id = $1")
+            .bind(c)
+            .fetch_one(&pool)
+            .await
+            .expect("revision")
+    };
+    let before = revision(t.pool.clone()).await;
 
     let erased = dsar::erase(
         &t.pool,
@@ -646,6 +654,9 @@ async fn erasing_a_going_user_promotes_the_first_waitlisted() {
     .await
     .expect("erase succeeds");
 
+    // Caches and group commits that know the event at the old revision
+    // must read it again.
+    assert!(revision(t.pool.clone()).await > before);
     assert_eq!(erased.summary["counts"]["rsvps_deleted"], 1);
     assert_eq!(erased.outbox_rows, 1);
     let statuses: Vec<(Uuid, String, Option<i64>)> = sqlx::query_as(

@@ -939,6 +939,11 @@ async fn eviction_over_the_actor_cap_never_fails_a_request() {
 /// what it remembered.
 #[tokio::test]
 async fn a_group_commit_reads_again_what_changed_behind_the_cache() {
+    use updspace_events::domain::{RequestedRsvp, RsvpStatus, UserId};
+    use updspace_events::store::batch::{
+        self, CommandMeta, Envelope, Known, WriteCommand, WriteOutcome,
+    };
+
     let app = TestApp::spawn().await;
     let client = app.client();
     let tenant = Uuid::new_v4();
@@ -965,23 +970,34 @@ async fn a_group_commit_reads_again_what_changed_behind_the_cache() {
         .expect("create reply");
     assert_eq!(reply.status, 200, "{:?}", reply.body);
     let event = reply.body["id"].as_str().expect("id").to_string();
+    let event_id = EventId::parse(&event).expect("event id");
     let user = Uuid::new_v4();
-    let going = |client: EventsClient, event: String| async move {
-        let reply = client
-            .call(
-                "rsvp.set",
-                &identity(tenant, user),
-                &json!({"eventId": event, "status": "going"}),
-            )
-            .await
-            .expect("rsvp reply");
-        assert_eq!(reply.status, 200, "{:?}", reply.body);
-        reply
-    };
-    going(client.clone(), event.clone()).await;
-    assert_eq!(count(&rsvps(&app.db, &event).await, "going"), 1);
+    let reply = client
+        .call(
+            "rsvp.set",
+            &identity(tenant, user),
+            &json!({"eventId": event, "status": "going"}),
+        )
+        .await
+        .expect("rsvp reply");
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
 
-    // The seat is given back behind the cache's back.
+    // What a scope actor knows now: the event, its revision, and the RSVPs.
+    let (stored, _, revision) =
+        updspace_events::store::reads::event(&app.db, TenantId::from(tenant), event_id)
+            .await
+            .expect("read")
+            .expect("the event exists");
+    let remembered = Known {
+        event: std::sync::Arc::new(stored),
+        rsvps: Some(std::sync::Arc::new(HashMap::from([(
+            UserId::from(user),
+            RsvpStatus::Going,
+        )]))),
+        revision,
+    };
+
+    // The seat is given back behind that knowledge, moving the revision.
     let mut tx = app.db.begin().await.expect("begin");
     sqlx::query("DELETE FROM event_rsvps WHERE event_id = $1::uuid")
         .bind(&event)
@@ -997,10 +1013,70 @@ async fn a_group_commit_reads_again_what_changed_behind_the_cache() {
     .expect("counters");
     tx.commit().await.expect("commit");
 
-    // The cache still says "going": trusting it would change nothing.
-    let reply = going(client.clone(), event.clone()).await;
-    assert_eq!(reply.body["status"], json!("going"));
+    let now = chrono::Utc::now();
+    let envelope = Envelope {
+        meta: CommandMeta {
+            tenant: TenantId::from(tenant),
+            actor: UserId::from(user),
+            request_id: Uuid::new_v4().to_string(),
+            traceparent: None,
+            tracestate: None,
+            replay_key: None,
+            replay_expires_at: now,
+            now,
+        },
+        command: WriteCommand::SetRsvp {
+            event_id,
+            requested: Some(RequestedRsvp::Going),
+        },
+    };
+    let subjects = updspace_events::subjects::Subjects::new(app.isolation.prefix.clone());
+    let known = HashMap::from([(event_id, remembered)]);
+    let (results, _) = batch::execute(&app.db, &subjects, std::slice::from_ref(&envelope), &known)
+        .await
+        .expect("the batch commits");
+    // Trusting the stale map would answer "already going" and write nothing.
+    match results.into_iter().next() {
+        Some(Ok(WriteOutcome::Rsvp {
+            status, changed, ..
+        })) => {
+            assert_eq!(status, Some(RsvpStatus::Going));
+            assert!(changed, "the commit decided on a stale cache");
+        }
+        other => panic!("unexpected outcome {other:?}"),
+    }
     let rows = rsvps(&app.db, &event).await;
     assert_eq!(rows.get(&user).map(|r| r.0.as_str()), Some("going"));
+    assert_counters_match(&app.db, &event).await;
+
+    // At the current revision the same knowledge is used as it is: the
+    // commit reads neither the event nor the RSVPs, and decides the same.
+    let (stored, _, revision) =
+        updspace_events::store::reads::event(&app.db, TenantId::from(tenant), event_id)
+            .await
+            .expect("read")
+            .expect("the event exists");
+    let current = Known {
+        event: std::sync::Arc::new(stored),
+        rsvps: Some(std::sync::Arc::new(HashMap::from([(
+            UserId::from(user),
+            RsvpStatus::Going,
+        )]))),
+        revision,
+    };
+    let mut again = envelope.clone();
+    again.meta.request_id = Uuid::new_v4().to_string();
+    let (results, _) = batch::execute(
+        &app.db,
+        &subjects,
+        std::slice::from_ref(&again),
+        &HashMap::from([(event_id, current)]),
+    )
+    .await
+    .expect("the batch commits");
+    assert!(matches!(
+        results.first(),
+        Some(Ok(WriteOutcome::Rsvp { changed: false, .. }))
+    ));
     assert_counters_match(&app.db, &event).await;
 }
