@@ -90,10 +90,7 @@ impl EventsClient {
         body: &Value,
         request_id: &str,
     ) -> Result<CallReply, ClientError> {
-        let payload = self.encoding.encode(body);
-        let subject = self.subjects.command(op);
-        let headers =
-            self.signed_headers(&subject, who, &payload, request_id, crate::auth::now_unix());
+        let (subject, headers, payload) = self.prepare(op, who, body, request_id);
         self.send(subject, headers, payload).await
     }
 
@@ -106,30 +103,29 @@ impl EventsClient {
         body: &Value,
     ) -> Result<u16, ClientError> {
         let request_id = uuid::Uuid::new_v4().to_string();
-        let payload = self.encoding.encode(body);
-        let subject = self.subjects.command(op);
-        let headers = self.signed_headers(
-            &subject,
-            who,
-            &payload,
-            &request_id,
-            crate::auth::now_unix(),
-        );
-        let request = async_nats::Request::new()
-            .headers(headers)
-            .payload(payload)
-            .timeout(Some(self.timeout));
-        let message = self
-            .nats
-            .send_request(subject, request)
-            .await
-            .map_err(|e| ClientError::Request(e.to_string()))?;
+        let (subject, headers, payload) = self.prepare(op, who, body, &request_id);
+        let message = self.request(subject, headers, payload).await?;
         Ok(message
             .headers
             .as_ref()
             .and_then(|h| h.get("Nats-Service-Error-Code"))
             .and_then(|c| c.as_str().parse().ok())
             .unwrap_or(200))
+    }
+
+    /// The subject, signed headers and encoded body of a call.
+    fn prepare(
+        &self,
+        op: &str,
+        who: &Identity,
+        body: &Value,
+        request_id: &str,
+    ) -> (String, HeaderMap, Bytes) {
+        let payload = self.encoding.encode(body);
+        let subject = self.subjects.command(op);
+        let headers =
+            self.signed_headers(&subject, who, &payload, request_id, crate::auth::now_unix());
+        (subject, headers, payload)
     }
 
     /// The signed header set of a request (exposed for tests that tamper with it).
@@ -165,6 +161,27 @@ impl EventsClient {
         self.subjects.command(op)
     }
 
+    /// Sends a prepared request and waits for the reply.
+    async fn request(
+        &self,
+        subject: String,
+        headers: HeaderMap,
+        payload: Bytes,
+    ) -> Result<async_nats::Message, ClientError> {
+        let request = async_nats::Request::new()
+            .headers(headers)
+            .payload(payload)
+            .timeout(Some(self.timeout));
+        self.nats
+            .send_request(subject.clone(), request)
+            .await
+            .map_err(|e| match e.kind() {
+                async_nats::RequestErrorKind::TimedOut => ClientError::Timeout(self.timeout),
+                async_nats::RequestErrorKind::NoResponders => ClientError::NoResponders(subject),
+                _ => ClientError::Request(e.to_string()),
+            })
+    }
+
     /// Sends a prepared request and decodes the reply.
     pub async fn send(
         &self,
@@ -172,21 +189,7 @@ impl EventsClient {
         headers: HeaderMap,
         payload: Bytes,
     ) -> Result<CallReply, ClientError> {
-        let request = async_nats::Request::new()
-            .headers(headers)
-            .payload(payload)
-            .timeout(Some(self.timeout));
-        let message = self
-            .nats
-            .send_request(subject.clone(), request)
-            .await
-            .map_err(|e| match e.kind() {
-                async_nats::RequestErrorKind::TimedOut => ClientError::Timeout(self.timeout),
-                async_nats::RequestErrorKind::NoResponders => {
-                    ClientError::NoResponders(subject.clone())
-                }
-                _ => ClientError::Request(e.to_string()),
-            })?;
+        let message = self.request(subject, headers, payload).await?;
         let headers = message.headers.clone().unwrap_or_default();
         let get = |name: &str| headers.get(name).map(|v| v.as_str().to_string());
         let status = get("Nats-Service-Error-Code")

@@ -944,58 +944,29 @@ async fn a_group_commit_reads_again_what_changed_behind_the_cache() {
         self, CommandMeta, Envelope, Known, WriteCommand, WriteOutcome,
     };
 
-    let app = TestApp::spawn().await;
-    let client = app.client();
-    let tenant = Uuid::new_v4();
-    let organizer = Uuid::new_v4();
-    app.grant(
-        tenant,
-        organizer,
-        "events.organizer",
-        "TENANT",
-        &tenant.to_string(),
-    )
-    .await;
-    let reply = client
-        .call(
-            "event.create",
-            &identity(tenant, organizer),
-            &json!({
-                "scopeType": "TENANT", "scopeId": tenant.to_string(), "title": "One seat",
-                "startsAt": "2030-01-10T10:00:00Z", "endsAt": "2030-01-10T12:00:00Z",
-                "capacity": 1,
-            }),
-        )
-        .await
-        .expect("create reply");
-    assert_eq!(reply.status, 200, "{:?}", reply.body);
-    let event = reply.body["id"].as_str().expect("id").to_string();
+    let f = Fixture::start().await;
+    let (app, tenant) = (&f.app, f.tenant);
+    let event = f.create(1).await;
     let event_id = EventId::parse(&event).expect("event id");
     let user = Uuid::new_v4();
-    let reply = client
-        .call(
-            "rsvp.set",
-            &identity(tenant, user),
-            &json!({"eventId": event, "status": "going"}),
-        )
-        .await
-        .expect("rsvp reply");
-    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    f.burst(&event, &[user], Some("going")).await;
 
-    // What a scope actor knows now: the event, its revision, and the RSVPs.
-    let (stored, _, revision) =
-        updspace_events::store::reads::event(&app.db, TenantId::from(tenant), event_id)
-            .await
-            .expect("read")
-            .expect("the event exists");
-    let remembered = Known {
-        event: std::sync::Arc::new(stored),
-        rsvps: Some(std::sync::Arc::new(HashMap::from([(
-            UserId::from(user),
-            RsvpStatus::Going,
-        )]))),
-        revision,
+    // What a scope actor knows now: the event, its revision, and that the
+    // user is going.
+    let knowledge = || async {
+        let (stored, _, revision) =
+            updspace_events::store::reads::event(&app.db, TenantId::from(tenant), event_id)
+                .await
+                .expect("read")
+                .expect("the event exists");
+        let going = HashMap::from([(UserId::from(user), RsvpStatus::Going)]);
+        Known {
+            event: std::sync::Arc::new(stored),
+            rsvps: Some(std::sync::Arc::new(going)),
+            revision,
+        }
     };
+    let remembered = knowledge().await;
 
     // The seat is given back behind that knowledge, moving the revision.
     let mut tx = app.db.begin().await.expect("begin");
@@ -1051,19 +1022,7 @@ async fn a_group_commit_reads_again_what_changed_behind_the_cache() {
 
     // At the current revision the same knowledge is used as it is: the
     // commit reads neither the event nor the RSVPs, and decides the same.
-    let (stored, _, revision) =
-        updspace_events::store::reads::event(&app.db, TenantId::from(tenant), event_id)
-            .await
-            .expect("read")
-            .expect("the event exists");
-    let current = Known {
-        event: std::sync::Arc::new(stored),
-        rsvps: Some(std::sync::Arc::new(HashMap::from([(
-            UserId::from(user),
-            RsvpStatus::Going,
-        )]))),
-        revision,
-    };
+    let current = knowledge().await;
     let mut again = envelope.clone();
     again.meta.request_id = Uuid::new_v4().to_string();
     let (results, _) = batch::execute(
