@@ -59,6 +59,18 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# One core's speed, timed the same way before and after the run: the
+# machine is shared with its host, and its speed can drift between runs
+# (and within one). Compare runs by this before comparing their figures.
+cpu_check() {
+    local start end
+    start=$(date +%s.%N)
+    head -c 256M /dev/zero | sha256sum >/dev/null
+    end=$(date +%s.%N)
+    awk -v s="$start" -v e="$end" 'BEGIN { printf "%.2f", e - s }'
+}
+CPU_BEFORE=$(cpu_check)
+
 log "starting the service (local authorization, database ${DB})"
 "$BIN" serve >"$SERVICE_LOG" 2>&1 &
 SERVICE_PID=$!
@@ -99,11 +111,13 @@ printf 'UPDATE t SET n = n + 1 WHERE id = 1;\n' >"$SCRIPT"
 PGB_HOT=$(pgbench -h 127.0.0.1 -U postgres -n -f "$SCRIPT" -c 16 -j 2 -T "$DURATION" "$PGB_DB" 2>/dev/null | awk '/^tps/ {print $3}')
 rm -f "$SCRIPT"
 
+CPU_AFTER=$(cpu_check)
+
 log "writing ${OUT}"
-python3 - "$RESULTS" "$OUT" "$PGB_RANDOM" "$PGB_HOT" "$DURATION" <<'PY'
+python3 - "$RESULTS" "$OUT" "$PGB_RANDOM" "$PGB_HOT" "$DURATION" "$CPU_BEFORE" "$CPU_AFTER" <<'PY'
 import json, platform, subprocess, sys, datetime
 
-results_path, out, pgb_random, pgb_hot, duration = sys.argv[1:6]
+results_path, out, pgb_random, pgb_hot, duration, cpu_before, cpu_after = sys.argv[1:8]
 rows = [json.loads(l) for l in open(results_path) if l.strip().startswith("{")]
 pgb_random, pgb_hot = float(pgb_random or 0), float(pgb_hot or 0)
 
@@ -134,6 +148,8 @@ sync = version("psql -h 127.0.0.1 -U postgres -Atc 'show synchronous_commit'")
 lines.append(f"- {version('psql --version')} (`synchronous_commit` = {sync})")
 lines.append(f"- {version('nats-server --version')}")
 lines.append(f"- {version('rustc --version')}")
+lines.append(f"- One core's speed (SHA-256 of 256 MiB): {cpu_before} s before the run, {cpu_after} s after. "
+             "The machine shares its host; compare runs by this first.")
 lines.append("- Postgres, NATS, the service and the load generator all run on this one machine.\n")
 lines.append("## Method\n")
 lines.append("The service runs from a release build with local authorization, its own database, "
