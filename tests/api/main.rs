@@ -4,6 +4,7 @@
 mod access_mode;
 mod admin_roles;
 mod authority;
+mod bench;
 mod capacity;
 mod cli;
 mod cli_call;
