@@ -374,12 +374,14 @@ impl Publisher {
         since: DateTime<Utc>,
         mut progress: impl FnMut(usize, usize),
     ) -> Result<(usize, usize), sqlx::Error> {
-        let mut after = 0i64;
+        let mut after = store::replay_from(since);
         let (mut sent, mut failed) = (0usize, 0usize);
         loop {
-            let rows = store::published_since(&self.db, since, after, self.config.batch).await?;
+            let rows = store::published_since(&self.db, after, self.config.batch).await?;
             let Some(last) = rows.last() else { break };
-            after = last.published_seq.unwrap_or(after);
+            // Never taken: a CHECK constraint gives every published row its time.
+            let Some(at) = last.published_at else { break };
+            after = (at, last.seq);
             let (ok, bad) = publish_rows(&self.js, &rows, self.config.encoding).await;
             sent += ok.len();
             failed += bad.len();

@@ -21,10 +21,11 @@ pub struct OutboxRow {
     pub occurred_at: DateTime<Utc>,
     pub attempts: i32,
     pub published_seq: Option<i64>,
+    pub published_at: Option<DateTime<Utc>>,
 }
 
 const ROW_COLUMNS: &str = "o.id, o.seq, o.tenant_id, o.event_id, o.event_type, o.subject, o.payload, o.traceparent, \
-     o.tracestate, o.occurred_at, o.attempts, o.published_seq";
+     o.tracestate, o.occurred_at, o.attempts, o.published_seq, o.published_at";
 
 /// The next pending rows that are due, in insertion order. A row waiting
 /// for a retry holds back the later rows of its event, so each event's
@@ -203,21 +204,32 @@ pub async fn retry_dead(db: &PgPool, ids: Option<&[Uuid]>) -> Result<u64, sqlx::
     Ok(done.rows_affected())
 }
 
-/// Published rows since a time, in publish order, for a replay.
+/// Where a replay has got to: the publish time and insertion order of the
+/// last row it sent.
+pub type ReplayCursor = (DateTime<Utc>, i64);
+
+/// The replay's starting point: every row published at `since` or later.
+pub fn replay_from(since: DateTime<Utc>) -> ReplayCursor {
+    (since, 0)
+}
+
+/// Published rows after `after`, in the order they reached the stream:
+/// by publish time (one mark per publisher cycle), then insertion order,
+/// which within a cycle is the order of their numbers and of each event's
+/// changes.
 pub async fn published_since(
     db: &PgPool,
-    since: DateTime<Utc>,
-    after_seq: i64,
+    after: ReplayCursor,
     limit: i64,
 ) -> Result<Vec<OutboxRow>, sqlx::Error> {
     let sql = format!(
         "SELECT {ROW_COLUMNS} FROM outbox o
-         WHERE o.state = 'published' AND o.published_at >= $1 AND o.published_seq > $2
-         ORDER BY o.published_seq LIMIT $3"
+         WHERE o.state = 'published' AND (o.published_at, o.seq) > ($1, $2)
+         ORDER BY o.published_at, o.seq LIMIT $3"
     );
     sqlx::query_as(sqlx::AssertSqlSafe(sql))
-        .bind(since)
-        .bind(after_seq)
+        .bind(after.0)
+        .bind(after.1)
         .bind(limit)
         .fetch_all(db)
         .await

@@ -457,6 +457,85 @@ async fn rows_published_but_not_marked_before_a_crash_are_not_duplicated() {
 }
 
 #[tokio::test]
+async fn a_replay_after_a_stream_loss_sends_every_published_row_again_in_publish_order() {
+    let mut first = TestApp::spawn().await;
+    let tenant = Uuid::new_v4();
+    let isolation_db = sqlx::PgPool::connect(&first.isolation.database_url())
+        .await
+        .expect("pool");
+    first.stop().await;
+    // More rows than one publisher cycle takes: several publish times.
+    backlog(&isolation_db, &first.isolation.prefix, tenant, 10, 500).await;
+    let app = first.spawn_sibling(|_| {}).await;
+    assert_exactly_once(&app, 5000).await;
+    let cycles: i64 = sqlx::query_scalar("SELECT count(DISTINCT published_at) FROM outbox")
+        .fetch_one(&app.db)
+        .await
+        .expect("publish times");
+    assert!(cycles > 1, "one publish time only");
+    let original: Vec<(String, Value)> = read_stream(NATS_URL, &app.isolation.stream)
+        .await
+        .into_iter()
+        .map(|m| (m.msg_id, m.envelope["sequence"].clone()))
+        .collect();
+
+    // The stream is lost and created again, empty.
+    let js = jetstream::new(app.nats.clone());
+    js.delete_stream(&app.isolation.stream)
+        .await
+        .expect("delete stream");
+    updspace_events::subjects::ensure_stream(
+        &app.nats,
+        &app.state.config.stream,
+        &app.isolation.prefix,
+    )
+    .await
+    .expect("stream again");
+
+    // Pages smaller than a cycle, so page boundaries fall inside publish
+    // times as well as between them.
+    let connect = updspace_events::store::connect_options(&app.state.config.database)
+        .expect("connect options");
+    let replayer = updspace_events::actors::outbox::Publisher::new(
+        app.db.clone(),
+        connect,
+        app.nats.clone(),
+        updspace_events::actors::outbox::OutboxConfig {
+            batch: 333,
+            ..Default::default()
+        },
+    );
+    let since = chrono::Utc::now() - chrono::Duration::hours(1);
+    let (sent, failed) = replayer.replay(since, |_, _| {}).await.expect("replay");
+    assert_eq!((sent, failed), (5000, 0));
+    let replayed: Vec<(String, Value)> = read_stream(NATS_URL, &app.isolation.stream)
+        .await
+        .into_iter()
+        .map(|m| (m.msg_id, m.envelope["sequence"].clone()))
+        .collect();
+    assert_eq!(replayed.len(), 5000);
+    // The same messages, with the same numbers, in the order they first
+    // reached the stream.
+    assert!(
+        replayed == original,
+        "the replay differs from what was first published"
+    );
+    let numbers: Vec<i64> = replayed.iter().filter_map(|(_, n)| n.as_i64()).collect();
+    assert_eq!(numbers.len(), 5000);
+    assert!(
+        numbers.windows(2).all(|w| w[0] < w[1]),
+        "sequence increases"
+    );
+
+    // Only rows published since the time given are sent.
+    let (sent, _) = replayer
+        .replay(chrono::Utc::now(), |_, _| {})
+        .await
+        .expect("replay");
+    assert_eq!(sent, 0);
+}
+
+#[tokio::test]
 async fn writes_continue_while_nats_is_down_and_arrive_once_after_it_returns() {
     let port = free_port();
     let store = TempDir::new();
