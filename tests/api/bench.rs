@@ -1,11 +1,11 @@
 //! `events-svc bench`: short runs of the real binary against a running
 //! service, so the benchmark keeps working as the service changes.
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use serde_json::Value;
 
-use crate::helpers::{NATS_URL, TEST_SECRET, TestApp};
+use crate::helpers::{NATS_URL, TEST_SECRET, TestApp, events_svc};
 
 /// What one run of the binary produced.
 #[derive(Debug)]
@@ -32,16 +32,7 @@ impl Run {
 /// Runs `events-svc bench <args>` aimed at `prefix`, off the runtime's
 /// threads so the in-process service keeps answering.
 async fn bench(prefix: &str, args: &[&str]) -> Run {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_events-svc"));
-    for (key, _) in std::env::vars() {
-        if key.starts_with("EVENTS_")
-            || key.starts_with("NATS_")
-            || key.starts_with("BFF_")
-            || key == "DATABASE_URL"
-        {
-            cmd.env_remove(key);
-        }
-    }
+    let mut cmd = events_svc();
     cmd.env("NATS_URL", NATS_URL)
         .env("EVENTS_SUBJECT_PREFIX", prefix)
         .env("BFF_INTERNAL_HMAC_SECRET", TEST_SECRET)

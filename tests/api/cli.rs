@@ -2,22 +2,7 @@
 
 use std::process::Command;
 
-use crate::helpers::{Isolation, cleanup};
-
-fn events_svc() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_events-svc"));
-    // Start from a clean environment so the machine's settings do not leak in.
-    for (key, _) in std::env::vars() {
-        if key.starts_with("EVENTS_")
-            || key.starts_with("NATS_")
-            || key.starts_with("BFF_")
-            || key == "DATABASE_URL"
-        {
-            cmd.env_remove(key);
-        }
-    }
-    cmd
-}
+use crate::helpers::{Isolation, cleanup, events_svc};
 
 #[test]
 fn a_missing_secret_is_one_line_naming_the_variable_and_dev_mode() {

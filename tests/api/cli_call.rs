@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::helpers::{NATS_URL, TEST_SECRET, TestApp};
+use crate::helpers::{NATS_URL, TEST_SECRET, TestApp, events_svc};
 
 /// What one run of the binary produced.
 #[derive(Debug)]
@@ -25,16 +25,7 @@ impl Run {
 
 /// `events-svc call …` with a clean environment aimed at `prefix`.
 fn command(prefix: &str, secret: &str) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_events-svc"));
-    for (key, _) in std::env::vars() {
-        if key.starts_with("EVENTS_")
-            || key.starts_with("NATS_")
-            || key.starts_with("BFF_")
-            || key == "DATABASE_URL"
-        {
-            cmd.env_remove(key);
-        }
-    }
+    let mut cmd = events_svc();
     cmd.env("NATS_URL", NATS_URL)
         .env("EVENTS_SUBJECT_PREFIX", prefix)
         .env("BFF_INTERNAL_HMAC_SECRET", secret)

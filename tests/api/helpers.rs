@@ -554,3 +554,19 @@ impl TestApp {
         }
     }
 }
+
+/// The `events-svc` binary with none of this machine's settings in its
+/// environment, so a test sets exactly what it means to.
+pub fn events_svc() -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_events-svc"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("EVENTS_")
+            || key.starts_with("NATS_")
+            || key.starts_with("BFF_")
+            || key == "DATABASE_URL"
+        {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
+}

@@ -329,6 +329,26 @@ async fn backlog(db: &sqlx::PgPool, prefix: &str, tenant: Uuid, events: usize, p
     .expect("backlog");
 }
 
+/// A stopped instance (its database, prefix and stream stay for siblings)
+/// whose outbox holds `events × per_event` pending rows, and a pool on
+/// that database.
+async fn stopped_with_backlog(events: usize, per_event: usize) -> (TestApp, sqlx::PgPool) {
+    let mut first = TestApp::spawn().await;
+    let db = sqlx::PgPool::connect(&first.isolation.database_url())
+        .await
+        .expect("pool");
+    first.stop().await;
+    backlog(
+        &db,
+        &first.isolation.prefix,
+        Uuid::new_v4(),
+        events,
+        per_event,
+    )
+    .await;
+    (first, db)
+}
+
 fn assert_per_event_order(messages: &[Published]) {
     let mut last: HashMap<String, i64> = HashMap::new();
     for m in messages {
@@ -384,13 +404,7 @@ async fn assert_exactly_once(app: &TestApp, expected: u64) {
 
 #[tokio::test]
 async fn a_publisher_restarted_mid_backlog_loses_and_duplicates_nothing() {
-    let mut first = TestApp::spawn().await;
-    let tenant = Uuid::new_v4();
-    let isolation_db = sqlx::PgPool::connect(&first.isolation.database_url())
-        .await
-        .expect("pool");
-    first.stop().await;
-    backlog(&isolation_db, &first.isolation.prefix, tenant, 50, 400).await;
+    let (first, _) = stopped_with_backlog(50, 400).await;
     let mut second = first.spawn_sibling(|_| {}).await;
     // Stop it while it drains (somewhere in the 20,000 rows), then restart.
     wait_for_stream(
@@ -407,13 +421,7 @@ async fn a_publisher_restarted_mid_backlog_loses_and_duplicates_nothing() {
 
 #[tokio::test]
 async fn rows_published_but_not_marked_before_a_crash_are_not_duplicated() {
-    let mut first = TestApp::spawn().await;
-    let tenant = Uuid::new_v4();
-    let isolation_db = sqlx::PgPool::connect(&first.isolation.database_url())
-        .await
-        .expect("pool");
-    first.stop().await;
-    backlog(&isolation_db, &first.isolation.prefix, tenant, 10, 30).await;
+    let (first, isolation_db) = stopped_with_backlog(10, 30).await;
     // What a publisher that crashed between publish and mark leaves behind:
     // the first 120 rows are in the stream, the outbox still says pending.
     let rows: Vec<updspace_events::store::outbox::OutboxRow> = {
@@ -458,14 +466,8 @@ async fn rows_published_but_not_marked_before_a_crash_are_not_duplicated() {
 
 #[tokio::test]
 async fn a_replay_after_a_stream_loss_sends_every_published_row_again_in_publish_order() {
-    let mut first = TestApp::spawn().await;
-    let tenant = Uuid::new_v4();
-    let isolation_db = sqlx::PgPool::connect(&first.isolation.database_url())
-        .await
-        .expect("pool");
-    first.stop().await;
     // More rows than one publisher cycle takes: several publish times.
-    backlog(&isolation_db, &first.isolation.prefix, tenant, 10, 500).await;
+    let (first, _) = stopped_with_backlog(10, 500).await;
     let app = first.spawn_sibling(|_| {}).await;
     assert_exactly_once(&app, 5000).await;
     let cycles: i64 = sqlx::query_scalar("SELECT count(DISTINCT published_at) FROM outbox")
