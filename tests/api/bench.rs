@@ -1,19 +1,9 @@
 //! `events-svc bench`: short runs of the real binary against a running
 //! service, so the benchmark keeps working as the service changes.
 
-use std::process::Stdio;
-
 use serde_json::Value;
 
-use crate::helpers::{NATS_URL, TEST_SECRET, TestApp, events_svc};
-
-/// What one run of the binary produced.
-#[derive(Debug)]
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
+use crate::helpers::{NATS_URL, Run, TEST_SECRET, TestApp, events_svc, run_blocking};
 
 impl Run {
     /// The one JSON object `--json` prints for the scenario.
@@ -36,21 +26,11 @@ async fn bench(prefix: &str, args: &[&str]) -> Run {
     cmd.env("NATS_URL", NATS_URL)
         .env("EVENTS_SUBJECT_PREFIX", prefix)
         .env("BFF_INTERNAL_HMAC_SECRET", TEST_SECRET)
-        .arg("bench")
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    tokio::task::spawn_blocking(move || {
-        let out = cmd.output().expect("events-svc runs");
-        Run {
-            code: out.status.code(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
-    })
-    .await
-    .expect("the runner thread")
+        .arg("bench");
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || run_blocking(cmd, args, None))
+        .await
+        .expect("the runner thread")
 }
 
 fn assert_measured(report: &Value, scenario: &str, transport: &str) {

@@ -1,20 +1,11 @@
 //! `events-svc call`: the real binary against a running service.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::helpers::{NATS_URL, TEST_SECRET, TestApp, events_svc};
-
-/// What one run of the binary produced.
-#[derive(Debug)]
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
+use crate::helpers::{NATS_URL, Run, TEST_SECRET, TestApp, events_svc, run_blocking};
 
 impl Run {
     fn json(&self) -> Value {
@@ -31,24 +22,6 @@ fn command(prefix: &str, secret: &str) -> Command {
         .env("BFF_INTERNAL_HMAC_SECRET", secret)
         .arg("call");
     cmd
-}
-
-fn run_blocking(mut cmd: Command, args: Vec<String>, stdin: Option<String>) -> Run {
-    cmd.args(&args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("events-svc starts");
-    // Dropping the pipe closes stdin, also when there is nothing to write.
-    if let (Some(mut pipe), Some(text)) = (child.stdin.take(), stdin) {
-        pipe.write_all(text.as_bytes()).expect("write stdin");
-    }
-    let out = child.wait_with_output().expect("events-svc finishes");
-    Run {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
 }
 
 /// Runs the binary off the runtime's threads, so the in-process service

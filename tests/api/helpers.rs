@@ -570,3 +570,34 @@ pub fn events_svc() -> std::process::Command {
     }
     cmd
 }
+
+/// What one run of the binary produced.
+#[derive(Debug)]
+pub struct Run {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `cmd` with `args` to the end, writing `stdin` (or nothing) to it.
+pub fn run_blocking(
+    mut cmd: std::process::Command,
+    args: Vec<String>,
+    stdin: Option<String>,
+) -> Run {
+    cmd.args(&args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("events-svc starts");
+    // Dropping the pipe closes stdin, also when there is nothing to write.
+    if let (Some(mut pipe), Some(text)) = (child.stdin.take(), stdin) {
+        std::io::Write::write_all(&mut pipe, text.as_bytes()).expect("write stdin");
+    }
+    let out = child.wait_with_output().expect("events-svc finishes");
+    Run {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
