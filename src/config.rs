@@ -156,6 +156,12 @@ pub struct Settings {
     )]
     pub portal_stale_max: Option<String>,
 
+    /// `access` mode: most calls to Access and Portal one request may make
+    /// (a list over more gated scopes than this answers what it could
+    /// decide, with `meta.partial`). Default 32.
+    #[arg(long, env = "EVENTS_AUTHZ_MAX_CALLS", global = true, value_name = "N")]
+    pub authz_max_calls: Option<String>,
+
     /// First token of every NATS subject the service uses.
     #[arg(
         long,
@@ -260,6 +266,12 @@ pub struct Settings {
     /// Most scope actors alive at once; beyond it the least recently used stop.
     #[arg(long, env = "EVENTS_MAX_LIVE_ACTORS", global = true, value_name = "N")]
     pub max_live_actors: Option<String>,
+
+    /// Signed requests one instance remembers to refuse their replays
+    /// (about 100 bytes each, kept 5 minutes). When full, requests are
+    /// checked in the shared replay bucket instead. Default 1000000.
+    #[arg(long, env = "EVENTS_REPLAY_MEMORY", global = true, value_name = "N")]
+    pub replay_memory: Option<String>,
 
     /// How often the outbox publisher looks for rows written elsewhere, e.g. 500ms.
     #[arg(
@@ -381,6 +393,8 @@ pub struct AuthzConfig {
     pub timeout: Duration,
     /// `access` mode: oldest Portal answer usable while Portal is down (EVENTS_PORTAL_STALE_MAX).
     pub portal_stale_max: Duration,
+    /// `access` mode: most authority calls per request (EVENTS_AUTHZ_MAX_CALLS).
+    pub max_calls: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -404,6 +418,8 @@ pub struct Config {
     pub retention_published_outbox_days: u32,
     pub max_body_bytes: usize,
     pub request_timeout: Duration,
+    /// Entries of the per-instance replay memory (EVENTS_REPLAY_MEMORY).
+    pub replay_memory: usize,
     pub telemetry: TelemetryConfig,
     pub actors: crate::actors::ActorConfig,
     pub outbox: crate::actors::outbox::OutboxConfig,
@@ -793,6 +809,7 @@ impl AuthzConfig {
                 Duration::from_secs(600),
                 Duration::ZERO,
             )?,
+            max_calls: parse_number("EVENTS_AUTHZ_MAX_CALLS", &s.authz_max_calls, 32, 1, 10_000)?,
         })
     }
 }
@@ -925,6 +942,13 @@ impl Config {
                 &s.request_timeout,
                 Duration::from_secs(5),
                 Duration::from_millis(100),
+            )?,
+            replay_memory: parse_number(
+                "EVENTS_REPLAY_MEMORY",
+                &s.replay_memory,
+                1_000_000,
+                1,
+                100_000_000,
             )?,
             telemetry: TelemetryConfig::load(s)?,
             actors: crate::actors::ActorConfig {

@@ -12,8 +12,8 @@ use crate::actors::{Registry, Shared};
 use crate::app::{App, AppParts};
 use crate::auth::{SignatureVersion, Verifier};
 use crate::authz::{
-    AccessAuthorizer, AccessRoleAdmin, AccessSettings, AuditLog, Authorizer, LocalAuthorizer,
-    LocalRoleAdmin, RoleAdmin,
+    AccessAuthorizer, AccessRoleAdmin, AccessSettings, Authorizer, LocalAuthorizer, LocalRoleAdmin,
+    RoleAdmin,
 };
 use crate::config::{AuthzMode, Config};
 use crate::http;
@@ -102,6 +102,12 @@ impl Application {
         }
         let nats = subjects::connect_with_retry(&config.nats, None).await?;
         subjects::ensure_stream(&nats, &config.stream, &config.nats.subject_prefix).await?;
+        let replay_bucket = subjects::replays::ReplayBucket::ensure(
+            &nats,
+            &config.stream,
+            Verifier::DEFAULT_WINDOW_SECS,
+        )
+        .await?;
         let outbox_wakeup = std::sync::Arc::new(tokio::sync::Notify::new());
         let metrics = crate::telemetry::metrics::Metrics::new();
         crate::telemetry::metrics::spawn_refresher(metrics.clone(), db.clone());
@@ -144,7 +150,7 @@ impl Application {
                     "authorization: access mode (Access + Portal)"
                 );
                 let admin: std::sync::Arc<dyn RoleAdmin> =
-                    std::sync::Arc::new(AccessRoleAdmin::new(access.clone()));
+                    std::sync::Arc::new(AccessRoleAdmin::new(access.clone(), db.clone()));
                 (
                     access.clone() as std::sync::Arc<dyn Authorizer>,
                     Some(access),
@@ -157,8 +163,10 @@ impl Application {
             db: db.clone(),
             registry,
             authorizer,
-            audit: AuditLog::start(db.clone()),
             verifier: Verifier::new(config.hmac.secrets.clone()).with_min_version(min_version),
+            replay_bucket,
+            authz_max_calls: config.authz.max_calls,
+            replay_memory: config.replay_memory,
             replay_window_secs: Verifier::DEFAULT_WINDOW_SECS,
             role_admin,
         });

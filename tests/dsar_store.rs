@@ -447,6 +447,7 @@ async fn erase_anonymizes_creator_and_deletes_user_rows() {
         &subjects(),
         TenantId::from(f.tenant),
         UserId::from(f.u),
+        &[],
     )
     .await
     .expect("erase succeeds");
@@ -465,6 +466,10 @@ async fn erase_anonymizes_creator_and_deletes_user_rows() {
             "attendance_deleted": 1,
             "attendance_marked_by_redacted": 1,
             "outbox_scrubbed": 2,
+            "role_bindings_deleted": 0,
+            "memberships_deleted": 0,
+            "feed_tokens_deleted": 0,
+            "audit_entries_anonymized": 0,
         })
     );
     let mut keys: Vec<&str> = s
@@ -602,6 +607,7 @@ async fn erase_scrubs_nested_values_and_leaves_unrelated_rows() {
         &subjects(),
         TenantId::from(tenant),
         UserId::from(u),
+        &[],
     )
     .await
     .expect("erase succeeds");
@@ -650,6 +656,7 @@ async fn erasing_a_going_user_promotes_the_first_waitlisted() {
         &subjects(),
         TenantId::from(tenant),
         UserId::from(u),
+        &[],
     )
     .await
     .expect("erase succeeds");
@@ -721,6 +728,7 @@ async fn erasing_a_going_user_promotes_the_first_waitlisted() {
         &subjects(),
         TenantId::from(tenant),
         UserId::from(w2),
+        &[],
     )
     .await
     .expect("erase succeeds");
@@ -752,6 +760,7 @@ async fn erase_of_a_user_without_data_changes_nothing() {
         &subjects(),
         TenantId::from(f.tenant),
         UserId::from(stranger),
+        &[],
     )
     .await
     .expect("erase succeeds");
@@ -763,6 +772,10 @@ async fn erase_of_a_user_without_data_changes_nothing() {
             "attendance_deleted": 0,
             "attendance_marked_by_redacted": 0,
             "outbox_scrubbed": 0,
+            "role_bindings_deleted": 0,
+            "memberships_deleted": 0,
+            "feed_tokens_deleted": 0,
+            "audit_entries_anonymized": 0,
         })
     );
     assert!(erased.changed_events.is_empty());
@@ -774,6 +787,7 @@ async fn erase_of_a_user_without_data_changes_nothing() {
         &subjects(),
         TenantId::from(f.tenant),
         UserId::from(f.u),
+        &[],
     )
     .await
     .expect("erase succeeds");
@@ -783,6 +797,7 @@ async fn erase_of_a_user_without_data_changes_nothing() {
         &subjects(),
         TenantId::from(f.tenant),
         UserId::from(Uuid::nil()),
+        &[],
     )
     .await
     .expect("erase succeeds");
@@ -831,6 +846,7 @@ async fn other_tenants_are_untouched() {
         &subjects(),
         TenantId::from(f.tenant),
         UserId::from(f.u),
+        &[],
     )
     .await
     .expect("erase succeeds");
@@ -912,7 +928,8 @@ async fn erase_starts_over_when_the_user_writes_meanwhile() {
     let pool = t.pool.clone();
     let tenant = TenantId::from(f.tenant);
     let user = UserId::from(f.u);
-    let erase = tokio::spawn(async move { dsar::erase(&pool, &subjects(), tenant, user).await });
+    let erase =
+        tokio::spawn(async move { dsar::erase(&pool, &subjects(), tenant, user, &[]).await });
     let mut waited = 0;
     loop {
         let waiting: i64 = sqlx::query_scalar(

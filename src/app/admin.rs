@@ -28,14 +28,14 @@ impl App {
             }
             Op::AdminRolesGrant => {
                 let spec = input::binding_spec(obj, guard.tenant())?;
-                let (binding, created) = roles.grant(ctx, &spec).await?;
+                let (binding, created) = roles.grant(ctx, &spec, guard.take_audit()).await?;
                 let mut reply = binding.to_json();
                 reply["created"] = json!(created);
                 Ok(Reply::Json(reply))
             }
             Op::AdminRolesRevoke => {
                 let target = input::revoke_target(obj, guard.tenant())?;
-                let revoked = roles.revoke(ctx, &target).await?;
+                let revoked = roles.revoke(ctx, &target, guard.take_audit()).await?;
                 Ok(Reply::Json(json!({"revoked": revoked.count()})))
             }
             other => Err(AppError::internal(

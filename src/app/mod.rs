@@ -18,13 +18,20 @@ use sha2::{Digest, Sha256};
 pub use error::AppError;
 
 use crate::actors::{Registry, ScopeKey, Snapshot};
-use crate::auth::{HeaderSource, InternalContext, ReplayGuard, RequestParts, Verifier};
-use crate::authz::{AuditEntry, AuditLog, Authorizer, Guard, Permission};
+use crate::auth::replay::ReplayKey;
+use crate::auth::{
+    AuthError, HeaderSource, InternalContext, ReplayGuard, RequestParts, SignatureVersion,
+    UnauthorizedReason, Verifier,
+};
+use crate::authz::{Authorizer, Guard, Permission, Sight};
+use crate::domain::ErrorCode;
 use crate::domain::{
     EventId, EventPatch, NewEvent, RsvpStatus, Scope, TenantId, format_utc, ics, parse_cancel_body,
 };
+use crate::store::audit::{self, AuditEntry};
 use crate::store::batch::{CommandMeta, Envelope, WriteCommand, WriteOutcome};
 use crate::store::reads::{self, Audience};
+use crate::subjects::replays::{Claimed, ReplayBucket};
 use views::{EventView, RsvpView, View};
 
 /// Every operation of the API, by its NATS name.
@@ -93,21 +100,48 @@ impl Op {
         Op::ALL.into_iter().find(|op| op.name() == name)
     }
 
-    /// Whether the operation changes state (and so is replay-guarded durably).
-    pub const fn is_write(self) -> bool {
-        matches!(
-            self,
+    /// Where the operation's signed triple is claimed so that a replay of it
+    /// is refused on every instance. Every operation says so explicitly: a
+    /// new one cannot be added without deciding.
+    pub const fn replay_claim(self) -> ReplayClaim {
+        match self {
             Op::EventCreate
-                | Op::EventUpdate
-                | Op::EventCancel
-                | Op::RsvpSet
-                | Op::RsvpClear
-                | Op::AttendanceMark
-                | Op::DsarErase
-                | Op::AdminRolesGrant
-                | Op::AdminRolesRevoke
-        )
+            | Op::EventUpdate
+            | Op::EventCancel
+            | Op::RsvpSet
+            | Op::RsvpClear
+            | Op::AttendanceMark => ReplayClaim::InWriteTransaction,
+            Op::DsarErase | Op::AdminRolesGrant | Op::AdminRolesRevoke => {
+                ReplayClaim::BeforeRunning
+            }
+            Op::EventGet
+            | Op::EventList
+            | Op::RsvpList
+            | Op::AttendanceList
+            | Op::EventIcs
+            | Op::DsarExport
+            | Op::AdminRolesList => ReplayClaim::Read,
+        }
     }
+
+    /// Whether the operation changes state.
+    pub const fn is_write(self) -> bool {
+        !matches!(self.replay_claim(), ReplayClaim::Read)
+    }
+}
+
+/// Where an operation claims the (request id, timestamp, signature) of its
+/// request in the replay table all instances share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplayClaim {
+    /// Changes nothing: refused when replayed to the instance that saw it;
+    /// v1-signed reads are checked in the shared replay bucket too.
+    Read,
+    /// Claimed in the transaction of the group commit that applies it, so a
+    /// write that fails leaves its triple unclaimed.
+    InWriteTransaction,
+    /// Claimed in the shared table before it runs.
+    BeforeRunning,
 }
 
 /// A successful result.
@@ -182,8 +216,13 @@ pub struct AppParts {
     pub db: sqlx::PgPool,
     pub registry: Registry,
     pub authorizer: Arc<dyn Authorizer>,
-    pub audit: AuditLog,
     pub verifier: Verifier,
+    /// Where reads that must be refused on every instance are claimed.
+    pub replay_bucket: ReplayBucket,
+    /// Most authority calls one request may make.
+    pub authz_max_calls: usize,
+    /// Entries of the per-instance replay memory.
+    pub replay_memory: usize,
     pub replay_window_secs: i64,
     /// Where role bindings are granted and revoked (`admin.roles.*`).
     pub role_admin: Arc<dyn crate::authz::RoleAdmin>,
@@ -199,9 +238,10 @@ struct Inner {
     db: sqlx::PgPool,
     registry: Registry,
     authorizer: Arc<dyn Authorizer>,
-    audit: AuditLog,
     verifier: Verifier,
     replay: ReplayGuard,
+    replay_bucket: ReplayBucket,
+    authz_max_calls: usize,
     index: ScopeIndex,
     replay_window_secs: i64,
     roles: crate::authz::RoleAdministration,
@@ -219,13 +259,11 @@ impl App {
                 db: parts.db,
                 registry: parts.registry,
                 authorizer: parts.authorizer,
-                roles: crate::authz::RoleAdministration::new(parts.role_admin, parts.audit.clone()),
-                audit: parts.audit,
+                roles: crate::authz::RoleAdministration::new(parts.role_admin),
                 verifier: parts.verifier,
-                replay: ReplayGuard::new(
-                    parts.replay_window_secs,
-                    crate::auth::ReplayGuard::DEFAULT_CAPACITY,
-                ),
+                replay_bucket: parts.replay_bucket,
+                authz_max_calls: parts.authz_max_calls,
+                replay: ReplayGuard::new(parts.replay_window_secs, parts.replay_memory),
                 index: ScopeIndex::new(),
                 replay_window_secs: parts.replay_window_secs,
             }),
@@ -244,18 +282,70 @@ impl App {
         &self.inner.db
     }
 
-    /// Verifies the signature and builds the caller's context, refusing a
-    /// signed request seen before on this instance.
-    pub fn authenticate(
+    /// Verifies the signature, builds the caller's context and refuses a
+    /// replay: of any request on this instance, and, where the operation or
+    /// the signature version asks for it, on every instance
+    /// (`docs/hmac-signatures.md`, "Replays").
+    pub async fn authenticate(
         &self,
+        op: Op,
         headers: &impl HeaderSource,
         parts: &RequestParts<'_>,
     ) -> Result<InternalContext, AppError> {
         let now = crate::auth::now_unix();
-        Ok(self
-            .inner
-            .verifier
-            .authenticate_guarded(headers, parts, now, &self.inner.replay)?)
+        let ctx =
+            self.inner
+                .verifier
+                .authenticate_guarded(headers, parts, now, &self.inner.replay)?;
+        self.claim_shared(op, &ctx, now).await?;
+        Ok(ctx)
+    }
+
+    /// Claims the request's triple where all instances see it, as its
+    /// operation says ([`Op::replay_claim`]).
+    async fn claim_shared(&self, op: Op, ctx: &InternalContext, now: i64) -> Result<(), AppError> {
+        let key = ReplayKey::of(ctx);
+        let replayed = || AppError::from(AuthError::from(UnauthorizedReason::Replayed));
+        match op.replay_claim() {
+            // The group commit claims it, in the transaction of the change.
+            ReplayClaim::InWriteTransaction => Ok(()),
+            ReplayClaim::BeforeRunning => {
+                let expires = self.replay_expiry(ctx);
+                if crate::store::replays::claim(&self.inner.db, key.0, expires).await? {
+                    Ok(())
+                } else {
+                    Err(replayed())
+                }
+            }
+            ReplayClaim::Read => {
+                // v1 binds no identity: replayed elsewhere with other headers
+                // it would read as someone else.
+                if ctx.signature_version != SignatureVersion::V1
+                    && !self.inner.replay.diverting(now)
+                {
+                    return Ok(());
+                }
+                match self.inner.replay_bucket.claim(&key).await {
+                    Ok(Claimed::First) => Ok(()),
+                    Ok(Claimed::Replayed) => Err(replayed()),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the replay bucket could not be reached");
+                        Err(AppError::Unavailable {
+                            code: ErrorCode::ServiceUnavailable,
+                            message: "The replay check could not be made; try again shortly".into(),
+                        })
+                    }
+                }
+            }
+        }
+    }
+
+    /// When a request's claim may be forgotten: once its signature expired.
+    fn replay_expiry(&self, ctx: &InternalContext) -> chrono::DateTime<Utc> {
+        chrono::DateTime::from_timestamp(ctx.timestamp + self.inner.replay_window_secs + 1, 0)
+            .unwrap_or_else(|| {
+                Utc::now() + chrono::Duration::seconds(self.inner.replay_window_secs)
+            })
     }
 
     /// Runs one operation for an authenticated caller.
@@ -269,9 +359,29 @@ impl App {
         let guard = Guard::new(
             ctx,
             self.inner.authorizer.as_ref(),
-            &self.inner.audit,
             op.name(),
+            self.inner.authz_max_calls,
         );
+        let result = self.dispatch(&guard, op, body, meta).await;
+        // What the request owes the audit log and no write took with it
+        // (a read's admin bypass, a refusal after one) is written before
+        // the answer leaves: an answer never outlives its audit entry.
+        let owed = guard.take_audit();
+        if !owed.is_empty() {
+            audit::record(&self.inner.db, &owed)
+                .await
+                .map_err(|e| AppError::internal("audit log", e))?;
+        }
+        result
+    }
+
+    async fn dispatch(
+        &self,
+        guard: &Guard<'_>,
+        op: Op,
+        body: &Value,
+        meta: &CallMeta,
+    ) -> Result<Reply, AppError> {
         if body.is_null()
             && matches!(
                 op,
@@ -287,20 +397,20 @@ impl App {
         // would be as large as the largest operation's state and be copied
         // around at that size when spawned.
         let run: futures::future::BoxFuture<'_, Result<Reply, AppError>> = match op {
-            Op::EventCreate => Box::pin(self.create(&guard, body, meta)),
-            Op::EventGet => Box::pin(self.get(&guard, obj)),
-            Op::EventList => Box::pin(self.list(&guard, obj)),
-            Op::EventUpdate => Box::pin(self.update(&guard, obj, body, meta)),
-            Op::EventCancel => Box::pin(self.cancel(&guard, obj, body, meta)),
-            Op::RsvpSet => Box::pin(self.set_rsvp(&guard, obj, meta, true)),
-            Op::RsvpClear => Box::pin(self.set_rsvp(&guard, obj, meta, false)),
-            Op::RsvpList => Box::pin(self.rsvp_list(&guard, obj)),
-            Op::AttendanceMark => Box::pin(self.mark_attendance(&guard, obj, meta)),
-            Op::AttendanceList => Box::pin(self.attendance_list(&guard, obj)),
-            Op::EventIcs => Box::pin(self.ics(&guard, obj)),
-            Op::DsarExport | Op::DsarErase => Box::pin(self.dsar(&guard, obj, op)),
+            Op::EventCreate => Box::pin(self.create(guard, body, meta)),
+            Op::EventGet => Box::pin(self.get(guard, obj)),
+            Op::EventList => Box::pin(self.list(guard, obj)),
+            Op::EventUpdate => Box::pin(self.update(guard, obj, body, meta)),
+            Op::EventCancel => Box::pin(self.cancel(guard, obj, body, meta)),
+            Op::RsvpSet => Box::pin(self.set_rsvp(guard, obj, meta, true)),
+            Op::RsvpClear => Box::pin(self.set_rsvp(guard, obj, meta, false)),
+            Op::RsvpList => Box::pin(self.rsvp_list(guard, obj)),
+            Op::AttendanceMark => Box::pin(self.mark_attendance(guard, obj, meta)),
+            Op::AttendanceList => Box::pin(self.attendance_list(guard, obj)),
+            Op::EventIcs => Box::pin(self.ics(guard, obj)),
+            Op::DsarExport | Op::DsarErase => Box::pin(self.dsar(guard, obj, op)),
             Op::AdminRolesList | Op::AdminRolesGrant | Op::AdminRolesRevoke => {
-                Box::pin(self.admin_roles(&guard, obj, op))
+                Box::pin(self.admin_roles(guard, obj, op))
             }
         };
         run.await
@@ -308,12 +418,6 @@ impl App {
 
     fn meta(&self, guard: &Guard<'_>, meta: &CallMeta) -> CommandMeta {
         let ctx = guard.ctx();
-        let mut triple = Vec::with_capacity(ctx.request_id.len() + ctx.signature.len() + 24);
-        triple.extend_from_slice(ctx.request_id.as_bytes());
-        triple.push(b'\n');
-        triple.extend_from_slice(ctx.timestamp.to_string().as_bytes());
-        triple.push(b'\n');
-        triple.extend_from_slice(ctx.signature.as_bytes());
         let now = Utc::now();
         // Trace context is the caller's to send and ours to carry into the
         // outbox and stream headers: a malformed or oversized one is dropped
@@ -329,12 +433,9 @@ impl App {
             request_id: idempotency_request_id(&ctx.request_id),
             traceparent: traceparent.map(str::to_string),
             tracestate: tracestate.map(str::to_string),
-            replay_key: Some(sha256(&triple)),
-            replay_expires_at: chrono::DateTime::from_timestamp(
-                ctx.timestamp + self.inner.replay_window_secs + 1,
-                0,
-            )
-            .unwrap_or(now + chrono::Duration::seconds(self.inner.replay_window_secs)),
+            replay_key: Some(ReplayKey::of(ctx).0),
+            replay_expires_at: self.replay_expiry(ctx),
+            audit: guard.take_audit(),
             now,
         }
     }
@@ -378,16 +479,17 @@ impl App {
         Ok(Some(snapshot))
     }
 
-    /// Finds an event the caller may see (404 otherwise, hidden or absent alike).
+    /// Finds an event the caller may see (404 otherwise, hidden or absent
+    /// alike; 403 for a suspended or banned caller who could see it).
     async fn visible(&self, guard: &Guard<'_>, id: EventId) -> Result<Snapshot, AppError> {
         let snapshot = self
             .load(guard.tenant(), id)
             .await?
             .ok_or(AppError::NotFound)?;
-        if guard.can_see(&snapshot.event).await? {
-            Ok(snapshot)
-        } else {
-            Err(AppError::NotFound)
+        match guard.sight(&snapshot.event).await? {
+            Sight::Visible => Ok(snapshot),
+            Sight::Hidden => Err(AppError::NotFound),
+            Sight::Blocked => Err(AppError::Forbidden("Permission denied")),
         }
     }
 
@@ -487,7 +589,7 @@ impl App {
         let user = guard.user();
         let mut partial = false;
         let audience = if guard.is_admin() {
-            guard.note_admin_bypass("event_list", None).await;
+            guard.note_admin_bypass("event_list", None);
             Audience::Everything
         } else if self.inner.authorizer.memberships_in_database() {
             // Every member reads at every scope here, so memberships are
@@ -495,28 +597,32 @@ impl App {
             Audience::LocalMember { user }
         } else {
             let gated = reads::gated_scopes(&self.inner.db, tenant, user, &filter).await?;
-            // Read permission and membership of every gated scope, all at
-            // once (remote authorities are asked concurrently, never one
-            // scope after another).
-            let (answers, readable) = futures::future::try_join(
-                guard.memberships(&gated),
-                futures::future::try_join_all(
-                    gated
-                        .iter()
-                        .map(|scope| guard.can(Permission::EventRead, scope)),
-                ),
-            )
-            .await?;
+            // Read permission and membership of each gated scope, asked
+            // together, a few scopes at a time (never one call after
+            // another), within the request's call budget: what it leaves
+            // undecided makes the page partial.
+            use futures::{StreamExt, TryStreamExt};
+            let decided: Vec<(Scope, Option<bool>, Option<bool>)> = futures::stream::iter(gated)
+                .map(|scope| async move {
+                    let (readable, member) = futures::future::try_join(
+                        guard.decide(Permission::EventRead, &scope),
+                        guard.memberships(std::slice::from_ref(&scope)),
+                    )
+                    .await?;
+                    let member = member.get(&scope).copied().flatten();
+                    Ok::<_, AppError>((scope, readable, member))
+                })
+                .buffered(crate::authz::CallBudget::MAX_CONCURRENT / 2)
+                .try_collect()
+                .await?;
             let mut member_scopes = Vec::new();
-            for (scope, readable) in gated.into_iter().zip(readable) {
-                if !readable {
+            for (scope, readable, member) in decided {
+                match (readable, member) {
                     // Hidden whatever the membership: not a partial answer.
-                    continue;
-                }
-                match answers.get(&scope).copied().flatten() {
-                    Some(true) => member_scopes.push(scope),
-                    Some(false) => {}
-                    None => partial = true,
+                    (Some(false), _) => {}
+                    (Some(true), Some(true)) => member_scopes.push(scope),
+                    (Some(true), Some(false)) => {}
+                    (None, _) | (_, None) => partial = true,
                 }
             }
             Audience::Member {
@@ -786,30 +892,35 @@ impl App {
         }
         let tenant = guard.tenant();
         let ctx = guard.ctx();
-        self.inner
-            .audit
-            .record(AuditEntry {
-                tenant_id: Some(ctx.tenant_id),
-                actor_user_id: Some(ctx.user_id),
-                action: if op == Op::DsarErase {
-                    "dsar.erased"
-                } else {
-                    "dsar.exported"
-                },
-                target_type: "user",
-                target_id: Some(target.to_string()),
-                request_id: Some(ctx.request_id.clone()),
-                details: json!({"via": if is_subject { "self" } else { "system_admin" }}),
-            })
-            .await;
+        guard.record(AuditEntry {
+            tenant_id: Some(ctx.tenant_id),
+            actor_user_id: Some(ctx.user_id),
+            action: if op == Op::DsarErase {
+                "dsar.erased"
+            } else {
+                "dsar.exported"
+            },
+            target_type: "user",
+            target_id: Some(target.to_string()),
+            request_id: Some(ctx.request_id.clone()),
+            details: json!({"via": if is_subject { "self" } else { "system_admin" }}),
+        });
         if op == Op::DsarExport {
+            // The entry is written after the export was read, before it is
+            // answered (by `execute`).
             return Ok(Reply::Json(
                 crate::store::dsar::export(&self.inner.db, tenant, target).await?,
             ));
         }
         let shared = self.inner.registry.shared().clone();
-        let erased =
-            crate::store::dsar::erase(&self.inner.db, &shared.subjects, tenant, target).await?;
+        let erased = crate::store::dsar::erase(
+            &self.inner.db,
+            &shared.subjects,
+            tenant,
+            target,
+            &guard.take_audit(),
+        )
+        .await?;
         for event in &erased.changed_events {
             self.inner
                 .registry

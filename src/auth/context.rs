@@ -111,6 +111,8 @@ pub enum AuthError {
     Unauthenticated,
     #[error("X-User-Id must be a UUID")]
     InvalidUserId,
+    #[error("X-User-Id must not be the nil UUID")]
+    NilUserId,
 }
 
 impl AuthError {
@@ -122,7 +124,7 @@ impl AuthError {
             Self::Unauthorized(_) => "UNAUTHORIZED",
             Self::ServerMisconfigured => "SERVER_ERROR",
             Self::Unauthenticated => "UNAUTHENTICATED",
-            Self::InvalidUserId => "INVALID_USER_ID",
+            Self::InvalidUserId | Self::NilUserId => "INVALID_USER_ID",
         }
     }
 
@@ -131,7 +133,8 @@ impl AuthError {
             Self::MissingRequestId
             | Self::MissingTenantContext
             | Self::InvalidTenantId
-            | Self::InvalidUserId => 400,
+            | Self::InvalidUserId
+            | Self::NilUserId => 400,
             Self::Unauthorized(_) | Self::Unauthenticated => 401,
             Self::ServerMisconfigured => 500,
         }
@@ -146,6 +149,9 @@ impl AuthError {
             Self::ServerMisconfigured => "Internal HMAC secret is not configured",
             Self::Unauthenticated => "X-User-Id is required",
             Self::InvalidUserId => "X-User-Id must be a UUID",
+            Self::NilUserId => {
+                "X-User-Id must not be the nil UUID: it stands for erased users, not a caller"
+            }
         }
     }
 }
@@ -427,6 +433,11 @@ impl Verifier {
             .filter(|s| !s.trim().is_empty())
             .ok_or(AuthError::Unauthenticated)?;
         let user_id = Uuid::parse_str(user_id_raw.trim()).map_err(|_| AuthError::InvalidUserId)?;
+        // The nil id stands for erased users (DSAR): it is nobody, and
+        // would otherwise match every erased creator.
+        if user_id.is_nil() {
+            return Err(AuthError::NilUserId);
+        }
 
         Ok(InternalContext {
             request_id: request_id.to_owned(),

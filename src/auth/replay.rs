@@ -1,36 +1,81 @@
 //! Refusing a signed request that is presented a second time.
 //!
-//! A signature stays valid for the whole clock window, so without this guard anyone
+//! A signature stays valid for the whole clock window, so without a guard anyone
 //! who sees one request (a log line, a proxy) can send it again for up to five
 //! minutes. A retry by an honest client carries a new timestamp and signature and is
 //! not a replay; retries of a create are deduplicated elsewhere, on the request id.
+//!
+//! This module holds what every instance keeps for itself: the key of a signed
+//! request, and the per-instance memory of the keys it accepted. Which requests
+//! are also checked in a store shared by all instances is decided by the
+//! application layer (`docs/hmac-signatures.md`, "Replays").
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 use sha2::{Digest, Sha256};
 
 use crate::auth::context::{AuthError, InternalContext, UnauthorizedReason};
 
-type Key = [u8; 16];
+/// The identity of one signed request: SHA-256 over its length-prefixed
+/// (request id, signature) and its timestamp, so no two different triples
+/// share an input, whatever the request id's length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ReplayKey(pub [u8; 32]);
 
-/// Remembers the (request id, timestamp, signature) of accepted requests until their
-/// signature expires. In memory and per process: each instance guards the requests
-/// it receives itself.
+impl ReplayKey {
+    pub fn of(ctx: &InternalContext) -> Self {
+        Self::of_triple(&ctx.request_id, ctx.timestamp, &ctx.signature)
+    }
+
+    pub fn of_triple(request_id: &str, timestamp: i64, signature: &str) -> Self {
+        let mut hasher = Sha256::new();
+        for field in [request_id.as_bytes(), signature.as_bytes()] {
+            hasher.update((field.len() as u64).to_le_bytes());
+            hasher.update(field);
+        }
+        hasher.update(timestamp.to_le_bytes());
+        Self(hasher.finalize().into())
+    }
+
+    /// The first 128 bits, which the per-instance memory keeps.
+    fn short(&self) -> Short {
+        let mut short = [0u8; 16];
+        short.copy_from_slice(&self.0[..16]);
+        short
+    }
+
+    /// Lower-case hex of the first 128 bits (a key name for shared stores).
+    pub fn short_hex(&self) -> String {
+        hex::encode(self.short())
+    }
+}
+
+type Short = [u8; 16];
+
+/// Remembers the keys of requests this instance accepted until their signature
+/// expires, and refuses them while remembered.
 ///
-/// Memory is bounded by `capacity` entries (about 100 bytes each). When full, the
-/// entry closest to expiry is forgotten first, so an eviction only reopens the
-/// shortest possible replay window.
+/// Memory is bounded by `capacity` entries (about 100 bytes each). Nothing is
+/// ever forgotten early, since that would reopen a replay window: once full, a
+/// new request is accepted without being remembered, and the guard reports that
+/// it is *diverting* until the last such request has expired. While it is, the
+/// caller must check every request in the shared store instead
+/// ([`ReplayGuard::diverting`]).
 pub struct ReplayGuard {
     shards: Box<[Mutex<Shard>]>,
     shard_capacity: usize,
     window_secs: i64,
+    /// Unix seconds until which requests not remembered here may still be
+    /// replayed (0: none).
+    diverted_until: AtomicI64,
 }
 
 #[derive(Default)]
 struct Shard {
-    expiry_by_key: HashMap<Key, i64>,
-    by_expiry: BTreeSet<(i64, Key)>,
+    expiry_by_key: HashMap<Short, i64>,
+    by_expiry: BTreeSet<(i64, Short)>,
 }
 
 impl Shard {
@@ -40,12 +85,6 @@ impl Shard {
                 break;
             }
             self.by_expiry.pop_first();
-            self.expiry_by_key.remove(&key);
-        }
-    }
-
-    fn forget_soonest(&mut self) {
-        if let Some((_, key)) = self.by_expiry.pop_first() {
             self.expiry_by_key.remove(&key);
         }
     }
@@ -90,6 +129,7 @@ impl ReplayGuard {
             shards,
             shard_capacity: capacity.max(1).div_ceil(shard_count),
             window_secs,
+            diverted_until: AtomicI64::new(0),
         }
     }
 
@@ -122,7 +162,7 @@ impl ReplayGuard {
             // would only take space.
             return Err(UnauthorizedReason::Expired.into());
         }
-        let key = replay_key(request_id, timestamp, signature);
+        let key = ReplayKey::of_triple(request_id, timestamp, signature).short();
         let mut shard = self.shards[usize::from(key[0]) % self.shards.len()]
             .lock()
             // Every update leaves the maps consistent, so a panic elsewhere while the
@@ -133,11 +173,18 @@ impl ReplayGuard {
             return Err(UnauthorizedReason::Replayed.into());
         }
         if shard.expiry_by_key.len() >= self.shard_capacity {
-            shard.forget_soonest();
+            self.diverted_until.fetch_max(expiry, Ordering::SeqCst);
+            return Ok(());
         }
         shard.expiry_by_key.insert(key, expiry);
         shard.by_expiry.insert((expiry, key));
         Ok(())
+    }
+
+    /// Whether a request accepted without being remembered here may still be
+    /// replayed: then every request must also be checked in the shared store.
+    pub fn diverting(&self, now_unix: i64) -> bool {
+        now_unix <= self.diverted_until.load(Ordering::SeqCst)
     }
 
     /// Entries currently remembered (expired ones may linger until their shard is
@@ -157,21 +204,6 @@ impl ReplayGuard {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-}
-
-/// 128 bits of SHA-256 over the length-prefixed triple: fixed-size entries whatever
-/// the request id's length, and no two different triples encode to the same input.
-fn replay_key(request_id: &str, timestamp: i64, signature: &str) -> Key {
-    let mut hasher = Sha256::new();
-    for field in [request_id.as_bytes(), signature.as_bytes()] {
-        hasher.update((field.len() as u64).to_le_bytes());
-        hasher.update(field);
-    }
-    hasher.update(timestamp.to_le_bytes());
-    let digest = hasher.finalize();
-    let mut key = [0u8; 16];
-    key.copy_from_slice(&digest[..16]);
-    key
 }
 
 #[cfg(test)]
@@ -284,18 +316,25 @@ mod tests {
     }
 
     #[test]
-    fn the_entry_closest_to_expiry_is_evicted_first() {
+    fn a_full_guard_forgets_nothing_and_diverts_until_the_unremembered_expire() {
         let guard = ReplayGuard::with_shards(300, 2, 1);
         let a = ctx("a", NOW, "aa");
-        let early = ctx("early", NOW - 100, "aa");
-        let c = ctx("c", NOW, "aa");
-        for x in [&a, &early, &c] {
+        let b = ctx("b", NOW - 100, "aa");
+        let late = ctx("late", NOW + 50, "aa");
+        for x in [&a, &b] {
             assert!(guard.check_and_remember(x, NOW).is_ok());
         }
+        assert!(!guard.diverting(NOW));
+        // Full: accepted, not remembered, and the guard says so until the
+        // request's signature has expired.
+        assert!(guard.check_and_remember(&late, NOW).is_ok());
         assert_eq!(guard.len(), 2);
+        assert!(guard.diverting(NOW));
+        assert!(guard.diverting(NOW + 350));
+        assert!(!guard.diverting(NOW + 351));
+        // What it remembers stays refused.
         assert_eq!(guard.check_and_remember(&a, NOW), replayed());
-        assert_eq!(guard.check_and_remember(&c, NOW), replayed());
-        assert!(guard.check_and_remember(&early, NOW).is_ok());
+        assert_eq!(guard.check_and_remember(&b, NOW), replayed());
     }
 
     #[test]

@@ -37,8 +37,9 @@ use uuid::Uuid;
 
 use crate::app::AppError;
 use crate::auth::{InternalContext, sign_v1};
-use crate::authz::{Authorizer, Memberships, Permission, membership_gated};
+use crate::authz::{Authorizer, CallBudget, Memberships, Permission, membership_gated};
 use crate::domain::{ErrorCode, Scope, ScopeType};
+use tokio::sync::OwnedSemaphorePermit;
 
 /// Largest response body read from Access or Portal; their answers are tiny.
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
@@ -138,6 +139,9 @@ pub struct AccessStats {
     pub stale_memberships: AtomicU64,
     /// Memberships answered "unknown" (no usable answer at all).
     pub unknown_memberships: AtomicU64,
+    /// Questions left undecided because their request had spent its calls
+    /// (`EVENTS_AUTHZ_MAX_CALLS`).
+    pub over_budget: AtomicU64,
     /// Second attempts after a connection-level failure.
     pub retries: AtomicU64,
     /// Calls of the authorizer (`has_permission` + `memberships`).
@@ -164,6 +168,7 @@ pub struct AccessStatsSnapshot {
     pub coalesced: u64,
     pub stale_memberships: u64,
     pub unknown_memberships: u64,
+    pub over_budget: u64,
     pub retries: u64,
     pub lookups: u64,
     pub lookup_micros: u64,
@@ -188,6 +193,7 @@ impl AccessStats {
             coalesced: get(&self.coalesced),
             stale_memberships: get(&self.stale_memberships),
             unknown_memberships: get(&self.unknown_memberships),
+            over_budget: get(&self.over_budget),
             retries: get(&self.retries),
             lookups: get(&self.lookups),
             lookup_micros: get(&self.lookup_micros),
@@ -692,15 +698,16 @@ impl AccessAuthorizer {
         ctx: &InternalContext,
         permission: Permission,
         scope: &Scope,
-    ) -> Result<bool, AppError> {
+        budget: &CallBudget,
+    ) -> Result<Option<bool>, AppError> {
         let inner = &self.inner;
         // The guard decides these before asking; repeated here so that no
         // caller of the authorizer can send them to Access (original §4.1).
         if ctx.master_flags.is_suspended_or_banned() {
-            return Ok(false);
+            return Ok(Some(false));
         }
         if ctx.master_flags.is_system_admin() {
-            return Ok(true);
+            return Ok(Some(true));
         }
         let started = Instant::now();
         bump(&inner.stats.lookups);
@@ -714,12 +721,26 @@ impl AccessAuthorizer {
         };
         let result = if let Some(allowed) = inner.decisions.fresh(&key, started) {
             bump(&inner.stats.decision_hits);
-            Ok(allowed)
+            Ok(Some(allowed))
         } else {
             bump(&inner.stats.decision_misses);
-            let flight = self.decision_flight(key, caller);
+            // Joining a call already in flight costs the authority nothing.
+            let joined = inner.decision_flights.lock().get(&key).cloned();
+            let flight = match joined {
+                Some(flight) => {
+                    bump(&inner.stats.coalesced);
+                    flight
+                }
+                None => {
+                    let Some(permit) = budget.take().await else {
+                        bump(&inner.stats.over_budget);
+                        return Ok(None);
+                    };
+                    self.decision_flight(key, caller, permit)
+                }
+            };
             match tokio::time::timeout(inner.timeout, flight).await {
-                Ok(Ok(allowed)) => Ok(allowed),
+                Ok(Ok(allowed)) => Ok(Some(allowed)),
                 Ok(Err(_)) | Err(_) => Err(AppError::Unavailable {
                     code: ErrorCode::AccessUnavailable,
                     message: "The access service could not be reached; try again shortly".into(),
@@ -733,8 +754,14 @@ impl AccessAuthorizer {
         result
     }
 
-    /// The call deciding `key`: the one in flight, or a new one.
-    fn decision_flight(&self, key: DecisionKey, caller: Caller) -> Flight<bool> {
+    /// The call deciding `key`: the one in flight, or a new one holding
+    /// `permit` (the request's share of concurrent calls) until it is over.
+    fn decision_flight(
+        &self,
+        key: DecisionKey,
+        caller: Caller,
+        permit: OwnedSemaphorePermit,
+    ) -> Flight<bool> {
         let mut flights = self.inner.decision_flights.lock();
         if let Some(flight) = flights.get(&key) {
             bump(&self.inner.stats.coalesced);
@@ -746,6 +773,7 @@ impl AccessAuthorizer {
             let result = inner
                 .check_access(&caller, task_key.permission, &task_key.scope)
                 .await;
+            drop(permit);
             match &result {
                 Ok(allowed) => {
                     let ttl = if *allowed {
@@ -809,14 +837,16 @@ impl AccessAuthorizer {
         flight
     }
 
-    async fn resolve_memberships(&self, ctx: &InternalContext, scopes: &[Scope]) -> Memberships {
+    async fn resolve_memberships(
+        &self,
+        ctx: &InternalContext,
+        scopes: &[Scope],
+        budget: &CallBudget,
+    ) -> Memberships {
         let inner = &self.inner;
         let mut out = Memberships::default();
-        // Suspended and banned users are members of nothing here (Portal
-        // would refuse to answer for them anyway).
-        if ctx.master_flags.is_suspended_or_banned() {
-            return out;
-        }
+        // Asked for suspended and banned callers too: membership (never
+        // sent with their flags) tells a 403 from a 404 for them.
         let started = Instant::now();
         bump(&inner.stats.lookups);
         let caller = Caller::of(ctx);
@@ -843,7 +873,21 @@ impl AccessAuthorizer {
                 }
                 None => {
                     bump(&inner.stats.membership_misses);
-                    let flight = self.membership_flight(key.clone(), caller.clone());
+                    let joined = inner.membership_flights.lock().get(&key).cloned();
+                    let flight = match joined {
+                        Some(flight) => {
+                            bump(&inner.stats.coalesced);
+                            flight
+                        }
+                        None => {
+                            let Some(permit) = budget.take().await else {
+                                bump(&inner.stats.over_budget);
+                                out.unknown.insert(scope.clone());
+                                continue;
+                            };
+                            self.membership_flight(key.clone(), caller.clone(), permit)
+                        }
+                    };
                     pending.push((scope.clone(), key, flight));
                 }
             }
@@ -890,7 +934,12 @@ impl AccessAuthorizer {
         out
     }
 
-    fn membership_flight(&self, key: MembershipKey, caller: Caller) -> Flight<bool> {
+    fn membership_flight(
+        &self,
+        key: MembershipKey,
+        caller: Caller,
+        permit: OwnedSemaphorePermit,
+    ) -> Flight<bool> {
         let mut flights = self.inner.membership_flights.lock();
         if let Some(flight) = flights.get(&key) {
             bump(&self.inner.stats.coalesced);
@@ -900,6 +949,7 @@ impl AccessAuthorizer {
         let task_key = key.clone();
         let task = tokio::spawn(async move {
             let result = inner.check_membership(&caller, &task_key.scope).await;
+            drop(permit);
             match &result {
                 Ok(member) => {
                     let ttl = if *member {
@@ -1108,16 +1158,18 @@ impl Authorizer for AccessAuthorizer {
         ctx: &'a InternalContext,
         permission: Permission,
         scope: &'a Scope,
-    ) -> BoxFuture<'a, Result<bool, AppError>> {
-        self.permission(ctx, permission, scope).boxed()
+        budget: &'a CallBudget,
+    ) -> BoxFuture<'a, Result<Option<bool>, AppError>> {
+        self.permission(ctx, permission, scope, budget).boxed()
     }
 
     fn memberships<'a>(
         &'a self,
         ctx: &'a InternalContext,
         scopes: &'a [Scope],
+        budget: &'a CallBudget,
     ) -> BoxFuture<'a, Result<Memberships, AppError>> {
-        async move { Ok(self.resolve_memberships(ctx, scopes).await) }.boxed()
+        async move { Ok(self.resolve_memberships(ctx, scopes, budget).await) }.boxed()
     }
 }
 

@@ -24,8 +24,9 @@ use uuid::Uuid;
 
 use crate::app::AppError;
 use crate::auth::InternalContext;
-use crate::authz::{AccessAuthorizer, AuditEntry, AuditLog, LocalAuthorizer, Role};
+use crate::authz::{AccessAuthorizer, LocalAuthorizer, Role};
 use crate::domain::{DomainError, ErrorCode, Scope, ScopeId, ScopeType, TenantId, format_utc};
+use crate::store::audit::{self, AuditEntry};
 
 /// The `service` of our roles in Access.
 pub const ACCESS_SERVICE: &str = "events";
@@ -192,11 +193,14 @@ pub trait RoleAdmin: Send + Sync {
     ) -> BoxFuture<'a, Result<Listing, AppError>>;
 
     /// Grants `spec` in the caller's tenant; the binding, and whether it is
-    /// new (`false`: it existed and nothing changed).
+    /// new (`false`: it existed and nothing changed). `audit` makes the
+    /// entries that record the outcome; they are written with the change
+    /// (in its transaction where the bindings are ours).
     fn grant<'a>(
         &'a self,
         ctx: &'a InternalContext,
         spec: &'a BindingSpec,
+        audit: Recorder<'a, (Binding, bool)>,
     ) -> BoxFuture<'a, Result<(Binding, bool), AppError>>;
 
     /// Removes the bindings `target` names in the caller's tenant.
@@ -204,21 +208,25 @@ pub trait RoleAdmin: Send + Sync {
         &'a self,
         ctx: &'a InternalContext,
         target: &'a RevokeTarget,
+        audit: Recorder<'a, Revoked>,
     ) -> BoxFuture<'a, Result<Revoked, AppError>>;
 }
 
+/// The audit entries that record the outcome of a role change.
+pub type Recorder<'a, T> = &'a (dyn Fn(&T) -> Vec<AuditEntry> + Send + Sync);
+
 /// A backend with the audit log: every grant and revoke writes
 /// `role.granted` / `role.revoked` rows (actor, tenant, request id, the
-/// user as target, role and scope in the details). Cheap to clone.
+/// user as target, role and scope in the details), with the change. Cheap
+/// to clone.
 #[derive(Clone)]
 pub struct RoleAdministration {
     backend: Arc<dyn RoleAdmin>,
-    audit: AuditLog,
 }
 
 impl RoleAdministration {
-    pub fn new(backend: Arc<dyn RoleAdmin>, audit: AuditLog) -> Self {
-        Self { backend, audit }
+    pub fn new(backend: Arc<dyn RoleAdmin>) -> Self {
+        Self { backend }
     }
 
     pub fn mode(&self) -> &'static str {
@@ -233,99 +241,116 @@ impl RoleAdministration {
         self.backend.list(ctx, filter).await
     }
 
+    /// Grants `spec`; `owed` are entries the request owes the audit log
+    /// besides the grant's own, written with it.
     pub async fn grant(
         &self,
         ctx: &InternalContext,
         spec: &BindingSpec,
+        owed: Vec<AuditEntry>,
     ) -> Result<(Binding, bool), AppError> {
-        let (binding, created) = self.backend.grant(ctx, spec).await?;
-        self.record(
-            ctx,
-            "role.granted",
-            "user",
-            spec.user.to_string(),
-            json!({
-                "role": spec.role.name(),
-                "scopeType": spec.scope.scope_type().as_str(),
-                "scopeId": spec.scope.scope_id().as_str(),
-                "bindingId": binding.id,
-                "created": created,
-                "authz": self.mode(),
-            }),
-        )
-        .await;
-        Ok((binding, created))
+        let mode = self.mode();
+        let recorder = move |(binding, created): &(Binding, bool)| {
+            let mut entries = owed.clone();
+            entries.push(entry(
+                ctx,
+                "role.granted",
+                "user",
+                spec.user.to_string(),
+                json!({
+                    "role": spec.role.name(),
+                    "scopeType": spec.scope.scope_type().as_str(),
+                    "scopeId": spec.scope.scope_id().as_str(),
+                    "bindingId": binding.id,
+                    "created": created,
+                    "authz": mode,
+                }),
+            ));
+            entries
+        };
+        self.backend.grant(ctx, spec, &recorder).await
     }
 
+    /// Revokes what `target` names; `owed` as for [`Self::grant`].
     pub async fn revoke(
         &self,
         ctx: &InternalContext,
         target: &RevokeTarget,
+        owed: Vec<AuditEntry>,
     ) -> Result<Revoked, AppError> {
-        let revoked = self.backend.revoke(ctx, target).await?;
         let mode = self.mode();
-        for b in &revoked.bindings {
-            self.record(
-                ctx,
-                "role.revoked",
-                "user",
-                b.user.to_string(),
-                json!({"role": b.role.name(), "scopeType": b.scope_type.as_str(),
-                       "scopeId": b.scope_id, "bindingId": b.id, "authz": mode}),
-            )
-            .await;
-        }
-        for id in &revoked.ids {
-            self.record(
-                ctx,
-                "role.revoked",
+        let recorder = move |revoked: &Revoked| {
+            let mut entries = owed.clone();
+            entries.extend(revoke_entries(ctx, target, revoked, mode));
+            entries
+        };
+        self.backend.revoke(ctx, target, &recorder).await
+    }
+}
+
+fn entry(
+    ctx: &InternalContext,
+    action: &'static str,
+    target_type: &'static str,
+    target_id: String,
+    details: Value,
+) -> AuditEntry {
+    AuditEntry {
+        tenant_id: Some(ctx.tenant_id),
+        actor_user_id: Some(ctx.user_id),
+        action,
+        target_type,
+        target_id: Some(target_id),
+        request_id: Some(ctx.request_id.clone()),
+        details,
+    }
+}
+
+/// One `role.revoked` row per binding removed; one for the attempt when
+/// nothing matched.
+fn revoke_entries(
+    ctx: &InternalContext,
+    target: &RevokeTarget,
+    revoked: &Revoked,
+    mode: &'static str,
+) -> Vec<AuditEntry> {
+    let mut entries = Vec::new();
+    for b in &revoked.bindings {
+        entries.push(entry(
+            ctx,
+            "role.revoked",
+            "user",
+            b.user.to_string(),
+            json!({"role": b.role.name(), "scopeType": b.scope_type.as_str(),
+                   "scopeId": b.scope_id, "bindingId": b.id, "authz": mode}),
+        ));
+    }
+    for id in &revoked.ids {
+        entries.push(entry(
+            ctx,
+            "role.revoked",
+            "role_binding",
+            id.clone(),
+            json!({"bindingId": id, "authz": mode}),
+        ));
+    }
+    if revoked.count() == 0 {
+        let (target_type, target_id, details) = match target {
+            RevokeTarget::Id(id) => (
                 "role_binding",
                 id.clone(),
-                json!({"bindingId": id, "authz": mode}),
-            )
-            .await;
-        }
-        if revoked.count() == 0 {
-            // Nothing matched: the attempt is recorded all the same.
-            let (target_type, target_id, details) = match target {
-                RevokeTarget::Id(id) => (
-                    "role_binding",
-                    id.clone(),
-                    json!({"bindingId": id, "revoked": 0, "authz": mode}),
-                ),
-                RevokeTarget::Binding(spec) => (
-                    "user",
-                    spec.user.to_string(),
-                    json!({"role": spec.role.name(), "scopeType": spec.scope.scope_type().as_str(),
-                           "scopeId": spec.scope.scope_id().as_str(), "revoked": 0, "authz": mode}),
-                ),
-            };
-            self.record(ctx, "role.revoked", target_type, target_id, details)
-                .await;
-        }
-        Ok(revoked)
+                json!({"bindingId": id, "revoked": 0, "authz": mode}),
+            ),
+            RevokeTarget::Binding(spec) => (
+                "user",
+                spec.user.to_string(),
+                json!({"role": spec.role.name(), "scopeType": spec.scope.scope_type().as_str(),
+                       "scopeId": spec.scope.scope_id().as_str(), "revoked": 0, "authz": mode}),
+            ),
+        };
+        entries.push(entry(ctx, "role.revoked", target_type, target_id, details));
     }
-
-    async fn record(
-        &self,
-        ctx: &InternalContext,
-        action: &'static str,
-        target_type: &'static str,
-        target_id: String,
-        details: Value,
-    ) {
-        self.audit
-            .record(AuditEntry {
-                tenant_id: Some(ctx.tenant_id),
-                actor_user_id: Some(ctx.user_id),
-                action,
-                target_type,
-                target_id: Some(target_id),
-                request_id: Some(ctx.request_id.clone()),
-                details,
-            })
-            .await;
-    }
+    entries
 }
 
 fn field_error(field: &str, message: impl Into<String>) -> AppError {
@@ -406,7 +431,9 @@ impl LocalRoleAdmin {
         &self,
         ctx: &InternalContext,
         spec: &BindingSpec,
+        audit: Recorder<'_, (Binding, bool)>,
     ) -> Result<(Binding, bool), AppError> {
+        let mut tx = self.db.begin().await?;
         // Inserted, or the existing one; a concurrent revoke between the
         // conflict and the read leaves neither, so once more then.
         for _ in 0..2 {
@@ -431,11 +458,10 @@ impl LocalRoleAdmin {
             .bind(spec.scope.scope_type().as_str())
             .bind(spec.scope.scope_id().as_str())
             .bind(ctx.user_id)
-            .fetch_optional(&self.db)
+            .fetch_optional(&mut *tx)
             .await?;
             if let Some((id, created_by, created_at, created)) = row {
-                self.authorizer.invalidate(ctx.tenant_id, spec.user);
-                return Ok((
+                let outcome = (
                     Binding {
                         id: id.to_string(),
                         user: spec.user,
@@ -446,7 +472,11 @@ impl LocalRoleAdmin {
                         created_at: Some(format_utc(&created_at)),
                     },
                     created,
-                ));
+                );
+                audit::insert(&mut tx, &audit(&outcome)).await?;
+                tx.commit().await?;
+                self.authorizer.invalidate(ctx.tenant_id, spec.user);
+                return Ok(outcome);
             }
         }
         Err(AppError::internal(
@@ -459,7 +489,9 @@ impl LocalRoleAdmin {
         &self,
         ctx: &InternalContext,
         target: &RevokeTarget,
+        audit: Recorder<'_, Revoked>,
     ) -> Result<Revoked, AppError> {
+        let mut tx = self.db.begin().await?;
         let rows: Vec<BindingRow> = match target {
             RevokeTarget::Id(id) => {
                 let id = Uuid::parse_str(id)
@@ -471,7 +503,7 @@ impl LocalRoleAdmin {
                 sqlx::query_as(sqlx::AssertSqlSafe(sql))
                     .bind(ctx.tenant_id)
                     .bind(id)
-                    .fetch_all(&self.db)
+                    .fetch_all(&mut *tx)
                     .await?
             }
             RevokeTarget::Binding(spec) => {
@@ -487,18 +519,20 @@ impl LocalRoleAdmin {
                     .bind(spec.role.name())
                     .bind(spec.scope.scope_type().as_str())
                     .bind(spec.scope.scope_id().as_str())
-                    .fetch_all(&self.db)
+                    .fetch_all(&mut *tx)
                     .await?
             }
         };
-        let bindings: Vec<Binding> = rows.into_iter().filter_map(local_binding).collect();
-        for b in &bindings {
+        let revoked = Revoked {
+            bindings: rows.into_iter().filter_map(local_binding).collect(),
+            ids: Vec::new(),
+        };
+        audit::insert(&mut tx, &audit(&revoked)).await?;
+        tx.commit().await?;
+        for b in &revoked.bindings {
             self.authorizer.invalidate(ctx.tenant_id, b.user);
         }
-        Ok(Revoked {
-            bindings,
-            ids: Vec::new(),
-        })
+        Ok(revoked)
     }
 }
 
@@ -519,16 +553,18 @@ impl RoleAdmin for LocalRoleAdmin {
         &'a self,
         ctx: &'a InternalContext,
         spec: &'a BindingSpec,
+        audit: Recorder<'a, (Binding, bool)>,
     ) -> BoxFuture<'a, Result<(Binding, bool), AppError>> {
-        self.grant_local(ctx, spec).boxed()
+        self.grant_local(ctx, spec, audit).boxed()
     }
 
     fn revoke<'a>(
         &'a self,
         ctx: &'a InternalContext,
         target: &'a RevokeTarget,
+        audit: Recorder<'a, Revoked>,
     ) -> BoxFuture<'a, Result<Revoked, AppError>> {
-        self.revoke_local(ctx, target).boxed()
+        self.revoke_local(ctx, target, audit).boxed()
     }
 }
 
@@ -566,6 +602,10 @@ pub enum Seeded {
 /// permission gates), signed like `/access/check`.
 pub struct AccessRoleAdmin {
     access: Arc<AccessAuthorizer>,
+    /// Where the audit rows go: Access holds the bindings, so an entry is
+    /// written once Access has answered (it cannot share Access's
+    /// transaction).
+    db: PgPool,
 }
 
 /// The list in an Access answer: the answer itself, or its `items`,
@@ -635,8 +675,14 @@ fn refused(ctx: &InternalContext, what: &str, status: StatusCode, answer: &Value
 }
 
 impl AccessRoleAdmin {
-    pub fn new(access: Arc<AccessAuthorizer>) -> Self {
-        Self { access }
+    pub fn new(access: Arc<AccessAuthorizer>, db: PgPool) -> Self {
+        Self { access, db }
+    }
+
+    async fn record(&self, entries: &[AuditEntry]) -> Result<(), AppError> {
+        audit::record(&self.db, entries)
+            .await
+            .map_err(AppError::from)
     }
 
     async fn call(
@@ -1085,16 +1131,28 @@ impl RoleAdmin for AccessRoleAdmin {
         &'a self,
         ctx: &'a InternalContext,
         spec: &'a BindingSpec,
+        audit: Recorder<'a, (Binding, bool)>,
     ) -> BoxFuture<'a, Result<(Binding, bool), AppError>> {
-        self.grant_access(ctx, spec).boxed()
+        async move {
+            let outcome = self.grant_access(ctx, spec).await?;
+            self.record(&audit(&outcome)).await?;
+            Ok(outcome)
+        }
+        .boxed()
     }
 
     fn revoke<'a>(
         &'a self,
         ctx: &'a InternalContext,
         target: &'a RevokeTarget,
+        audit: Recorder<'a, Revoked>,
     ) -> BoxFuture<'a, Result<Revoked, AppError>> {
-        self.revoke_access(ctx, target).boxed()
+        async move {
+            let revoked = self.revoke_access(ctx, target).await?;
+            self.record(&audit(&revoked)).await?;
+            Ok(revoked)
+        }
+        .boxed()
     }
 }
 

@@ -9,34 +9,50 @@ use serde_json::json;
 
 use crate::app::AppError;
 use crate::auth::InternalContext;
-use crate::authz::{AuditEntry, AuditLog, Authorizer, Permission, membership_gated};
+use crate::authz::{Authorizer, CallBudget, Permission, membership_gated};
 use crate::domain::{ErrorCode, Event, Scope, TenantId, UserId, Visibility, visibility_fits_scope};
+use crate::store::audit::AuditEntry;
+
+/// What a caller may know of an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sight {
+    Visible,
+    /// Absent for this caller: the same answer as for an event that does
+    /// not exist.
+    Hidden,
+    /// Visible were the caller not suspended or banned.
+    Blocked,
+}
 
 pub struct Guard<'a> {
     ctx: &'a InternalContext,
     authorizer: &'a dyn Authorizer,
-    audit: &'a AuditLog,
     op: &'static str,
+    /// Entries this request owes the audit log; whoever persists the
+    /// request's effect takes them ([`Guard::take_audit`]).
+    audit: Mutex<Vec<AuditEntry>>,
     permissions: Mutex<HashMap<(Permission, Scope), bool>>,
     memberships: Mutex<HashMap<Scope, Option<bool>>>,
     admin_noted: AtomicBool,
+    budget: CallBudget,
 }
 
 impl<'a> Guard<'a> {
     pub fn new(
         ctx: &'a InternalContext,
         authorizer: &'a dyn Authorizer,
-        audit: &'a AuditLog,
         op: &'static str,
+        max_calls: usize,
     ) -> Self {
         Self {
             ctx,
             authorizer,
-            audit,
             op,
+            audit: Mutex::default(),
             permissions: Mutex::default(),
             memberships: Mutex::default(),
             admin_noted: AtomicBool::new(false),
+            budget: CallBudget::new(max_calls),
         }
     }
 
@@ -61,46 +77,81 @@ impl<'a> Guard<'a> {
         !self.is_blocked() && self.ctx.master_flags.is_system_admin()
     }
 
-    /// Records, once per request, that the system-admin bypass was used.
-    pub async fn note_admin_bypass(&self, target_type: &'static str, target_id: Option<String>) {
+    /// Notes, once per request, that the system-admin bypass was used.
+    pub fn note_admin_bypass(&self, target_type: &'static str, target_id: Option<String>) {
         if self.admin_noted.swap(true, Ordering::SeqCst) {
             return;
         }
-        self.audit
-            .record(AuditEntry {
-                tenant_id: Some(self.ctx.tenant_id),
-                actor_user_id: Some(self.ctx.user_id),
-                action: "system_admin.bypass",
-                target_type,
-                target_id,
-                request_id: Some(self.ctx.request_id.clone()),
-                details: json!({"op": self.op}),
-            })
-            .await;
+        self.record(AuditEntry {
+            tenant_id: Some(self.ctx.tenant_id),
+            actor_user_id: Some(self.ctx.user_id),
+            action: "system_admin.bypass",
+            target_type,
+            target_id,
+            request_id: Some(self.ctx.request_id.clone()),
+            details: json!({"op": self.op}),
+        });
     }
 
-    /// Whether the caller holds `permission` at `scope`.
+    /// Adds an entry the request owes the audit log.
+    pub fn record(&self, entry: AuditEntry) {
+        self.audit
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(entry);
+    }
+
+    /// The entries owed so far, to be written with the request's effect.
+    pub fn take_audit(&self) -> Vec<AuditEntry> {
+        std::mem::take(
+            &mut *self
+                .audit
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+
+    /// Whether the caller holds `permission` at `scope`. A question the
+    /// request has no authority calls left for is a 503.
     pub async fn can(&self, permission: Permission, scope: &Scope) -> Result<bool, AppError> {
+        self.decide(permission, scope)
+            .await?
+            .ok_or_else(|| AppError::Unavailable {
+                code: ErrorCode::AccessUnavailable,
+                message: "The request needed more authorization look-ups than one request may \
+                          make (EVENTS_AUTHZ_MAX_CALLS)"
+                    .into(),
+            })
+    }
+
+    /// Whether the caller holds `permission` at `scope`; `None` when the
+    /// request's authority calls are spent and the answer is not known.
+    pub async fn decide(
+        &self,
+        permission: Permission,
+        scope: &Scope,
+    ) -> Result<Option<bool>, AppError> {
         if self.is_blocked() {
-            return Ok(false);
+            return Ok(Some(false));
         }
         if self.is_admin() {
             self.note_admin_bypass(
                 "scope",
                 Some(format!("{}:{}", scope.scope_type(), scope.scope_id())),
-            )
-            .await;
-            return Ok(true);
+            );
+            return Ok(Some(true));
         }
         let key = (permission, scope.clone());
         if let Some(known) = self.lock_permissions().get(&key) {
-            return Ok(*known);
+            return Ok(Some(*known));
         }
         let allowed = self
             .authorizer
-            .has_permission(self.ctx, permission, scope)
+            .has_permission(self.ctx, permission, scope, &self.budget)
             .await?;
-        self.lock_permissions().insert(key, allowed);
+        if let Some(allowed) = allowed {
+            self.lock_permissions().insert(key, allowed);
+        }
         Ok(allowed)
     }
 
@@ -130,7 +181,10 @@ impl<'a> Guard<'a> {
             missing
         };
         if !missing.is_empty() {
-            let answer = self.authorizer.memberships(self.ctx, &missing).await?;
+            let answer = self
+                .authorizer
+                .memberships(self.ctx, &missing, &self.budget)
+                .await?;
             let mut known = self.lock_memberships();
             for scope in missing {
                 let value = if answer.member_of.contains(&scope) {
@@ -150,26 +204,54 @@ impl<'a> Guard<'a> {
             .collect())
     }
 
-    /// Whether the caller may see `event` (DESIGN §8). Read permission is
-    /// part of visibility. A membership the authority cannot answer for is
-    /// an error (`PORTAL_UNAVAILABLE`), never a guess.
-    pub async fn can_see(&self, event: &Event) -> Result<bool, AppError> {
+    /// What the caller may know of `event`. Read permission is part of
+    /// visibility. A membership the authority cannot answer for is an
+    /// error (`PORTAL_UNAVAILABLE`), never a guess.
+    pub async fn sight(&self, event: &Event) -> Result<Sight, AppError> {
         if event.tenant_id != self.tenant() {
-            return Ok(false);
+            return Ok(Sight::Hidden);
         }
         if self.is_admin() {
-            self.note_admin_bypass("event", Some(event.id.to_string()))
-                .await;
-            return Ok(true);
+            self.note_admin_bypass("event", Some(event.id.to_string()));
+            return Ok(Sight::Visible);
         }
         if self.is_blocked() {
-            return Ok(false);
+            // Told apart from "hidden" so that they learn why they are
+            // refused. Judged as a plain member of the tenant (who reads
+            // at every scope): no authority is asked for a permission on
+            // behalf of a blocked caller.
+            return Ok(if self.visible_by_rule(event).await? {
+                Sight::Blocked
+            } else {
+                Sight::Hidden
+            });
         }
-        if event.created_by == self.user() {
+        if !self.is_creator(event) && !self.can(Permission::EventRead, &event.scope).await? {
+            return Ok(Sight::Hidden);
+        }
+        Ok(if self.visible_by_rule(event).await? {
+            Sight::Visible
+        } else {
+            Sight::Hidden
+        })
+    }
+
+    /// Whether the caller may see `event` now.
+    pub async fn can_see(&self, event: &Event) -> Result<bool, AppError> {
+        Ok(self.sight(event).await? == Sight::Visible)
+    }
+
+    /// The creator always sees their event. Nobody is the creator of an
+    /// event whose creator was erased (the nil id).
+    fn is_creator(&self, event: &Event) -> bool {
+        event.created_by == self.user() && !event.created_by.is_anonymized()
+    }
+
+    /// The visibility rule alone: creator, public, or a member of the
+    /// community or team the event is visible to.
+    async fn visible_by_rule(&self, event: &Event) -> Result<bool, AppError> {
+        if self.is_creator(event) {
             return Ok(true);
-        }
-        if !self.can(Permission::EventRead, &event.scope).await? {
-            return Ok(false);
         }
         match event.visibility {
             Visibility::Public => Ok(true),

@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use crate::app::AppError;
 use crate::auth::InternalContext;
-use crate::authz::{Authorizer, MEMBER_PERMISSIONS, Memberships, Permission, Role};
+use crate::authz::{Authorizer, CallBudget, MEMBER_PERMISSIONS, Memberships, Permission, Role};
 use crate::domain::{Scope, ScopeId, ScopeType};
 
 /// How long one instance may use a user's role bindings before reading
@@ -99,15 +99,16 @@ impl Authorizer for LocalAuthorizer {
         ctx: &'a InternalContext,
         permission: Permission,
         scope: &'a Scope,
-    ) -> BoxFuture<'a, Result<bool, AppError>> {
+        _budget: &'a CallBudget,
+    ) -> BoxFuture<'a, Result<Option<bool>, AppError>> {
         async move {
             // Every tenant member holds the implicit member role at any scope.
             if MEMBER_PERMISSIONS.contains(&permission) {
-                return Ok(true);
+                return Ok(Some(true));
             }
             let tenant_scope = ctx.tenant_id.to_string();
             let bindings = self.bindings_of(ctx.tenant_id, ctx.user_id).await?;
-            Ok(bindings.iter().any(|b| {
+            Ok(Some(bindings.iter().any(|b| {
                 b.role.permissions().contains(&permission)
                     && match b.scope_type {
                         // A tenant-wide binding covers every scope of the tenant.
@@ -116,7 +117,7 @@ impl Authorizer for LocalAuthorizer {
                             other == scope.scope_type() && b.scope_id == scope.scope_id().as_str()
                         }
                     }
-            }))
+            })))
         }
         .boxed()
     }
@@ -125,6 +126,7 @@ impl Authorizer for LocalAuthorizer {
         &'a self,
         ctx: &'a InternalContext,
         scopes: &'a [Scope],
+        _budget: &'a CallBudget,
     ) -> BoxFuture<'a, Result<Memberships, AppError>> {
         async move {
             let types: Vec<&str> = scopes.iter().map(|s| s.scope_type().as_str()).collect();

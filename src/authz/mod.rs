@@ -3,11 +3,14 @@
 
 pub mod access;
 pub mod admin;
-pub mod audit;
 pub mod guard;
 pub mod local;
 
 use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use futures::future::BoxFuture;
 
@@ -20,8 +23,7 @@ pub use admin::{
     AccessRoleAdmin, Binding, BindingFilter, BindingSpec, LocalRoleAdmin, RevokeTarget, RoleAdmin,
     RoleAdministration,
 };
-pub use audit::{AuditEntry, AuditLog};
-pub use guard::Guard;
+pub use guard::{Guard, Sight};
 pub use local::LocalAuthorizer;
 
 /// The permission keys registered in Access.
@@ -94,16 +96,54 @@ pub struct Memberships {
     pub unknown: HashSet<Scope>,
 }
 
+/// How many calls to the authorities (Access, Portal) one request may still
+/// make, and how many of them may run at once: a list over many gated
+/// scopes must not turn one request into an unbounded burst of calls.
+pub struct CallBudget {
+    remaining: AtomicUsize,
+    running: Arc<Semaphore>,
+}
+
+impl CallBudget {
+    /// Calls of one request in flight at once.
+    pub const MAX_CONCURRENT: usize = 8;
+
+    pub fn new(max_calls: usize) -> Self {
+        Self {
+            remaining: AtomicUsize::new(max_calls),
+            running: Arc::new(Semaphore::new(Self::MAX_CONCURRENT)),
+        }
+    }
+
+    /// For callers that are not a request (tools, tests).
+    pub fn unlimited() -> Self {
+        Self::new(usize::MAX)
+    }
+
+    /// One more call: `None` once the budget is spent. Waits while
+    /// [`Self::MAX_CONCURRENT`] of this request's calls are running; the
+    /// permit is held until the call is over.
+    pub async fn take(&self) -> Option<OwnedSemaphorePermit> {
+        self.remaining
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .ok()?;
+        self.running.clone().acquire_owned().await.ok()
+    }
+}
+
 /// The authority on permissions and memberships. Master flags (suspended,
 /// banned, system admin) are handled by [`Guard`] before it is asked.
 pub trait Authorizer: Send + Sync {
-    /// Whether the caller holds `permission` at `scope` of their tenant.
+    /// Whether the caller holds `permission` at `scope` of their tenant;
+    /// `None` when answering would need a call the request's `budget`
+    /// no longer allows.
     fn has_permission<'a>(
         &'a self,
         ctx: &'a InternalContext,
         permission: Permission,
         scope: &'a Scope,
-    ) -> BoxFuture<'a, Result<bool, AppError>>;
+        budget: &'a CallBudget,
+    ) -> BoxFuture<'a, Result<Option<bool>, AppError>>;
 
     /// True when memberships live in our own `scope_memberships` table, so
     /// a list can filter by them inside its query.
@@ -111,11 +151,13 @@ pub trait Authorizer: Send + Sync {
         false
     }
 
-    /// Which of `scopes` (COMMUNITY or TEAM) the caller is a member of.
+    /// Which of `scopes` (COMMUNITY or TEAM) the caller is a member of;
+    /// scopes the `budget` leaves no call for are `unknown`.
     fn memberships<'a>(
         &'a self,
         ctx: &'a InternalContext,
         scopes: &'a [Scope],
+        budget: &'a CallBudget,
     ) -> BoxFuture<'a, Result<Memberships, AppError>>;
 }
 

@@ -16,9 +16,8 @@ use crate::app::AppError;
 use crate::auth::{InternalContext, MasterFlags, SignatureVersion};
 use crate::authz::admin::{Seeded, binding_scope};
 use crate::authz::{
-    AccessAuthorizer, AccessRoleAdmin, AccessSettings, AuditEntry, AuditLog, BindingFilter,
-    BindingSpec, LocalAuthorizer, LocalRoleAdmin, RevokeTarget, Role, RoleAdmin,
-    RoleAdministration,
+    AccessAuthorizer, AccessRoleAdmin, AccessSettings, BindingFilter, BindingSpec, LocalAuthorizer,
+    LocalRoleAdmin, RevokeTarget, Role, RoleAdmin, RoleAdministration,
 };
 use crate::config::{AuthzConfig, AuthzMode, DatabaseConfig, HmacConfig, Settings};
 use crate::domain::{ErrorCode, Scope, ScopeType, TenantId};
@@ -190,14 +189,13 @@ fn app_failure(e: &AppError) -> ExitCode {
 }
 
 /// What a command works with: the backend of the configured mode and the
-/// audit log (with its writer, awaited before exiting).
+/// database (which holds the audit log).
 struct Session {
     ctx: InternalContext,
     mode: AuthzMode,
     roles: RoleAdministration,
     access: Option<AccessRoleAdmin>,
-    audit: AuditLog,
-    writer: tokio::task::JoinHandle<()>,
+    db: sqlx::PgPool,
     access_url: String,
 }
 
@@ -232,7 +230,6 @@ impl Session {
                 eprintln!("events-svc access: {e}");
                 ExitCode::from(EXIT_UNAVAILABLE)
             })?;
-        let (audit, writer) = AuditLog::start_joinable(db.clone());
         let (backend, access_admin): (Arc<dyn RoleAdmin>, Option<AccessRoleAdmin>) = match access {
             None => (
                 Arc::new(LocalRoleAdmin::new(
@@ -242,8 +239,8 @@ impl Session {
                 None,
             ),
             Some(authorizer) => (
-                Arc::new(AccessRoleAdmin::new(authorizer.clone())),
-                Some(AccessRoleAdmin::new(authorizer)),
+                Arc::new(AccessRoleAdmin::new(authorizer.clone(), db.clone())),
+                Some(AccessRoleAdmin::new(authorizer, db.clone())),
             ),
         };
         let ctx = InternalContext {
@@ -259,10 +256,9 @@ impl Session {
         Ok(Self {
             ctx,
             mode: authz.mode,
-            roles: RoleAdministration::new(backend, audit.clone()),
+            roles: RoleAdministration::new(backend),
             access: access_admin,
-            audit,
-            writer,
+            db,
             access_url: authz
                 .access_base_url
                 .as_ref()
@@ -275,26 +271,9 @@ impl Session {
         self.roles.mode()
     }
 
-    /// Waits until the audit rows are written, then returns `code`.
+    /// Closes the database connections, then returns `code`.
     async fn close(self, code: ExitCode) -> ExitCode {
-        let Self {
-            roles,
-            audit,
-            writer,
-            access,
-            ..
-        } = self;
-        drop((roles, audit, access));
-        if tokio::time::timeout(Duration::from_secs(15), writer)
-            .await
-            .is_err()
-        {
-            eprintln!(
-                "events-svc access: the audit rows could not be written within 15 s (is the \
-                 database migrated? run events-svc migrate)"
-            );
-            return ExitCode::FAILURE;
-        }
+        self.db.close().await;
         code
     }
 }
@@ -348,9 +327,9 @@ async fn bootstrap(settings: &Settings, operator: &Operator) -> ExitCode {
                     role.name(),
                     wanted.join(", ")
                 );
-                session
-                    .audit
-                    .record(AuditEntry {
+                let recorded = crate::store::audit::record(
+                    &session.db,
+                    &[crate::store::audit::AuditEntry {
                         tenant_id: Some(session.ctx.tenant_id),
                         actor_user_id: Some(session.ctx.user_id),
                         action: "role.created",
@@ -360,8 +339,15 @@ async fn bootstrap(settings: &Settings, operator: &Operator) -> ExitCode {
                         details: json!({"service": crate::authz::admin::ACCESS_SERVICE,
                                         "permissionKeys": wanted, "accessRoleId": id,
                                         "authz": "access"}),
-                    })
-                    .await;
+                    }],
+                )
+                .await;
+                if let Err(e) = recorded {
+                    eprintln!(
+                        "events-svc access: {}: the audit row could not be written: {e}",
+                        role.name()
+                    );
+                }
             }
             Seeded::Present(id) => println!("{}: already present (id {id})", role.name()),
             Seeded::Differs {
@@ -402,7 +388,7 @@ async fn grant(settings: &Settings, args: GrantArgs) -> ExitCode {
         Ok(s) => s,
         Err(code) => return code,
     };
-    let code = match session.roles.grant(&session.ctx, &spec).await {
+    let code = match session.roles.grant(&session.ctx, &spec, Vec::new()).await {
         Ok((b, created)) => {
             let at = scope_text(b.scope_type, &b.scope_id);
             if created {
@@ -443,7 +429,11 @@ async fn revoke(settings: &Settings, args: RevokeArgs) -> ExitCode {
         Ok(s) => s,
         Err(code) => return code,
     };
-    let code = match session.roles.revoke(&session.ctx, &target).await {
+    let code = match session
+        .roles
+        .revoke(&session.ctx, &target, Vec::new())
+        .await
+    {
         Ok(revoked) => {
             for b in &revoked.bindings {
                 println!(

@@ -244,11 +244,29 @@ pub async fn dsar(settings: &Settings, args: DsarArgs) -> ExitCode {
         .clone()
         .unwrap_or_else(|| "events".into());
     let subjects = crate::subjects::Subjects::new(prefix);
+    // Run by an operator at the console: no user is the actor.
+    let entry = |action: &'static str| store::audit::AuditEntry {
+        tenant_id: Some(tenant.into()),
+        actor_user_id: None,
+        action,
+        target_type: "user",
+        target_id: Some(user.to_string()),
+        request_id: None,
+        details: serde_json::json!({"via": "cli"}),
+    };
     let result = match args.action {
-        DsarAction::Export => store::dsar::export(&db, tenant, user).await,
-        DsarAction::Erase => store::dsar::erase(&db, &subjects, tenant, user)
-            .await
-            .map(|e| e.summary),
+        DsarAction::Export => match store::dsar::export(&db, tenant, user).await {
+            Ok(bundle) => store::audit::record(&db, &[entry("dsar.exported")])
+                .await
+                .map(|()| bundle)
+                .map_err(Into::into),
+            Err(e) => Err(e),
+        },
+        DsarAction::Erase => {
+            store::dsar::erase(&db, &subjects, tenant, user, &[entry("dsar.erased")])
+                .await
+                .map(|e| e.summary)
+        }
     };
     match result {
         Ok(report) => {

@@ -106,15 +106,19 @@ async fn run(state: &AppState, op: Op, target: Target, request: Request) -> Resp
             )
         })?;
         // Authentication comes before any look at the body.
-        let ctx = state.app.authenticate(
-            &Headers(&parts.headers),
-            &RequestParts::http(
-                parts.method.as_str(),
-                &received.path,
-                &received.query,
-                &bytes,
-            ),
-        )?;
+        let ctx = state
+            .app
+            .authenticate(
+                op,
+                &Headers(&parts.headers),
+                &RequestParts::http(
+                    parts.method.as_str(),
+                    &received.path,
+                    &received.query,
+                    &bytes,
+                ),
+            )
+            .await?;
         who = Some((ctx.tenant_id, ctx.user_id));
         let body: Value = if bytes.iter().all(u8::is_ascii_whitespace) {
             Value::Null
@@ -171,6 +175,7 @@ async fn run(state: &AppState, op: Op, target: Target, request: Request) -> Resp
             status: response.status().as_u16(),
             code,
             took: started.elapsed(),
+            write: op.is_write(),
         },
     );
     response

@@ -32,9 +32,12 @@ pub struct CommandMeta {
     pub request_id: String,
     pub traceparent: Option<String>,
     pub tracestate: Option<String>,
-    /// SHA-256 of the signed request; refused if already applied.
+    /// The signed request's replay key; refused if already claimed.
     pub replay_key: Option<[u8; 32]>,
     pub replay_expires_at: DateTime<Utc>,
+    /// Audit entries the request owes (an admin bypass), written in the
+    /// transaction when the command succeeds.
+    pub audit: Vec<crate::store::audit::AuditEntry>,
     pub now: DateTime<Utc>,
 }
 
@@ -273,6 +276,13 @@ pub async fn execute(
     }
 
     let effects = write(&mut tx, &mut batch, commands).await?;
+    let owed: Vec<crate::store::audit::AuditEntry> = commands
+        .iter()
+        .zip(&results)
+        .filter(|(_, r)| matches!(r, Some(Ok(_))))
+        .flat_map(|(c, _)| c.meta.audit.iter().cloned())
+        .collect();
+    crate::store::audit::insert(&mut tx, &owed).await?;
     tx.commit().await?;
     let results = results
         .into_iter()
@@ -299,7 +309,7 @@ async fn refuse_replays(
     let mut expiries = Vec::new();
     for (i, key, expires) in &keyed {
         if seen.insert(*key) {
-            keys.push(key.to_vec());
+            keys.push(*key);
             expiries.push(*expires);
         } else {
             results[*i] = Some(Err(crate::auth::AuthError::from(
@@ -308,24 +318,13 @@ async fn refuse_replays(
             .into()));
         }
     }
-    let inserted: Vec<Vec<u8>> = sqlx::query_scalar(
-        "INSERT INTO request_replays (key, expires_at)
-         SELECT * FROM UNNEST($1::bytea[], $2::timestamptz[])
-         ON CONFLICT (key) DO UPDATE SET expires_at = EXCLUDED.expires_at
-             WHERE request_replays.expires_at < now()
-         RETURNING key",
-    )
-    .bind(&keys)
-    .bind(&expiries)
-    .fetch_all(&mut *tx)
-    .await?;
-    let inserted: HashSet<Vec<u8>> = inserted.into_iter().collect();
+    let inserted = crate::store::replays::claim_all(&mut *tx, &keys, &expiries).await?;
     let mut first_use = HashSet::new();
     for (i, key, _) in keyed {
         if results[i].is_some() {
             continue;
         }
-        if !inserted.contains(key.as_slice()) || !first_use.insert(key) {
+        if !inserted.contains(&key) || !first_use.insert(key) {
             results[i] = Some(Err(crate::auth::AuthError::from(
                 crate::auth::UnauthorizedReason::Replayed,
             )

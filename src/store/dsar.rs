@@ -23,6 +23,7 @@ use crate::domain::{
     ANONYMIZED_USER_ID, ErrorCode, Event, EventId, RsvpChangeReason, RsvpCounts, RsvpStatus,
     TenantId, UserId, format_utc, promotions_after_capacity_change, truncate_to_micros,
 };
+use crate::store::audit::AuditEntry;
 use crate::store::rows::{EVENT_COLUMNS, EventRow, parse_rsvp_status};
 use crate::subjects::Subjects;
 
@@ -133,6 +134,10 @@ pub async fn export(db: &PgPool, tenant: TenantId, user: UserId) -> Result<Value
         "rsvps": [],
         "attendance": [],
         "outbox": [],
+        "role_bindings": [],
+        "memberships": [],
+        // Calendar feed tokens: none are stored by this version.
+        "feed_tokens": [],
     });
     if user.is_anonymized() {
         return Ok(bundle);
@@ -179,8 +184,51 @@ pub async fn export(db: &PgPool, tenant: TenantId, user: UserId) -> Result<Value
     .bind(as_text(&created))
     .fetch_all(&mut *tx)
     .await?;
+    let bindings: Vec<(Uuid, String, String, String, Uuid, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT id, role, scope_type::text, scope_id, created_by, created_at FROM role_bindings
+         WHERE tenant_id = $1 AND user_id = $2 ORDER BY created_at, id",
+    )
+    .bind(t)
+    .bind(u)
+    .fetch_all(&mut *tx)
+    .await?;
+    let memberships: Vec<(String, String, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT scope_type::text, scope_id, created_at FROM scope_memberships
+         WHERE tenant_id = $1 AND user_id = $2 ORDER BY created_at, scope_type, scope_id",
+    )
+    .bind(t)
+    .bind(u)
+    .fetch_all(&mut *tx)
+    .await?;
     tx.commit().await?;
 
+    bundle["role_bindings"] = bindings
+        .into_iter()
+        .map(|(id, role, scope_type, scope_id, created_by, created_at)| {
+            json!({
+                "id": id.to_string(),
+                "tenant_id": tenant.to_string(),
+                "user_id": user.to_string(),
+                "role": role,
+                "scope_type": scope_type,
+                "scope_id": scope_id,
+                "created_by": shown_id(created_by, user),
+                "created_at": format_utc(&created_at),
+            })
+        })
+        .collect();
+    bundle["memberships"] = memberships
+        .into_iter()
+        .map(|(scope_type, scope_id, created_at)| {
+            json!({
+                "tenant_id": tenant.to_string(),
+                "user_id": user.to_string(),
+                "scope_type": scope_type,
+                "scope_id": scope_id,
+                "created_at": format_utc(&created_at),
+            })
+        })
+        .collect();
     bundle["events_created"] = events.iter().map(event_json).collect();
     bundle["rsvps"] = rsvps
         .into_iter()
@@ -266,6 +314,7 @@ pub async fn erase(
     subjects: &Subjects,
     tenant: TenantId,
     user: UserId,
+    audit: &[AuditEntry],
 ) -> Result<Erased, AppError> {
     if user.is_anonymized() {
         return Ok(Erased {
@@ -276,7 +325,7 @@ pub async fn erase(
     }
     for attempt in 1..=MAX_ERASE_ATTEMPTS {
         let mut tx = db.begin().await?;
-        match erase_in(&mut tx, subjects, tenant, user).await {
+        match erase_in(&mut tx, subjects, tenant, user, audit).await {
             Ok(Some(erased)) => {
                 tx.commit().await?;
                 return Ok(erased);
@@ -371,6 +420,10 @@ struct Counts {
     attendance_deleted: usize,
     attendance_marked_by_redacted: u64,
     outbox_scrubbed: usize,
+    role_bindings_deleted: u64,
+    memberships_deleted: u64,
+    feed_tokens_deleted: u64,
+    audit_entries_anonymized: usize,
 }
 
 fn summary(tenant: TenantId, user: UserId, at: DateTime<Utc>, c: &Counts) -> Value {
@@ -386,6 +439,10 @@ fn summary(tenant: TenantId, user: UserId, at: DateTime<Utc>, c: &Counts) -> Val
             "attendance_deleted": c.attendance_deleted,
             "attendance_marked_by_redacted": c.attendance_marked_by_redacted,
             "outbox_scrubbed": c.outbox_scrubbed,
+            "role_bindings_deleted": c.role_bindings_deleted,
+            "memberships_deleted": c.memberships_deleted,
+            "feed_tokens_deleted": c.feed_tokens_deleted,
+            "audit_entries_anonymized": c.audit_entries_anonymized,
         },
     })
 }
@@ -404,11 +461,14 @@ async fn erase_in(
     subjects: &Subjects,
     tenant: TenantId,
     user: UserId,
+    audit: &[AuditEntry],
 ) -> Result<Option<Erased>, sqlx::Error> {
     let now = truncate_to_micros(Utc::now());
     let t = Uuid::from(tenant);
     let u = Uuid::from(user);
     let nil = Uuid::from(ANONYMIZED_USER_ID);
+    // First, so that the erase's own entries are anonymised with the rest.
+    crate::store::audit::insert(tx, audit).await?;
 
     let touched: Vec<Uuid> = sqlx::query_scalar(USER_EVENTS_SQL)
         .bind(t)
@@ -601,6 +661,30 @@ async fn erase_in(
         .bind(u)
         .execute(&mut *tx)
         .await?;
+    let role_bindings_deleted =
+        sqlx::query("DELETE FROM role_bindings WHERE tenant_id = $1 AND user_id = $2")
+            .bind(t)
+            .bind(u)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+    // Bindings the user granted to others stay, without the user's id.
+    sqlx::query(
+        "UPDATE role_bindings SET created_by = $3 WHERE tenant_id = $1 AND created_by = $2",
+    )
+    .bind(t)
+    .bind(u)
+    .bind(nil)
+    .execute(&mut *tx)
+    .await?;
+    let memberships_deleted =
+        sqlx::query("DELETE FROM scope_memberships WHERE tenant_id = $1 AND user_id = $2")
+            .bind(t)
+            .bind(u)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+    let audit_entries_anonymized = anonymize_audit(tx, t, user).await?;
 
     let counts = Counts {
         events_anonymized: anonymized.len(),
@@ -608,6 +692,10 @@ async fn erase_in(
         attendance_deleted: attended.len(),
         attendance_marked_by_redacted: marked_by_redacted,
         outbox_scrubbed,
+        role_bindings_deleted,
+        memberships_deleted,
+        feed_tokens_deleted: 0,
+        audit_entries_anonymized,
     };
     Ok(Some(Erased {
         summary: summary(tenant, user, now, &counts),
@@ -735,6 +823,61 @@ async fn scrub_outbox(
     Ok(ids.len())
 }
 
+/// Replaces the user's id by the nil UUID in the tenant's audit entries by
+/// or about them (actor, target, and anywhere in the details); returns how
+/// many entries changed. The entries stay: the trail keeps what was done.
+async fn anonymize_audit(
+    tx: &mut PgConnection,
+    tenant: Uuid,
+    user: UserId,
+) -> Result<usize, sqlx::Error> {
+    let rows: Vec<(Uuid, Option<Uuid>, Option<String>, Value)> = sqlx::query_as(
+        "SELECT id, actor_user_id, target_id, details FROM audit_log
+         WHERE tenant_id = $1
+           AND (actor_user_id = $2 OR target_id ~* ('^\\s*' || $3 || '\\s*$')
+                OR details::text ~* $3)
+         FOR UPDATE",
+    )
+    .bind(tenant)
+    .bind(Uuid::from(user))
+    .bind(user.to_string())
+    .fetch_all(&mut *tx)
+    .await?;
+    let nil = Uuid::from(ANONYMIZED_USER_ID);
+    let (mut ids, mut actors, mut targets, mut details) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (id, actor, target, mut detail) in rows {
+        let actor_matches = actor == Some(Uuid::from(user));
+        let target_matches = target.as_deref().is_some_and(|t| is_user(t, user));
+        let detail_matches = replace_user(&mut detail, user, &nil.to_string());
+        if actor_matches || target_matches || detail_matches {
+            ids.push(id);
+            actors.push(if actor_matches { Some(nil) } else { actor });
+            targets.push(if target_matches {
+                Some(nil.to_string())
+            } else {
+                target
+            });
+            details.push(detail);
+        }
+    }
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    sqlx::query(
+        "UPDATE audit_log a SET actor_user_id = u.a, target_id = u.t, details = u.d
+         FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::jsonb[]) AS u(id, a, t, d)
+         WHERE a.id = u.id",
+    )
+    .bind(&ids)
+    .bind(&actors)
+    .bind(&targets)
+    .bind(&details)
+    .execute(&mut *tx)
+    .await?;
+    Ok(ids.len())
+}
+
 /// Writes domain events like the batch writer does (no trace context: an
 /// erase is not a traced user request of the promoted users).
 async fn insert_outbox(
@@ -807,17 +950,23 @@ fn is_user(s: &str, user: UserId) -> bool {
 /// Replaces every string value that is the user's id with `"[redacted]"`,
 /// recursively; returns whether anything changed.
 fn scrub(value: &mut Value, user: UserId) -> bool {
+    replace_user(value, user, REDACTED)
+}
+
+/// Replaces every string value that is the user's id with `with`,
+/// recursively (object keys stay); returns whether anything changed.
+fn replace_user(value: &mut Value, user: UserId, with: &str) -> bool {
     match value {
         Value::String(s) if is_user(s, user) => {
-            *value = Value::String(REDACTED.to_string());
+            *value = Value::String(with.to_string());
             true
         }
         Value::Array(items) => items
             .iter_mut()
-            .fold(false, |changed, v| scrub(v, user) | changed),
+            .fold(false, |changed, v| replace_user(v, user, with) | changed),
         Value::Object(map) => map
             .values_mut()
-            .fold(false, |changed, v| scrub(v, user) | changed),
+            .fold(false, |changed, v| replace_user(v, user, with) | changed),
         _ => false,
     }
 }

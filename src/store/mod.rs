@@ -1,9 +1,11 @@
 //! Postgres: the pool, database creation, and the embedded migrations.
 
+pub mod audit;
 pub mod batch;
 pub mod dsar;
 pub mod outbox;
 pub mod reads;
+pub mod replays;
 pub mod rows;
 
 use std::time::Duration;

@@ -291,10 +291,13 @@ async fn handle(
                 format!("Request body is larger than {max_body} bytes"),
             ));
         }
-        let ctx = app.authenticate(
-            &headers,
-            &RequestParts::nats(message.subject.as_str(), body),
-        )?;
+        let ctx = app
+            .authenticate(
+                op,
+                &headers,
+                &RequestParts::nats(message.subject.as_str(), body),
+            )
+            .await?;
         who = Some((ctx.tenant_id, ctx.user_id));
         let value = encoding?.decode(body)?;
         // Over NATS the body carries the target, so only the listings whose
@@ -380,6 +383,7 @@ async fn handle(
             status,
             code,
             took,
+            write: op.is_write(),
         },
     );
 }

@@ -3,6 +3,7 @@
 
 pub mod endpoints;
 pub mod micro;
+pub mod replays;
 
 use std::time::Duration;
 

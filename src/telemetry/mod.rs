@@ -104,10 +104,13 @@ pub struct RequestRecord<'a> {
     pub status: u16,
     pub code: Option<&'static str>,
     pub took: std::time::Duration,
+    /// A state-changing operation: logged at info even when served.
+    pub write: bool,
 }
 
-/// Logs (successes at debug, 4xx at info, 5xx at error; never bodies,
-/// secrets or signatures) and counts one request.
+/// Logs (4xx and every state-changing request at info, other successes at
+/// debug, 5xx at error; never bodies, secrets or signatures) and counts
+/// one request.
 pub fn finish_request(metrics: &metrics::Metrics, r: &RequestRecord<'_>) {
     metrics.observe_request(r.transport, r.op, r.code, r.status, r.took);
     let duration_ms = r.took.as_secs_f64() * 1000.0;
@@ -131,6 +134,7 @@ pub fn finish_request(metrics: &metrics::Metrics, r: &RequestRecord<'_>) {
     match r.status {
         500.. => line!(error, "request failed"),
         400.. => line!(info, "request refused"),
+        _ if r.write => line!(info, "request served"),
         _ => line!(debug, "request served"),
     }
 }

@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 use axum::http::StatusCode;
 use serde_json::{Value, json};
 use updspace_events::auth::{InternalContext, MasterFlags, SignatureVersion};
-use updspace_events::authz::{AccessAuthorizer, AccessSettings, Authorizer, Permission};
+use updspace_events::authz::{
+    AccessAuthorizer, AccessSettings, Authorizer, CallBudget, Permission,
+};
 use updspace_events::client::{CallReply, Identity};
 use updspace_events::config::Settings;
 use updspace_events::domain::{Scope, ScopeId, ScopeType};
@@ -565,6 +567,61 @@ async fn a_list_of_100_events_makes_a_handful_of_calls_and_none_when_warm() {
     );
 }
 
+/// A list over more gated scopes than one request may ask about makes at
+/// most `EVENTS_AUTHZ_MAX_CALLS` authority calls, a few at a time, and
+/// answers what it could decide with `meta.partial`; the next list, with
+/// those answers cached, decides more.
+#[tokio::test]
+async fn a_list_over_many_gated_scopes_stays_within_its_call_budget() {
+    let fakes = Fakes::start();
+    let app = fakes.spawn(|s| s.authz_max_calls = Some("10".into())).await;
+    let tenant = Uuid::new_v4();
+    let organizer = Uuid::new_v4();
+    fakes.grant_now(tenant, organizer, ORGANIZER, "TENANT", &tenant.to_string());
+    let org = identity(tenant, organizer);
+    let viewer = Uuid::new_v4();
+    let clubs = 12u32;
+    for n in 0..clubs {
+        let club = format!("club-{n:02}");
+        create(&app, &org, "COMMUNITY", &club, "community", n).await;
+        fakes.join_now(tenant, viewer, "COMMUNITY", &club);
+    }
+    let who = identity(tenant, viewer);
+    // Slow answers, so that calls of the list overlap if they are allowed to.
+    fakes.dir.access_delay_ms.store(50, Ordering::SeqCst);
+    fakes.dir.portal_delay_ms.store(50, Ordering::SeqCst);
+    let (a0, p0) = fakes.counts();
+    let first = call(&app, "event.list", &who, json!({"limit": 100})).await;
+    let (a1, p1) = fakes.counts();
+    assert_eq!(first.status, 200, "{:?}", first.body);
+    assert!(
+        (a1 - a0) + (p1 - p0) <= 10,
+        "{} Access + {} Portal calls for one list with a budget of 10",
+        a1 - a0,
+        p1 - p0
+    );
+    assert_eq!(
+        first.body["meta"]["partial"], true,
+        "{:?}",
+        first.body["meta"]
+    );
+    let shown = item_ids(&first).len();
+    assert!(
+        (1..clubs as usize).contains(&shown),
+        "{shown} of {clubs} events decided within the budget"
+    );
+    let second = call(&app, "event.list", &who, json!({"limit": 100})).await;
+    assert!(item_ids(&second).len() > shown, "{:?}", second.body["meta"]);
+    let third = call(&app, "event.list", &who, json!({"limit": 100})).await;
+    assert_eq!(item_ids(&third).len(), clubs as usize);
+    assert!(
+        third.body["meta"].get("partial").is_none(),
+        "{:?}",
+        third.body["meta"]
+    );
+    assert!(stats(&app).over_budget > 0);
+}
+
 /// Portal's 404 is final: Access allowing read (the implicit member role)
 /// does not make a community event visible.
 #[tokio::test]
@@ -1085,8 +1142,9 @@ async fn bypass_rows(app: &TestApp, rid: &str) -> i64 {
     .expect("audit rows")
 }
 
-/// Suspended and banned callers are refused without any outgoing call;
-/// system admins are allowed without any, and audited.
+/// Suspended and banned callers are refused without any call to Access
+/// (only Portal is asked, for the membership that tells them 403 from 404);
+/// system admins are allowed without any call, and audited.
 #[tokio::test]
 async fn blocked_users_and_system_admins_make_no_outgoing_calls() {
     let fakes = Fakes::start();
@@ -1101,13 +1159,16 @@ async fn blocked_users_and_system_admins_make_no_outgoing_calls() {
         create(&app, &org, "TEAM", "t1", "team", 2).await,
         create(&app, &org, "TENANT", &tenant.to_string(), "private", 3).await,
     ];
+    // Visible were they not blocked: public, and c1 (they are a member).
+    let expected = [403, 403, 404, 404];
     let (a0, p0) = fakes.counts();
-    for flags in [
+    let blocked_flags = [
         r#"{"suspended":true}"#,
         r#"{"banned":true}"#,
         r#"{"status":"Suspended"}"#,
         r#"{"system_admin":true,"banned":true}"#,
-    ] {
+    ];
+    for flags in blocked_flags {
         let user = Uuid::new_v4();
         fakes.join_now(tenant, user, "COMMUNITY", "c1");
         fakes.grant_now(tenant, user, ORGANIZER, "TENANT", &tenant.to_string());
@@ -1115,14 +1176,14 @@ async fn blocked_users_and_system_admins_make_no_outgoing_calls() {
             master_flags: Some(flags.into()),
             ..identity(tenant, user)
         };
-        for id in &ids {
+        for (id, expected) in ids.iter().zip(expected) {
             for (op, body) in [
                 ("event.get", json!({"id": id})),
                 ("event.ics", json!({"id": id})),
                 ("rsvp.set", json!({"eventId": id, "status": "going"})),
             ] {
                 let reply = call(&app, op, &who, body).await;
-                assert_eq!(reply.status, 404, "{flags} {op}: {:?}", reply.body);
+                assert_eq!(reply.status, expected, "{flags} {op}: {:?}", reply.body);
             }
         }
         let list = call(&app, "event.list", &who, json!({})).await;
@@ -1137,11 +1198,14 @@ async fn blocked_users_and_system_admins_make_no_outgoing_calls() {
         .await;
         assert_eq!(dsar.status, 200, "{flags}: {:?}", dsar.body);
     }
-    assert_eq!(
-        fakes.counts(),
-        (a0, p0),
-        "a blocked caller caused an outgoing call"
+    let (a1, p1) = fakes.counts();
+    assert_eq!(a1, a0, "a blocked caller caused a call to Access");
+    assert!(
+        p1 - p0 <= 2 * blocked_flags.len(),
+        "{} Portal calls: one per gated event and blocked caller at most",
+        p1 - p0
     );
+    let (a0, p0) = (a1, p1);
 
     let boss = admin(tenant);
     let mut rids = Vec::new();
@@ -1282,7 +1346,7 @@ async fn the_authorizer_asks_scopes_concurrently_and_coalesces() {
     fakes.dir.portal_delay_ms.store(500, Ordering::SeqCst);
     let ctx = context(tenant, user, "");
     let answer = authorizer
-        .memberships(&ctx, &scopes)
+        .memberships(&ctx, &scopes, &CallBudget::unlimited())
         .await
         .expect("memberships");
     assert!(
@@ -1299,7 +1363,7 @@ async fn the_authorizer_asks_scopes_concurrently_and_coalesces() {
     assert_eq!(fakes.portal.calls().len(), 5);
     // Cached: no new call.
     let again = authorizer
-        .memberships(&ctx, &scopes)
+        .memberships(&ctx, &scopes, &CallBudget::unlimited())
         .await
         .expect("memberships");
     assert_eq!(again.member_of, answer.member_of);
@@ -1315,9 +1379,10 @@ async fn the_authorizer_asks_scopes_concurrently_and_coalesces() {
         let scope = scope.clone();
         tasks.push(tokio::spawn(async move {
             authorizer
-                .has_permission(&ctx, Permission::RsvpSet, &scope)
+                .has_permission(&ctx, Permission::RsvpSet, &scope, &CallBudget::unlimited())
                 .await
                 .expect("decision")
+                .expect("decided")
         }));
     }
     for task in tasks {
@@ -1329,46 +1394,75 @@ async fn the_authorizer_asks_scopes_concurrently_and_coalesces() {
     // A different permission, or different forwarded flags, is another question.
     assert!(
         !authorizer
-            .has_permission(&ctx, Permission::EventCreate, &scope)
+            .has_permission(
+                &ctx,
+                Permission::EventCreate,
+                &scope,
+                &CallBudget::unlimited()
+            )
             .await
             .expect("decision")
+            .expect("decided")
     );
     let with_status = context(tenant, user, r#"{"membership_status":"active"}"#);
     assert!(
         authorizer
-            .has_permission(&with_status, Permission::RsvpSet, &scope)
+            .has_permission(
+                &with_status,
+                Permission::RsvpSet,
+                &scope,
+                &CallBudget::unlimited()
+            )
             .await
             .expect("decision")
+            .expect("decided")
     );
     assert_eq!(fakes.access.calls().len(), 3);
-    // Suspended and admin contexts never reach Access or Portal.
+    // Suspended and admin contexts never reach Access; memberships of a
+    // blocked caller are asked (they tell a 403 from a 404), here from the cache.
     let blocked = context(tenant, user, r#"{"banned":true}"#);
     assert!(
         !authorizer
-            .has_permission(&blocked, Permission::EventRead, &scope)
+            .has_permission(
+                &blocked,
+                Permission::EventRead,
+                &scope,
+                &CallBudget::unlimited()
+            )
             .await
             .expect("d")
+            .expect("decided")
     );
     assert!(
         authorizer
-            .memberships(&blocked, &scopes)
+            .memberships(&blocked, &scopes, &CallBudget::unlimited())
             .await
             .expect("m")
             .member_of
-            .is_empty()
+            .len()
+            == 3
     );
     let boss = context(tenant, user, r#"{"system_admin":true}"#);
     assert!(
         authorizer
-            .has_permission(&boss, Permission::EventManage, &scope)
+            .has_permission(
+                &boss,
+                Permission::EventManage,
+                &scope,
+                &CallBudget::unlimited()
+            )
             .await
             .expect("d")
+            .expect("decided")
     );
     assert_eq!(fakes.access.calls().len(), 3);
     assert_eq!(fakes.portal.calls().len(), 5);
     // Ids that cannot name a Portal resource are "not a member", uncalled.
     let odd = [community(".."), community("a/b")];
-    let answer = authorizer.memberships(&ctx, &odd).await.expect("m");
+    let answer = authorizer
+        .memberships(&ctx, &odd, &CallBudget::unlimited())
+        .await
+        .expect("m");
     assert!(answer.member_of.is_empty() && answer.unknown.is_empty());
     assert_eq!(fakes.portal.calls().len(), 5);
 }

@@ -994,6 +994,7 @@ async fn a_group_commit_reads_again_what_changed_behind_the_cache() {
             tracestate: None,
             replay_key: None,
             replay_expires_at: now,
+            audit: Vec::new(),
             now,
         },
         command: WriteCommand::SetRsvp {

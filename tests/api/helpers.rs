@@ -173,6 +173,12 @@ pub fn cleanup(db_name: &str, stream: &str) {
             if let Ok(client) = async_nats::connect(NATS_URL).await {
                 let js = async_nats::jetstream::new(client);
                 let _ = js.delete_stream(&stream).await;
+                let _ = js
+                    .delete_stream(format!(
+                        "KV_{}",
+                        updspace_events::subjects::replays::bucket_name(&stream)
+                    ))
+                    .await;
             }
         });
     });
@@ -512,38 +518,29 @@ impl TestApp {
         body: Option<Vec<u8>>,
         version: u8,
     ) -> HttpReply {
-        let (path, query) = path_and_query
-            .split_once('?')
-            .unwrap_or((path_and_query, ""));
-        let body = body.unwrap_or_default();
-        let request_id = uuid::Uuid::new_v4().to_string();
-        let identity = updspace_events::auth::ContextHeaders {
-            request_id: &request_id,
-            tenant_id: &who.tenant_id,
-            tenant_slug: &who.tenant_slug,
-            user_id: Some(&who.user_id),
-            master_flags: who.master_flags.as_deref(),
-        };
-        let decoded = percent_encoding::percent_decode_str(path)
-            .decode_utf8_lossy()
-            .into_owned();
-        let parts = updspace_events::auth::RequestParts::http(method, &decoded, query, &body);
-        let ts = chrono::Utc::now().timestamp();
-        let headers = if version == 2 {
-            updspace_events::auth::sign_headers_v2(TEST_SECRET, &parts, &identity, ts)
-        } else {
-            updspace_events::auth::sign_headers_v1(TEST_SECRET, &parts, &identity, ts)
-        };
+        self.send(&capture(method, path_and_query, who, body, version))
+            .await
+    }
+
+    /// Sends a captured request exactly as it was signed (headers and body).
+    pub async fn send(&self, captured: &Captured) -> HttpReply {
         let mut request = self
             .http
-            .request(method.parse().expect("method"), self.url(path_and_query))
+            .request(
+                captured.method.parse().expect("method"),
+                self.url(&captured.path_and_query),
+            )
             .header("Content-Type", "application/json")
             .header("X-Forwarded-Proto", "https")
             .header("Authorization", "Bearer ignored-iam-token");
-        for (k, v) in headers {
+        for (k, v) in &captured.headers {
             request = request.header(k, v);
         }
-        let response = request.body(body).send().await.expect("HTTP request");
+        let response = request
+            .body(captured.body.clone())
+            .send()
+            .await
+            .expect("HTTP request");
         let status = response.status().as_u16();
         let headers = response.headers().clone();
         let text = response.text().await.unwrap_or_default();
@@ -552,6 +549,63 @@ impl TestApp {
             headers,
             text,
         }
+    }
+}
+
+/// A signed HTTP request as it goes on the wire, kept so that a test can
+/// send it again (a replay), to any instance, with headers changed.
+#[derive(Debug, Clone)]
+pub struct Captured {
+    pub method: String,
+    pub path_and_query: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Captured {
+    /// The same request with one header replaced (or added).
+    pub fn with_header(mut self, name: &str, value: &str) -> Self {
+        self.headers.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
+        self.headers.push((name.to_string(), value.to_string()));
+        self
+    }
+}
+
+/// Signs a request as the BFF (v1) or a v2 caller would, without sending it.
+pub fn capture(
+    method: &str,
+    path_and_query: &str,
+    who: &updspace_events::client::Identity,
+    body: Option<Vec<u8>>,
+    version: u8,
+) -> Captured {
+    let (path, query) = path_and_query
+        .split_once('?')
+        .unwrap_or((path_and_query, ""));
+    let body = body.unwrap_or_default();
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let identity = updspace_events::auth::ContextHeaders {
+        request_id: &request_id,
+        tenant_id: &who.tenant_id,
+        tenant_slug: &who.tenant_slug,
+        user_id: Some(&who.user_id),
+        master_flags: who.master_flags.as_deref(),
+    };
+    let decoded = percent_encoding::percent_decode_str(path)
+        .decode_utf8_lossy()
+        .into_owned();
+    let parts = updspace_events::auth::RequestParts::http(method, &decoded, query, &body);
+    let ts = chrono::Utc::now().timestamp();
+    let headers = if version == 2 {
+        updspace_events::auth::sign_headers_v2(TEST_SECRET, &parts, &identity, ts)
+    } else {
+        updspace_events::auth::sign_headers_v1(TEST_SECRET, &parts, &identity, ts)
+    };
+    Captured {
+        method: method.to_string(),
+        path_and_query: path_and_query.to_string(),
+        headers,
+        body,
     }
 }
 

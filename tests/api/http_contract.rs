@@ -1657,7 +1657,11 @@ async fn original_18_dsar_export_returns_the_events_bundle() {
             "events_created",
             "rsvps",
             "attendance",
-            "outbox"
+            "outbox",
+            // Ours, besides the original's.
+            "role_bindings",
+            "memberships",
+            "feed_tokens"
         ])
     );
     assert_eq!(bundle["service"], "events");

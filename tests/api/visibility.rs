@@ -109,10 +109,13 @@ struct Viewer {
     who: Identity,
     /// Holds `events.organizer` at the scope of every event.
     organizer: bool,
-    /// Expected visibility of [public, community, team, private].
+    /// Expected visibility of [public, community, team, private]; for a
+    /// blocked viewer, what they would see were they not blocked.
     sees: [bool; 4],
     /// Suspended callers are refused the list itself.
     list_forbidden: bool,
+    /// Suspended or banned: 403 on what they would see, 404 on the rest.
+    blocked: bool,
 }
 
 /// Where a test keeps roles and memberships: the local tables (`local`
@@ -214,6 +217,7 @@ pub(crate) async fn run_visibility_matrix(app: &TestApp, authorities: &impl Auth
             organizer: true,
             sees: [true, true, true, false],
             list_forbidden: false,
+            blocked: false,
         },
         Viewer {
             label: "non-member (organizer)",
@@ -221,6 +225,7 @@ pub(crate) async fn run_visibility_matrix(app: &TestApp, authorities: &impl Auth
             organizer: true,
             sees: [true, false, false, false],
             list_forbidden: false,
+            blocked: false,
         },
         Viewer {
             label: "member (no role)",
@@ -228,6 +233,7 @@ pub(crate) async fn run_visibility_matrix(app: &TestApp, authorities: &impl Auth
             organizer: false,
             sees: [true, true, true, false],
             list_forbidden: false,
+            blocked: false,
         },
         Viewer {
             label: "non-member (no role)",
@@ -235,6 +241,7 @@ pub(crate) async fn run_visibility_matrix(app: &TestApp, authorities: &impl Auth
             organizer: false,
             sees: [true, false, false, false],
             list_forbidden: false,
+            blocked: false,
         },
         Viewer {
             label: "creator",
@@ -242,6 +249,7 @@ pub(crate) async fn run_visibility_matrix(app: &TestApp, authorities: &impl Auth
             organizer: true,
             sees: [true, true, true, true],
             list_forbidden: false,
+            blocked: false,
         },
         Viewer {
             label: "system admin",
@@ -249,6 +257,7 @@ pub(crate) async fn run_visibility_matrix(app: &TestApp, authorities: &impl Auth
             organizer: true,
             sees: [true, true, true, true],
             list_forbidden: false,
+            blocked: false,
         },
         Viewer {
             label: "suspended member (organizer)",
@@ -257,8 +266,9 @@ pub(crate) async fn run_visibility_matrix(app: &TestApp, authorities: &impl Auth
                 ..identity(tenant, suspended)
             },
             organizer: true,
-            sees: [false; 4],
+            sees: [true, true, true, false],
             list_forbidden: true,
+            blocked: true,
         },
         Viewer {
             label: "suspended creator",
@@ -267,8 +277,9 @@ pub(crate) async fn run_visibility_matrix(app: &TestApp, authorities: &impl Auth
                 ..identity(tenant, creator)
             },
             organizer: true,
-            sees: [false; 4],
+            sees: [true; 4],
             list_forbidden: true,
+            blocked: true,
         },
     ];
 
@@ -348,7 +359,11 @@ pub(crate) async fn run_visibility_matrix(app: &TestApp, authorities: &impl Auth
                 let cell = format!("[{} × {vis:?}] {op}", viewer.label);
                 // Cancelling a visible event as an organizer would change the
                 // rest of the matrix; it is covered by the other tests.
-                if op == "event.cancel" && viewer.organizer && viewer.sees[vis.index()] {
+                if op == "event.cancel"
+                    && viewer.organizer
+                    && !viewer.blocked
+                    && viewer.sees[vis.index()]
+                {
                     continue;
                 }
                 let body = if op == "event.update" {
@@ -363,6 +378,16 @@ pub(crate) async fn run_visibility_matrix(app: &TestApp, authorities: &impl Auth
                         other => failures.push(format!(
                             "{cell}: hidden must look absent {absent_shape:?}, got {other:?}"
                         )),
+                    }
+                    continue;
+                }
+                if viewer.blocked {
+                    // Visible were they not blocked: told why they are refused.
+                    if (reply.status, reply.code.as_deref()) != (403, Some("FORBIDDEN")) {
+                        failures.push(format!(
+                            "{cell}: a blocked viewer must get 403 FORBIDDEN, got {} {:?}",
+                            reply.status, reply.body
+                        ));
                     }
                     continue;
                 }
@@ -450,6 +475,7 @@ pub(crate) async fn run_visibility_matrix(app: &TestApp, authorities: &impl Auth
         .expect("count rsvps");
     let visible_cells: usize = viewers
         .iter()
+        .filter(|v| !v.blocked)
         .map(|v| v.sees.iter().filter(|s| **s).count())
         .sum();
     assert_eq!(rsvps, visible_cells as i64);
@@ -850,10 +876,12 @@ async fn admin_look_alikes_are_not_admins() {
             master_flags: Some(flags.into()),
             ..identity(tenant, Uuid::new_v4())
         };
-        for id in [&private, &community, &public] {
+        // No admin bypass: blocked like anyone, told why (403) where they
+        // could see the event were they not blocked.
+        for (id, expected) in [(&private, 404), (&community, 404), (&public, 403)] {
             for op in ["event.get", "event.ics", "rsvp.set", "attendance.mark"] {
                 let (reply, rid) = call(&client, op, &who, &body_for(op, id, creator)).await;
-                assert_eq!(reply.status, 404, "{flags} {op}: {:?}", reply.body);
+                assert_eq!(reply.status, expected, "{flags} {op}: {:?}", reply.body);
                 rids.push(rid);
             }
         }

@@ -1,0 +1,104 @@
+//! The replay bucket: a JetStream key-value bucket shared by every instance,
+//! holding one key per signed read that must be refused everywhere when
+//! replayed (v1 reads, whose signature binds no identity; and any read while
+//! an instance's own memory of accepted requests is full). A key is created
+//! atomically (it fails if it exists) and expires with the bucket's max age,
+//! so nothing has to clean it up and no Postgres row is written per read.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+
+use bytes::Bytes;
+
+use crate::auth::replay::ReplayKey;
+use crate::config::StreamConfig;
+use crate::subjects::NatsError;
+
+/// The bucket of a stream: `<stream>_REPLAYS` (its JetStream stream is
+/// `KV_<stream>_REPLAYS`).
+pub fn bucket_name(stream: &str) -> String {
+    format!("{stream}_REPLAYS")
+}
+
+/// How long a key must live: a request signed at `ts` is accepted until
+/// `ts + window`, and `ts` may be up to `window` ahead of the clock that
+/// claimed it; one more minute covers the clocks of other instances.
+pub fn max_age(window_secs: i64) -> Duration {
+    Duration::from_secs(u64::try_from(window_secs.max(0)).unwrap_or(0) * 2 + 60)
+}
+
+#[derive(Clone)]
+pub struct ReplayBucket {
+    store: kv::Store,
+}
+
+/// The outcome of a claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claimed {
+    First,
+    Replayed,
+}
+
+impl ReplayBucket {
+    /// Creates the bucket, or brings it to our definition.
+    pub async fn ensure(
+        client: &async_nats::Client,
+        stream: &StreamConfig,
+        window_secs: i64,
+    ) -> Result<Self, NatsError> {
+        let js = jetstream::new(client.clone());
+        let bucket = bucket_name(&stream.name);
+        let name = format!("KV_{bucket}");
+        let failed = |what: &str, e: &dyn std::fmt::Display| NatsError::Stream {
+            name: name.clone(),
+            message: format!("{what}: {e}"),
+        };
+        // The stream a key-value bucket is made of, written out here:
+        // async-nats' own bucket creation reads account information in a
+        // shape older servers (2.9) do not send.
+        let config = jetstream::stream::Config {
+            name: name.clone(),
+            description: Some(
+                "UpdSpace Events: signed requests already accepted (replay guard)".into(),
+            ),
+            subjects: vec![format!("$KV.{bucket}.>")],
+            max_messages_per_subject: 1,
+            max_age: max_age(window_secs),
+            // A key holds nothing (its existence is the claim); the limit
+            // counts the headers a conditional write carries.
+            max_message_size: 1024,
+            storage: jetstream::stream::StorageType::File,
+            num_replicas: stream.replicas,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            discard: jetstream::stream::DiscardPolicy::New,
+            ..Default::default()
+        };
+        if let Err(e) = js.create_stream(config.clone()).await {
+            let exists = matches!(e.kind(), jetstream::context::CreateStreamErrorKind::JetStream(ref j)
+                if j.error_code() == jetstream::ErrorCode::STREAM_NAME_EXIST);
+            if !exists {
+                return Err(failed("cannot be created", &e));
+            }
+            js.update_stream(&config)
+                .await
+                .map_err(|e| failed("exists and cannot be updated", &e))?;
+        }
+        let store = js
+            .get_key_value(bucket)
+            .await
+            .map_err(|e| failed("cannot be opened as a key-value bucket", &e))?;
+        Ok(Self { store })
+    }
+
+    /// Claims `key`; exactly one claim of a key succeeds, on any instance.
+    pub async fn claim(&self, key: &ReplayKey) -> Result<Claimed, kv::CreateError> {
+        match self.store.create(key.short_hex(), Bytes::new()).await {
+            Ok(_) => Ok(Claimed::First),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(Claimed::Replayed),
+            Err(e) => Err(e),
+        }
+    }
+}
