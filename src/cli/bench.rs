@@ -13,7 +13,7 @@ use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::auth::{ContextHeaders, RequestParts, sign_headers_v1};
+use crate::auth::{ContextHeaders, RequestParts, SignatureVersion, sign_headers_v1, sign_headers_v2};
 use crate::client::{EventsClient, Identity};
 use crate::config::{ConfigError, HmacConfig, NatsConfig, Settings};
 
@@ -94,6 +94,10 @@ pub struct BenchArgs {
     /// Base URL of the HTTP gateway.
     #[arg(long, default_value = "http://127.0.0.1:8005")]
     http_url: String,
+    /// HTTP only: the signature version requests carry (1, as the BFF
+    /// signs, or 2).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=2))]
+    signature: u8,
     /// The service's process id, to report its RSS (default: found by name).
     #[arg(long)]
     pid: Option<u32>,
@@ -110,6 +114,7 @@ enum Driver {
         client: reqwest::Client,
         base: String,
         secret: String,
+        version: SignatureVersion,
     },
 }
 
@@ -141,6 +146,7 @@ impl Driver {
                 client,
                 base,
                 secret,
+                version,
             } => {
                 let id = body["id"]
                     .as_str()
@@ -183,7 +189,11 @@ impl Driver {
                     master_flags: who.master_flags.as_deref(),
                 };
                 let parts = RequestParts::http(method, &path, &query, payload.as_bytes());
-                let headers = sign_headers_v1(secret, &parts, &identity, crate::auth::now_unix());
+                let now = crate::auth::now_unix();
+                let headers = match version {
+                    SignatureVersion::V1 => sign_headers_v1(secret, &parts, &identity, now),
+                    SignatureVersion::V2 => sign_headers_v2(secret, &parts, &identity, now),
+                };
                 let url = if query.is_empty() {
                     format!("{base}{path}")
                 } else {
@@ -388,6 +398,11 @@ pub async fn run(settings: &Settings, args: BenchArgs) -> ExitCode {
                 .unwrap_or_default(),
             base: args.http_url.trim_end_matches('/').to_string(),
             secret: secret.clone(),
+            version: if args.signature == 2 {
+                SignatureVersion::V2
+            } else {
+                SignatureVersion::V1
+            },
         },
     };
     let tenant = Uuid::new_v4().to_string();
