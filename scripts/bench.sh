@@ -96,7 +96,11 @@ bench rsvp-hot --duration "$DURATION" --concurrency 64 --capacity 100
 bench mixed --duration "$DURATION" --concurrency 64 --events 1000
 bench create --duration "$DURATION" --concurrency 64
 bench get --transport http --duration "$DURATION" --concurrency 64 --events 1000
+# The same over v2: v1 reads are checked in the shared replay bucket, v2
+# reads only by the instance; writes are claimed in Postgres either way.
+bench get --transport http --signature 2 --duration "$DURATION" --concurrency 64 --events 1000
 bench rsvp --transport http --duration "$DURATION" --concurrency 64 --events 1000
+bench rsvp --transport http --signature 2 --duration "$DURATION" --concurrency 64 --events 1000
 bench outbox-drain --events 100000
 bench outbox-latency --duration "$DURATION" --rate 2000
 bench memory --events 100000 --scopes 10000 --concurrency 64 --settle 45
@@ -153,7 +157,9 @@ lines.append(f"- One core's speed (SHA-256 of 256 MiB): {cpu_before} s before th
 lines.append("- Postgres, NATS, the service and the load generator all run on this one machine.\n")
 lines.append("## Method\n")
 lines.append("The service runs from a release build with local authorization, its own database, "
-             "subject prefix and stream, `RUST_LOG=warn`. `events-svc bench <scenario>` seeds its own tenant "
+             "subject prefix and stream, `RUST_LOG=warn`. HTTP requests are signed with v1, as the BFF signs them, "
+             "unless the transport says `http v2`: v1 reads are checked in the shared replay bucket (a JetStream "
+             "key-value create per read), v2 reads only in the instance's memory. `events-svc bench <scenario>` seeds its own tenant "
              "and data through the public API, warms up for 1 s, then measures: each of 64 workers sends a "
              "request and waits for its reply; latency is recorded in an HDR histogram. RSS is the service "
              "process's resident memory at the end. Ceilings come from the same run: `echo` (NATS request/reply "

@@ -883,7 +883,11 @@ fn report(args: &BenchArgs, o: &Outcome) {
     let rss = rss_mb(args.pid);
     let mut object = json!({
         "scenario": args.scenario.name(),
-        "transport": match args.transport { Transport::Nats => "nats", Transport::Http => "http" },
+        "transport": match (args.transport, args.signature) {
+            (Transport::Nats, _) => "nats",
+            (Transport::Http, 2) => "http v2",
+            (Transport::Http, _) => "http",
+        },
         "concurrency": args.concurrency,
         "requests": o.requests,
         "errors": o.errors,
