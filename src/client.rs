@@ -8,8 +8,8 @@ use bytes::Bytes;
 use serde_json::Value;
 
 use crate::auth::{ContextHeaders, RequestParts, sign_headers_v2};
-use crate::subjects::Subjects;
-use crate::subjects::endpoints::Encoding;
+use crate::encoding::Encoding;
+use crate::names::Subjects;
 
 /// Who a request is made as.
 #[derive(Debug, Clone)]

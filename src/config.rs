@@ -2,6 +2,7 @@
 //! command-line flag) and validated before anything starts, so a wrong value
 //! fails fast with a one-line message that names the variable to fix.
 
+use crate::encoding::Encoding;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -354,12 +355,6 @@ pub struct StreamConfig {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OutEncoding {
-    Msgpack,
-    Json,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthzMode {
     Local,
     Access,
@@ -414,7 +409,7 @@ pub struct Config {
     pub http_addr: SocketAddr,
     pub hmac: HmacConfig,
     pub authz: AuthzConfig,
-    pub out_encoding: OutEncoding,
+    pub out_encoding: Encoding,
     pub retention_published_outbox_days: u32,
     pub max_body_bytes: usize,
     pub request_timeout: Duration,
@@ -853,10 +848,10 @@ pub fn dev_mode(s: &Settings) -> Result<bool, ConfigError> {
 }
 
 /// `EVENTS_OUT_ENCODING`.
-pub fn out_encoding(s: &Settings) -> Result<OutEncoding, ConfigError> {
+pub fn out_encoding(s: &Settings) -> Result<Encoding, ConfigError> {
     match value(&s.out_encoding) {
-        None | Some("msgpack") => Ok(OutEncoding::Msgpack),
-        Some("json") => Ok(OutEncoding::Json),
+        None | Some("msgpack") => Ok(Encoding::Msgpack),
+        Some("json") => Ok(Encoding::Json),
         Some(other) => Err(ConfigError::new(
             "EVENTS_OUT_ENCODING",
             format!("'{other}' is not an encoding; use msgpack or json"),
@@ -993,7 +988,7 @@ mod tests {
         assert_eq!(c.stream.name, "EVENTS");
         assert_eq!(c.stream.max_age, Duration::from_secs(7 * 86_400));
         assert_eq!(c.authz.mode, AuthzMode::Local);
-        assert_eq!(c.out_encoding, OutEncoding::Msgpack);
+        assert_eq!(c.out_encoding, Encoding::Msgpack);
         assert_eq!(c.retention_published_outbox_days, 30);
         assert_eq!(c.telemetry.log_format, LogFormat::Json);
         assert!(c.database.auto_migrate);

@@ -167,17 +167,13 @@ impl Application {
             replay_bucket,
             authz_max_calls: config.authz.max_calls,
             replay_memory: config.replay_memory,
+            max_body_bytes: config.max_body_bytes,
+            request_timeout: config.request_timeout,
             replay_window_secs: Verifier::DEFAULT_WINDOW_SECS,
             role_admin,
         });
-        let (nats_tasks, _micro) = subjects::endpoints::serve(
-            app.clone(),
-            nats.clone(),
-            &subject_names,
-            config.max_body_bytes,
-            config.request_timeout,
-        )
-        .await?;
+        let (nats_tasks, _micro) =
+            subjects::endpoints::serve(app.clone(), nats.clone(), &subject_names).await?;
         store::spawn_housekeeping(db.clone());
         let publisher = std::sync::Arc::new(
             Publisher::new(

@@ -23,10 +23,9 @@ use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::{Mutex, Notify};
 use uuid::Uuid;
 
-use crate::config::OutEncoding;
 use crate::domain::format_utc;
+use crate::encoding::Encoding;
 use crate::store::outbox::{self as store, Failure, OutboxRow};
-use crate::subjects::endpoints::Encoding;
 
 #[derive(Debug, Clone)]
 pub struct OutboxConfig {
@@ -37,7 +36,7 @@ pub struct OutboxConfig {
     pub max_attempts: i32,
     pub backoff_base: Duration,
     pub backoff_max: Duration,
-    pub encoding: OutEncoding,
+    pub encoding: Encoding,
 }
 
 impl Default for OutboxConfig {
@@ -48,7 +47,7 @@ impl Default for OutboxConfig {
             max_attempts: 50,
             backoff_base: Duration::from_secs(1),
             backoff_max: Duration::from_secs(300),
-            encoding: OutEncoding::Msgpack,
+            encoding: Encoding::Msgpack,
         }
     }
 }
@@ -93,19 +92,12 @@ pub struct Publisher {
 type Marking = (Arc<Vec<i64>>, tokio::task::JoinHandle<()>);
 
 /// The CloudEvents 1.0 structured envelope of one row.
-pub fn envelope(row: &OutboxRow, encoding: OutEncoding) -> (Vec<u8>, &'static str) {
-    let (data_type, content_type, enc) = match encoding {
-        OutEncoding::Msgpack => (
-            "application/msgpack",
-            "application/cloudevents+msgpack",
-            Encoding::Msgpack,
-        ),
-        OutEncoding::Json => (
-            "application/json",
-            "application/cloudevents+json",
-            Encoding::Json,
-        ),
-    };
+pub fn envelope(row: &OutboxRow, encoding: Encoding) -> (Vec<u8>, &'static str) {
+    let (data_type, content_type, enc) = (
+        encoding.content_type(),
+        encoding.cloudevents_content_type(),
+        encoding,
+    );
     let body = json!({
         "specversion": "1.0",
         "id": row.id.to_string(),
@@ -142,7 +134,7 @@ fn now_ms() -> u64 {
 async fn publish_rows(
     js: &jetstream::Context,
     rows: &[OutboxRow],
-    encoding: OutEncoding,
+    encoding: Encoding,
 ) -> (Vec<Uuid>, Vec<(Uuid, String, bool)>) {
     let mut pending = Vec::with_capacity(rows.len());
     let mut failed = Vec::new();
@@ -516,17 +508,14 @@ pub async fn start_actor(
 pub async fn dry_run(
     db: &PgPool,
     limit: i64,
-    encoding: OutEncoding,
+    encoding: Encoding,
 ) -> Result<Vec<Value>, sqlx::Error> {
     let rows = store::due(db, limit, &[]).await?;
     Ok(rows
         .iter()
         .map(|row| {
             let (body, content_type) = envelope(row, encoding);
-            let decoded: Value = match encoding {
-                OutEncoding::Json => serde_json::from_slice(&body).unwrap_or(Value::Null),
-                OutEncoding::Msgpack => rmp_serde::from_slice(&body).unwrap_or(Value::Null),
-            };
+            let decoded = encoding.decode_lenient(&body);
             json!({
                 "subject": row.subject,
                 "headers": {"Nats-Msg-Id": row.id.to_string(), "Content-Type": content_type, "traceparent": row.traceparent},

@@ -16,10 +16,10 @@ use tokio::sync::{Notify, OnceCell};
 
 use crate::actors::scope::{CALL_TIMEOUT, ScopeActor, ScopeArgs, ScopeMsg};
 use crate::actors::{ActorConfig, ScopeKey, Snapshot};
-use crate::app::AppError;
 use crate::domain::{ErrorCode, EventId};
+use crate::error::AppError;
+use crate::names::Subjects;
 use crate::store::batch::{CommandResult, Envelope};
-use crate::subjects::Subjects;
 
 const SHARDS: usize = 64;
 

@@ -11,8 +11,8 @@ use tracing::Instrument;
 
 use crate::actors::registry::Shared;
 use crate::actors::{ScopeKey, Snapshot};
-use crate::app::AppError;
 use crate::domain::EventId;
+use crate::error::AppError;
 use crate::store::batch::{self, BatchEffects, CommandResult, Envelope};
 
 pub enum ScopeMsg {

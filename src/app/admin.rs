@@ -2,46 +2,63 @@
 //! system admins only; the work is [`crate::authz::RoleAdministration`]'s
 //! (our tables in `local` mode, Access in `access` mode, audited).
 
-use serde_json::{Map, Value, json};
+use serde_json::json;
 
-use crate::app::{App, AppError, Op, Reply, input};
+use crate::app::requests::Checked;
+use crate::app::{App, Reply};
 use crate::authz::Guard;
+use crate::authz::admin::{BindingFilter, BindingSpec, RevokeTarget};
+use crate::error::AppError;
 
 impl App {
-    pub(super) async fn admin_roles(
+    /// Role administration is for system admins; the check comes before the
+    /// body is looked at, so a caller who may not use these learns nothing
+    /// about their schema.
+    fn require_admin(guard: &Guard<'_>) -> Result<(), AppError> {
+        if guard.is_admin() {
+            Ok(())
+        } else {
+            Err(AppError::Forbidden("System admin required"))
+        }
+    }
+
+    pub(super) async fn admin_roles_list(
         &self,
         guard: &Guard<'_>,
-        obj: &Map<String, Value>,
-        op: Op,
+        filter: Checked<BindingFilter>,
     ) -> Result<Reply, AppError> {
-        // Before reading the body: a caller who may not use these learns
-        // nothing about their schema.
-        if !guard.is_admin() {
-            return Err(AppError::Forbidden("System admin required"));
-        }
-        let ctx = guard.ctx();
-        let roles = &self.inner.roles;
-        match op {
-            Op::AdminRolesList => {
-                let filter = input::binding_filter(obj)?;
-                Ok(Reply::Json(roles.list(ctx, &filter).await?.to_json()))
-            }
-            Op::AdminRolesGrant => {
-                let spec = input::binding_spec(obj, guard.tenant())?;
-                let (binding, created) = roles.grant(ctx, &spec, guard.take_audit()).await?;
-                let mut reply = binding.to_json();
-                reply["created"] = json!(created);
-                Ok(Reply::Json(reply))
-            }
-            Op::AdminRolesRevoke => {
-                let target = input::revoke_target(obj, guard.tenant())?;
-                let revoked = roles.revoke(ctx, &target, guard.take_audit()).await?;
-                Ok(Reply::Json(json!({"revoked": revoked.count()})))
-            }
-            other => Err(AppError::internal(
-                "admin_roles",
-                format!("not a role operation: {}", other.name()),
-            )),
-        }
+        Self::require_admin(guard)?;
+        let listing = self.inner.roles.list(guard.ctx(), &filter?).await?;
+        Ok(Reply::Json(listing.to_json()))
+    }
+
+    pub(super) async fn admin_roles_grant(
+        &self,
+        guard: &Guard<'_>,
+        spec: Checked<BindingSpec>,
+    ) -> Result<Reply, AppError> {
+        Self::require_admin(guard)?;
+        let (binding, created) = self
+            .inner
+            .roles
+            .grant(guard.ctx(), &spec?, guard.take_audit())
+            .await?;
+        let mut reply = binding.to_json();
+        reply["created"] = json!(created);
+        Ok(Reply::Json(reply))
+    }
+
+    pub(super) async fn admin_roles_revoke(
+        &self,
+        guard: &Guard<'_>,
+        target: Checked<RevokeTarget>,
+    ) -> Result<Reply, AppError> {
+        Self::require_admin(guard)?;
+        let revoked = self
+            .inner
+            .roles
+            .revoke(guard.ctx(), &target?, guard.take_audit())
+            .await?;
+        Ok(Reply::Json(json!({"revoked": revoked.count()})))
     }
 }

@@ -4,8 +4,9 @@
 //! before, in [`App::authenticate`], which transports call first.
 
 mod admin;
-pub mod error;
-pub mod input;
+pub mod fields;
+pub mod pipeline;
+pub mod requests;
 pub mod views;
 
 use std::collections::HashMap;
@@ -15,23 +16,24 @@ use chrono::Utc;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-pub use error::AppError;
+pub use crate::error::AppError;
 
 use crate::actors::{Registry, ScopeKey, Snapshot};
 use crate::auth::replay::ReplayKey;
 use crate::auth::{
     AuthError, HeaderSource, InternalContext, ReplayGuard, RequestParts, SignatureVersion,
-    UnauthorizedReason, Verifier,
+    Transport, UnauthorizedReason, Verifier,
 };
 use crate::authz::{Authorizer, Guard, Permission, Sight};
 use crate::domain::ErrorCode;
 use crate::domain::{
-    EventId, EventPatch, NewEvent, RsvpStatus, Scope, TenantId, format_utc, ics, parse_cancel_body,
+    CancelReason, EventId, EventPatch, RequestedRsvp, Scope, TenantId, UserId, format_utc, ics,
 };
 use crate::store::audit::{self, AuditEntry};
 use crate::store::batch::{CommandMeta, Envelope, WriteCommand, WriteOutcome};
 use crate::store::reads::{self, Audience};
 use crate::subjects::replays::{Claimed, ReplayBucket};
+use requests::{Checked, CreateEvent, PageQuery, Request, RsvpQuery};
 use views::{EventView, RsvpView, View};
 
 /// Every operation of the API, by its NATS name.
@@ -128,6 +130,20 @@ impl Op {
     pub const fn is_write(self) -> bool {
         !matches!(self.replay_claim(), ReplayClaim::Read)
     }
+
+    /// Whether an empty body is refused (400 `INVALID_BODY`). Over NATS the
+    /// target is in the body, so only the listings whose fields are all
+    /// optional may come without one; over HTTP the target is in the path,
+    /// and only the operations with required fields need a body.
+    pub const fn requires_body(self, transport: Transport) -> bool {
+        match transport {
+            Transport::Nats => !matches!(self, Op::EventList | Op::AdminRolesList),
+            Transport::Http => matches!(
+                self,
+                Op::EventCreate | Op::EventUpdate | Op::RsvpSet | Op::AttendanceMark
+            ),
+        }
+    }
 }
 
 /// Where an operation claims the (request id, timestamp, signature) of its
@@ -223,6 +239,9 @@ pub struct AppParts {
     pub authz_max_calls: usize,
     /// Entries of the per-instance replay memory.
     pub replay_memory: usize,
+    /// Largest request body, and the deadline of one request.
+    pub max_body_bytes: usize,
+    pub request_timeout: std::time::Duration,
     pub replay_window_secs: i64,
     /// Where role bindings are granted and revoked (`admin.roles.*`).
     pub role_admin: Arc<dyn crate::authz::RoleAdmin>,
@@ -242,6 +261,8 @@ struct Inner {
     replay: ReplayGuard,
     replay_bucket: ReplayBucket,
     authz_max_calls: usize,
+    max_body_bytes: usize,
+    request_timeout: std::time::Duration,
     index: ScopeIndex,
     replay_window_secs: i64,
     roles: crate::authz::RoleAdministration,
@@ -263,6 +284,8 @@ impl App {
                 verifier: parts.verifier,
                 replay_bucket: parts.replay_bucket,
                 authz_max_calls: parts.authz_max_calls,
+                max_body_bytes: parts.max_body_bytes,
+                request_timeout: parts.request_timeout,
                 replay: ReplayGuard::new(parts.replay_window_secs, parts.replay_memory),
                 index: ScopeIndex::new(),
                 replay_window_secs: parts.replay_window_secs,
@@ -280,6 +303,11 @@ impl App {
 
     pub fn db(&self) -> &sqlx::PgPool {
         &self.inner.db
+    }
+
+    /// The largest request body accepted (`EVENTS_MAX_BODY_BYTES`).
+    pub fn max_body_bytes(&self) -> usize {
+        self.inner.max_body_bytes
     }
 
     /// Verifies the signature, builds the caller's context and refuses a
@@ -348,7 +376,8 @@ impl App {
             })
     }
 
-    /// Runs one operation for an authenticated caller.
+    /// Runs one operation for an authenticated caller, its input given as
+    /// the body a NATS caller sends (tools and tests call this).
     pub async fn execute(
         &self,
         ctx: &InternalContext,
@@ -356,13 +385,24 @@ impl App {
         body: &Value,
         meta: &CallMeta,
     ) -> Result<Reply, AppError> {
+        let request = Request::parse(op, Transport::Nats, body, ctx.tenant_id.into())?;
+        self.run(ctx, request, meta).await
+    }
+
+    /// Runs one parsed request for an authenticated caller.
+    pub async fn run(
+        &self,
+        ctx: &InternalContext,
+        request: Request,
+        meta: &CallMeta,
+    ) -> Result<Reply, AppError> {
         let guard = Guard::new(
             ctx,
             self.inner.authorizer.as_ref(),
-            op.name(),
+            request.op().name(),
             self.inner.authz_max_calls,
         );
-        let result = self.dispatch(&guard, op, body, meta).await;
+        let result = self.dispatch(&guard, request, meta).await;
         // What the request owes the audit log and no write took with it
         // (a read's admin bypass, a refusal after one) is written before
         // the answer leaves: an answer never outlives its audit entry.
@@ -378,40 +418,33 @@ impl App {
     async fn dispatch(
         &self,
         guard: &Guard<'_>,
-        op: Op,
-        body: &Value,
+        request: Request,
         meta: &CallMeta,
     ) -> Result<Reply, AppError> {
-        if body.is_null()
-            && matches!(
-                op,
-                Op::EventCreate | Op::EventUpdate | Op::RsvpSet | Op::AttendanceMark
-            )
-        {
-            return Err(
-                crate::domain::DomainError::InvalidBody("Request body is required".into()).into(),
-            );
-        }
-        let obj = input::object(body)?;
         // Each operation's future is boxed: unboxed, every request's task
         // would be as large as the largest operation's state and be copied
         // around at that size when spawned.
-        let run: futures::future::BoxFuture<'_, Result<Reply, AppError>> = match op {
-            Op::EventCreate => Box::pin(self.create(guard, body, meta)),
-            Op::EventGet => Box::pin(self.get(guard, obj)),
-            Op::EventList => Box::pin(self.list(guard, obj)),
-            Op::EventUpdate => Box::pin(self.update(guard, obj, body, meta)),
-            Op::EventCancel => Box::pin(self.cancel(guard, obj, body, meta)),
-            Op::RsvpSet => Box::pin(self.set_rsvp(guard, obj, meta, true)),
-            Op::RsvpClear => Box::pin(self.set_rsvp(guard, obj, meta, false)),
-            Op::RsvpList => Box::pin(self.rsvp_list(guard, obj)),
-            Op::AttendanceMark => Box::pin(self.mark_attendance(guard, obj, meta)),
-            Op::AttendanceList => Box::pin(self.attendance_list(guard, obj)),
-            Op::EventIcs => Box::pin(self.ics(guard, obj)),
-            Op::DsarExport | Op::DsarErase => Box::pin(self.dsar(guard, obj, op)),
-            Op::AdminRolesList | Op::AdminRolesGrant | Op::AdminRolesRevoke => {
-                Box::pin(self.admin_roles(guard, obj, op))
+        let run: futures::future::BoxFuture<'_, Result<Reply, AppError>> = match request {
+            Request::EventCreate(create) => Box::pin(self.create(guard, create, meta)),
+            Request::EventGet(id) => Box::pin(self.get(guard, id)),
+            Request::EventList(filter) => Box::pin(self.list(guard, filter)),
+            Request::EventUpdate { id, patch } => Box::pin(self.update(guard, id, patch, meta)),
+            Request::EventCancel { id, reason } => Box::pin(self.cancel(guard, id, reason, meta)),
+            Request::RsvpSet { id, status } => {
+                Box::pin(self.set_rsvp(guard, id, Some(status), meta))
             }
+            Request::RsvpClear(id) => Box::pin(self.set_rsvp(guard, id, None, meta)),
+            Request::RsvpList { id, query } => Box::pin(self.rsvp_list(guard, id, query)),
+            Request::AttendanceMark { id, user } => {
+                Box::pin(self.mark_attendance(guard, id, user, meta))
+            }
+            Request::AttendanceList { id, page } => Box::pin(self.attendance_list(guard, id, page)),
+            Request::EventIcs(id) => Box::pin(self.ics(guard, id)),
+            Request::DsarExport(user) => Box::pin(self.dsar(guard, user, Op::DsarExport)),
+            Request::DsarErase(user) => Box::pin(self.dsar(guard, user, Op::DsarErase)),
+            Request::AdminRolesList(filter) => Box::pin(self.admin_roles_list(guard, filter)),
+            Request::AdminRolesGrant(spec) => Box::pin(self.admin_roles_grant(guard, spec)),
+            Request::AdminRolesRevoke(target) => Box::pin(self.admin_roles_revoke(guard, target)),
         };
         run.await
     }
@@ -508,18 +541,15 @@ impl App {
     async fn create(
         &self,
         guard: &Guard<'_>,
-        body: &Value,
+        create: CreateEvent,
         meta: &CallMeta,
     ) -> Result<Reply, AppError> {
-        let new = NewEvent::from_json(guard.tenant(), body)?;
+        let CreateEvent { new, fingerprint } = create;
         guard.require(Permission::EventCreate, new.scope()).await?;
         let meta = self.meta(guard, meta);
         let event = new.into_event(EventId::new_v4(), guard.user(), meta.now);
         let key = ScopeKey::of(&event);
         let result = views::event(&event, &Default::default(), None);
-        // serde_json's maps are ordered, so equal bodies hash equally
-        // whatever their key order or encoding on the wire.
-        let request_hash = hex::encode(sha256(body.to_string().as_bytes()));
         let id = event.id;
         let outcome = self
             .write(
@@ -527,7 +557,7 @@ impl App {
                 meta,
                 WriteCommand::Create {
                     event: Box::new(event),
-                    request_hash,
+                    request_hash: fingerprint,
                     result,
                 },
             )
@@ -549,12 +579,7 @@ impl App {
         }
     }
 
-    async fn get(
-        &self,
-        guard: &Guard<'_>,
-        obj: &serde_json::Map<String, Value>,
-    ) -> Result<Reply, AppError> {
-        let id = input::event_id(obj)?;
+    async fn get(&self, guard: &Guard<'_>, id: EventId) -> Result<Reply, AppError> {
         let snapshot = self.visible(guard, id).await?;
         let mine = match snapshot.rsvp_of(&guard.user()) {
             Some(cached) => cached,
@@ -567,13 +592,8 @@ impl App {
         ))))
     }
 
-    async fn list(
-        &self,
-        guard: &Guard<'_>,
-        obj: &serde_json::Map<String, Value>,
-    ) -> Result<Reply, AppError> {
+    async fn list(&self, guard: &Guard<'_>, filter: reads::ListFilter) -> Result<Reply, AppError> {
         let tenant = guard.tenant();
-        let filter = input::list_filter(obj)?;
         let scope = match &filter.scope {
             Some((t, id)) => match crate::domain::ScopeId::parse(id) {
                 Ok(id) => Scope::from_stored(*t, id),
@@ -645,16 +665,15 @@ impl App {
     async fn update(
         &self,
         guard: &Guard<'_>,
-        obj: &serde_json::Map<String, Value>,
-        body: &Value,
+        id: EventId,
+        patch: Checked<EventPatch>,
         meta: &CallMeta,
     ) -> Result<Reply, AppError> {
-        let id = input::event_id(obj)?;
         let snapshot = self.visible(guard, id).await?;
         guard
             .require(Permission::EventManage, &snapshot.event.scope)
             .await?;
-        let patch = EventPatch::from_json(body)?;
+        let patch = patch?;
         let key = ScopeKey::of(&snapshot.event);
         let outcome = self
             .write(
@@ -685,16 +704,15 @@ impl App {
     async fn cancel(
         &self,
         guard: &Guard<'_>,
-        obj: &serde_json::Map<String, Value>,
-        body: &Value,
+        id: EventId,
+        reason: Checked<Option<CancelReason>>,
         meta: &CallMeta,
     ) -> Result<Reply, AppError> {
-        let id = input::event_id(obj)?;
         let snapshot = self.visible(guard, id).await?;
         guard
             .require(Permission::EventManage, &snapshot.event.scope)
             .await?;
-        let reason = parse_cancel_body(body)?;
+        let reason = reason?;
         let key = ScopeKey::of(&snapshot.event);
         let outcome = self
             .write(
@@ -725,20 +743,16 @@ impl App {
     async fn set_rsvp(
         &self,
         guard: &Guard<'_>,
-        obj: &serde_json::Map<String, Value>,
+        id: EventId,
+        status: Option<Checked<RequestedRsvp>>,
         meta: &CallMeta,
-        set: bool,
     ) -> Result<Reply, AppError> {
-        let id = input::event_id(obj)?;
         let snapshot = self.visible(guard, id).await?;
         guard
             .require(Permission::RsvpSet, &snapshot.event.scope)
             .await?;
-        let requested = if set {
-            Some(input::requested_rsvp(obj)?)
-        } else {
-            None
-        };
+        // `None`: a clear.
+        let requested = status.transpose()?;
         let key = ScopeKey::of(&snapshot.event);
         let outcome = self
             .write(
@@ -764,15 +778,15 @@ impl App {
     async fn mark_attendance(
         &self,
         guard: &Guard<'_>,
-        obj: &serde_json::Map<String, Value>,
+        id: EventId,
+        user: Checked<UserId>,
         meta: &CallMeta,
     ) -> Result<Reply, AppError> {
-        let id = input::event_id(obj)?;
         let snapshot = self.visible(guard, id).await?;
         guard
             .require(Permission::AttendanceMark, &snapshot.event.scope)
             .await?;
-        let user = input::user_id(obj, "user_id must be a UUID")?;
+        let user = user?;
         let key = ScopeKey::of(&snapshot.event);
         let outcome = self
             .write(
@@ -803,24 +817,17 @@ impl App {
     async fn rsvp_list(
         &self,
         guard: &Guard<'_>,
-        obj: &serde_json::Map<String, Value>,
+        id: EventId,
+        query: Checked<RsvpQuery>,
     ) -> Result<Reply, AppError> {
-        let id = input::event_id(obj)?;
         let snapshot = self.visible(guard, id).await?;
         guard
             .require(Permission::EventManage, &snapshot.event.scope)
             .await?;
-        let (limit, offset) = input::pagination(obj)?;
-        let status = match input::field(obj, "status", "status") {
-            Some(Value::String(s)) => Some(
-                s.parse::<RsvpStatus>()
-                    .map_err(|e| crate::domain::DomainError::field("status", e.into_message()))?,
-            ),
-            Some(_) => {
-                return Err(crate::domain::DomainError::field("status", "must be a string").into());
-            }
-            None => None,
-        };
+        let RsvpQuery {
+            status,
+            page: PageQuery { limit, offset },
+        } = query?;
         let (rows, total) = reads::rsvps(&self.inner.db, id, status, limit, offset).await?;
         let items = rows
             .into_iter()
@@ -839,9 +846,9 @@ impl App {
     async fn attendance_list(
         &self,
         guard: &Guard<'_>,
-        obj: &serde_json::Map<String, Value>,
+        id: EventId,
+        page: Checked<PageQuery>,
     ) -> Result<Reply, AppError> {
-        let id = input::event_id(obj)?;
         let snapshot = self.visible(guard, id).await?;
         let scope = &snapshot.event.scope;
         if !(guard.can(Permission::EventManage, scope).await?
@@ -849,7 +856,7 @@ impl App {
         {
             return Err(AppError::Forbidden("Permission denied"));
         }
-        let (limit, offset) = input::pagination(obj)?;
+        let PageQuery { limit, offset } = page?;
         let (rows, total) = reads::attendance(&self.inner.db, id, limit, offset).await?;
         let items = rows
             .into_iter()
@@ -864,12 +871,7 @@ impl App {
         Ok(Reply::Json(views::page(items, total, limit, offset)))
     }
 
-    async fn ics(
-        &self,
-        guard: &Guard<'_>,
-        obj: &serde_json::Map<String, Value>,
-    ) -> Result<Reply, AppError> {
-        let id = input::event_id(obj)?;
+    async fn ics(&self, guard: &Guard<'_>, id: EventId) -> Result<Reply, AppError> {
         let snapshot = self.visible(guard, id).await?;
         Ok(Reply::Calendar {
             filename: ics::filename(&snapshot.event),
@@ -877,13 +879,7 @@ impl App {
         })
     }
 
-    async fn dsar(
-        &self,
-        guard: &Guard<'_>,
-        obj: &serde_json::Map<String, Value>,
-        op: Op,
-    ) -> Result<Reply, AppError> {
-        let target = input::user_id(obj, "Invalid user id")?;
+    async fn dsar(&self, guard: &Guard<'_>, target: UserId, op: Op) -> Result<Reply, AppError> {
         let is_subject = target == guard.user();
         // Only the subject, or a system admin who is not suspended or banned;
         // `system_admin` must be the literal `true` (the original accepted any truthy value).

@@ -195,7 +195,7 @@ pub enum View {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{NewEvent, TenantId, UserId};
+    use crate::domain::{TenantId, UserId};
     use serde_json::json;
 
     fn sample() -> Event {
@@ -206,7 +206,7 @@ mod tests {
             "capacity": 3, "locationUrl": "https://example.org/x",
         });
         let tenant = TenantId::from(uuid::Uuid::from_u128(1));
-        let new = NewEvent::from_json(tenant, &body).expect("valid body");
+        let new = crate::app::requests::new_event(tenant, &body).expect("valid body");
         new.into_event(
             EventId::from(uuid::Uuid::from_u128(2)),
             UserId::from(uuid::Uuid::from_u128(3)),

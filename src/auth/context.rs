@@ -12,6 +12,7 @@ use crate::auth::hmac::{
     NATS_METHOD, SignatureVersion, V2Input, sign_v1, sign_v2, verify_v1, verify_v2,
 };
 use crate::auth::replay::ReplayGuard;
+use crate::domain::ErrorCode;
 
 /// Header names as sent on the wire. Look-ups are case-insensitive.
 pub mod headers {
@@ -116,15 +117,15 @@ pub enum AuthError {
 }
 
 impl AuthError {
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            Self::MissingRequestId => "MISSING_REQUEST_ID",
-            Self::MissingTenantContext => "MISSING_TENANT_CONTEXT",
-            Self::InvalidTenantId => "INVALID_TENANT_ID",
-            Self::Unauthorized(_) => "UNAUTHORIZED",
-            Self::ServerMisconfigured => "SERVER_ERROR",
-            Self::Unauthenticated => "UNAUTHENTICATED",
-            Self::InvalidUserId | Self::NilUserId => "INVALID_USER_ID",
+            Self::MissingRequestId => ErrorCode::MissingRequestId,
+            Self::MissingTenantContext => ErrorCode::MissingTenantContext,
+            Self::InvalidTenantId => ErrorCode::InvalidTenantId,
+            Self::Unauthorized(_) => ErrorCode::Unauthorized,
+            Self::ServerMisconfigured => ErrorCode::ServerError,
+            Self::Unauthenticated => ErrorCode::Unauthenticated,
+            Self::InvalidUserId | Self::NilUserId => ErrorCode::InvalidUserId,
         }
     }
 
@@ -1167,7 +1168,7 @@ mod tests {
             ),
         ];
         for (err, code, status, message) in cases {
-            assert_eq!(err.code(), code);
+            assert_eq!(err.code().as_str(), code);
             assert_eq!(err.http_status(), status);
             assert_eq!(err.message(), message);
             assert_eq!(err.to_string(), message);

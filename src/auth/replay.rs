@@ -241,7 +241,7 @@ mod tests {
         assert_eq!(guard.check_and_remember(&c, NOW), replayed());
         assert_eq!(guard.check_and_remember(&c, NOW + 300), replayed());
         let err = guard.check_and_remember(&c, NOW + 1).unwrap_err();
-        assert_eq!(err.code(), "UNAUTHORIZED");
+        assert_eq!(err.code().as_str(), "UNAUTHORIZED");
         assert_eq!(err.http_status(), 401);
         assert_eq!(err.message(), "Replayed request");
     }

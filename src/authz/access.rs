@@ -35,10 +35,10 @@ use serde_json::Value;
 use url::Url;
 use uuid::Uuid;
 
-use crate::app::AppError;
 use crate::auth::{InternalContext, sign_v1};
 use crate::authz::{Authorizer, CallBudget, Memberships, Permission, membership_gated};
 use crate::domain::{ErrorCode, Scope, ScopeType};
+use crate::error::AppError;
 use tokio::sync::OwnedSemaphorePermit;
 
 /// Largest response body read from Access or Portal; their answers are tiny.

@@ -22,10 +22,10 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::app::AppError;
 use crate::auth::InternalContext;
 use crate::authz::{AccessAuthorizer, LocalAuthorizer, Role};
 use crate::domain::{DomainError, ErrorCode, Scope, ScopeId, ScopeType, TenantId, format_utc};
+use crate::error::AppError;
 use crate::store::audit::{self, AuditEntry};
 
 /// The `service` of our roles in Access.

@@ -7,10 +7,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde_json::json;
 
-use crate::app::AppError;
 use crate::auth::InternalContext;
 use crate::authz::{Authorizer, CallBudget, Permission, membership_gated};
 use crate::domain::{ErrorCode, Event, Scope, TenantId, UserId, Visibility, visibility_fits_scope};
+use crate::error::AppError;
 use crate::store::audit::AuditEntry;
 
 /// What a caller may know of an event.

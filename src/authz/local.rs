@@ -10,10 +10,10 @@ use futures::future::BoxFuture;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::app::AppError;
 use crate::auth::InternalContext;
 use crate::authz::{Authorizer, CallBudget, MEMBER_PERMISSIONS, Memberships, Permission, Role};
 use crate::domain::{Scope, ScopeId, ScopeType};
+use crate::error::AppError;
 
 /// How long one instance may use a user's role bindings before reading
 /// them again. Grants and revokes made through this instance apply at once.

@@ -14,9 +14,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use futures::future::BoxFuture;
 
-use crate::app::AppError;
 use crate::auth::InternalContext;
 use crate::domain::{Scope, ScopeType};
+use crate::error::AppError;
 
 pub use access::{AccessAuthorizer, AccessSettings, AccessStats, AccessStatsSnapshot};
 pub use admin::{

@@ -12,7 +12,6 @@ use clap::{Args, Subcommand};
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::app::AppError;
 use crate::auth::{InternalContext, MasterFlags, SignatureVersion};
 use crate::authz::admin::{Seeded, binding_scope};
 use crate::authz::{
@@ -21,6 +20,7 @@ use crate::authz::{
 };
 use crate::config::{AuthzConfig, AuthzMode, DatabaseConfig, HmacConfig, Settings};
 use crate::domain::{ErrorCode, Scope, ScopeType, TenantId};
+use crate::error::AppError;
 use crate::store;
 
 /// The default operator: the nil UUID, recorded as the actor of what the

@@ -13,7 +13,9 @@ use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::auth::{ContextHeaders, RequestParts, SignatureVersion, sign_headers_v1, sign_headers_v2};
+use crate::auth::{
+    ContextHeaders, RequestParts, SignatureVersion, sign_headers_v1, sign_headers_v2,
+};
 use crate::client::{EventsClient, Identity};
 use crate::config::{ConfigError, HmacConfig, NatsConfig, Settings};
 

@@ -14,8 +14,8 @@ use crate::client::{ClientError, EventsClient, Identity};
 use crate::config::{
     Config, ConfigError, DatabaseConfig, HmacConfig, NatsConfig, Settings, TelemetryConfig,
 };
+use crate::encoding::Encoding;
 use crate::startup::{Application, shutdown_signal};
-use crate::subjects::endpoints::Encoding;
 use crate::{store, telemetry};
 
 #[derive(Debug, Parser)]

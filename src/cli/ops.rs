@@ -243,7 +243,7 @@ pub async fn dsar(settings: &Settings, args: DsarArgs) -> ExitCode {
         .subject_prefix
         .clone()
         .unwrap_or_else(|| "events".into());
-    let subjects = crate::subjects::Subjects::new(prefix);
+    let subjects = crate::names::Subjects::new(prefix);
     // Run by an operator at the console: no user is the actor.
     let entry = |action: &'static str| store::audit::AuditEntry {
         tenant_id: Some(tenant.into()),

@@ -5,15 +5,13 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use serde_json::{Map, Value};
 
 use crate::domain::error::DomainError;
 use crate::domain::ids::{EventId, TenantId, UserId};
-use crate::domain::time::{parse_datetime, truncate_to_micros};
+use crate::domain::time::truncate_to_micros;
 use crate::domain::values::{
-    CancelReason, Capacity, Description, FieldError, GameId, LocationText, LocationUrl, Scope,
-    ScopeId, ScopeType, Title, Visibility, visibility_fits_scope, visibility_scope_mismatch,
-    wire_enum,
+    CancelReason, Capacity, Description, GameId, LocationText, LocationUrl, Scope, ScopeId,
+    ScopeType, Title, Visibility, visibility_fits_scope, visibility_scope_mismatch, wire_enum,
 };
 
 wire_enum! {
@@ -311,24 +309,6 @@ impl Event {
     }
 }
 
-/// Reads the optional body of a cancel request: `{"reason": "…"}`. No body
-/// (`null`), a missing, null or empty `reason` all mean no reason.
-pub fn parse_cancel_body(body: &Value) -> Result<Option<CancelReason>, DomainError> {
-    let obj = match body {
-        Value::Null => return Ok(None),
-        Value::Object(obj) => obj,
-        _ => return Err(DomainError::InvalidBody(NOT_AN_OBJECT.to_owned())),
-    };
-    match obj.get("reason") {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) if s.is_empty() => Ok(None),
-        Some(Value::String(s)) => CancelReason::parse(s)
-            .map(Some)
-            .map_err(|e| DomainError::field("reason", e.into_message())),
-        Some(_) => Err(DomainError::field("reason", MUST_BE_STRING)),
-    }
-}
-
 /// A validated create request, ready to become an `Event`.
 ///
 /// Equal requests compare equal, which is what the create idempotency check
@@ -348,285 +328,49 @@ pub struct NewEvent {
     capacity: Option<Capacity>,
 }
 
-const REQUIRED: &str = "field required";
 const CANNOT_BE_NULL: &str = "cannot be null";
-const MUST_BE_STRING: &str = "must be a string";
-const NOT_AN_OBJECT: &str = "request body must be a JSON object";
 
-/// Field lookups over a request object with camelCase/snake_case aliases
-/// (camelCase wins when both are sent), collecting every error.
-struct Body<'a> {
-    obj: &'a Map<String, Value>,
-    errors: BTreeMap<String, String>,
-}
-
-/// How a key appears in a body.
-enum Raw<'a> {
-    Absent,
-    Null,
-    Value(&'a Value),
-}
-
-impl<'a> Body<'a> {
-    fn new(body: &'a Value) -> Result<Self, DomainError> {
-        match body {
-            Value::Object(obj) => Ok(Self {
-                obj,
-                errors: BTreeMap::new(),
-            }),
-            _ => Err(DomainError::InvalidBody(NOT_AN_OBJECT.to_owned())),
-        }
-    }
-
-    fn raw(&self, field: Key) -> Raw<'a> {
-        match self
-            .obj
-            .get(field.camel)
-            .or_else(|| self.obj.get(field.snake))
-        {
-            None => Raw::Absent,
-            Some(Value::Null) => Raw::Null,
-            Some(value) => Raw::Value(value),
-        }
-    }
-
-    fn present(&self, field: Key) -> bool {
-        self.obj.contains_key(field.camel) || self.obj.contains_key(field.snake)
-    }
-
-    fn fail<T>(&mut self, field: Key, message: impl Into<String>) -> Option<T> {
-        self.errors
-            .entry(field.camel.to_owned())
-            .or_insert_with(|| message.into());
-        None
-    }
-
-    /// Applies `parse` to a string value, recording a wrong type or a
-    /// refused value.
-    fn string<T>(
-        &mut self,
-        field: Key,
-        value: &Value,
-        parse: impl FnOnce(&str) -> Result<T, FieldError>,
-    ) -> Option<T> {
-        match value {
-            Value::String(s) => match parse(s) {
-                Ok(v) => Some(v),
-                Err(e) => self.fail(field, e.into_message()),
-            },
-            _ => self.fail(field, MUST_BE_STRING),
-        }
-    }
-
-    fn required_string<T>(
-        &mut self,
-        field: Key,
-        parse: impl FnOnce(&str) -> Result<T, FieldError>,
-    ) -> Option<T> {
-        match self.raw(field) {
-            Raw::Absent => self.fail(field, REQUIRED),
-            Raw::Null => self.fail(field, CANNOT_BE_NULL),
-            Raw::Value(v) => self.string(field, v, parse),
-        }
-    }
-
-    fn datetime(&mut self, field: Key, value: &Value) -> Option<DateTime<Utc>> {
-        match parse_datetime(value) {
-            Ok(dt) => Some(truncate_to_micros(dt)),
-            Err(e) => self.fail(field, e),
-        }
-    }
-
-    fn required_datetime(&mut self, field: Key) -> Option<DateTime<Utc>> {
-        match self.raw(field) {
-            Raw::Absent => self.fail(field, REQUIRED),
-            Raw::Null => self.fail(field, CANNOT_BE_NULL),
-            Raw::Value(v) => self.datetime(field, v),
-        }
-    }
-
-    fn capacity(&mut self, field: Key, value: &Value) -> Option<Capacity> {
-        let n = match value {
-            Value::Number(n) => n,
-            _ => return self.fail(field, "must be an integer"),
-        };
-        let int = if let Some(i) = n.as_i64() {
-            Some(i)
-        } else if n.is_u64() {
-            Some(i64::MAX)
-        } else {
-            // pydantic's lax ints take 5.0 but not 5.5.
-            n.as_f64()
-                .filter(|f| f.fract() == 0.0 && f.abs() < 1e15)
-                .map(|f| f as i64)
-        };
-        match int {
-            Some(i) => match Capacity::new(i) {
-                Ok(c) => Some(c),
-                Err(e) => self.fail(field, e.into_message()),
-            },
-            None => self.fail(field, "must be an integer"),
-        }
-    }
-
-    fn finish(self) -> Result<(), DomainError> {
-        if self.errors.is_empty() {
-            Ok(())
-        } else {
-            Err(DomainError::Validation {
-                fields: self.errors,
-            })
-        }
-    }
-}
-
-#[derive(Clone, Copy)]
-struct Key {
-    camel: &'static str,
-    snake: &'static str,
-}
-
-const fn key(field: EventField) -> Key {
-    Key {
-        camel: field.as_camel_str(),
-        snake: field.as_snake_str(),
-    }
-}
-
-const SCOPE_TYPE: Key = Key {
-    camel: "scopeType",
-    snake: "scope_type",
-};
-const SCOPE_ID: Key = Key {
-    camel: "scopeId",
-    snake: "scope_id",
-};
-const TITLE: Key = key(EventField::Title);
-const DESCRIPTION: Key = key(EventField::Description);
-const STARTS_AT: Key = key(EventField::StartsAt);
-const ENDS_AT: Key = key(EventField::EndsAt);
-const LOCATION_TEXT: Key = key(EventField::LocationText);
-const LOCATION_URL: Key = key(EventField::LocationUrl);
-const GAME_ID: Key = key(EventField::GameId);
-const VISIBILITY: Key = key(EventField::Visibility);
-const CAPACITY: Key = key(EventField::Capacity);
-
-/// Parses a free-text field where null and `""` both mean empty.
-fn text_or_empty<T: Default>(
-    body: &mut Body<'_>,
-    field: Key,
-    parse: impl FnOnce(&str) -> Result<T, FieldError>,
-) -> Option<T> {
-    match body.raw(field) {
-        Raw::Absent | Raw::Null => Some(T::default()),
-        Raw::Value(v) => body.string(field, v, parse),
-    }
+/// The parts of a create request, each valid on its own.
+#[derive(Debug, Clone)]
+pub struct NewEventFields {
+    pub scope: Scope,
+    pub title: Title,
+    pub description: Description,
+    pub starts_at: DateTime<Utc>,
+    pub ends_at: DateTime<Utc>,
+    pub location_text: LocationText,
+    pub location_url: Option<LocationUrl>,
+    pub game_id: Option<GameId>,
+    pub visibility: Visibility,
+    pub capacity: Option<Capacity>,
 }
 
 impl NewEvent {
-    /// Validates a create body (JSON, or msgpack decoded to the same value).
-    ///
-    /// Keys are camelCase or snake_case, camelCase winning when both are
-    /// sent; unknown keys, `scopeType`/`scopeId` spellings aside, are
-    /// ignored. Required: `scopeType`, `scopeId`, `title`, `startsAt`,
-    /// `endsAt`. Null rules (as in the original): `description` and
-    /// `locationText` null or `""` → empty; `locationUrl` and `gameId` null
-    /// or `""` → none; `visibility` absent → `public`, null → error;
-    /// `capacity` absent or null → unlimited.
-    ///
-    /// Every field error is reported at once (422). Then, in this order:
-    /// the visibility must fit the scope (422, reported together with the
-    /// field errors when both fields are valid), and `startsAt < endsAt`
-    /// (400 `INVALID_TIME_RANGE`).
-    pub fn from_json(tenant: TenantId, body: &Value) -> Result<NewEvent, DomainError> {
-        let mut b = Body::new(body)?;
-
-        let scope_type = b.required_string(SCOPE_TYPE, str::parse::<ScopeType>);
-        let scope_id = b.required_string(SCOPE_ID, ScopeId::parse);
-        let scope = match (scope_type, scope_id) {
-            (Some(scope_type), Some(scope_id)) => match Scope::new(tenant, scope_type, scope_id) {
-                Ok(scope) => Some(scope),
-                Err(e) => b.fail(SCOPE_ID, e.into_message()),
-            },
-            _ => None,
-        };
-        let title = b.required_string(TITLE, Title::parse);
-        let description = text_or_empty(&mut b, DESCRIPTION, Description::parse);
-        let starts_at = b.required_datetime(STARTS_AT);
-        let ends_at = b.required_datetime(ENDS_AT);
-        let location_text = text_or_empty(&mut b, LOCATION_TEXT, LocationText::parse);
-        let location_url = match b.raw(LOCATION_URL) {
-            Raw::Absent | Raw::Null => Some(None),
-            Raw::Value(Value::String(s)) if s.is_empty() => Some(None),
-            Raw::Value(v) => b.string(LOCATION_URL, v, LocationUrl::parse).map(Some),
-        };
-        let game_id = match b.raw(GAME_ID) {
-            Raw::Absent | Raw::Null => Some(None),
-            Raw::Value(Value::String(s)) if s.is_empty() => Some(None),
-            Raw::Value(v) => b.string(GAME_ID, v, GameId::parse).map(Some),
-        };
-        let visibility = match b.raw(VISIBILITY) {
-            Raw::Absent => Some(Visibility::default()),
-            Raw::Null => b.fail(VISIBILITY, CANNOT_BE_NULL),
-            Raw::Value(v) => b.string(VISIBILITY, v, str::parse::<Visibility>),
-        };
-        let capacity = match b.raw(CAPACITY) {
-            Raw::Absent | Raw::Null => Some(None),
-            Raw::Value(v) => b.capacity(CAPACITY, v).map(Some),
-        };
-        if let (Some(visibility), Some(scope_type)) = (visibility, scope_type)
-            && !visibility_fits_scope(visibility, scope_type)
-        {
-            b.fail::<()>(
-                VISIBILITY,
-                visibility_scope_mismatch(visibility, scope_type).into_message(),
-            );
+    /// A create request, once the rules between its fields hold: the
+    /// visibility fits the scope (422 on `visibility`) and it starts before
+    /// it ends (400 `INVALID_TIME_RANGE`).
+    pub fn new(tenant: TenantId, f: NewEventFields) -> Result<NewEvent, DomainError> {
+        if !visibility_fits_scope(f.visibility, f.scope.scope_type()) {
+            return Err(DomainError::field(
+                "visibility",
+                visibility_scope_mismatch(f.visibility, f.scope.scope_type()).into_message(),
+            ));
         }
-        b.finish()?;
-
-        // `finish` succeeded, so every field parsed; the fallback arm is
-        // unreachable but keeps this free of unwraps.
-        let (
-            Some(scope),
-            Some(title),
-            Some(description),
-            Some(starts_at),
-            Some(ends_at),
-            Some(location_text),
-            Some(location_url),
-            Some(game_id),
-            Some(visibility),
-            Some(capacity),
-        ) = (
-            scope,
-            title,
-            description,
-            starts_at,
-            ends_at,
-            location_text,
-            location_url,
-            game_id,
-            visibility,
-            capacity,
-        )
-        else {
-            return Err(DomainError::InvalidBody(NOT_AN_OBJECT.to_owned()));
-        };
-        if starts_at >= ends_at {
+        if f.starts_at >= f.ends_at {
             return Err(DomainError::InvalidTimeRange);
         }
         Ok(NewEvent {
             tenant_id: tenant,
-            scope,
-            title,
-            description,
-            starts_at,
-            ends_at,
-            location_text,
-            location_url,
-            game_id,
-            visibility,
-            capacity,
+            scope: f.scope,
+            title: f.title,
+            description: f.description,
+            starts_at: f.starts_at,
+            ends_at: f.ends_at,
+            location_text: f.location_text,
+            location_url: f.location_url,
+            game_id: f.game_id,
+            visibility: f.visibility,
+            capacity: f.capacity,
         })
     }
 
@@ -743,13 +487,9 @@ impl<T> Tri<T> {
     }
 }
 
-/// A validated PATCH body. Each field is `Absent`, `Null` or `Set`.
-///
-/// Keys are camelCase or snake_case (camelCase wins); `scopeType` and
-/// `scopeId` cannot be changed and, like unknown keys, are ignored. A body
-/// with no editable key at all is `NO_UPDATES` (400).
-///
-/// Null rules, part of the API:
+/// A validated update. Each field is `Absent`, `Null` or `Set`; the null
+/// rules of the API (which fields may be cleared) are applied when the
+/// request is read:
 /// - `title`: null is ignored;
 /// - `description`: null or `""` → empty;
 /// - `startsAt`, `endsAt`: null → 422 `VALIDATION_ERROR` "cannot be null"
@@ -775,64 +515,6 @@ pub struct EventPatch {
 }
 
 impl EventPatch {
-    pub fn from_json(body: &Value) -> Result<EventPatch, DomainError> {
-        let mut b = Body::new(body)?;
-        if !EventField::ALL.into_iter().any(|f| b.present(key(f))) {
-            return Err(DomainError::NoUpdates);
-        }
-
-        let mut patch = EventPatch::default();
-        // A failed field stays `Absent`; `finish` reports it.
-        fn tri<T>(raw: Raw<'_>, set: impl FnOnce(&Value) -> Option<T>) -> Tri<T> {
-            match raw {
-                Raw::Absent => Tri::Absent,
-                Raw::Null => Tri::Null,
-                Raw::Value(v) => set(v).map_or(Tri::Absent, Tri::Set),
-            }
-        }
-        fn empty_is_null(raw: Raw<'_>) -> Raw<'_> {
-            match raw {
-                Raw::Value(Value::String(s)) if s.is_empty() => Raw::Null,
-                other => other,
-            }
-        }
-
-        patch.title = tri(b.raw(TITLE), |v| b.string(TITLE, v, Title::parse));
-        patch.description = tri(b.raw(DESCRIPTION), |v| {
-            b.string(DESCRIPTION, v, Description::parse)
-        });
-        patch.starts_at = match b.raw(STARTS_AT) {
-            Raw::Null => {
-                b.fail::<()>(STARTS_AT, CANNOT_BE_NULL);
-                Tri::Absent
-            }
-            raw => tri(raw, |v| b.datetime(STARTS_AT, v)),
-        };
-        patch.ends_at = match b.raw(ENDS_AT) {
-            Raw::Null => {
-                b.fail::<()>(ENDS_AT, CANNOT_BE_NULL);
-                Tri::Absent
-            }
-            raw => tri(raw, |v| b.datetime(ENDS_AT, v)),
-        };
-        patch.location_text = tri(b.raw(LOCATION_TEXT), |v| {
-            b.string(LOCATION_TEXT, v, LocationText::parse)
-        });
-        patch.location_url = tri(empty_is_null(b.raw(LOCATION_URL)), |v| {
-            b.string(LOCATION_URL, v, LocationUrl::parse)
-        });
-        patch.game_id = tri(empty_is_null(b.raw(GAME_ID)), |v| {
-            b.string(GAME_ID, v, GameId::parse)
-        });
-        patch.visibility = tri(b.raw(VISIBILITY), |v| {
-            b.string(VISIBILITY, v, str::parse::<Visibility>)
-        });
-        patch.capacity = tri(b.raw(CAPACITY), |v| b.capacity(CAPACITY, v));
-
-        b.finish()?;
-        Ok(patch)
-    }
-
     /// No field present at all (only possible for a patch built by hand).
     pub fn is_empty(&self) -> bool {
         *self == EventPatch::default()
@@ -843,7 +525,7 @@ impl EventPatch {
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use serde_json::json;
+    use serde_json::{Map, Value, json};
 
     const TENANT: &str = "6f1c2a3b-4d5e-4f60-8a7b-9c0d1e2f3a4b";
     const USER: &str = "11111111-2222-4333-8444-555555555555";
@@ -885,7 +567,7 @@ mod tests {
     }
 
     fn create(body: &Value) -> NewEvent {
-        NewEvent::from_json(tenant(), body).unwrap_or_else(|e| panic!("{body}: {e:?}"))
+        crate::app::requests::new_event(tenant(), body).unwrap_or_else(|e| panic!("{body}: {e:?}"))
     }
 
     fn fields(result: Result<impl std::fmt::Debug, DomainError>) -> BTreeMap<String, String> {
@@ -901,7 +583,7 @@ mod tests {
     }
 
     fn patch(body: Value) -> EventPatch {
-        EventPatch::from_json(&body).unwrap_or_else(|e| panic!("{body}: {e:?}"))
+        crate::app::requests::patch(&body).unwrap_or_else(|e| panic!("{body}: {e:?}"))
     }
 
     fn apply(event: &Event, body: Value) -> Result<PatchOutcome, DomainError> {
@@ -969,11 +651,11 @@ mod tests {
 
     #[test]
     fn reports_every_missing_field() {
-        let f = fields(NewEvent::from_json(tenant(), &json!({})));
+        let f = fields(crate::app::requests::new_event(tenant(), &json!({})));
         let expected: BTreeMap<String, String> =
             ["endsAt", "scopeId", "scopeType", "startsAt", "title"]
                 .into_iter()
-                .map(|k| (k.to_owned(), REQUIRED.to_owned()))
+                .map(|k| (k.to_owned(), crate::app::fields::REQUIRED.to_owned()))
                 .collect();
         assert_eq!(f, expected);
     }
@@ -993,7 +675,7 @@ mod tests {
             "visibility": "PUBLIC",
             "capacity": "10",
         });
-        let f = fields(NewEvent::from_json(tenant(), &body));
+        let f = fields(crate::app::requests::new_event(tenant(), &body));
         assert_eq!(f.len(), 11, "{f:?}");
         assert_eq!(f["scopeId"], "must be a string");
         assert_eq!(
@@ -1039,17 +721,17 @@ mod tests {
             ("", "")
         );
 
-        let f = fields(NewEvent::from_json(
+        let f = fields(crate::app::requests::new_event(
             tenant(),
             &with(minimal(), "visibility", json!(null)),
         ));
         assert_eq!(f["visibility"], CANNOT_BE_NULL);
-        let f = fields(NewEvent::from_json(
+        let f = fields(crate::app::requests::new_event(
             tenant(),
             &with(minimal(), "title", json!(null)),
         ));
         assert_eq!(f["title"], CANNOT_BE_NULL);
-        let f = fields(NewEvent::from_json(
+        let f = fields(crate::app::requests::new_event(
             tenant(),
             &with(minimal(), "capacity", json!(0)),
         ));
@@ -1058,7 +740,8 @@ mod tests {
 
     #[test]
     fn capacity_numbers() {
-        let cap = |v: Value| NewEvent::from_json(tenant(), &with(minimal(), "capacity", v));
+        let cap =
+            |v: Value| crate::app::requests::new_event(tenant(), &with(minimal(), "capacity", v));
         assert_eq!(
             cap(json!(5.0)).map(|e| e.capacity().map(Capacity::get)),
             Ok(Some(5))
@@ -1079,12 +762,12 @@ mod tests {
     fn title_boundaries_count_characters() {
         let ok = create(&with(minimal(), "title", json!("ё".repeat(255))));
         assert_eq!(ok.title().chars().count(), 255);
-        let f = fields(NewEvent::from_json(
+        let f = fields(crate::app::requests::new_event(
             tenant(),
             &with(minimal(), "title", json!("ё".repeat(256))),
         ));
         assert_eq!(f["title"], "title must be at most 255 characters");
-        let f = fields(NewEvent::from_json(
+        let f = fields(crate::app::requests::new_event(
             tenant(),
             &with(minimal(), "title", json!("   ")),
         ));
@@ -1094,13 +777,16 @@ mod tests {
     #[test]
     fn visibility_must_fit_scope() {
         let body = with(minimal(), "visibility", json!("team"));
-        let f = fields(NewEvent::from_json(tenant(), &body));
+        let f = fields(crate::app::requests::new_event(tenant(), &body));
         assert_eq!(
             f["visibility"],
             "visibility team is not allowed for scopeType COMMUNITY"
         );
         // Reported together with other field errors.
-        let f = fields(NewEvent::from_json(tenant(), &without(body, "title")));
+        let f = fields(crate::app::requests::new_event(
+            tenant(),
+            &without(body, "title"),
+        ));
         assert_eq!(f.len(), 2);
         assert!(
             create(&with(minimal(), "visibility", json!("community"))).visibility()
@@ -1122,7 +808,7 @@ mod tests {
         let e = create(&body);
         assert_eq!(e.scope(), &Scope::tenant(tenant()));
         let body = with(body, "scopeId", json!("guild-1"));
-        let f = fields(NewEvent::from_json(tenant(), &body));
+        let f = fields(crate::app::requests::new_event(tenant(), &body));
         assert_eq!(
             f["scopeId"],
             "for TENANT scope, scopeId must be the tenant id"
@@ -1133,18 +819,18 @@ mod tests {
     fn time_range_is_checked_after_fields() {
         let same = with(minimal(), "endsAt", json!("2026-01-10T10:00:00Z"));
         assert_eq!(
-            NewEvent::from_json(tenant(), &same),
+            crate::app::requests::new_event(tenant(), &same),
             Err(DomainError::InvalidTimeRange)
         );
         let before = with(minimal(), "endsAt", json!("2026-01-10T09:59:59.999Z"));
         assert_eq!(
-            NewEvent::from_json(tenant(), &before),
+            crate::app::requests::new_event(tenant(), &before),
             Err(DomainError::InvalidTimeRange)
         );
         // Offsets are compared as instants: 12:30+03:00 is 09:30Z.
         let offset = with(minimal(), "endsAt", json!("2026-01-10T12:30:00+03:00"));
         assert_eq!(
-            NewEvent::from_json(tenant(), &offset),
+            crate::app::requests::new_event(tenant(), &offset),
             Err(DomainError::InvalidTimeRange)
         );
         let offset = with(minimal(), "endsAt", json!("2026-01-10T13:30:00+03:00"));
@@ -1152,7 +838,7 @@ mod tests {
         // Field errors win over the time range.
         let both = with(same, "title", json!(""));
         assert!(matches!(
-            NewEvent::from_json(tenant(), &both),
+            crate::app::requests::new_event(tenant(), &both),
             Err(DomainError::Validation { .. })
         ));
     }
@@ -1161,11 +847,11 @@ mod tests {
     fn non_objects_are_invalid_bodies() {
         for body in [json!(null), json!([]), json!("x"), json!(1)] {
             assert!(matches!(
-                NewEvent::from_json(tenant(), &body),
+                crate::app::requests::new_event(tenant(), &body),
                 Err(DomainError::InvalidBody(_))
             ));
             assert!(matches!(
-                EventPatch::from_json(&body),
+                crate::app::requests::patch(&body),
                 Err(DomainError::InvalidBody(_))
             ));
         }
@@ -1191,7 +877,7 @@ mod tests {
             json!({"scopeType": "TEAM", "scopeId": "x", "scope_type": "TEAM"}),
         ] {
             assert_eq!(
-                EventPatch::from_json(&body),
+                crate::app::requests::patch(&body),
                 Err(DomainError::NoUpdates),
                 "{body}"
             );
@@ -1211,12 +897,12 @@ mod tests {
         assert!(p.starts_at.is_absent());
         assert_eq!(patch(json!({"locationUrl": ""})).location_url, Tri::Null);
 
-        let f = fields(EventPatch::from_json(
+        let f = fields(crate::app::requests::patch(
             &json!({"startsAt": null, "ends_at": null}),
         ));
         assert_eq!(f["startsAt"], "cannot be null");
         assert_eq!(f["endsAt"], "cannot be null");
-        let f = fields(EventPatch::from_json(
+        let f = fields(crate::app::requests::patch(
             &json!({"title": "", "capacity": 0, "visibility": "x"}),
         ));
         assert_eq!(f.len(), 3);
@@ -1402,21 +1088,34 @@ mod tests {
 
     #[test]
     fn cancel_body() {
-        assert_eq!(parse_cancel_body(&json!(null)), Ok(None));
-        assert_eq!(parse_cancel_body(&json!({})), Ok(None));
-        assert_eq!(parse_cancel_body(&json!({"reason": ""})), Ok(None));
-        assert_eq!(parse_cancel_body(&json!({"reason": null})), Ok(None));
         assert_eq!(
-            parse_cancel_body(&json!({"reason": "Rain"})),
+            crate::app::requests::cancel_reason_of(&json!(null)),
+            Ok(None)
+        );
+        assert_eq!(crate::app::requests::cancel_reason_of(&json!({})), Ok(None));
+        assert_eq!(
+            crate::app::requests::cancel_reason_of(&json!({"reason": ""})),
+            Ok(None)
+        );
+        assert_eq!(
+            crate::app::requests::cancel_reason_of(&json!({"reason": null})),
+            Ok(None)
+        );
+        assert_eq!(
+            crate::app::requests::cancel_reason_of(&json!({"reason": "Rain"})),
             Ok(CancelReason::parse("Rain").ok())
         );
         assert_eq!(
-            fields(parse_cancel_body(&json!({"reason": 1})))["reason"],
+            fields(crate::app::requests::cancel_reason_of(
+                &json!({"reason": 1})
+            ))["reason"],
             "must be a string"
         );
-        assert!(parse_cancel_body(&json!({"reason": "r".repeat(1001)})).is_err());
+        assert!(
+            crate::app::requests::cancel_reason_of(&json!({"reason": "r".repeat(1001)})).is_err()
+        );
         assert!(matches!(
-            parse_cancel_body(&json!([])),
+            crate::app::requests::cancel_reason_of(&json!([])),
             Err(DomainError::InvalidBody(_))
         ));
     }
@@ -1463,7 +1162,7 @@ mod tests {
                 }
             }
             let body = Value::Object(body);
-            let parsed = EventPatch::from_json(&body);
+            let parsed = crate::app::requests::patch(&body);
             if body.as_object().is_some_and(Map::is_empty) {
                 prop_assert_eq!(parsed, Err(DomainError::NoUpdates));
                 return Ok(());

@@ -221,7 +221,6 @@ fn fold_into(out: &mut String, line: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::event::{EventPatch, NewEvent};
     use crate::domain::ids::{EventId, TenantId, UserId};
     use crate::domain::time::parse_datetime_str;
     use proptest::prelude::*;
@@ -257,13 +256,13 @@ mod tests {
         let tenant = TenantId::parse(TENANT).unwrap_or_else(|e| panic!("{e}"));
         let id = EventId::parse(EVENT).unwrap_or_else(|e| panic!("{e}"));
         let body = body(extra);
-        NewEvent::from_json(tenant, &body)
+        crate::app::requests::new_event(tenant, &body)
             .unwrap_or_else(|e| panic!("{body}: {e:?}"))
             .into_event(id, user(), at("2026-01-01T09:15:30.250Z"))
     }
 
     fn patched(e: &Event, patch: Value, now: &str) -> Event {
-        let patch = EventPatch::from_json(&patch).unwrap_or_else(|e| panic!("{e:?}"));
+        let patch = crate::app::requests::patch(&patch).unwrap_or_else(|e| panic!("{e:?}"));
         e.apply_patch(&patch, at(now), user())
             .unwrap_or_else(|e| panic!("{e:?}"))
             .event

@@ -14,8 +14,8 @@ pub mod values;
 
 pub use error::{DomainError, ErrorCode, UnknownErrorCode};
 pub use event::{
-    CancelOutcome, Event, EventField, EventPatch, EventStatus, NewEvent, PatchOutcome, Tri,
-    parse_cancel_body,
+    CancelOutcome, Event, EventField, EventPatch, EventStatus, NewEvent, NewEventFields,
+    PatchOutcome, Tri,
 };
 pub use ids::{ANONYMIZED_USER_ID, EventId, InvalidId, TenantId, UserId};
 pub use rsvp::{
@@ -23,7 +23,8 @@ pub use rsvp::{
     promotions_after_capacity_change,
 };
 pub use time::{
-    UtcDisplay, format_utc, parse_datetime, parse_datetime_str, truncate_to_micros, utc_str,
+    DatetimeInput, UtcDisplay, format_utc, parse_datetime, parse_datetime_str, truncate_to_micros,
+    utc_str,
 };
 pub use values::{
     CancelReason, Capacity, Description, FieldError, GameId, LocationText, LocationUrl, Scope,

@@ -29,20 +29,26 @@ const WRONG_TYPE: &str = "must be a datetime string or a Unix timestamp";
 /// (pydantic's rule).
 const MILLIS_THRESHOLD: i64 = 20_000_000_000;
 
-/// Parses a datetime given as a JSON value (a body field).
-pub fn parse_datetime(value: &serde_json::Value) -> Result<DateTime<Utc>, String> {
-    match value {
-        serde_json::Value::String(s) => parse_text(s),
-        serde_json::Value::Number(n) => {
-            if let Some(i) = n.as_i64() {
-                from_unix_int(i)
-            } else if let Some(f) = n.as_f64() {
-                from_unix_float(f)
-            } else {
-                Err(OUT_OF_RANGE.to_owned())
-            }
-        }
-        _ => Err(WRONG_TYPE.to_owned()),
+/// A datetime as a request body sends it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum DatetimeInput<'a> {
+    Text(&'a str),
+    /// A Unix timestamp sent as an integer.
+    Integer(i64),
+    /// A Unix timestamp sent as any other number.
+    Number(Option<f64>),
+    /// Anything else (a boolean, an object, …).
+    WrongType,
+}
+
+/// Parses a datetime given in a request body.
+pub fn parse_datetime(input: DatetimeInput<'_>) -> Result<DateTime<Utc>, String> {
+    match input {
+        DatetimeInput::Text(s) => parse_text(s),
+        DatetimeInput::Integer(i) => from_unix_int(i),
+        DatetimeInput::Number(Some(f)) => from_unix_float(f),
+        DatetimeInput::Number(None) => Err(OUT_OF_RANGE.to_owned()),
+        DatetimeInput::WrongType => Err(WRONG_TYPE.to_owned()),
     }
 }
 
@@ -444,6 +450,22 @@ mod tests {
     use proptest::prelude::*;
     use serde_json::json;
 
+    /// What the request layer hands over for a JSON value.
+    fn input(v: &serde_json::Value) -> DatetimeInput<'_> {
+        match v {
+            serde_json::Value::String(s) => DatetimeInput::Text(s),
+            serde_json::Value::Number(n) => match n.as_i64() {
+                Some(i) => DatetimeInput::Integer(i),
+                None => DatetimeInput::Number(n.as_f64()),
+            },
+            _ => DatetimeInput::WrongType,
+        }
+    }
+
+    fn parse_value(v: &serde_json::Value) -> Result<DateTime<Utc>, String> {
+        parse_datetime(input(v))
+    }
+
     fn utc(s: &str) -> DateTime<Utc> {
         match DateTime::parse_from_rfc3339(s) {
             Ok(dt) => dt.with_timezone(&Utc),
@@ -452,7 +474,7 @@ mod tests {
     }
 
     fn ok(v: serde_json::Value) -> String {
-        match parse_datetime(&v) {
+        match parse_value(&v) {
             Ok(dt) => format_utc(&dt),
             Err(e) => panic!("{v} did not parse: {e}"),
         }
@@ -550,14 +572,14 @@ mod tests {
             json!("2026/01/10"),
             json!("2026-01-10X10:00"),
         ] {
-            assert!(parse_datetime(&bad).is_err(), "{bad} was accepted");
+            assert!(parse_value(&bad).is_err(), "{bad} was accepted");
         }
     }
 
     #[test]
     fn rejects_wrong_types() {
         for bad in [json!(null), json!(true), json!({}), json!([1])] {
-            assert_eq!(parse_datetime(&bad), Err(WRONG_TYPE.to_owned()));
+            assert_eq!(parse_value(&bad), Err(WRONG_TYPE.to_owned()));
         }
     }
 
@@ -575,10 +597,10 @@ mod tests {
             json!(u64::MAX),
             json!("99999999999999999999999"),
         ] {
-            assert!(parse_datetime(&bad).is_err(), "{bad} was accepted");
+            assert!(parse_value(&bad).is_err(), "{bad} was accepted");
         }
         assert_eq!(
-            parse_datetime(&json!("0000-06-01")),
+            parse_value(&json!("0000-06-01")),
             Err(OUT_OF_RANGE.to_owned())
         );
     }
@@ -597,7 +619,7 @@ mod tests {
         assert!(parse_datetime_str("2026-01-10 03:00").is_ok());
         assert!(parse_datetime_str("2026-01-10 03").is_err());
         // Bodies keep pydantic's behaviour.
-        assert!(parse_datetime(&json!("2026-01-10T13:00:00 03:00")).is_err());
+        assert!(parse_value(&json!("2026-01-10T13:00:00 03:00")).is_err());
     }
 
     #[test]
@@ -668,7 +690,7 @@ mod tests {
             let dt = dt.unwrap_or_default();
             let text = format_utc(&dt);
             prop_assert_eq!(parse_datetime_str(&text), Ok(dt));
-            prop_assert_eq!(parse_datetime(&serde_json::Value::String(text)), Ok(dt));
+            prop_assert_eq!(parse_value(&serde_json::Value::String(text)), Ok(dt));
         }
 
         #[test]

@@ -1,22 +1,18 @@
 //! The REST routes of the BFF contract and the one adapter that runs them.
 
-use std::time::Instant;
-
-use tracing::Instrument;
-
+use crate::app::pipeline::{Framing, Incoming, Target};
+use crate::app::{Op, Reply};
+use crate::auth::{HeaderSource, RequestParts};
+use crate::domain::ErrorCode;
+use crate::error::AppError;
+use crate::http::middleware::{ReceivedTarget, no_content};
+use crate::startup::AppState;
 use axum::Router;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use serde_json::{Map, Value};
-
-use crate::app::{AppError, CallMeta, Op, Reply};
-use crate::auth::{HeaderSource, RequestParts};
-use crate::domain::{DomainError, ErrorCode};
-use crate::http::middleware::{ReceivedTarget, no_content};
-use crate::startup::AppState;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -62,26 +58,14 @@ impl HeaderSource for Headers<'_> {
     }
 }
 
-/// Where an operation's input comes from besides the body.
-enum Target {
-    None,
-    Query,
-    Event(String),
-    /// An event listing (`/rsvps`, `/attendance`): the query string pages
-    /// and filters it (`limit`, `offset`, `status`), as the NATS body does.
-    EventQuery(String),
-    User(String),
-}
-
+/// Runs one route's operation through the application's request pipeline.
 async fn run(state: &AppState, op: Op, target: Target, request: Request) -> Response {
-    let started = Instant::now();
     let (parts, body) = request.into_parts();
-    let supplied_id = parts
-        .headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.trim().is_empty())
-        .map(str::to_string);
+    let limit = state.app.max_body_bytes();
+    let (bytes, oversized) = match axum::body::to_bytes(body, limit).await {
+        Ok(bytes) => (bytes, false),
+        Err(_) => (Default::default(), true),
+    };
     let received = parts
         .extensions
         .get::<ReceivedTarget>()
@@ -90,136 +74,32 @@ async fn run(state: &AppState, op: Op, target: Target, request: Request) -> Resp
             path: parts.uri.path().to_string(),
             query: parts.uri.query().unwrap_or("").to_string(),
         });
-    let mut who: Option<(uuid::Uuid, uuid::Uuid)> = None;
-    let span = crate::telemetry::trace::request_span(
-        "http",
-        op.name(),
-        Headers(&parts.headers).header("traceparent"),
-        Headers(&parts.headers).header("tracestate"),
-    );
-    let outcome = async {
-        let limit = state.config.max_body_bytes;
-        let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
-            AppError::rejected(
-                ErrorCode::PayloadTooLarge,
-                format!("Request body is larger than {limit} bytes"),
-            )
-        })?;
-        // Authentication comes before any look at the body.
-        let ctx = state
-            .app
-            .authenticate(
-                op,
-                &Headers(&parts.headers),
-                &RequestParts::http(
-                    parts.method.as_str(),
-                    &received.path,
-                    &received.query,
-                    &bytes,
-                ),
-            )
-            .await?;
-        who = Some((ctx.tenant_id, ctx.user_id));
-        let body: Value = if bytes.iter().all(u8::is_ascii_whitespace) {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes).map_err(|e| {
-                DomainError::InvalidBody(format!("Cannot parse request body as JSON: {e}"))
-            })?
-        };
-        let input = input(op, target, body, &received.query)?;
-        let incoming = Headers(&parts.headers);
-        let (traceparent, tracestate) = crate::telemetry::trace::context_of(
-            &span,
-            incoming.header("traceparent"),
-            incoming.header("tracestate"),
-        );
-        let meta = CallMeta {
-            traceparent,
-            tracestate,
-        };
-        tokio::time::timeout(
-            state.config.request_timeout,
-            state
-                .app
-                .execute(&ctx, op, &input, &meta)
-                .instrument(span.clone()),
-        )
-        .await
-        .map_err(|_| AppError::Unavailable {
-            code: ErrorCode::Timeout,
-            message: "The request took too long; it may or may not have been applied".into(),
-        })?
-    }
-    .await;
-    let (response, code) = match outcome {
-        Ok(reply) => (render(op, reply), None),
-        Err(err) => {
-            if err.is_internal() {
-                tracing::error!(op = op.name(), request_id = ?supplied_id, error = %err, "internal error");
-            }
-            (
-                error_response(&err, supplied_id.as_deref()),
-                Some(err.code().as_str()),
-            )
-        }
+    let outcome = state
+        .app
+        .handle(Incoming {
+            op,
+            headers: &Headers(&parts.headers),
+            parts: RequestParts::http(
+                parts.method.as_str(),
+                &received.path,
+                &received.query,
+                &bytes,
+            ),
+            framing: Framing::Http {
+                target,
+                query: &received.query,
+            },
+            oversized,
+        })
+        .await;
+    let response = match outcome.result {
+        Ok(reply) => render(op, reply),
+        Err(err) => error_response(&err, outcome.request_id.as_deref()),
     };
-    crate::telemetry::finish_request(
-        state.app.metrics(),
-        &crate::telemetry::RequestRecord {
-            transport: "http",
-            op: op.name(),
-            request_id: supplied_id.as_deref(),
-            tenant_id: who.map(|w| w.0),
-            user_id: who.map(|w| w.1),
-            status: response.status().as_u16(),
-            code,
-            took: started.elapsed(),
-            write: op.is_write(),
-        },
-    );
+    outcome
+        .report
+        .finish(&state.app, response.status().as_u16());
     response
-}
-
-fn input(op: Op, target: Target, body: Value, query: &str) -> Result<Value, AppError> {
-    let requires_body = matches!(
-        op,
-        Op::EventCreate | Op::EventUpdate | Op::RsvpSet | Op::AttendanceMark
-    );
-    let mut object = match body {
-        Value::Object(map) => map,
-        Value::Null if requires_body => return Ok(Value::Null),
-        Value::Null => Map::new(),
-        _ => {
-            return Err(
-                DomainError::InvalidBody("Request body must be a JSON object".into()).into(),
-            );
-        }
-    };
-    match target {
-        Target::None => {}
-        Target::Query => merge_query(&mut object, query),
-        Target::EventQuery(id) => {
-            merge_query(&mut object, query);
-            object.insert("id".into(), Value::String(id.clone()));
-            object.insert("eventId".into(), Value::String(id));
-        }
-        Target::Event(id) => {
-            object.insert("id".into(), Value::String(id.clone()));
-            object.insert("eventId".into(), Value::String(id));
-        }
-        Target::User(uid) => {
-            object.insert("userId".into(), Value::String(uid));
-        }
-    }
-    Ok(Value::Object(object))
-}
-
-/// Query parameters as string fields (the last of a repeated name wins).
-fn merge_query(object: &mut Map<String, Value>, query: &str) {
-    for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
-        object.insert(k.into_owned(), Value::String(v.into_owned()));
-    }
 }
 
 fn render(op: Op, reply: Reply) -> Response {

@@ -9,8 +9,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use futures::FutureExt;
 
-use crate::app::AppError;
 use crate::domain::ErrorCode;
+use crate::error::AppError;
 use crate::http::api::error_response;
 
 /// The path and query exactly as received, before trailing-slash trimming:

@@ -15,14 +15,14 @@ use serde_json::Value;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use crate::app::AppError;
 use crate::domain::published::{self, Published};
 use crate::domain::{
     CancelReason, DomainError, Event, EventId, EventPatch, RequestedRsvp, RsvpChangeReason,
     RsvpCounts, RsvpStatus, TenantId, UserId, decide, promotions_after_capacity_change,
 };
+use crate::error::AppError;
+use crate::names::Subjects;
 use crate::store::rows::{EVENT_COLUMNS, EventRow, parse_rsvp_status};
-use crate::subjects::Subjects;
 
 /// What a write command needs besides its own fields.
 #[derive(Debug, Clone)]

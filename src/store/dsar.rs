@@ -17,15 +17,15 @@ use serde_json::{Map, Value, json};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use crate::app::AppError;
 use crate::domain::published::{self, Published};
 use crate::domain::{
     ANONYMIZED_USER_ID, ErrorCode, Event, EventId, RsvpChangeReason, RsvpCounts, RsvpStatus,
     TenantId, UserId, format_utc, promotions_after_capacity_change, truncate_to_micros,
 };
+use crate::error::AppError;
+use crate::names::Subjects;
 use crate::store::audit::AuditEntry;
 use crate::store::rows::{EVENT_COLUMNS, EventRow, parse_rsvp_status};
-use crate::subjects::Subjects;
 
 /// What erase writes over an erased user's id inside outbox payloads, and
 /// what export shows in place of other users' ids.

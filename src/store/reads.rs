@@ -6,10 +6,10 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Postgres, QueryBuilder};
 use uuid::Uuid;
 
-use crate::app::AppError;
 use crate::domain::{
     Event, EventId, RsvpCounts, RsvpStatus, Scope, ScopeId, ScopeType, TenantId, UserId, Visibility,
 };
+use crate::error::AppError;
 use crate::store::rows::{COUNT_COLUMNS, CountsRow, EVENT_COLUMNS, EventRow, parse_rsvp_status};
 
 #[derive(sqlx::FromRow)]

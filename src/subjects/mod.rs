@@ -12,10 +12,7 @@ use async_nats::jetstream::{self, stream};
 use crate::config::{NatsAuth, NatsConfig, StreamConfig, redact};
 use crate::startup::Backoff;
 
-/// Name of the NATS micro service (`$SRV.PING.events` etc.).
-pub const SERVICE_NAME: &str = "events";
-/// Queue group shared by every instance, so each request is served once.
-pub const QUEUE_GROUP: &str = "events";
+pub use crate::names::{QUEUE_GROUP, SERVICE_NAME, Subjects};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NatsError {
@@ -36,44 +33,6 @@ pub enum NatsError {
     Stream { name: String, message: String },
     #[error("cannot register the NATS micro service: {0}")]
     Service(String),
-}
-
-/// Subject names, all under one configurable prefix.
-#[derive(Debug, Clone)]
-pub struct Subjects {
-    prefix: String,
-}
-
-impl Subjects {
-    pub fn new(prefix: impl Into<String>) -> Self {
-        Self {
-            prefix: prefix.into(),
-        }
-    }
-
-    pub fn prefix(&self) -> &str {
-        &self.prefix
-    }
-
-    /// `{prefix}.v1.<op>`: request/reply commands.
-    pub fn command(&self, op: &str) -> String {
-        format!("{}.v1.{op}", self.prefix)
-    }
-
-    /// `{prefix}.internal.changes`: cache invalidation notes between instances.
-    pub fn internal_changes(&self) -> String {
-        format!("{}.internal.changes", self.prefix)
-    }
-
-    /// `{prefix}.out.>`: everything the stream captures.
-    pub fn stream_filter(&self) -> String {
-        format!("{}.out.>", self.prefix)
-    }
-
-    /// `{prefix}.out.<tenant_id>.<type>`: one published domain event.
-    pub fn domain_event(&self, tenant_id: &uuid::Uuid, event_type: &str) -> String {
-        format!("{}.out.{tenant_id}.{event_type}", self.prefix)
-    }
 }
 
 async fn connect_once(config: &NatsConfig) -> Result<async_nats::Client, NatsError> {

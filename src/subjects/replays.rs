@@ -15,11 +15,7 @@ use crate::auth::replay::ReplayKey;
 use crate::config::StreamConfig;
 use crate::subjects::NatsError;
 
-/// The bucket of a stream: `<stream>_REPLAYS` (its JetStream stream is
-/// `KV_<stream>_REPLAYS`).
-pub fn bucket_name(stream: &str) -> String {
-    format!("{stream}_REPLAYS")
-}
+pub use crate::names::replay_bucket as bucket_name;
 
 /// How long a key must live: a request signed at `ts` is accepted until
 /// `ts + window`, and `ts` may be up to `window` ahead of the clock that

@@ -7,7 +7,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use serde_json::{Value, json};
 use updspace_events::client::{CallReply, EventsClient, Identity};
-use updspace_events::subjects::endpoints::Encoding;
+use updspace_events::encoding::Encoding;
 use uuid::Uuid;
 
 use crate::helpers::{TestApp, admin, identity};

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 use updspace_events::auth::{ContextHeaders, RequestParts, sign_headers_v2, sign_v1};
 use updspace_events::client::{CallReply, EventsClient, Identity};
-use updspace_events::subjects::endpoints::Encoding;
+use updspace_events::encoding::Encoding;
 use uuid::Uuid;
 
 use crate::helpers::{TEST_SECRET, TestApp, admin, identity};

@@ -449,7 +449,7 @@ async fn rows_published_but_not_marked_before_a_crash_are_not_duplicated() {
     for row in &rows {
         let (payload, content_type) = updspace_events::actors::outbox::envelope(
             row,
-            updspace_events::config::OutEncoding::Msgpack,
+            updspace_events::encoding::Encoding::Msgpack,
         );
         let mut headers = async_nats::HeaderMap::new();
         headers.insert("Nats-Msg-Id", row.id.to_string().as_str());

@@ -43,7 +43,7 @@ impl AppError {
 
     pub fn code(&self) -> ErrorCode {
         match self {
-            AppError::Auth(e) => e.code().parse().unwrap_or(ErrorCode::Unauthorized),
+            AppError::Auth(e) => e.code(),
             AppError::Domain(e) => e.code(),
             AppError::Rejected { code, .. } | AppError::Unavailable { code, .. } => *code,
             AppError::NotFound => ErrorCode::NotFound,
