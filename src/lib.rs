@@ -6,6 +6,7 @@ pub mod actors;
 pub mod app;
 pub mod auth;
 pub mod authz;
+pub mod backoff;
 pub mod cli;
 pub mod client;
 pub mod config;

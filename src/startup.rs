@@ -2,7 +2,6 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use sqlx::PgPool;
 use tokio::net::TcpListener;
@@ -40,26 +39,7 @@ pub enum StartupError {
     Authz(#[from] crate::authz::access::AccessSetupError),
 }
 
-/// Exponential backoff with full jitter, for reconnect loops.
-#[derive(Debug)]
-pub struct Backoff {
-    next: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    pub fn new(initial: Duration, max: Duration) -> Self {
-        Self { next: initial, max }
-    }
-
-    pub fn next_delay(&mut self) -> Duration {
-        let current = self.next;
-        self.next = (self.next * 2).min(self.max);
-        // Jitter spreads reconnects of many instances after a shared outage.
-        let jitter = rand::random_range(0.5..=1.0);
-        current.mul_f64(jitter)
-    }
-}
+pub use crate::backoff::Backoff;
 
 /// Shared, cheap-to-clone handles every transport uses.
 #[derive(Clone)]

@@ -711,3 +711,637 @@ fn revoke_target(body: &Value, tenant: TenantId) -> Result<RevokeTarget, AppErro
         .into()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Reading create, update and cancel bodies, and what the domain then
+    //! does with them.
+
+    use super::*;
+    use crate::domain::{Capacity, Event, EventStatus, PatchOutcome};
+    use chrono::{DateTime, Utc};
+    use proptest::prelude::*;
+    use serde_json::{Map, json};
+
+    const TENANT: &str = "6f1c2a3b-4d5e-4f60-8a7b-9c0d1e2f3a4b";
+    const USER: &str = "11111111-2222-4333-8444-555555555555";
+
+    fn tenant() -> TenantId {
+        TenantId::parse(TENANT).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn user() -> UserId {
+        UserId::parse(USER).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn at(s: &str) -> DateTime<Utc> {
+        crate::domain::time::parse_datetime_str(s).unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+
+    fn minimal() -> Value {
+        json!({
+            "scopeType": "COMMUNITY",
+            "scopeId": "guild-1",
+            "title": "Raid night",
+            "startsAt": "2026-01-10T10:00:00Z",
+            "endsAt": "2026-01-10T12:00:00Z",
+        })
+    }
+
+    fn with(mut body: Value, key: &str, value: Value) -> Value {
+        if let Some(obj) = body.as_object_mut() {
+            obj.insert(key.to_owned(), value);
+        }
+        body
+    }
+
+    fn without(mut body: Value, key: &str) -> Value {
+        if let Some(obj) = body.as_object_mut() {
+            obj.remove(key);
+        }
+        body
+    }
+
+    fn create(body: &Value) -> NewEvent {
+        new_event(tenant(), body).unwrap_or_else(|e| panic!("{body}: {e:?}"))
+    }
+
+    fn fields(result: Result<impl std::fmt::Debug, DomainError>) -> BTreeMap<String, String> {
+        match result {
+            Err(DomainError::Validation { fields }) => fields,
+            other => panic!("expected a validation error, got {other:?}"),
+        }
+    }
+
+    fn event() -> Event {
+        let body = with(minimal(), "capacity", json!(10));
+        create(&body).into_event(EventId::new_v4(), user(), at("2026-01-01T00:00:00Z"))
+    }
+
+    fn patch(body: Value) -> EventPatch {
+        super::patch(&body).unwrap_or_else(|e| panic!("{body}: {e:?}"))
+    }
+
+    fn apply(event: &Event, body: Value) -> Result<PatchOutcome, DomainError> {
+        event.apply_patch(&patch(body), at("2026-01-02T00:00:00Z"), user())
+    }
+
+    #[test]
+    fn creates_with_defaults() {
+        let e = create(&minimal());
+        assert_eq!(e.scope().scope_type(), ScopeType::Community);
+        assert_eq!(e.scope().scope_id(), "guild-1");
+        assert_eq!(e.title(), "Raid night");
+        assert_eq!(e.description(), "");
+        assert_eq!(e.location_text(), "");
+        assert_eq!(e.location_url(), None);
+        assert_eq!(e.game_id(), None);
+        assert_eq!(e.visibility(), Visibility::Public);
+        assert_eq!(e.capacity(), None);
+        assert_eq!(e.tenant_id(), tenant());
+        let stored = e.into_event(EventId::new_v4(), user(), at("2026-01-01T00:00:00Z"));
+        assert_eq!(stored.version, 1);
+        assert_eq!(stored.status, EventStatus::Scheduled);
+        assert_eq!(stored.created_at, stored.updated_at);
+        assert_eq!(stored.cancelled_at, None);
+    }
+
+    #[test]
+    fn accepts_snake_case_and_prefers_camel_case() {
+        let snake = json!({
+            "scope_type": "TEAM",
+            "scope_id": "team-9",
+            "title": "T",
+            "starts_at": "2026-01-10 10:00",
+            "ends_at": "2026-01-10",
+            "location_text": "Hall",
+            "location_url": "https://example.com",
+            "game_id": "cs2",
+            "visibility": "team",
+            "capacity": 3,
+            "unknown": {"x": 1},
+        });
+        // 10:00 is after midnight: swap to get a valid range.
+        let snake = with(snake, "ends_at", json!("2026-01-11"));
+        let e = create(&snake);
+        assert_eq!(e.scope().scope_type(), ScopeType::Team);
+        assert_eq!(e.location_text(), "Hall");
+        assert_eq!(
+            e.location_url().map(|u| u.as_str()),
+            Some("https://example.com")
+        );
+        assert_eq!(e.game_id().map(|g| g.as_str()), Some("cs2"));
+        assert_eq!(e.capacity().map(Capacity::get), Some(3));
+        assert_eq!(e.starts_at(), at("2026-01-10T10:00:00Z"));
+
+        let both = with(
+            with(minimal(), "title", json!("camel")),
+            "scope_id",
+            json!(7),
+        );
+        let both = with(both, "starts_at", json!("garbage"));
+        let e = create(&both);
+        assert_eq!(e.scope().scope_id(), "guild-1");
+        assert_eq!(e.starts_at(), at("2026-01-10T10:00:00Z"));
+    }
+
+    #[test]
+    fn reports_every_missing_field() {
+        let f = fields(new_event(tenant(), &json!({})));
+        let expected: BTreeMap<String, String> =
+            ["endsAt", "scopeId", "scopeType", "startsAt", "title"]
+                .into_iter()
+                .map(|k| (k.to_owned(), REQUIRED.to_owned()))
+                .collect();
+        assert_eq!(f, expected);
+    }
+
+    #[test]
+    fn reports_wrong_types() {
+        let body = json!({
+            "scopeType": "community",
+            "scopeId": 42,
+            "title": ["x"],
+            "description": 5,
+            "startsAt": true,
+            "endsAt": "soon",
+            "locationText": {},
+            "locationUrl": "javascript:alert(1)",
+            "gameId": 3,
+            "visibility": "PUBLIC",
+            "capacity": "10",
+        });
+        let f = fields(new_event(tenant(), &body));
+        assert_eq!(f.len(), 11, "{f:?}");
+        assert_eq!(f["scopeId"], "must be a string");
+        assert_eq!(
+            f["scopeType"],
+            "scopeType must be one of: TENANT, COMMUNITY, TEAM"
+        );
+        assert_eq!(f["title"], "must be a string");
+        assert_eq!(
+            f["locationUrl"],
+            "locationUrl must be an absolute http or https URL"
+        );
+        assert_eq!(f["capacity"], "must be an integer");
+        assert!(f["startsAt"].contains("datetime"));
+    }
+
+    #[test]
+    fn create_null_rules() {
+        let body = with(minimal(), "description", json!(null));
+        let body = with(body, "locationText", json!(null));
+        let body = with(body, "locationUrl", json!(""));
+        let body = with(body, "gameId", json!(null));
+        let body = with(body, "capacity", json!(null));
+        let e = create(&body);
+        assert_eq!(e.description(), "");
+        assert_eq!(e.location_text(), "");
+        assert_eq!(e.location_url(), None);
+        assert_eq!(e.game_id(), None);
+        assert_eq!(e.capacity(), None);
+
+        let e = create(&with(
+            with(minimal(), "locationUrl", json!(null)),
+            "gameId",
+            json!(""),
+        ));
+        assert_eq!((e.location_url(), e.game_id()), (None, None));
+        let e = create(&with(
+            with(minimal(), "description", json!("")),
+            "locationText",
+            json!(""),
+        ));
+        assert_eq!(
+            (e.description().as_str(), e.location_text().as_str()),
+            ("", "")
+        );
+
+        let f = fields(new_event(
+            tenant(),
+            &with(minimal(), "visibility", json!(null)),
+        ));
+        assert_eq!(f["visibility"], CANNOT_BE_NULL);
+        let f = fields(new_event(tenant(), &with(minimal(), "title", json!(null))));
+        assert_eq!(f["title"], CANNOT_BE_NULL);
+        let f = fields(new_event(tenant(), &with(minimal(), "capacity", json!(0))));
+        assert_eq!(f["capacity"], "capacity must be a positive integer or null");
+    }
+
+    #[test]
+    fn capacity_numbers() {
+        let cap = |v: Value| new_event(tenant(), &with(minimal(), "capacity", v));
+        assert_eq!(
+            cap(json!(5.0)).map(|e| e.capacity().map(Capacity::get)),
+            Ok(Some(5))
+        );
+        assert_eq!(fields(cap(json!(5.5)))["capacity"], "must be an integer");
+        assert_eq!(
+            fields(cap(json!(-1)))["capacity"],
+            "capacity must be a positive integer or null"
+        );
+        assert_eq!(
+            fields(cap(json!(u64::MAX)))["capacity"],
+            "capacity must be at most 1000000"
+        );
+        assert_eq!(fields(cap(json!(true)))["capacity"], "must be an integer");
+    }
+
+    #[test]
+    fn title_boundaries_count_characters() {
+        let ok = create(&with(minimal(), "title", json!("ё".repeat(255))));
+        assert_eq!(ok.title().chars().count(), 255);
+        let f = fields(new_event(
+            tenant(),
+            &with(minimal(), "title", json!("ё".repeat(256))),
+        ));
+        assert_eq!(f["title"], "title must be at most 255 characters");
+        let f = fields(new_event(tenant(), &with(minimal(), "title", json!("   "))));
+        assert_eq!(f["title"], "title must not be empty");
+    }
+
+    #[test]
+    fn visibility_must_fit_scope() {
+        let body = with(minimal(), "visibility", json!("team"));
+        let f = fields(new_event(tenant(), &body));
+        assert_eq!(
+            f["visibility"],
+            "visibility team is not allowed for scopeType COMMUNITY"
+        );
+        // Reported together with other field errors.
+        let f = fields(new_event(tenant(), &without(body, "title")));
+        assert_eq!(f.len(), 2);
+        assert!(
+            create(&with(minimal(), "visibility", json!("community"))).visibility()
+                == Visibility::Community
+        );
+        assert!(
+            create(&with(minimal(), "visibility", json!("private"))).visibility()
+                == Visibility::Private
+        );
+    }
+
+    #[test]
+    fn tenant_scope_is_the_tenant() {
+        let body = with(
+            with(minimal(), "scopeType", json!("TENANT")),
+            "scopeId",
+            json!(TENANT.to_uppercase()),
+        );
+        let e = create(&body);
+        assert_eq!(e.scope(), &Scope::tenant(tenant()));
+        let body = with(body, "scopeId", json!("guild-1"));
+        let f = fields(new_event(tenant(), &body));
+        assert_eq!(
+            f["scopeId"],
+            "for TENANT scope, scopeId must be the tenant id"
+        );
+    }
+
+    #[test]
+    fn time_range_is_checked_after_fields() {
+        let same = with(minimal(), "endsAt", json!("2026-01-10T10:00:00Z"));
+        assert_eq!(
+            new_event(tenant(), &same),
+            Err(DomainError::InvalidTimeRange)
+        );
+        let before = with(minimal(), "endsAt", json!("2026-01-10T09:59:59.999Z"));
+        assert_eq!(
+            new_event(tenant(), &before),
+            Err(DomainError::InvalidTimeRange)
+        );
+        // Offsets are compared as instants: 12:30+03:00 is 09:30Z.
+        let offset = with(minimal(), "endsAt", json!("2026-01-10T12:30:00+03:00"));
+        assert_eq!(
+            new_event(tenant(), &offset),
+            Err(DomainError::InvalidTimeRange)
+        );
+        let offset = with(minimal(), "endsAt", json!("2026-01-10T13:30:00+03:00"));
+        assert_eq!(create(&offset).ends_at(), at("2026-01-10T10:30:00Z"));
+        // Field errors win over the time range.
+        let both = with(same, "title", json!(""));
+        assert!(matches!(
+            new_event(tenant(), &both),
+            Err(DomainError::Validation { .. })
+        ));
+    }
+
+    #[test]
+    fn non_objects_are_invalid_bodies() {
+        for body in [json!(null), json!([]), json!("x"), json!(1)] {
+            assert!(matches!(
+                new_event(tenant(), &body),
+                Err(DomainError::InvalidBody(_))
+            ));
+            assert!(matches!(
+                super::patch(&body),
+                Err(DomainError::InvalidBody(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn equal_requests_compare_equal() {
+        let a = create(&minimal());
+        let b = create(&json!({
+            "scope_type": "COMMUNITY", "scope_id": "guild-1", "title": "Raid night",
+            "startsAt": "2026-01-10T13:00:00+03:00", "endsAt": 1768046400,
+            "visibility": "public", "description": null,
+        }));
+        assert_eq!(a, b);
+        assert_ne!(a, create(&with(minimal(), "title", json!("Other"))));
+    }
+
+    #[test]
+    fn patch_without_editable_keys_is_no_updates() {
+        for body in [
+            json!({}),
+            json!({"foo": 1}),
+            json!({"scopeType": "TEAM", "scopeId": "x", "scope_type": "TEAM"}),
+        ] {
+            assert_eq!(super::patch(&body), Err(DomainError::NoUpdates), "{body}");
+        }
+    }
+
+    #[test]
+    fn patch_null_rules() {
+        let p = patch(json!({
+            "title": null, "description": null, "locationText": null,
+            "locationUrl": null, "gameId": "", "visibility": null, "capacity": null,
+        }));
+        assert!(p.title.is_null());
+        assert!(p.description.is_null());
+        assert!(p.location_url.is_null());
+        assert!(p.game_id.is_null());
+        assert!(p.starts_at.is_absent());
+        assert_eq!(patch(json!({"locationUrl": ""})).location_url, Tri::Null);
+
+        let f = fields(super::patch(&json!({"startsAt": null, "ends_at": null})));
+        assert_eq!(f["startsAt"], "cannot be null");
+        assert_eq!(f["endsAt"], "cannot be null");
+        let f = fields(super::patch(
+            &json!({"title": "", "capacity": 0, "visibility": "x"}),
+        ));
+        assert_eq!(f.len(), 3);
+    }
+
+    #[test]
+    fn ignored_nulls_change_nothing() {
+        let e = event();
+        let out = apply(&e, json!({"title": null, "visibility": null}));
+        assert_eq!(
+            out,
+            Ok(PatchOutcome {
+                event: e.clone(),
+                changed: vec![],
+                updated_by: user()
+            })
+        );
+    }
+
+    #[test]
+    fn same_values_change_nothing() {
+        let e = event();
+        let out = apply(
+            &e,
+            json!({
+                "title": "Raid night", "description": "", "startsAt": "2026-01-10T13:00:00+03:00",
+                "ends_at": 1768046400, "locationText": null, "locationUrl": "", "gameId": null,
+                "visibility": "public", "capacity": 10,
+            }),
+        )
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        assert!(out.changed.is_empty());
+        assert!(!out.is_changed());
+        assert_eq!(out.event, e);
+        assert_eq!(out.event.version, 1);
+        assert_eq!(out.event.updated_at, e.updated_at);
+    }
+
+    #[test]
+    fn changes_are_listed_in_fixed_order() {
+        let e = event();
+        // Keys deliberately in a different order from the fixed one.
+        let out = apply(
+            &e,
+            json!({
+                "capacity": null, "visibility": "community", "game_id": "dota",
+                "location_url": "https://x.example", "locationText": "Hall",
+                "endsAt": "2026-01-11T00:00:00Z", "startsAt": "2026-01-10T09:00:00Z",
+                "description": "Bring snacks", "title": "Raid night 2",
+            }),
+        )
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(out.changed, EventField::ALL.to_vec());
+        let names: Vec<&str> = out.changed.iter().map(|f| f.as_snake_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "title",
+                "description",
+                "starts_at",
+                "ends_at",
+                "location_text",
+                "location_url",
+                "game_id",
+                "visibility",
+                "capacity"
+            ]
+        );
+        assert_eq!(serde_json::to_value(&out.changed).ok(), Some(json!(names)));
+        assert_eq!(out.event.version, 2);
+        assert_eq!(out.event.updated_at, at("2026-01-02T00:00:00Z"));
+        assert_eq!(out.event.created_at, e.created_at);
+        assert_eq!(out.event.capacity, None);
+        assert_eq!(out.event.title, "Raid night 2");
+    }
+
+    #[test]
+    fn only_real_changes_are_listed() {
+        let e = event();
+        let out = apply(
+            &e,
+            json!({"title": "Raid night", "description": "New", "capacity": 10}),
+        )
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(out.changed, vec![EventField::Description]);
+        let out = out.event.apply_patch(
+            &patch(json!({"description": null})),
+            at("2026-01-03T00:00:00Z"),
+            user(),
+        );
+        let out = out.unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(out.changed, vec![EventField::Description]);
+        assert_eq!(out.event.description, "");
+        assert_eq!(out.event.version, 3);
+    }
+
+    #[test]
+    fn patch_checks_the_merged_time_range() {
+        let e = event();
+        assert_eq!(
+            apply(&e, json!({"startsAt": "2026-01-10T12:00:00Z"})),
+            Err(DomainError::InvalidTimeRange)
+        );
+        assert_eq!(
+            apply(&e, json!({"endsAt": "2026-01-10T09:00:00Z"})),
+            Err(DomainError::InvalidTimeRange)
+        );
+        let moved = apply(
+            &e,
+            json!({"startsAt": "2026-01-10T13:00:00Z", "endsAt": "2026-01-10T14:00:00Z"}),
+        );
+        assert_eq!(
+            moved.map(|o| o.changed),
+            Ok(vec![EventField::StartsAt, EventField::EndsAt])
+        );
+    }
+
+    #[test]
+    fn patch_checks_visibility_against_scope() {
+        let e = event();
+        let f = fields(apply(&e, json!({"visibility": "team"})));
+        assert_eq!(
+            f["visibility"],
+            "visibility team is not allowed for scopeType COMMUNITY"
+        );
+        // A stored misfit does not block editing other fields.
+        let mut legacy = e.clone();
+        legacy.visibility = Visibility::Team;
+        assert!(apply(&legacy, json!({"title": "Renamed"})).is_ok());
+    }
+
+    #[test]
+    fn hand_built_null_times_are_refused() {
+        let p = EventPatch {
+            starts_at: Tri::Null,
+            ..EventPatch::default()
+        };
+        let f = fields(event().apply_patch(&p, at("2026-01-02T00:00:00Z"), user()));
+        assert_eq!(f["startsAt"], "cannot be null");
+        assert!(EventPatch::default().is_empty());
+    }
+
+    #[test]
+    fn cancelled_events_cannot_be_patched() {
+        let cancelled = event()
+            .cancel(None, user(), at("2026-01-05T00:00:00Z"))
+            .event;
+        assert_eq!(
+            apply(&cancelled, json!({"title": "x"})),
+            Err(DomainError::EventCancelled)
+        );
+        assert_eq!(
+            apply(&cancelled, json!({"title": null})),
+            Err(DomainError::EventCancelled)
+        );
+    }
+
+    #[test]
+    fn cancel_once() {
+        let e = event();
+        let reason = CancelReason::parse("Venue closed").ok();
+        let first = e.cancel(reason.clone(), user(), at("2026-01-05T00:00:00.123456789Z"));
+        assert!(!first.already_cancelled);
+        assert!(first.event.is_cancelled());
+        assert_eq!(first.event.cancel_reason, reason);
+        assert_eq!(first.event.cancelled_by, Some(user()));
+        assert_eq!(
+            first.event.cancelled_at,
+            Some(at("2026-01-05T00:00:00.123456Z"))
+        );
+        assert_eq!(first.event.updated_at, at("2026-01-05T00:00:00.123456Z"));
+        assert_eq!(first.event.version, 2);
+        let second = first.event.cancel(None, user(), at("2026-01-06T00:00:00Z"));
+        assert!(second.already_cancelled);
+        assert_eq!(second.event, first.event);
+        let blank = e.cancel(
+            CancelReason::parse("  ").ok(),
+            user(),
+            at("2026-01-05T00:00:00Z"),
+        );
+        assert_eq!(blank.event.cancel_reason, None);
+    }
+
+    #[test]
+    fn cancel_body() {
+        assert_eq!(cancel_reason_of(&json!(null)), Ok(None));
+        assert_eq!(cancel_reason_of(&json!({})), Ok(None));
+        assert_eq!(cancel_reason_of(&json!({"reason": ""})), Ok(None));
+        assert_eq!(cancel_reason_of(&json!({"reason": null})), Ok(None));
+        assert_eq!(
+            cancel_reason_of(&json!({"reason": "Rain"})),
+            Ok(CancelReason::parse("Rain").ok())
+        );
+        assert_eq!(
+            fields(cancel_reason_of(&json!({"reason": 1})))["reason"],
+            "must be a string"
+        );
+        assert!(cancel_reason_of(&json!({"reason": "r".repeat(1001)})).is_err());
+        assert!(matches!(
+            cancel_reason_of(&json!([])),
+            Err(DomainError::InvalidBody(_))
+        ));
+    }
+
+    fn differs(a: &Event, b: &Event, field: EventField) -> bool {
+        match field {
+            EventField::Title => a.title != b.title,
+            EventField::Description => a.description != b.description,
+            EventField::StartsAt => a.starts_at != b.starts_at,
+            EventField::EndsAt => a.ends_at != b.ends_at,
+            EventField::LocationText => a.location_text != b.location_text,
+            EventField::LocationUrl => a.location_url != b.location_url,
+            EventField::GameId => a.game_id != b.game_id,
+            EventField::Visibility => a.visibility != b.visibility,
+            EventField::Capacity => a.capacity != b.capacity,
+        }
+    }
+
+    fn maybe(values: Vec<Value>) -> impl Strategy<Value = Option<Value>> {
+        prop::option::of(prop::sample::select(values))
+    }
+
+    proptest! {
+        #[test]
+        fn changed_lists_exactly_the_differing_fields_in_order(
+            title in maybe(vec![json!(null), json!("Raid night"), json!("Other")]),
+            description in maybe(vec![json!(null), json!(""), json!("Text")]),
+            starts in maybe(vec![json!("2026-01-10T10:00:00Z"), json!("2026-01-10T08:00:00Z")]),
+            ends in maybe(vec![json!("2026-01-10T12:00:00Z"), json!("2026-01-10T15:00:00Z")]),
+            location_text in maybe(vec![json!(null), json!(""), json!("Hall")]),
+            location_url in maybe(vec![json!(null), json!(""), json!("https://a.example")]),
+            game_id in maybe(vec![json!(null), json!(""), json!("cs2")]),
+            visibility in maybe(vec![json!(null), json!("public"), json!("private"), json!("community")]),
+            capacity in maybe(vec![json!(null), json!(10), json!(3)]),
+        ) {
+            let mut body = Map::new();
+            for (k, v) in [
+                ("title", title), ("description", description), ("startsAt", starts),
+                ("endsAt", ends), ("locationText", location_text), ("locationUrl", location_url),
+                ("gameId", game_id), ("visibility", visibility), ("capacity", capacity),
+            ] {
+                if let Some(v) = v {
+                    body.insert(k.to_owned(), v);
+                }
+            }
+            let body = Value::Object(body);
+            let parsed = super::patch(&body);
+            if body.as_object().is_some_and(Map::is_empty) {
+                prop_assert_eq!(parsed, Err(DomainError::NoUpdates));
+                return Ok(());
+            }
+            let p = parsed.unwrap_or_else(|e| panic!("{e:?}"));
+            let e = event();
+            let out = e.apply_patch(&p, at("2026-01-02T00:00:00Z"), user()).unwrap_or_else(|e| panic!("{e:?}"));
+            let expected: Vec<EventField> =
+                EventField::ALL.into_iter().filter(|f| differs(&e, &out.event, *f)).collect();
+            prop_assert_eq!(&out.changed, &expected);
+            if expected.is_empty() {
+                prop_assert_eq!(&out.event, &e);
+            } else {
+                prop_assert_eq!(out.event.version, e.version + 1);
+            }
+        }
+    }
+}

@@ -14,8 +14,8 @@ use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgPool};
 
+use crate::backoff::Backoff;
 use crate::config::{DatabaseConfig, redact};
-use crate::startup::Backoff;
 
 /// The schema, compiled into the binary so `serve` and `migrate` need no files.
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
 
+use crate::backoff::Backoff;
 use crate::config::{NatsAuth, NatsConfig, StreamConfig, redact};
-use crate::startup::Backoff;
 
 pub use crate::names::{QUEUE_GROUP, SERVICE_NAME, Subjects};
 
