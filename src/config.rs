@@ -881,6 +881,7 @@ pub fn outbox_config(s: &Settings) -> Result<crate::actors::outbox::OutboxConfig
             Duration::from_millis(10),
         )?,
         encoding: out_encoding(s)?,
+        stream: StreamConfig::load(s)?.name,
         ..Default::default()
     })
 }
