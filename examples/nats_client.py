@@ -6,7 +6,9 @@
     BFF_INTERNAL_HMAC_SECRET=... python3 examples/nats_client.py
 
 EVENTS_DEV=1 instead of BFF_INTERNAL_HMAC_SECRET uses the development secret, as the
-service does. The tour creates an event as a system admin in a new random tenant,
+service does. NATS_USER and NATS_PASSWORD log in; NATS_INBOX_PREFIX (default _INBOX)
+is where replies arrive. As the `bff` user of nats/nats-server.conf, which may read
+only its own inbox prefix: NATS_USER=bff NATS_PASSWORD=... NATS_INBOX_PREFIX=_INBOX_bff. The tour creates an event as a system admin in a new random tenant,
 RSVPs as a member, lists the member's events and prints the calendar entry.
 """
 
@@ -42,7 +44,10 @@ async def call(nc, op, body, tenant_id, user_id, tenant_slug="acme", flags=""):
 async def main():
     if not SECRET:
         sys.exit("set BFF_INTERNAL_HMAC_SECRET (or EVENTS_DEV=1 for the development secret)")
-    nc = await nats.connect(os.environ.get("NATS_URL") or "nats://127.0.0.1:4222")
+    nc = await nats.connect(os.environ.get("NATS_URL") or "nats://127.0.0.1:4222",
+                            user=os.environ.get("NATS_USER") or None,
+                            password=os.environ.get("NATS_PASSWORD") or None,
+                            inbox_prefix=os.environ.get("NATS_INBOX_PREFIX") or "_INBOX")
     tenant, admin, alice = (str(uuid.uuid4()) for _ in range(3))
 
     async def step(title, op, body, user, flags=""):

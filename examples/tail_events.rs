@@ -5,7 +5,15 @@
 //! ```sh
 //! cargo run --example tail_events -- [--durable NAME] [--prefix events] [--stream EVENTS]
 //! ```
-//! `NATS_URL` (default nats://127.0.0.1:4222) picks the server.
+//! `NATS_URL` (default nats://127.0.0.1:4222) picks the server; `NATS_USER`
+//! and `NATS_PASSWORD` log in, and `NATS_INBOX_PREFIX` (default `_INBOX`)
+//! is where fetched messages and API replies arrive. As the `activity` user
+//! of nats/nats-server.conf, which may read only its own inbox prefix:
+//!
+//! ```sh
+//! NATS_USER=activity NATS_PASSWORD=... NATS_INBOX_PREFIX=_INBOX_activity \
+//!   cargo run --example tail_events -- --durable my-tail
+//! ```
 
 use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
@@ -29,7 +37,13 @@ async fn main() -> Result<(), async_nats::Error> {
     let stream_name = arg("--stream", "EVENTS");
     let url = std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
 
-    let client = async_nats::connect(&url).await?;
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let mut options = async_nats::ConnectOptions::new()
+        .custom_inbox_prefix(env("NATS_INBOX_PREFIX").unwrap_or_else(|| "_INBOX".into()));
+    if let (Some(user), Some(password)) = (env("NATS_USER"), env("NATS_PASSWORD")) {
+        options = options.user_and_password(user, password);
+    }
+    let client = options.connect(&url).await?;
     let js = jetstream::new(client);
     let stream = js.get_stream(&stream_name).await?;
     // A durable consumer remembers its position across restarts; explicit

@@ -1,5 +1,8 @@
 //! A client for the NATS API: signs v2 requests and decodes replies. Used by
-//! `events-svc call`, the benchmark and the tests.
+//! `events-svc call`, the benchmark and the tests. Replies come back under
+//! the connection's inbox prefix (`ConnectOptions::custom_inbox_prefix`;
+//! `NATS_INBOX_PREFIX` for the connections `subjects::connect_with_retry`
+//! makes), which the caller's NATS user must be allowed to subscribe to.
 
 use std::time::Duration;
 

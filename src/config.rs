@@ -66,6 +66,12 @@ pub struct Settings {
     )]
     pub nats_token: Option<String>,
 
+    /// Prefix of this connection's reply subjects (JetStream API replies,
+    /// publish acks, replies to `call`). With nats/nats-server.conf, each
+    /// user may only read its own: `_INBOX_events`, `_INBOX_bff`, ... Default _INBOX.
+    #[arg(long, env = "NATS_INBOX_PREFIX", global = true, value_name = "PREFIX")]
+    pub nats_inbox_prefix: Option<String>,
+
     /// Address the HTTP gateway (BFF API, /health, /ready, /metrics) listens on.
     #[arg(
         long,
@@ -344,6 +350,8 @@ pub struct NatsConfig {
     pub url: String,
     pub auth: NatsAuth,
     pub subject_prefix: String,
+    /// Where replies to this connection's requests arrive (`<prefix>.<id>`).
+    pub inbox_prefix: String,
 }
 
 #[derive(Debug, Clone)]
@@ -656,10 +664,20 @@ impl NatsConfig {
                 ),
             ));
         }
+        let inbox_prefix = value(&s.nats_inbox_prefix).unwrap_or("_INBOX").to_string();
+        if !inbox_prefix.split('.').all(is_subject_token) {
+            return Err(ConfigError::new(
+                "NATS_INBOX_PREFIX",
+                format!(
+                    "'{inbox_prefix}' must be subject tokens of letters, digits, '-' or '_' joined by '.', e.g. _INBOX_events"
+                ),
+            ));
+        }
         Ok(Self {
             url,
             auth,
             subject_prefix,
+            inbox_prefix,
         })
     }
 }
@@ -893,6 +911,7 @@ pub fn outbox_config(s: &Settings) -> Result<crate::actors::outbox::OutboxConfig
             Duration::from_millis(10),
         )?,
         encoding: out_encoding(s)?,
+        stream: StreamConfig::load(s)?.name,
         ..Default::default()
     })
 }
@@ -1116,6 +1135,22 @@ mod tests {
         }))
         .expect_err("fail");
         assert!(err.to_string().contains("only one"));
+    }
+
+    #[test]
+    fn the_inbox_prefix_defaults_to_the_standard_one_and_must_be_a_plain_subject() {
+        let c = Config::load(&with(|_| {})).expect("defaults load");
+        assert_eq!(c.nats.inbox_prefix, "_INBOX");
+        let c = Config::load(&with(|s| {
+            s.nats_inbox_prefix = Some("_INBOX_events".into())
+        }))
+        .expect("ok");
+        assert_eq!(c.nats.inbox_prefix, "_INBOX_events");
+        for bad in ["_INBOX.>", "_INBOX.*.x", "_INBOX.", "a b", ".x"] {
+            let err =
+                Config::load(&with(|s| s.nats_inbox_prefix = Some(bad.into()))).expect_err("fail");
+            assert_eq!(err.var, "NATS_INBOX_PREFIX", "{bad}");
+        }
     }
 
     #[test]

@@ -10,7 +10,13 @@
 //! - `bff` calls `events.v1.event.get` and `$SRV.*`, but cannot write to `events.out.>`,
 //!   listen on `events.v1.>`, or use the JetStream API;
 //! - `activity` reads the stream through a durable pull consumer and acks, but cannot
-//!   call `events.v1.*`, write to `events.out.>`, or delete/purge the stream.
+//!   call `events.v1.*`, write to `events.out.>`, or delete/purge the stream;
+//! - each user receives replies only under its own inbox prefix, `_INBOX_<user>`: `bff`
+//!   may not subscribe to `_INBOX.>` or to the others' prefixes, and a client left on
+//!   the default prefix gets no replies;
+//! - the service itself, as `events` with `NATS_INBOX_PREFIX=_INBOX_events`, starts,
+//!   answers `bff` and publishes its outbox with acks; with the default prefix it stops
+//!   at start-up, naming `NATS_INBOX_PREFIX`.
 //!
 //! A denied publish or subscribe is not an error of the call in async-nats: the server
 //! answers `-ERR 'Permissions Violation for …'` on the connection, which async-nats
@@ -244,10 +250,26 @@ struct Conn {
     server_errors: Vec<String>,
 }
 
+/// The inbox prefix `nats/nats-server.conf` lets `user` read.
+fn own_inbox(user: &str) -> String {
+    format!("_INBOX_{user}")
+}
+
+/// Connects as `user`, with replies under the user's own inbox prefix.
 async fn connect(url: &str, user: &'static str, password: &str) -> Result<Conn, String> {
+    connect_with_inbox(url, user, password, &own_inbox(user)).await
+}
+
+async fn connect_with_inbox(
+    url: &str,
+    user: &'static str,
+    password: &str,
+    inbox: &str,
+) -> Result<Conn, String> {
     let (tx, rx) = mpsc::unbounded_channel();
     let connecting = ConnectOptions::with_user_and_password(user.into(), password.into())
         .name(format!("nats-permissions-test-{user}"))
+        .custom_inbox_prefix(inbox)
         .connection_timeout(STEP)
         .request_timeout(Some(STEP))
         .event_callback(move |event| {
@@ -556,11 +578,18 @@ async fn scenario() {
         .expect("endpoint in time")
         .expect("events adds events.v1.event.get");
     let served = Arc::new(AtomicUsize::new(0));
+    let reply_subjects: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
     let responder = tokio::spawn({
         let served = served.clone();
+        let reply_subjects = reply_subjects.clone();
         async move {
             while let Some(request) = endpoint.next().await {
                 served.fetch_add(1, Ordering::SeqCst);
+                if let (Some(reply), Ok(mut seen)) =
+                    (request.message.reply.as_ref(), reply_subjects.lock())
+                {
+                    seen.push(reply.to_string());
+                }
                 let body: Value =
                     serde_json::from_slice(&request.message.payload).unwrap_or(Value::Null);
                 let reply = json!({ "id": body["id"], "title": "permissions test" });
@@ -584,6 +613,17 @@ async fn scenario() {
     let reply: Value = serde_json::from_slice(&reply.payload).expect("JSON reply");
     assert_eq!(reply["id"], json!(event_id));
     assert_eq!(served.load(Ordering::SeqCst), 1);
+    let first_reply = reply_subjects
+        .lock()
+        .map(|seen| seen.first().cloned())
+        .ok()
+        .flatten();
+    assert!(
+        first_reply
+            .as_deref()
+            .is_some_and(|r| r.starts_with("_INBOX_bff.")),
+        "bff's reply subject: {first_reply:?}"
+    );
     for subject in [
         "$SRV.PING.events",
         "$SRV.INFO.events",
@@ -747,6 +787,30 @@ async fn scenario() {
         4,
         "every request reached the service"
     );
+    // Replies: only under its own inbox prefix.
+    for others in ["_INBOX.>", "_INBOX_events.>", "_INBOX_activity.>", ">"] {
+        let _spy = bff.client.subscribe(others).await.expect("queued");
+        bff.flush().await;
+        bff.expect_violation(&format!(r#"Subscription to "{others}""#))
+            .await;
+    }
+    let mut plain = connect_with_inbox(&server.url, "bff", &passwords.bff, "_INBOX")
+        .await
+        .expect("bff connects with the default inbox prefix");
+    let unanswered = timeout(
+        DENIED,
+        plain
+            .client
+            .request("events.v1.event.get", request_body.clone()),
+    )
+    .await;
+    assert_denied("a reply to bff under _INBOX", unanswered);
+    plain.expect_violation(r#"Subscription to "_INBOX."#).await;
+    assert_eq!(
+        served.load(Ordering::SeqCst),
+        5,
+        "the request reached the service; only its reply was kept from bff"
+    );
     let leaked = timeout(Duration::from_millis(300), eavesdrop.next()).await;
     assert!(
         !matches!(leaked, Ok(Some(_))),
@@ -849,7 +913,7 @@ async fn scenario() {
     }
     assert_eq!(
         served.load(Ordering::SeqCst),
-        4,
+        5,
         "activity reached the service"
     );
     activity
@@ -873,11 +937,252 @@ async fn scenario() {
         .clone();
     assert_eq!(state.messages, 1, "the stream lost or gained messages");
     assert_eq!(state.last_sequence, sequence);
+    let _spy = activity
+        .client
+        .subscribe("_INBOX_bff.>")
+        .await
+        .expect("queued");
+    activity.flush().await;
+    activity
+        .expect_violation(r#"Subscription to "_INBOX_bff.>""#)
+        .await;
 
     // ---- shutdown ----------------------------------------------------------------------
     responder.abort();
     let _ = timeout(STEP, service.stop()).await;
     for conn in [&events, &bff, &activity] {
+        let _ = timeout(STEP, conn.client.drain()).await;
+    }
+    drop(server);
+}
+
+const PG_SERVER: &str = "postgres://postgres@127.0.0.1:5432";
+const SECRET: &str = "permissions-test-secret";
+
+/// The service's settings against `server` as user `events`, on database `db`.
+fn service_settings(
+    server: &NatsServer,
+    passwords: &Passwords,
+    db: &str,
+    inbox: Option<&str>,
+) -> updspace_events::config::Settings {
+    updspace_events::config::Settings {
+        database_url: Some(format!("{PG_SERVER}/{db}")),
+        db_max_connections: Some("4".into()),
+        nats_url: Some(server.url.clone()),
+        nats_user: Some("events".into()),
+        nats_password: Some(passwords.events.clone()),
+        nats_inbox_prefix: inbox.map(str::to_string),
+        http_addr: Some("127.0.0.1:0".into()),
+        hmac_secret: Some(SECRET.into()),
+        outbox_poll_interval: Some("100ms".into()),
+        log_filter: Some("warn".into()),
+        ..Default::default()
+    }
+}
+
+/// Runs `events-svc call event.get` as `bff` (nothing of this machine's
+/// environment but the settings given); returns its exit code, stdout and
+/// stderr.
+async fn call_as_bff(
+    url: &str,
+    password: &str,
+    inbox: Option<&str>,
+    who: &updspace_events::client::Identity,
+    id: &str,
+) -> (Option<i32>, String, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_events-svc"));
+    command.env_clear();
+    if let Some(path) = std::env::var_os("PATH") {
+        command.env("PATH", path);
+    }
+    command
+        .envs([
+            ("NATS_URL", url),
+            ("NATS_USER", "bff"),
+            ("NATS_PASSWORD", password),
+            ("BFF_INTERNAL_HMAC_SECRET", SECRET),
+        ])
+        .envs(inbox.map(|prefix| ("NATS_INBOX_PREFIX", prefix)))
+        .args(["call", "event.get", "--timeout", "2s", "--tenant-id"])
+        .args([&who.tenant_id, "--user-id", &who.user_id])
+        .args(["--flags", r#"{"system_admin":true}"#])
+        .arg(json!({ "id": id }).to_string())
+        .stdin(Stdio::null());
+    let out = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .expect("events-svc call task")
+        .expect("events-svc call runs");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+async fn drop_database(db: &str) {
+    if let Ok(pool) = sqlx::PgPool::connect(&format!("{PG_SERVER}/postgres")).await {
+        let sql = format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)");
+        let _ = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&pool).await;
+        pool.close().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_works_with_its_own_inbox_prefix_and_only_with_it() {
+    let db = format!(
+        "events_permissions_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
+    timeout(WHOLE_TEST, service_scenario(&db))
+        .await
+        .expect("the service scenario did not finish within 90 s");
+    drop_database(&db).await;
+}
+
+async fn service_scenario(db: &str) {
+    use updspace_events::config::Config;
+    use updspace_events::startup::Application;
+
+    let passwords = Passwords::random();
+    let server = NatsServer::start(&passwords).await;
+
+    // Left on the default prefix, the service never hears back from
+    // JetStream, and says what to set.
+    let config =
+        Config::load(&service_settings(&server, &passwords, db, None)).expect("settings load");
+    // Its first JetStream request, after the migrations, times out.
+    let refused = timeout(Duration::from_secs(30), Application::build(config))
+        .await
+        .expect("start-up gives up in time");
+    let message = match refused {
+        Ok(_) => panic!("the service started without its inbox prefix"),
+        Err(e) => e.to_string(),
+    };
+    assert!(message.contains("NATS_INBOX_PREFIX"), "{message}");
+
+    let config = Config::load(&service_settings(
+        &server,
+        &passwords,
+        db,
+        Some("_INBOX_events"),
+    ))
+    .expect("settings load");
+    let app = timeout(WHOLE_TEST, Application::build(config))
+        .await
+        .expect("start-up in time")
+        .expect("the service creates its stream and starts");
+    let service_db = app.state().db.clone();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(app.run_until(async {
+        let _ = stopped.await;
+    }));
+
+    let bff = connect(&server.url, "bff", &passwords.bff)
+        .await
+        .expect("bff connects");
+    let client = updspace_events::client::EventsClient::new(bff.client.clone(), "events", SECRET);
+    let tenant = uuid::Uuid::new_v4();
+    let admin = updspace_events::client::Identity {
+        tenant_id: tenant.to_string(),
+        tenant_slug: "acme".into(),
+        user_id: uuid::Uuid::new_v4().to_string(),
+        master_flags: Some(r#"{"system_admin":true}"#.into()),
+    };
+    let created = timeout(
+        STEP,
+        client.call(
+            "event.create",
+            &admin,
+            &json!({"scopeType": "TENANT", "scopeId": tenant.to_string(), "title": "Inboxes",
+                    "startsAt": "2030-01-10T10:00:00Z", "endsAt": "2030-01-10T12:00:00Z"}),
+        ),
+    )
+    .await
+    .expect("reply in time")
+    .expect("bff gets the service's reply");
+    assert_eq!(created.status, 200, "{:?}", created.body);
+    let id = created.body["id"].as_str().expect("event id").to_string();
+    // `events-svc call` as bff: answered with the bff prefix, unanswered
+    // without it.
+    let get =
+        |inbox: Option<&'static str>| call_as_bff(&server.url, &passwords.bff, inbox, &admin, &id);
+    let (code, stdout, _) = get(Some("_INBOX_bff")).await;
+    assert_eq!(code, Some(0), "{stdout}");
+    assert!(stdout.contains(&id), "{stdout}");
+    let (code, _, stderr) = get(None).await;
+    assert_eq!(code, Some(69), "{stderr}");
+    assert!(stderr.contains("NATS_INBOX_PREFIX"), "{stderr}");
+    let ping = timeout(STEP, bff.client.request("$SRV.PING.events", Bytes::new()))
+        .await
+        .expect("ping in time")
+        .expect("the service answers $SRV.PING");
+    let ping: Value = serde_json::from_slice(&ping.payload).expect("JSON ping");
+    assert_eq!(ping["name"], json!("events"));
+
+    // The outbox gets its publish acks under _INBOX_events.
+    let deadline = Instant::now() + STEP + STEP;
+    let (outbox_id, state): (uuid::Uuid, String) = loop {
+        let row: (uuid::Uuid, String) =
+            sqlx::query_as("SELECT id, state::text FROM outbox ORDER BY seq LIMIT 1")
+                .fetch_one(&service_db)
+                .await
+                .expect("the change wrote an outbox row");
+        if row.1 == "published" || Instant::now() > deadline {
+            break row;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(state, "published", "the publish was never acknowledged");
+    let events = connect(&server.url, "events", &passwords.events)
+        .await
+        .expect("events connects");
+    let events_js = js_context(&events, STEP);
+    assert_eq!(message_count(&events_js).await, 1);
+    let stream = timeout(STEP, events_js.get_stream(STREAM))
+        .await
+        .expect("stream in time")
+        .expect("EVENTS exists");
+    let stored = timeout(STEP, stream.get_raw_message(1))
+        .await
+        .expect("message in time")
+        .expect("the message");
+    assert_eq!(
+        stored.headers.get("Nats-Msg-Id").map(|v| v.as_str()),
+        Some(outbox_id.to_string().as_str())
+    );
+
+    // The replay bucket the service created: `events` claims a key once,
+    // and a second claim (the read of the existing key) says "replayed".
+    use updspace_events::subjects::replays::{Claimed, ReplayBucket};
+    let bucket = timeout(
+        STEP,
+        ReplayBucket::ensure(
+            &events.client,
+            &updspace_events::config::StreamConfig {
+                name: STREAM.to_string(),
+                max_age: Duration::from_secs(7 * 24 * 3600),
+                replicas: 1,
+                duplicate_window: Duration::from_secs(20 * 60),
+            },
+            300,
+        ),
+    )
+    .await
+    .expect("bucket in time")
+    .expect("events may open the replay bucket");
+    let key = updspace_events::auth::replay::ReplayKey::of_triple("req-kv", 1_700_000_000, "ab");
+    for expected in [Claimed::First, Claimed::Replayed] {
+        let claimed = timeout(STEP, bucket.claim(&key))
+            .await
+            .expect("claim in time")
+            .expect("events may claim keys");
+        assert_eq!(claimed, expected);
+    }
+
+    let _ = stop.send(());
+    let _ = timeout(STEP + STEP, running).await;
+    for conn in [&events, &bff] {
         let _ = timeout(STEP, conn.client.drain()).await;
     }
     drop(server);

@@ -8,12 +8,20 @@
 //! nothing is skipped. Publishes are pipelined and their acks awaited
 //! together; `Nats-Msg-Id` = outbox id lets JetStream drop duplicates
 //! when a cycle is retried after a crash between publish and mark.
+//!
+//! JetStream remembers ids only for the stream's duplicate window, and a
+//! retried row may be in the stream already (its ack lost). So every row
+//! is stamped with the time it was first sent, and a row whose first send
+//! is nearly a window old is looked for in the stream before it is sent
+//! again: found, it is marked published as it stands.
 
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
+use async_nats::jetstream::stream::{RawMessageErrorKind, Stream};
 use async_nats::jetstream::{self, context::PublishErrorKind, message::PublishMessage};
 use chrono::{DateTime, Utc};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
@@ -37,6 +45,9 @@ pub struct OutboxConfig {
     pub backoff_base: Duration,
     pub backoff_max: Duration,
     pub encoding: Encoding,
+    /// The stream whose duplicate window a retry is weighed against, and
+    /// where a row that may have outlived it is looked for.
+    pub stream: String,
 }
 
 impl Default for OutboxConfig {
@@ -48,6 +59,7 @@ impl Default for OutboxConfig {
             backoff_base: Duration::from_secs(1),
             backoff_max: Duration::from_secs(300),
             encoding: Encoding::Msgpack,
+            stream: "EVENTS".to_string(),
         }
     }
 }
@@ -170,6 +182,176 @@ async fn publish_rows(
     (ok, failed)
 }
 
+/// How much of the duplicate window the publisher does not rely on: room
+/// for the time between reading a row and its copy reaching the server, and
+/// for Postgres (which stamps sends) and NATS (which stamps messages)
+/// keeping slightly different clocks.
+fn safety_margin(window: Duration) -> Duration {
+    (window / 4).min(Duration::from_secs(300))
+}
+
+/// A row that cannot go out in this cycle.
+#[derive(Debug, Clone, PartialEq)]
+struct Unsent {
+    id: Uuid,
+    attempts: i32,
+    error: String,
+    /// NATS could not be reached (as opposed to refusing the row).
+    outage: bool,
+}
+
+/// What a cycle does with the rows it claimed.
+#[derive(Debug, Default)]
+struct Plan {
+    /// Rows to publish, in `seq` order. A row the stream was found not to
+    /// hold has its send stamp cleared, so it is stamped again.
+    send: Vec<OutboxRow>,
+    /// Rows found in the stream: published already, by an earlier attempt
+    /// whose ack was lost (their `id` and `seq`).
+    in_stream: Vec<(Uuid, i64)>,
+    /// Rows whose earlier copies could not be looked for; their events'
+    /// later rows are left pending, so that they keep their order.
+    unsent: Vec<Unsent>,
+}
+
+impl Plan {
+    /// Sorts rows into a plan: `beyond` tells the rows whose first send may
+    /// have left the duplicate window; `found` is what the stream holds of
+    /// them, or why it could not be asked.
+    fn sort(
+        rows: Vec<OutboxRow>,
+        beyond: impl Fn(&OutboxRow) -> bool,
+        found: &Result<HashSet<Uuid>, String>,
+    ) -> Self {
+        let mut plan = Plan::default();
+        let mut held: HashSet<Uuid> = HashSet::new();
+        for mut row in rows {
+            if held.contains(&row.event_id) {
+                continue;
+            }
+            if !beyond(&row) {
+                plan.send.push(row);
+                continue;
+            }
+            match found {
+                Ok(ids) if ids.contains(&row.id) => plan.in_stream.push((row.id, row.seq)),
+                Ok(_) => {
+                    row.first_sent_at = None;
+                    row.sent_secs_ago = None;
+                    plan.send.push(row);
+                }
+                Err(error) => {
+                    held.insert(row.event_id);
+                    plan.unsent.push(Unsent {
+                        id: row.id,
+                        attempts: row.attempts,
+                        error: error.clone(),
+                        outage: true,
+                    });
+                }
+            }
+        }
+        plan
+    }
+
+    /// Nothing goes out: every row is retried later for `error`.
+    fn none(rows: Vec<OutboxRow>, error: &str) -> Self {
+        Plan {
+            unsent: rows
+                .into_iter()
+                .map(|row| Unsent {
+                    id: row.id,
+                    attempts: row.attempts,
+                    error: error.to_string(),
+                    outage: true,
+                })
+                .collect(),
+            ..Plan::default()
+        }
+    }
+}
+
+/// The next message in `stream` at or after `seq` on `subject` (which may
+/// be a wildcard); None past the end. A plain (not direct) get: it works
+/// with direct get off, as the service's stream has it.
+async fn next_message(
+    stream: &Stream,
+    subject: &str,
+    seq: u64,
+) -> Result<Option<jetstream::message::StreamMessage>, String> {
+    match stream.get_first_raw_message_by_subject(subject, seq).await {
+        Ok(message) => Ok(Some(message)),
+        Err(e) if matches!(e.kind(), RawMessageErrorKind::NoMessageFound) => Ok(None),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// The lowest stream sequence at or after which every message stored at
+/// `since` or later lies. The server stamps messages as it stores them, in
+/// sequence order, so the times can be bisected.
+async fn first_sequence_since(
+    stream: &Stream,
+    state: &jetstream::stream::State,
+    since: DateTime<Utc>,
+) -> Result<u64, String> {
+    let since = i128::from(since.timestamp_nanos_opt().unwrap_or(i64::MIN));
+    let (mut low, mut high) = (state.first_sequence, state.last_sequence);
+    while low < high {
+        let middle = low + (high - low) / 2;
+        match next_message(stream, ">", middle).await? {
+            Some(m) if m.time.unix_timestamp_nanos() < since => low = m.sequence + 1,
+            _ => high = middle,
+        }
+    }
+    Ok(low)
+}
+
+/// The ids of `rows` that `stream` holds: each row is looked for by its
+/// `Nats-Msg-Id` among the messages on its subject stored since the
+/// earliest first send of them, less `slack` for the clocks.
+async fn find_in_stream(
+    stream: &Stream,
+    rows: &[&OutboxRow],
+    slack: Duration,
+) -> Result<HashSet<Uuid>, String> {
+    let mut found = HashSet::new();
+    let state = &stream.cached_info().state;
+    let Some(earliest) = rows.iter().filter_map(|r| r.first_sent_at).min() else {
+        return Ok(found);
+    };
+    if state.messages == 0 {
+        return Ok(found);
+    }
+    let since = earliest - chrono::Duration::from_std(slack).unwrap_or_default();
+    let from = first_sequence_since(stream, state, since).await?;
+    let mut by_subject: BTreeMap<&str, HashSet<Uuid>> = BTreeMap::new();
+    for row in rows {
+        by_subject
+            .entry(row.subject.as_str())
+            .or_default()
+            .insert(row.id);
+    }
+    for (subject, mut wanted) in by_subject {
+        let mut seq = from;
+        while !wanted.is_empty() {
+            let Some(message) = next_message(stream, subject, seq).await? else {
+                break;
+            };
+            let id = message
+                .headers
+                .get("Nats-Msg-Id")
+                .and_then(|v| v.as_str().parse::<Uuid>().ok());
+            if let Some(id) = id
+                && wanted.remove(&id)
+            {
+                found.insert(id);
+            }
+            seq = message.sequence + 1;
+        }
+    }
+    Ok(found)
+}
+
 impl Publisher {
     pub fn new(
         db: PgPool,
@@ -268,7 +450,7 @@ impl Publisher {
             Some((seqs, marking)) if !marking.is_finished() => seqs.clone(),
             _ => Arc::default(),
         };
-        let mut rows = match store::due(&self.db, self.config.batch, &in_flight).await {
+        let rows = match store::due(&self.db, self.config.batch, &in_flight).await {
             Ok(rows) => rows,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the outbox");
@@ -282,22 +464,37 @@ impl Publisher {
                 .store(now_ms(), Ordering::Relaxed);
             return 0;
         }
-        if let Err(e) = store::assign_sequences(&self.db, &mut rows).await {
+        let handled = rows.len();
+        let mut plan = if self.nats.connection_state() == async_nats::connection::State::Connected {
+            self.plan(rows).await
+        } else {
+            // Publishing into a dead connection would only buffer and time out.
+            Plan::none(rows, "NATS is not connected")
+        };
+        if let Err(e) = store::assign_sequences(&self.db, &mut plan.send).await {
             tracing::warn!(error = %e, "cannot number outbox rows");
             return 0;
         }
-        let (ok, failed) =
-            if self.nats.connection_state() == async_nats::connection::State::Connected {
-                publish_rows(&self.js, &rows, self.config.encoding).await
-            } else {
-                // Publishing into a dead connection would only buffer and time out.
-                let error = "NATS is not connected".to_string();
-                (
-                    Vec::new(),
-                    rows.iter().map(|r| (r.id, error.clone(), true)).collect(),
-                )
-            };
-        if failed.iter().all(|(_, _, outage)| !outage) {
+        let (mut ok, failed) = publish_rows(&self.js, &plan.send, self.config.encoding).await;
+        if !plan.in_stream.is_empty() {
+            tracing::info!(
+                rows = plan.in_stream.len(),
+                "rows retried after the stream's duplicate window were in the stream already; marking them published without sending them again"
+            );
+            ok.extend(plan.in_stream.iter().map(|(id, _)| *id));
+        }
+        let mut unsent = std::mem::take(&mut plan.unsent);
+        if !failed.is_empty() {
+            let attempts: std::collections::HashMap<Uuid, i32> =
+                plan.send.iter().map(|r| (r.id, r.attempts)).collect();
+            unsent.extend(failed.into_iter().map(|(id, error, outage)| Unsent {
+                id,
+                attempts: attempts.get(&id).copied().unwrap_or(0),
+                error,
+                outage,
+            }));
+        }
+        if unsent.iter().all(|u| !u.outage) {
             self.stats
                 .last_healthy_ms
                 .store(now_ms(), Ordering::Relaxed);
@@ -309,7 +506,13 @@ impl Publisher {
         // One update in flight at a time; this one runs while the next
         // batch is claimed and published.
         self.settle().await;
-        let seqs = Arc::new(rows.iter().map(|r| r.seq).collect::<Vec<_>>());
+        let seqs = Arc::new(
+            plan.send
+                .iter()
+                .map(|r| r.seq)
+                .chain(plan.in_stream.iter().map(|(_, seq)| *seq))
+                .collect::<Vec<_>>(),
+        );
         let db = self.db.clone();
         let marking = tokio::spawn(async move {
             if let Err(e) = store::mark_published(&db, &ok).await {
@@ -319,18 +522,16 @@ impl Publisher {
             }
         });
         *self.marking.lock().await = Some((seqs, marking));
-        if !failed.is_empty() {
-            let attempts: std::collections::HashMap<Uuid, i32> =
-                rows.iter().map(|r| (r.id, r.attempts)).collect();
+        if !unsent.is_empty() {
             let now: DateTime<Utc> = Utc::now();
-            let failures: Vec<Failure> = failed
+            let failures: Vec<Failure> = unsent
                 .iter()
-                .map(|(id, error, _)| {
-                    let tried = attempts.get(id).copied().unwrap_or(0) + 1;
+                .map(|u| {
+                    let tried = u.attempts + 1;
                     let dead = tried >= self.config.max_attempts;
                     Failure {
-                        id: *id,
-                        error: error.clone(),
+                        id: u.id,
+                        error: u.error.clone(),
                         retry_at: now
                             + chrono::Duration::from_std(self.backoff(tried)).unwrap_or_default(),
                         dead,
@@ -348,15 +549,53 @@ impl Publisher {
                 .outbox_publish_errors
                 .inc_by(failures.len() as u64);
             self.metrics.outbox_dead.inc_by(newly_dead as u64);
-            if let Some((_, first, _)) = failed.first() {
-                self.stats.record_error(first);
-                tracing::warn!(failed = failures.len(), dead = newly_dead, error = %first, "publishing outbox rows failed; they will be retried with backoff");
+            if let Some(first) = unsent.first() {
+                self.stats.record_error(&first.error);
+                tracing::warn!(failed = failures.len(), dead = newly_dead, error = %first.error, "publishing outbox rows failed; they will be retried with backoff");
             }
             if let Err(e) = store::mark_failed(&self.db, &failures).await {
                 tracing::warn!(error = %e, "cannot record failed publishes");
             }
         }
-        rows.len()
+        handled
+    }
+
+    /// Decides, for rows sent before, whether JetStream can still be
+    /// trusted to drop a second copy. Those whose first send may have left
+    /// the stream's duplicate window are looked for in the stream: found,
+    /// they are published already; not found, they are sent again as if
+    /// for the first time. Never-sent rows go out as they are.
+    async fn plan(&self, rows: Vec<OutboxRow>) -> Plan {
+        if rows.iter().all(|r| r.sent_secs_ago.is_none()) {
+            return Plan::sort(rows, |_| false, &Ok(HashSet::new()));
+        }
+        let name = &self.config.stream;
+        // Read each time: the window is the stream's, whoever last set it.
+        let stream = match self.js.get_stream(name).await {
+            Ok(stream) => stream,
+            Err(e) => {
+                let error = format!("cannot read stream {name}: {e}");
+                return Plan::sort(rows, |r| r.sent_secs_ago.is_some(), &Err(error));
+            }
+        };
+        let window = stream.cached_info().config.duplicate_window;
+        let margin = safety_margin(window);
+        let trusted = window.saturating_sub(margin).as_secs_f64();
+        let beyond = |r: &OutboxRow| r.sent_secs_ago.is_some_and(|ago| ago >= trusted);
+        let wanted: Vec<&OutboxRow> = rows.iter().filter(|r| beyond(r)).collect();
+        let found = if wanted.is_empty() {
+            Ok(HashSet::new())
+        } else {
+            tracing::info!(
+                rows = wanted.len(),
+                window_secs = window.as_secs_f64(),
+                "looking in the stream for rows first sent nearly a duplicate window ago or earlier"
+            );
+            find_in_stream(&stream, &wanted, margin)
+                .await
+                .map_err(|e| format!("cannot look for earlier copies in stream {name}: {e}"))
+        };
+        Plan::sort(rows, beyond, &found)
     }
 
     /// Re-publishes rows published since `since` (after a NATS data loss).
@@ -524,4 +763,98 @@ pub async fn dry_run(
             })
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(seq: i64, event: Uuid, sent_secs_ago: Option<f64>) -> OutboxRow {
+        OutboxRow {
+            id: Uuid::new_v4(),
+            seq,
+            tenant_id: Uuid::nil(),
+            event_id: event,
+            event_type: "event.updated".into(),
+            subject: "events.out.t.event.updated".into(),
+            payload: json!({}),
+            traceparent: None,
+            tracestate: None,
+            occurred_at: Utc::now(),
+            attempts: 1,
+            published_seq: Some(seq),
+            published_at: None,
+            first_sent_at: sent_secs_ago.map(|_| Utc::now()),
+            sent_secs_ago,
+        }
+    }
+
+    fn beyond(r: &OutboxRow) -> bool {
+        r.sent_secs_ago.is_some_and(|ago| ago >= 900.0)
+    }
+
+    #[test]
+    fn rows_the_stream_holds_are_published_as_they_stand_and_the_rest_go_out_in_order() {
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let rows = vec![
+            row(1, a, Some(3600.0)),
+            row(2, b, Some(3600.0)),
+            row(3, a, Some(60.0)),
+            row(4, b, None),
+        ];
+        let held = HashSet::from([rows[0].id]);
+        let (first, second) = (rows[0].id, rows[1].id);
+        let plan = Plan::sort(rows, beyond, &Ok(held));
+        assert_eq!(plan.in_stream, vec![(first, 1)]);
+        assert!(plan.unsent.is_empty());
+        let sent: Vec<i64> = plan.send.iter().map(|r| r.seq).collect();
+        assert_eq!(sent, [2, 3, 4]);
+        // Not in the stream: sent as if for the first time, stamped again.
+        assert_eq!(plan.send[0].id, second);
+        assert_eq!(plan.send[0].first_sent_at, None);
+        // Within the window: JetStream drops a copy, the stamp stays.
+        assert!(plan.send[1].first_sent_at.is_some());
+    }
+
+    #[test]
+    fn a_row_that_cannot_be_looked_up_holds_back_its_event_only() {
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let rows = vec![
+            row(1, a, None),
+            row(2, a, Some(3600.0)),
+            row(3, b, None),
+            row(4, a, None),
+            row(5, b, Some(10.0)),
+        ];
+        let waiting = rows[1].id;
+        let plan = Plan::sort(rows, beyond, &Err("stream unavailable".into()));
+        let sent: Vec<i64> = plan.send.iter().map(|r| r.seq).collect();
+        assert_eq!(sent, [1, 3, 5], "row 4 waits behind row 2 of its event");
+        assert!(plan.in_stream.is_empty());
+        assert_eq!(
+            plan.unsent,
+            vec![Unsent {
+                id: waiting,
+                attempts: 1,
+                error: "stream unavailable".into(),
+                outage: true,
+            }]
+        );
+    }
+
+    #[test]
+    fn the_margin_is_a_quarter_of_the_window_and_at_most_five_minutes() {
+        assert_eq!(
+            safety_margin(Duration::from_secs(1)),
+            Duration::from_millis(250)
+        );
+        assert_eq!(
+            safety_margin(Duration::from_secs(600)),
+            Duration::from_secs(150)
+        );
+        assert_eq!(
+            safety_margin(Duration::from_secs(7200)),
+            Duration::from_secs(300)
+        );
+    }
 }

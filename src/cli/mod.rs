@@ -344,10 +344,13 @@ async fn call(settings: &Settings, args: CallArgs) -> ExitCode {
         Err(ClientError::Timeout(after)) => {
             eprintln!(
                 "events-svc call: no reply on {} within {after:?} (request id {request_id}). \
-                 Check that events-svc is running and healthy, or raise --timeout. A write may \
-                 or may not have been applied; retrying with --request-id {request_id} is safe \
-                 for event.create.",
-                client.subject(op.name())
+                 Check that events-svc is running and healthy, or raise --timeout. A server \
+                 that lets each user read only its own replies drops them unless \
+                 NATS_INBOX_PREFIX is that user's (now '{}'; `_INBOX_bff` for the bff user of \
+                 nats/nats-server.conf). A write may or may not have been applied; retrying \
+                 with --request-id {request_id} is safe for event.create.",
+                client.subject(op.name()),
+                nats_config.inbox_prefix,
             );
             return ExitCode::from(EXIT_UNAVAILABLE);
         }

@@ -22,10 +22,19 @@ pub struct OutboxRow {
     pub attempts: i32,
     pub published_seq: Option<i64>,
     pub published_at: Option<DateTime<Utc>>,
+    /// When the row was first handed to NATS, by the database's clock; None:
+    /// never. A row numbered before sends were stamped counts as sent when
+    /// it occurred, the earliest it can have been.
+    pub first_sent_at: Option<DateTime<Utc>>,
+    /// Seconds from `first_sent_at` to the moment the row was read, by the
+    /// same clock, so that instances whose clocks differ agree on it.
+    pub sent_secs_ago: Option<f64>,
 }
 
 const ROW_COLUMNS: &str = "o.id, o.seq, o.tenant_id, o.event_id, o.event_type, o.subject, o.payload, o.traceparent, \
-     o.tracestate, o.occurred_at, o.attempts, o.published_seq, o.published_at";
+     o.tracestate, o.occurred_at, o.attempts, o.published_seq, o.published_at, \
+     COALESCE(o.first_sent_at, CASE WHEN o.published_seq IS NOT NULL THEN o.occurred_at END) AS first_sent_at, \
+     EXTRACT(EPOCH FROM now() - COALESCE(o.first_sent_at, CASE WHEN o.published_seq IS NOT NULL THEN o.occurred_at END))::float8 AS sent_secs_ago";
 
 /// The next pending rows that are due, in insertion order. A row waiting
 /// for a retry holds back the later rows of its event, so each event's
@@ -52,32 +61,56 @@ pub async fn due(db: &PgPool, limit: i64, skip: &[i64]) -> Result<Vec<OutboxRow>
         .await
 }
 
-/// Gives rows without one their global publish sequence, in `seq` order.
-/// Drawn once, so a retried publish carries the same number.
+/// Readies rows to be sent: gives those without one their global publish
+/// sequence, in `seq` order (drawn once, so a retried publish carries the
+/// same number), and stamps the send time on those without one. Both are
+/// stored before anything is sent, so whichever instance publishes next
+/// knows what may already be in the stream.
 pub async fn assign_sequences(db: &PgPool, rows: &mut [OutboxRow]) -> Result<(), sqlx::Error> {
-    let missing: Vec<usize> = (0..rows.len())
-        .filter(|i| rows[*i].published_seq.is_none())
+    let listed: Vec<usize> = (0..rows.len())
+        .filter(|i| rows[*i].published_seq.is_none() || rows[*i].first_sent_at.is_none())
         .collect();
-    if missing.is_empty() {
+    if listed.is_empty() {
         return Ok(());
     }
-    let mut numbers: Vec<i64> =
+    let missing = listed
+        .iter()
+        .filter(|i| rows[**i].published_seq.is_none())
+        .count();
+    let mut numbers: Vec<i64> = if missing == 0 {
+        Vec::new()
+    } else {
         sqlx::query_scalar("SELECT nextval('outbox_published_seq') FROM generate_series(1, $1)")
-            .bind(missing.len() as i64)
+            .bind(missing as i64)
             .fetch_all(db)
-            .await?;
+            .await?
+    };
     numbers.sort_unstable();
-    let ids: Vec<Uuid> = missing.iter().map(|i| rows[*i].id).collect();
-    sqlx::query(
-        "UPDATE outbox o SET published_seq = u.n FROM UNNEST($1::uuid[], $2::bigint[]) AS u(id, n)
-         WHERE o.id = u.id AND o.published_seq IS NULL",
+    let mut numbers = numbers.into_iter();
+    let drawn: Vec<Option<i64>> = listed
+        .iter()
+        .map(|i| match rows[*i].published_seq {
+            Some(_) => None,
+            None => numbers.next(),
+        })
+        .collect();
+    let ids: Vec<Uuid> = listed.iter().map(|i| rows[*i].id).collect();
+    let stamped: Vec<DateTime<Utc>> = sqlx::query_scalar(
+        "UPDATE outbox o SET published_seq = COALESCE(o.published_seq, u.n), first_sent_at = now()
+         FROM UNNEST($1::uuid[], $2::bigint[]) AS u(id, n)
+         WHERE o.id = u.id RETURNING o.first_sent_at",
     )
     .bind(&ids)
-    .bind(&numbers)
-    .execute(db)
+    .bind(&drawn)
+    .fetch_all(db)
     .await?;
-    for (i, n) in missing.into_iter().zip(numbers) {
-        rows[i].published_seq = Some(n);
+    let at = stamped.first().copied();
+    for (i, n) in listed.into_iter().zip(drawn) {
+        if n.is_some() {
+            rows[i].published_seq = n;
+        }
+        rows[i].first_sent_at = at;
+        rows[i].sent_secs_ago = at.map(|_| 0.0);
     }
     Ok(())
 }

@@ -39,6 +39,9 @@ async fn connect_once(config: &NatsConfig) -> Result<async_nats::Client, NatsErr
     let mut options = async_nats::ConnectOptions::new()
         .name(format!("events-svc {}", env!("CARGO_PKG_VERSION")))
         .connection_timeout(Duration::from_secs(5))
+        // Replies arrive here: a server that lets each user read only its
+        // own inbox prefix keeps others' replies from it.
+        .custom_inbox_prefix(config.inbox_prefix.clone())
         // After the first connection, keep reconnecting for as long as we run.
         .max_reconnects(None)
         .event_callback(|event| async move {
@@ -203,6 +206,15 @@ pub async fn ensure_stream(
             let text = e.to_string();
             if text.contains("not enabled") || text.contains("no responders") {
                 Err(NatsError::NoJetStream(text))
+            } else if text.contains("timed out") {
+                // The request went out and its reply never came back: a
+                // server that lets each user read only its own inbox
+                // prefix drops replies sent anywhere else.
+                Err(stream_err(format!(
+                    "cannot be read: {text}; if the NATS user may receive replies only under its \
+                     own inbox prefix, set NATS_INBOX_PREFIX to it (e.g. _INBOX_events with \
+                     nats/nats-server.conf)"
+                )))
             } else {
                 Err(stream_err(format!("cannot be read: {text}")))
             }

@@ -655,3 +655,135 @@ pub fn run_blocking(
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }
+
+/// A TCP proxy in front of a NATS server that can lose JetStream publish
+/// acknowledgements: the publish reaches the server and is stored, but its
+/// ack never reaches the publisher, as when a connection breaks between the
+/// two.
+pub struct AckLosingProxy {
+    pub port: u16,
+    losing: Arc<std::sync::atomic::AtomicBool>,
+    lost: Arc<std::sync::atomic::AtomicU64>,
+    task: JoinHandle<()>,
+}
+
+impl AckLosingProxy {
+    pub async fn start(upstream: u16) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the proxy");
+        let port = listener.local_addr().expect("proxy address").port();
+        let losing: Arc<std::sync::atomic::AtomicBool> = Arc::default();
+        let lost: Arc<std::sync::atomic::AtomicU64> = Arc::default();
+        let (gate, count) = (losing.clone(), lost.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                let (gate, count) = (gate.clone(), count.clone());
+                tokio::spawn(async move {
+                    let Ok(outbound) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                    else {
+                        return;
+                    };
+                    let (mut from_client, to_client) = inbound.into_split();
+                    let (from_server, mut to_server) = outbound.into_split();
+                    let up = tokio::spawn(async move {
+                        let _ = tokio::io::copy(&mut from_client, &mut to_server).await;
+                    });
+                    forward_frames(from_server, to_client, &gate, &count).await;
+                    up.abort();
+                });
+            }
+        });
+        Self {
+            port,
+            losing,
+            lost,
+            task,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// From now on, drops (or stops dropping) every publish ack.
+    pub fn lose_acks(&self, on: bool) {
+        self.losing.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// How many acks were dropped so far.
+    pub fn acks_lost(&self) -> u64 {
+        self.lost.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for AckLosingProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Copies the server's side of a NATS connection frame by frame, leaving
+/// out JetStream publish acks while `losing` is set.
+async fn forward_frames(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    losing: &std::sync::atomic::AtomicBool,
+    lost: &std::sync::atomic::AtomicU64,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut pending: Vec<u8> = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        pending.extend_from_slice(&chunk[..n]);
+        while let Some(len) = frame_len(&pending) {
+            let frame: Vec<u8> = pending.drain(..len).collect();
+            if losing.load(std::sync::atomic::Ordering::SeqCst) && is_publish_ack(&frame) {
+                lost.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                continue;
+            }
+            if to.write_all(&frame).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// The length of the first complete protocol frame in `buf`, if there is one.
+fn frame_len(buf: &[u8]) -> Option<usize> {
+    let eol = buf.windows(2).position(|w| w == b"\r\n")?;
+    let line = std::str::from_utf8(&buf[..eol]).ok()?;
+    let op = line.split(' ').next().unwrap_or_default();
+    if !op.eq_ignore_ascii_case("MSG") && !op.eq_ignore_ascii_case("HMSG") {
+        return Some(eol + 2);
+    }
+    // The last field of MSG and HMSG is the size of what follows the line.
+    let size: usize = line.split_whitespace().last()?.parse().ok()?;
+    let total = eol + 2 + size + 2;
+    (buf.len() >= total).then_some(total)
+}
+
+/// A plain `MSG` whose payload is a JetStream publish ack: `{"stream":…,"seq":…}`.
+fn is_publish_ack(frame: &[u8]) -> bool {
+    if !frame.starts_with(b"MSG ") {
+        return false;
+    }
+    let Some(eol) = frame.windows(2).position(|w| w == b"\r\n") else {
+        return false;
+    };
+    let payload = &frame[eol + 2..frame.len() - 2];
+    serde_json::from_slice::<serde_json::Value>(payload).is_ok_and(|ack| {
+        ack.get("stream").is_some()
+            && ack.get("seq").is_some()
+            && ack.get("type").is_none()
+            && ack.get("error").is_none()
+    })
+}

@@ -10,7 +10,9 @@ use updspace_events::app::{CallMeta, Op};
 use updspace_events::auth::{InternalContext, MasterFlags, SignatureVersion};
 use uuid::Uuid;
 
-use crate::helpers::{NATS_URL, PrivateNats, TempDir, TestApp, admin, free_port, identity};
+use crate::helpers::{
+    AckLosingProxy, NATS_URL, PrivateNats, TempDir, TestApp, admin, free_port, identity,
+};
 
 /// One message read back from the stream.
 #[derive(Debug)]
@@ -766,4 +768,197 @@ async fn a_poison_row_goes_dead_without_blocking_the_rest() {
         .await
         .expect("retry");
     assert_eq!(retried, 1);
+}
+
+/// Polls `probe` until it returns a value, for at most `within`.
+async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
+    within: Duration,
+    what: &str,
+    mut probe: impl FnMut() -> F,
+) -> T {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_row_whose_ack_was_lost_is_stored_once_when_retried_after_the_duplicate_window() {
+    let nats = PrivateNats::start_on(free_port());
+    nats.wait_ready().await;
+    let proxy = AckLosingProxy::start(nats.port).await;
+    let app = TestApp::spawn_with(|s| {
+        s.nats_url = Some(proxy.url());
+        s.outbox_backoff_max = Some("50ms".into());
+        s.outbox_poll_interval = Some("50ms".into());
+    })
+    .await;
+    // The service sets a window of at least ten minutes; the server accepts
+    // one second, which the ack timeout (5 s) outlasts: the retry comes
+    // after the window.
+    let js = jetstream::new(async_nats::connect(nats.url()).await.expect("connect"));
+    let mut stream = js.get_stream(&app.isolation.stream).await.expect("stream");
+    let mut config = stream.info().await.expect("info").config.clone();
+    config.duplicate_window = Duration::from_secs(1);
+    js.update_stream(config)
+        .await
+        .expect("shorten the duplicate window");
+
+    proxy.lose_acks(true);
+    let tenant = Uuid::new_v4();
+    direct(
+        &app,
+        tenant,
+        Op::EventCreate,
+        event_body(tenant, "lost ack"),
+    )
+    .await;
+    eventually(Duration::from_secs(10), "an ack is lost", || async {
+        (proxy.acks_lost() > 0).then_some(())
+    })
+    .await;
+    proxy.lose_acks(false);
+
+    let (id, attempts, published_seq): (Uuid, i32, i64) =
+        eventually(Duration::from_secs(30), "the row is published", || async {
+            sqlx::query_as(
+                "SELECT id, attempts, published_seq FROM outbox WHERE state = 'published'",
+            )
+            .fetch_optional(&app.db)
+            .await
+            .expect("row")
+        })
+        .await;
+    assert_eq!(
+        attempts, 2,
+        "one attempt lost its ack, the next one settled it"
+    );
+    let messages = read_stream(&nats.url(), &app.isolation.stream).await;
+    let ids: Vec<&str> = messages.iter().map(|m| m.msg_id.as_str()).collect();
+    assert_eq!(
+        ids,
+        [id.to_string()],
+        "the stream holds the row exactly once"
+    );
+    assert_eq!(messages[0].envelope["sequence"], json!(published_seq));
+}
+
+/// Waits until the stream has forgotten the ids of the messages stored so
+/// far: a marker stored after them is taken again (JetStream forgets in the
+/// order it stored), then both copies of the marker are deleted.
+async fn forget_ids(js: &jetstream::Context, stream: &str, prefix: &str) {
+    let subject = format!("{prefix}.out.marker");
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", Uuid::new_v4().to_string().as_str());
+    let publish = || async {
+        js.publish_with_headers(subject.clone(), headers.clone(), "marker".into())
+            .await
+            .expect("publish the marker")
+            .await
+            .expect("ack")
+    };
+    let first = publish().await;
+    let again = eventually(Duration::from_secs(10), "the ids are forgotten", || async {
+        let ack = publish().await;
+        (!ack.duplicate).then_some(ack)
+    })
+    .await;
+    let stream = js.get_stream(stream).await.expect("stream");
+    for seq in [first.sequence, again.sequence] {
+        stream.delete_message(seq).await.expect("delete the marker");
+    }
+}
+
+/// Numbers and stamps the first `n` due rows, as a publisher does just
+/// before it sends them, and dates their first send `ago` back.
+async fn sent_long_ago(
+    db: &sqlx::PgPool,
+    n: i64,
+    ago: &str,
+) -> Vec<updspace_events::store::outbox::OutboxRow> {
+    let mut rows = updspace_events::store::outbox::due(db, n, &[])
+        .await
+        .expect("rows");
+    updspace_events::store::outbox::assign_sequences(db, &mut rows)
+        .await
+        .expect("seq");
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+    sqlx::query("UPDATE outbox SET first_sent_at = now() - $2::interval WHERE id = ANY($1)")
+        .bind(&ids)
+        .bind(ago)
+        .execute(db)
+        .await
+        .expect("date the sends back");
+    rows
+}
+
+#[tokio::test]
+async fn rows_a_crashed_publisher_sent_an_hour_ago_are_not_sent_again() {
+    let (first, isolation_db) = stopped_with_backlog(10, 30).await;
+    // A publisher sent the first 120 rows and died before marking them.
+    // An hour later JetStream no longer knows their ids: the shortest
+    // window it allows, while they are stored, makes it forget them soon.
+    let js = jetstream::new(async_nats::connect(NATS_URL).await.expect("connect"));
+    let mut stream = js
+        .get_stream(&first.isolation.stream)
+        .await
+        .expect("stream");
+    let mut config = stream.info().await.expect("info").config.clone();
+    config.duplicate_window = Duration::from_millis(100);
+    js.update_stream(config)
+        .await
+        .expect("shorten the duplicate window");
+    let rows = sent_long_ago(&isolation_db, 120, "1 hour").await;
+    for row in &rows {
+        let (payload, content_type) = updspace_events::actors::outbox::envelope(
+            row,
+            updspace_events::encoding::Encoding::Msgpack,
+        );
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", row.id.to_string().as_str());
+        headers.insert("Content-Type", content_type);
+        js.publish_with_headers(row.subject.clone(), headers, payload.into())
+            .await
+            .expect("publish")
+            .await
+            .expect("ack");
+    }
+    forget_ids(&js, &first.isolation.stream, &first.isolation.prefix).await;
+    // The next instance brings the window back to its 20 minutes, and
+    // finds the rows in the stream rather than trusting it to drop them.
+    let second = first.spawn_sibling(|_| {}).await;
+    assert_exactly_once(&second, 300).await;
+}
+
+#[tokio::test]
+async fn a_row_sent_long_ago_that_never_reached_the_stream_is_sent_once_in_order() {
+    let (first, isolation_db) = stopped_with_backlog(1, 3).await;
+    let lost = sent_long_ago(&isolation_db, 1, "1 hour").await;
+    let second = first.spawn_sibling(|_| {}).await;
+    assert_exactly_once(&second, 3).await;
+    let messages = read_stream(NATS_URL, &second.isolation.stream).await;
+    assert_eq!(messages[0].msg_id, lost[0].id.to_string());
+    assert_eq!(
+        messages[0].envelope["sequence"],
+        json!(lost[0].published_seq),
+        "the row keeps the number it was first sent with"
+    );
+    let resent_ago: f64 = sqlx::query_scalar(
+        "SELECT EXTRACT(EPOCH FROM now() - first_sent_at)::float8 FROM outbox WHERE id = $1",
+    )
+    .bind(lost[0].id)
+    .fetch_one(&second.db)
+    .await
+    .expect("row");
+    assert!(
+        resent_ago < 60.0,
+        "sending it again starts a new window: first sent {resent_ago} s ago"
+    );
 }

@@ -1,0 +1,11 @@
+-- When the publisher first handed a row to NATS. JetStream drops a second
+-- copy of a message (same `Nats-Msg-Id`) only within the stream's duplicate
+-- window; a row retried later than that may already be in the stream (its
+-- ack lost), and the publisher looks for it there before sending it again.
+-- Stamped in the numbering's update, so it costs no extra write, and in no
+-- index, so that update stays heap-only.
+--
+-- No backfill: a row numbered without a stamp (by the previous release,
+-- during a rolling upgrade as well) is read as sent when it occurred, the
+-- earliest time it can have been.
+ALTER TABLE outbox ADD COLUMN first_sent_at timestamptz;
