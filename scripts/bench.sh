@@ -25,8 +25,9 @@ SERVICE_LOG=$(mktemp)
 log() { printf '\n==> %s\n' "$*" >&2; }
 
 log "building release"
-cargo build --release --locked --bin events-svc
+cargo build --release --locked --bin events-svc --bin events-bench
 BIN=target/release/events-svc
+BENCH=target/release/events-bench
 
 export DATABASE_URL="postgres://postgres@127.0.0.1:5432/${DB}"
 export EVENTS_SUBJECT_PREFIX="$PREFIX" EVENTS_STREAM="$STREAM" EVENTS_HTTP_ADDR="127.0.0.1:${PORT}"
@@ -85,7 +86,7 @@ sleep 16
 
 bench() {
     log "bench $*"
-    "$BIN" bench "$@" --json --pid "$SERVICE_PID" --http-url "http://127.0.0.1:${PORT}" >>"$RESULTS"
+    "$BENCH" "$@" --json --pid "$SERVICE_PID" --http-url "http://127.0.0.1:${PORT}" >>"$RESULTS"
 }
 
 bench echo --duration "$DURATION" --concurrency 64
@@ -159,7 +160,7 @@ lines.append("## Method\n")
 lines.append("The service runs from a release build with local authorization, its own database, "
              "subject prefix and stream, `RUST_LOG=warn`. HTTP requests are signed with v1, as the BFF signs them, "
              "unless the transport says `http v2`: v1 reads are checked in the shared replay bucket (a JetStream "
-             "key-value create per read), v2 reads only in the instance's memory. `events-svc bench <scenario>` seeds its own tenant "
+             "key-value create per read), v2 reads only in the instance's memory. `events-bench <scenario>` seeds its own tenant "
              "and data through the public API, warms up for 1 s, then measures: each of 64 workers sends a "
              "request and waits for its reply; latency is recorded in an HDR histogram. RSS is the service "
              "process's resident memory at the end. Ceilings come from the same run: `echo` (NATS request/reply "

@@ -1,7 +1,6 @@
 //! The `events-svc` command line.
 
 mod access;
-mod bench;
 mod ops;
 
 use std::process::ExitCode;
@@ -75,9 +74,6 @@ enum Command {
     /// revoke, list (local tables or Access, per EVENTS_AUTHZ; audited).
     #[command(subcommand)]
     Access(access::AccessCommand),
-    /// Load a running service through its public API and report
-    /// throughput, latency percentiles and the service's memory.
-    Bench(bench::BenchArgs),
 }
 
 const CALL_EXAMPLES: &str = "\
@@ -240,7 +236,6 @@ async fn run(cli: Cli) -> ExitCode {
         } => ops::purge_retention(&cli.settings, published_outbox_days).await,
         Command::Dsar(args) => ops::dsar(&cli.settings, args).await,
         Command::Access(command) => access::run(&cli.settings, command).await,
-        Command::Bench(args) => bench::run(&cli.settings, args).await,
     }
 }
 

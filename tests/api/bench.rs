@@ -1,9 +1,9 @@
-//! `events-svc bench`: short runs of the real binary against a running
-//! service, so the benchmark keeps working as the service changes.
+//! `events-bench`: short runs of the real binary against a running service,
+//! so the benchmark keeps working as the service changes.
 
 use serde_json::Value;
 
-use crate::helpers::{NATS_URL, Run, TEST_SECRET, TestApp, events_svc, run_blocking};
+use crate::helpers::{NATS_URL, Run, TEST_SECRET, TestApp, events_bench, run_blocking};
 
 impl Run {
     /// The one JSON object `--json` prints for the scenario.
@@ -19,14 +19,13 @@ impl Run {
     }
 }
 
-/// Runs `events-svc bench <args>` aimed at `prefix`, off the runtime's
-/// threads so the in-process service keeps answering.
+/// Runs `events-bench <args>` aimed at `prefix`, off the runtime's threads
+/// so the in-process service keeps answering.
 async fn bench(prefix: &str, args: &[&str]) -> Run {
-    let mut cmd = events_svc();
+    let mut cmd = events_bench();
     cmd.env("NATS_URL", NATS_URL)
         .env("EVENTS_SUBJECT_PREFIX", prefix)
-        .env("BFF_INTERNAL_HMAC_SECRET", TEST_SECRET)
-        .arg("bench");
+        .env("BFF_INTERNAL_HMAC_SECRET", TEST_SECRET);
     let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
     tokio::task::spawn_blocking(move || run_blocking(cmd, args, None))
         .await

@@ -612,7 +612,16 @@ pub fn capture(
 /// The `events-svc` binary with none of this machine's settings in its
 /// environment, so a test sets exactly what it means to.
 pub fn events_svc() -> std::process::Command {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_events-svc"));
+    clean_command(env!("CARGO_BIN_EXE_events-svc"))
+}
+
+/// The `events-bench` load generator, likewise.
+pub fn events_bench() -> std::process::Command {
+    clean_command(env!("CARGO_BIN_EXE_events-bench"))
+}
+
+fn clean_command(bin: &str) -> std::process::Command {
+    let mut cmd = std::process::Command::new(bin);
     for (key, _) in std::env::vars() {
         if key.starts_with("EVENTS_")
             || key.starts_with("NATS_")

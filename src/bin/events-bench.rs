@@ -1,5 +1,7 @@
-//! `events-svc bench`: load against a running service, through its public
-//! API, with HDR latency histograms.
+//! `events-bench`: load against a running service, through its public API,
+//! with HDR latency histograms. A binary of its own, so the service carries
+//! no load generator; it reads the same settings as `events-svc` (NATS, the
+//! signing secret, the database for the memory scenario).
 
 use std::collections::HashMap;
 use std::process::ExitCode;
@@ -7,17 +9,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use clap::{Args, ValueEnum};
+use clap::{Args, Parser, ValueEnum};
 use futures::StreamExt;
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::auth::{
+use updspace_events::auth::{
     ContextHeaders, RequestParts, SignatureVersion, sign_headers_v1, sign_headers_v2,
 };
-use crate::client::{EventsClient, Identity};
-use crate::config::{ConfigError, HmacConfig, NatsConfig, Settings};
+use updspace_events::client::{EventsClient, Identity};
+use updspace_events::config::{ConfigError, HmacConfig, NatsConfig, Settings};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Scenario {
@@ -64,6 +66,33 @@ impl Scenario {
 pub enum Transport {
     Nats,
     Http,
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "events-bench",
+    version,
+    about = "Load a running events-svc through its public API and report throughput, latency percentiles and the service's memory"
+)]
+struct Cli {
+    #[command(flatten)]
+    settings: Settings,
+    #[command(flatten)]
+    args: BenchArgs,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(run(&cli.settings, cli.args)),
+        Err(e) => {
+            eprintln!("events-bench: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -191,7 +220,7 @@ impl Driver {
                     master_flags: who.master_flags.as_deref(),
                 };
                 let parts = RequestParts::http(method, &path, &query, payload.as_bytes());
-                let now = crate::auth::now_unix();
+                let now = updspace_events::auth::now_unix();
                 let headers = match version {
                     SignatureVersion::V1 => sign_headers_v1(secret, &parts, &identity, now),
                     SignatureVersion::V2 => sign_headers_v2(secret, &parts, &identity, now),
@@ -261,7 +290,7 @@ fn rss_mb(pid: Option<u32>) -> Option<f64> {
 fn event_body(tenant: &str, i: usize, capacity: Option<u32>) -> Value {
     json!({
         "scopeType": "TENANT", "scopeId": tenant, "title": format!("Bench event {i}"),
-        "description": "Seeded by events-svc bench",
+        "description": "Seeded by events-bench",
         "startsAt": "2030-01-10T10:00:00Z", "endsAt": "2030-01-10T12:00:00Z",
         "capacity": capacity,
     })
@@ -368,8 +397,8 @@ where
     }
 }
 
-pub async fn run(settings: &Settings, args: BenchArgs) -> ExitCode {
-    let dev = crate::config::dev_mode(settings).unwrap_or(false);
+async fn run(settings: &Settings, args: BenchArgs) -> ExitCode {
+    let dev = updspace_events::config::dev_mode(settings).unwrap_or(false);
     let loaded = (|| {
         Ok::<_, ConfigError>((
             HmacConfig::load(settings, dev)?,
@@ -378,15 +407,21 @@ pub async fn run(settings: &Settings, args: BenchArgs) -> ExitCode {
     })();
     let (hmac, nats_config) = match loaded {
         Ok(c) => c,
-        Err(e) => return super::config_error(&e),
+        Err(e) => {
+            eprintln!("events-bench: configuration error: {e}");
+            return ExitCode::from(78);
+        }
     };
     let secret = hmac.secrets.first().cloned().unwrap_or_default();
-    let nats = match crate::subjects::connect_with_retry(&nats_config, Some(Duration::from_secs(5)))
-        .await
+    let nats = match updspace_events::subjects::connect_with_retry(
+        &nats_config,
+        Some(Duration::from_secs(5)),
+    )
+    .await
     {
         Ok(n) => n,
         Err(e) => {
-            eprintln!("events-svc bench: {e}");
+            eprintln!("events-bench: {e}");
             return ExitCode::from(69);
         }
     };
@@ -438,7 +473,7 @@ pub async fn run(settings: &Settings, args: BenchArgs) -> ExitCode {
                 Uuid::new_v4().simple()
             );
             let Ok(mut sub) = nats.subscribe(subject.clone()).await else {
-                eprintln!("events-svc bench: cannot subscribe the echo responder");
+                eprintln!("events-bench: cannot subscribe the echo responder");
                 return ExitCode::FAILURE;
             };
             let responder = nats.clone();
@@ -473,7 +508,7 @@ pub async fn run(settings: &Settings, args: BenchArgs) -> ExitCode {
             let ids = match seed(&driver, &admin, args.events, None).await {
                 Ok(ids) => Arc::new(ids),
                 Err(e) => {
-                    eprintln!("events-svc bench: seeding failed: {e}");
+                    eprintln!("events-bench: seeding failed: {e}");
                     return ExitCode::FAILURE;
                 }
             };
@@ -515,7 +550,7 @@ pub async fn run(settings: &Settings, args: BenchArgs) -> ExitCode {
             let ids = match seed(&driver, &admin, 1, Some(args.capacity)).await {
                 Ok(ids) => ids,
                 Err(e) => {
-                    eprintln!("events-svc bench: seeding failed: {e}");
+                    eprintln!("events-bench: seeding failed: {e}");
                     return ExitCode::FAILURE;
                 }
             };
@@ -568,7 +603,7 @@ pub async fn run(settings: &Settings, args: BenchArgs) -> ExitCode {
             {
                 Ok(o) => o,
                 Err(e) => {
-                    eprintln!("events-svc bench: {e}");
+                    eprintln!("events-bench: {e}");
                     return ExitCode::FAILURE;
                 }
             }
@@ -577,7 +612,7 @@ pub async fn run(settings: &Settings, args: BenchArgs) -> ExitCode {
             match outbox_drain(settings, &nats, &nats_config, args.events).await {
                 Ok(o) => o,
                 Err(e) => {
-                    eprintln!("events-svc bench: {e}");
+                    eprintln!("events-bench: {e}");
                     return ExitCode::FAILURE;
                 }
             }
@@ -596,7 +631,7 @@ pub async fn run(settings: &Settings, args: BenchArgs) -> ExitCode {
             {
                 Ok(o) => o,
                 Err(e) => {
-                    eprintln!("events-svc bench: {e}");
+                    eprintln!("events-bench: {e}");
                     return ExitCode::FAILURE;
                 }
             }
@@ -692,8 +727,9 @@ async fn outbox_drain(
     nats_config: &NatsConfig,
     rows: usize,
 ) -> Result<Outcome, String> {
-    let db_config = crate::config::DatabaseConfig::load(settings).map_err(|e| e.to_string())?;
-    let db = crate::store::connect_with_retry(&db_config, Some(Duration::from_secs(5)))
+    let db_config =
+        updspace_events::config::DatabaseConfig::load(settings).map_err(|e| e.to_string())?;
+    let db = updspace_events::store::connect_with_retry(&db_config, Some(Duration::from_secs(5)))
         .await
         .map_err(|e| e.to_string())?;
     let stream_name = settings.stream.clone().unwrap_or_else(|| "EVENTS".into());
