@@ -5,6 +5,7 @@
 //! service (HTTP, NATS) and the store build on these types, so a rule is
 //! written once.
 
+pub mod commands;
 pub mod error;
 pub mod event;
 pub mod ids;

@@ -1040,3 +1040,83 @@ async fn a_group_commit_reads_again_what_changed_behind_the_cache() {
     ));
     assert_counters_match(&app.db, &event).await;
 }
+
+/// One group commit in which a waiter leaves and two going users leave:
+/// the commit loads only as much of the waitlist as it can promote from,
+/// passes over the waiter who left, seats the next two in queue order, and
+/// queues a newcomer behind everyone still waiting.
+#[tokio::test]
+async fn a_group_commit_promotes_past_a_waiter_who_left_in_it() {
+    use updspace_events::domain::{RequestedRsvp, UserId};
+    use updspace_events::store::batch::{self, CommandMeta, Envelope, WriteCommand};
+
+    let f = Fixture::start().await;
+    let event = f.create(2).await;
+    let event_id = EventId::parse(&event).expect("event id");
+    let [g1, g2, w1, w2, w3, w4, newcomer] = [(); 7].map(|_| Uuid::new_v4());
+    f.burst(&event, &[g1, g2], Some("going")).await;
+    // One at a time, so the queue order is known.
+    for w in [w1, w2, w3, w4] {
+        f.burst(&event, &[w], Some("going")).await;
+    }
+    assert_eq!(waitlist(&rsvps(f.db(), &event).await), vec![w1, w2, w3, w4]);
+    let before = changes(f.db(), &event).await.len();
+
+    let now = chrono::Utc::now();
+    let envelope = |user: Uuid, requested: Option<RequestedRsvp>| Envelope {
+        meta: CommandMeta {
+            tenant: TenantId::from(f.tenant),
+            actor: UserId::from(user),
+            request_id: Uuid::new_v4().to_string(),
+            traceparent: None,
+            tracestate: None,
+            replay_key: None,
+            replay_expires_at: now,
+            audit: Vec::new(),
+            now,
+        },
+        command: WriteCommand::SetRsvp {
+            event_id,
+            requested,
+        },
+    };
+    let commands = [
+        envelope(w1, None),
+        envelope(g1, None),
+        envelope(g2, Some(RequestedRsvp::NotGoing)),
+        envelope(newcomer, Some(RequestedRsvp::Going)),
+    ];
+    let subjects = updspace_events::subjects::Subjects::new(f.app.isolation.prefix.clone());
+    let (results, effects) = batch::execute(&f.app.db, &subjects, &commands, &HashMap::new())
+        .await
+        .expect("the batch commits");
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert_eq!(effects.outbox_rows, 6);
+
+    let rows = rsvps(f.db(), &event).await;
+    assert_eq!(rows.get(&w1), None);
+    assert_eq!(rows.get(&g1), None);
+    assert_eq!(rows.get(&g2).map(|r| r.0.as_str()), Some("not_going"));
+    assert_eq!(rows.get(&w2).map(|r| r.0.as_str()), Some("going"));
+    assert_eq!(rows.get(&w3).map(|r| r.0.as_str()), Some("going"));
+    assert_eq!(waitlist(&rows), vec![w4, newcomer]);
+    assert_counters_match(f.db(), &event).await;
+
+    let decided: Vec<(Uuid, Option<String>, String)> = changes(f.db(), &event).await[before..]
+        .iter()
+        .map(|c| (c.user, c.status.clone(), c.reason.clone()))
+        .collect();
+    let s = |v: &str| Some(v.to_string());
+    assert_eq!(
+        decided,
+        vec![
+            (w1, None, "cleared".to_string()),
+            (g1, None, "cleared".to_string()),
+            (w2, s("going"), "promoted".to_string()),
+            (g2, s("not_going"), "user".to_string()),
+            (w3, s("going"), "promoted".to_string()),
+            (newcomer, s("waitlisted"), "user".to_string()),
+        ]
+    );
+    assert_outbox_replays_to_state(f.db(), &event).await;
+}
