@@ -40,6 +40,13 @@ pub enum StartupError {
     Authz(#[from] crate::authz::access::AccessSetupError),
 }
 
+/// How long start-up waits for JetStream to answer for the stream. A
+/// cluster elects a new stream leader within seconds of losing one; two
+/// minutes also covers a node restarting, and after that the instance exits
+/// with the reason rather than hang (a NATS user without permission for the
+/// stream API gets the same silence as a leaderless stream).
+pub const STREAM_WAIT: Duration = Duration::from_secs(120);
+
 /// Exponential backoff with full jitter, for reconnect loops.
 #[derive(Debug)]
 pub struct Backoff {
@@ -101,7 +108,13 @@ impl Application {
             tracing::info!("database schema is up to date");
         }
         let nats = subjects::connect_with_retry(&config.nats, None).await?;
-        subjects::ensure_stream(&nats, &config.stream, &config.nats.subject_prefix).await?;
+        subjects::ensure_stream_with_retry(
+            &nats,
+            &config.stream,
+            &config.nats.subject_prefix,
+            STREAM_WAIT,
+        )
+        .await?;
         let outbox_wakeup = std::sync::Arc::new(tokio::sync::Notify::new());
         let metrics = crate::telemetry::metrics::Metrics::new();
         crate::telemetry::metrics::spawn_refresher(metrics.clone(), db.clone());
