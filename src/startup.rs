@@ -191,7 +191,8 @@ impl Application {
                 nats.clone(),
                 config.outbox.clone(),
             )
-            .with_metrics(metrics.clone()),
+            .with_metrics(metrics.clone())
+            .with_stream(&config.stream.name),
         );
         let outbox = crate::actors::outbox::start_actor(publisher.clone(), outbox_wakeup.clone())
             .await
