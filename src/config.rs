@@ -316,6 +316,9 @@ pub struct DatabaseConfig {
     pub url: String,
     pub max_connections: u32,
     pub auto_migrate: bool,
+    /// How long a query waits for a pooled connection (or for Postgres to
+    /// accept a new one) before it fails.
+    pub acquire_timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -545,6 +548,7 @@ impl DatabaseConfig {
                 1000,
             )?,
             auto_migrate: parse_bool("EVENTS_AUTO_MIGRATE", &s.auto_migrate, true)?,
+            acquire_timeout: Duration::from_secs(5),
         })
     }
 
@@ -904,8 +908,19 @@ impl Config {
             Duration::from_secs(120),
             Duration::from_millis(100),
         )?;
+        let request_timeout = parse_duration_var(
+            "EVENTS_REQUEST_TIMEOUT",
+            &s.request_timeout,
+            Duration::from_secs(5),
+            Duration::from_millis(100),
+        )?;
+        let mut database = DatabaseConfig::load(s)?;
+        // A request kept waiting for a connection while Postgres is down gets
+        // its 503 (retry) well before its deadline would answer 504 (which
+        // says nothing about whether it was applied).
+        database.acquire_timeout = database.acquire_timeout.min(request_timeout / 2);
         Ok(Self {
-            database: DatabaseConfig::load(s)?,
+            database,
             nats: NatsConfig::load(s)?,
             stream: StreamConfig::load(s)?,
             http_addr,
@@ -920,12 +935,7 @@ impl Config {
                 1024,
                 16 * 1024 * 1024,
             )?,
-            request_timeout: parse_duration_var(
-                "EVENTS_REQUEST_TIMEOUT",
-                &s.request_timeout,
-                Duration::from_secs(5),
-                Duration::from_millis(100),
-            )?,
+            request_timeout,
             telemetry: TelemetryConfig::load(s)?,
             actors: crate::actors::ActorConfig {
                 idle_timeout: actor_idle_timeout,
