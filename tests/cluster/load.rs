@@ -27,8 +27,10 @@ use crate::helpers::TEST_SECRET;
 
 /// How long one call may keep failing before the writer reports it lost.
 const CALL_DEADLINE: Duration = Duration::from_secs(90);
-/// A caller's wait for one reply.
-const REPLY_TIMEOUT: Duration = Duration::from_secs(2);
+/// A caller's wait for one reply: longer than the service's own deadline
+/// (`EVENTS_REQUEST_TIMEOUT`, 5 s), as the BFF's (10 s) is, so the caller
+/// gets the service's answer rather than giving up first.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(6);
 /// Renames per event before a writer moves on to a new event.
 const UPDATES_PER_EVENT: usize = 4;
 
@@ -120,6 +122,18 @@ impl Ledger {
     pub fn changes(&self) -> usize {
         let inner = self.inner.lock().expect("ledger");
         inner.titles.values().map(Vec::len).sum()
+    }
+
+    /// Answers with this status (over any transport).
+    pub fn answered(&self, status: u16) -> u64 {
+        let inner = self.inner.lock().expect("ledger");
+        let needle = format!(" {status}");
+        inner
+            .answers
+            .iter()
+            .filter(|(k, _)| k.contains(&needle))
+            .map(|(_, n)| n)
+            .sum()
     }
 
     pub fn slowest_call(&self) -> Duration {
@@ -318,7 +332,14 @@ impl Writer {
                 let headers = client.signed_headers(&subject, &self.who, &payload, request_id, ts);
                 match client.send(subject, headers, payload).await {
                     Ok(reply) if reply.status == 200 => Attempt::Done(reply.body),
-                    Ok(reply) => Attempt::Status(reply.status, reply.code.unwrap_or_default()),
+                    Ok(reply) => {
+                        let code = reply.code.unwrap_or_default();
+                        if reply.status == 503 && reply.headers.get("Retry-After").is_none() {
+                            Attempt::Status(503, format!("{code} without Retry-After"))
+                        } else {
+                            Attempt::Status(reply.status, code)
+                        }
+                    }
                     Err(e) => Attempt::NoReply(e.to_string()),
                 }
             }

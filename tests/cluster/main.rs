@@ -12,6 +12,8 @@
 mod helpers;
 
 mod harness;
+mod instances;
 mod load;
 mod nodes;
+mod postgres;
 mod restart;
