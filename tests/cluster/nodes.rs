@@ -18,6 +18,24 @@ pub fn on_cluster(cluster: &Cluster) -> impl FnOnce(&mut updspace_events::config
     }
 }
 
+/// What one fault did.
+struct Fault {
+    what: &'static str,
+    node: String,
+    leader: String,
+    connected: String,
+    new_leader: String,
+    /// When the service's own connection was on the node: how soon it was
+    /// connected to another.
+    reconnected: Option<Duration>,
+    /// How soon a caller's request was answered again.
+    back: Duration,
+    /// How soon the stream had a leader and current followers again.
+    healthy: Duration,
+    from_ns: i128,
+    to_ns: i128,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_any_one_node_loses_and_duplicates_nothing() {
     let _turn = exclusive().await;
@@ -66,6 +84,22 @@ async fn killing_any_one_node_loses_and_duplicates_nothing() {
         let from_ns = load::now_ns();
         let fault_at = Instant::now();
         cluster.kill(victim);
+        // The service's own connection, when it was on the killed node.
+        let reconnected = if name == connected {
+            let deadline = fault_at + Duration::from_secs(30);
+            loop {
+                let nats = &app.state.nats;
+                if nats.connection_state() == async_nats::connection::State::Connected
+                    && nats.server_info().server_name != name
+                {
+                    break Some(fault_at.elapsed());
+                }
+                assert!(Instant::now() < deadline, "the service did not reconnect");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        } else {
+            None
+        };
         let back = probe
             .recovery_after(fault_at, Duration::from_secs(60))
             .await;
@@ -76,9 +110,18 @@ async fn killing_any_one_node_loses_and_duplicates_nothing() {
         load.wait_for_changes(20, Duration::from_secs(60)).await;
         let to_ns = load::now_ns();
         cluster.start_node(victim).await;
-        report.push((
-            fault, name, leader, connected, new_leader, back, elected, from_ns, to_ns,
-        ));
+        report.push(Fault {
+            what: fault,
+            node: name,
+            leader,
+            connected,
+            new_leader,
+            reconnected,
+            back,
+            healthy: elected,
+            from_ns,
+            to_ns,
+        });
     }
     cluster
         .wait_stream_healthy(&stream, Duration::from_secs(60))
@@ -99,22 +142,35 @@ async fn killing_any_one_node_loses_and_duplicates_nothing() {
         verdict.slowest_publish,
         ledger.answers()
     );
-    for (fault, name, leader, connected, new_leader, back, elected, from_ns, to_ns) in &report {
-        let times = load::publish_times(&messages, &rows, *from_ns, *to_ns);
+    for f in &report {
+        let times = load::publish_times(&messages, &rows, f.from_ns, f.to_ns);
+        let reconnected = f.reconnected.map_or(String::new(), |r| {
+            format!(
+                "service reconnected to another node after {:.3} s, ",
+                r.as_secs_f64()
+            )
+        });
         println!(
-            "  SIGKILL {fault} ({name}; leader was {leader}, service on {connected}): NATS API answering again after {:.2} s, stream healthy (leader {new_leader}) after {:.2} s, changes committed meanwhile reached the stream in at most {:.2} s ({} changes)",
-            back.as_secs_f64(),
-            elected.as_secs_f64(),
+            "  SIGKILL {} ({}; leader was {}, service on {}): {reconnected}NATS API answering again after {:.2} s, stream healthy (leader {}) after {:.2} s, changes committed meanwhile reached the stream in at most {:.2} s ({} changes)",
+            f.what,
+            f.node,
+            f.leader,
+            f.connected,
+            f.back.as_secs_f64(),
+            f.new_leader,
+            f.healthy.as_secs_f64(),
             times.first().copied().unwrap_or_default().as_secs_f64(),
             times.len()
         );
     }
     assert_eq!((verdict.lost, verdict.duplicated), (0, 0));
     ledger.assert_only_retryable_failures();
-    for (fault, _, _, _, _, back, ..) in &report {
+    for f in &report {
         assert!(
-            *back < Duration::from_secs(10),
-            "after killing {fault} the service answered again only after {back:?}"
+            f.back < Duration::from_secs(10),
+            "after killing {} the service answered again only after {:?}",
+            f.what,
+            f.back
         );
     }
 }
