@@ -270,7 +270,8 @@ pub struct Settings {
     )]
     pub outbox_poll_interval: Option<String>,
 
-    /// Publish attempts before an outbox row is marked dead.
+    /// Failed publish attempts before an outbox row is marked dead (NATS
+    /// outages do not count).
     #[arg(
         long,
         env = "EVENTS_OUTBOX_MAX_ATTEMPTS",
