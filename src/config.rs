@@ -204,6 +204,17 @@ pub struct Settings {
     )]
     pub stream_duplicate_window: Option<String>,
 
+    /// How long start-up waits for JetStream to answer for the stream while
+    /// it cannot (a cluster electing a leader, a node restarting) before it
+    /// exits with the reason, e.g. 2m. Default 2m.
+    #[arg(
+        long,
+        env = "EVENTS_STREAM_STARTUP_WAIT",
+        global = true,
+        value_name = "DURATION"
+    )]
+    pub stream_startup_wait: Option<String>,
+
     /// Encoding of published domain events: msgpack or json.
     #[arg(
         long,
@@ -289,7 +300,8 @@ pub struct Settings {
     )]
     pub outbox_poll_interval: Option<String>,
 
-    /// Publish attempts before an outbox row is marked dead.
+    /// Failed publish attempts before an outbox row is marked dead (NATS
+    /// outages do not count).
     #[arg(
         long,
         env = "EVENTS_OUTBOX_MAX_ATTEMPTS",
@@ -335,6 +347,9 @@ pub struct DatabaseConfig {
     pub url: String,
     pub max_connections: u32,
     pub auto_migrate: bool,
+    /// How long a query waits for a pooled connection (or for Postgres to
+    /// accept a new one) before it fails.
+    pub acquire_timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -360,6 +375,8 @@ pub struct StreamConfig {
     pub max_age: Duration,
     pub replicas: usize,
     pub duplicate_window: Duration,
+    /// How long start-up waits for JetStream (EVENTS_STREAM_STARTUP_WAIT).
+    pub startup_wait: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -564,6 +581,7 @@ impl DatabaseConfig {
                 1000,
             )?,
             auto_migrate: parse_bool("EVENTS_AUTO_MIGRATE", &s.auto_migrate, true)?,
+            acquire_timeout: Duration::from_secs(5),
         })
     }
 
@@ -705,6 +723,12 @@ impl StreamConfig {
                 &s.stream_duplicate_window,
                 Duration::from_secs(20 * 60),
                 Duration::from_secs(10 * 60),
+            )?,
+            startup_wait: parse_duration_var(
+                "EVENTS_STREAM_STARTUP_WAIT",
+                &s.stream_startup_wait,
+                Duration::from_secs(120),
+                Duration::from_secs(1),
             )?,
         })
     }
@@ -935,8 +959,19 @@ impl Config {
             Duration::from_secs(120),
             Duration::from_millis(100),
         )?;
+        let request_timeout = parse_duration_var(
+            "EVENTS_REQUEST_TIMEOUT",
+            &s.request_timeout,
+            Duration::from_secs(5),
+            Duration::from_millis(100),
+        )?;
+        let mut database = DatabaseConfig::load(s)?;
+        // A request kept waiting for a connection while Postgres is down gets
+        // its 503 (retry) well before its deadline would answer 504 (which
+        // says nothing about whether it was applied).
+        database.acquire_timeout = database.acquire_timeout.min(request_timeout / 2);
         Ok(Self {
-            database: DatabaseConfig::load(s)?,
+            database,
             nats: NatsConfig::load(s)?,
             stream: StreamConfig::load(s)?,
             http_addr,
@@ -951,12 +986,7 @@ impl Config {
                 1024,
                 16 * 1024 * 1024,
             )?,
-            request_timeout: parse_duration_var(
-                "EVENTS_REQUEST_TIMEOUT",
-                &s.request_timeout,
-                Duration::from_secs(5),
-                Duration::from_millis(100),
-            )?,
+            request_timeout,
             replay_memory: parse_number(
                 "EVENTS_REPLAY_MEMORY",
                 &s.replay_memory,

@@ -41,6 +41,45 @@ impl AppError {
         AppError::Internal(format!("{context}: {cause}"))
     }
 
+    /// A failed database call: 503 `SERVICE_UNAVAILABLE` when Postgres could
+    /// not be reached (the caller retries), else internal.
+    pub fn database(context: &str, e: sqlx::Error) -> Self {
+        if crate::store::unreachable(&e) {
+            tracing::debug!(context, error = %e, "Postgres unreachable");
+            Self::database_unreachable()
+        } else {
+            Self::internal(context, e)
+        }
+    }
+
+    fn database_unreachable() -> Self {
+        AppError::Unavailable {
+            code: ErrorCode::ServiceUnavailable,
+            message: "The database could not be reached. Retry the request: a change may or may \
+                      not have been made, and making it again is safe (a create with the same \
+                      X-Request-Id returns the first result)"
+                .into(),
+        }
+    }
+
+    /// The same answer for another caller who waited on the same work (a
+    /// load or a commit shared by several requests).
+    pub fn for_another_caller(&self, context: &str) -> Self {
+        match self {
+            AppError::Unavailable { code, message } => AppError::Unavailable {
+                code: *code,
+                message: message.clone(),
+            },
+            other => Self::internal(context, other),
+        }
+    }
+
+    /// Seconds a caller should wait before retrying, for answers that say
+    /// "not now" (503).
+    pub fn retry_after(&self) -> Option<u32> {
+        (self.status() == 503).then_some(1)
+    }
+
     pub fn code(&self) -> ErrorCode {
         match self {
             AppError::Auth(e) => e.code(),
@@ -100,6 +139,6 @@ impl AppError {
 
 impl From<sqlx::Error> for AppError {
     fn from(e: sqlx::Error) -> Self {
-        AppError::internal("database", e)
+        AppError::database("database", e)
     }
 }

@@ -4,6 +4,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 
 use sqlx::PgPool;
+
 use tokio::net::TcpListener;
 
 use crate::actors::outbox::{OutboxMsg, Publisher};
@@ -81,11 +82,18 @@ impl Application {
             tracing::info!("database schema is up to date");
         }
         let nats = subjects::connect_with_retry(&config.nats, None).await?;
-        subjects::ensure_stream(&nats, &config.stream, &config.nats.subject_prefix).await?;
+        subjects::ensure_stream_with_retry(
+            &nats,
+            &config.stream,
+            &config.nats.subject_prefix,
+            config.stream.startup_wait,
+        )
+        .await?;
         let replay_bucket = subjects::replays::ReplayBucket::ensure(
             &nats,
             &config.stream,
             Verifier::DEFAULT_WINDOW_SECS,
+            config.stream.startup_wait,
         )
         .await?;
         let outbox_wakeup = std::sync::Arc::new(tokio::sync::Notify::new());

@@ -976,6 +976,9 @@ fn service_settings(
         http_addr: Some("127.0.0.1:0".into()),
         hmac_secret: Some(SECRET.into()),
         outbox_poll_interval: Some("100ms".into()),
+        // Without its inbox prefix the service hears nothing back; it
+        // retries for this long, then says what to set.
+        stream_startup_wait: Some("3s".into()),
         log_filter: Some("warn".into()),
         ..Default::default()
     }
@@ -1164,8 +1167,10 @@ async fn service_scenario(db: &str) {
                 max_age: Duration::from_secs(7 * 24 * 3600),
                 replicas: 1,
                 duplicate_window: Duration::from_secs(20 * 60),
+                startup_wait: STEP,
             },
             300,
+            STEP,
         ),
     )
     .await

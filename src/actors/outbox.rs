@@ -5,17 +5,24 @@
 //! connection closes, the lock is released, and another instance takes it
 //! on its next tick. Rows are claimed by state (pending, due), in insertion
 //! order, so a row committed late is simply picked up by a later cycle;
-//! nothing is skipped. Publishes are pipelined and their acks awaited
-//! together; `Nats-Msg-Id` = outbox id lets JetStream drop duplicates
-//! when a cycle is retried after a crash between publish and mark.
+//! nothing is skipped. Publishes are pipelined across events and sent one
+//! after the other within an event, so an event's messages are stored in
+//! order even when one of them is lost on the way; `Nats-Msg-Id` = outbox
+//! id lets JetStream drop duplicates when a cycle is retried after a crash
+//! between publish and mark.
 //!
 //! JetStream remembers ids only for the stream's duplicate window, and a
 //! retried row may be in the stream already (its ack lost). So every row
 //! is stamped with the time it was first sent, and a row whose first send
 //! is nearly a window old is looked for in the stream before it is sent
 //! again: found, it is marked published as it stands.
+//!
+//! A failure that is NATS's, not the row's (no connection, no stream leader,
+//! no ack in time), is retried after a short pause that grows while the
+//! outage lasts, and never counts towards the row's attempts: a row goes
+//! dead for its own failures only, and goes out soon after NATS is back.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -45,8 +52,9 @@ pub struct OutboxConfig {
     pub backoff_base: Duration,
     pub backoff_max: Duration,
     pub encoding: Encoding,
-    /// The stream whose duplicate window a retry is weighed against, and
-    /// where a row that may have outlived it is looked for.
+    /// The stream whose duplicate window a retry is weighed against, where
+    /// a row that may have outlived it is looked for, and which is asked
+    /// whether a publish nobody answered was an outage.
     pub stream: String,
 }
 
@@ -98,10 +106,38 @@ pub struct Publisher {
     marking: Mutex<Option<Marking>>,
     pub stats: Arc<PublisherStats>,
     metrics: Arc<crate::telemetry::metrics::Metrics>,
+    /// Consecutive cycles that ended in an outage (for the retry pause).
+    outages: std::sync::atomic::AtomicU32,
+    last_gauges: Arc<std::sync::Mutex<Option<Instant>>>,
+    last_outage_warning: std::sync::Mutex<Option<Instant>>,
 }
 
 /// The `seq` of the rows being marked published, and the update doing it.
 type Marking = (Arc<Vec<i64>>, tokio::task::JoinHandle<()>);
+
+/// Why a row did not reach the stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FailureKind {
+    /// NATS's fault: no connection, no answer in time, or no stream leader.
+    Outage,
+    /// No stream captures the subject (or it has no leader right now: the
+    /// publisher asks the stream to tell the two apart).
+    NoStream,
+    /// The row's own failure (too large, refused by the stream).
+    Row,
+}
+
+/// The pause before outage-failed rows are tried again: short at first,
+/// growing with each cycle the outage lasts, so rows go out soon after NATS
+/// is back without being rewritten on every tick of a long outage.
+const OUTAGE_RETRY_FIRST: Duration = Duration::from_millis(250);
+const OUTAGE_RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// While an outage lasts, its failures are logged at warning level this often.
+const OUTAGE_WARNING_EVERY: Duration = Duration::from_secs(10);
+
+/// The outbox gauges are refreshed after the publisher's cycles at most this often.
+const GAUGE_REFRESH: Duration = Duration::from_millis(200);
 
 /// The CloudEvents 1.0 structured envelope of one row.
 pub fn envelope(row: &OutboxRow, encoding: Encoding) -> (Vec<u8>, &'static str) {
@@ -138,48 +174,182 @@ fn headers(row: &OutboxRow, content_type: &str) -> HeaderMap {
     h
 }
 
+/// Whether a NATS subject filter (`*` one token, `>` the rest) matches a subject.
+fn subject_matches(filter: &str, subject: &str) -> bool {
+    let mut wanted = filter.split('.');
+    let mut given = subject.split('.');
+    loop {
+        match (wanted.next(), given.next()) {
+            (Some(">"), Some(_)) => return true,
+            (Some("*"), Some(_)) => {}
+            (Some(w), Some(g)) if w == g => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
 fn now_ms() -> u64 {
     Utc::now().timestamp_millis().max(0) as u64
 }
 
-/// Publishes rows, pipelined; returns the ids acknowledged and the failures.
+/// What one round of publishing did with its rows.
+#[derive(Default)]
+struct Published {
+    ok: Vec<Uuid>,
+    failed: Vec<(Uuid, String, FailureKind)>,
+    /// Not sent: a row before them of the same event failed.
+    held: Vec<Uuid>,
+}
+
+fn send_failure(e: &async_nats::jetstream::context::PublishError) -> FailureKind {
+    if matches!(e.kind(), PublishErrorKind::MaxPayloadExceeded) {
+        FailureKind::Row
+    } else {
+        FailureKind::Outage
+    }
+}
+
+fn ack_failure(e: &async_nats::jetstream::context::PublishError) -> FailureKind {
+    match e.kind() {
+        PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe => FailureKind::Outage,
+        PublishErrorKind::StreamNotFound => FailureKind::NoStream,
+        _ => FailureKind::Row,
+    }
+}
+
+/// Publishes rows, pipelined across events and one at a time within an
+/// event: a row is sent once the one before it of its event is
+/// acknowledged. Pipelining an event's rows would let a later one be stored
+/// while an earlier one is lost: a node dying with the earlier one in a
+/// buffer, a new stream leader whose interest reaches this connection's
+/// server between the two. When a row fails, the later rows of its event
+/// in `rows` are not sent. When the connection drops, the acknowledgements
+/// still awaited cannot come any more (replies to the old connection are
+/// lost): their rows fail at once instead of at the ack timeout.
 async fn publish_rows(
+    client: &async_nats::Client,
     js: &jetstream::Context,
     rows: &[OutboxRow],
     encoding: Encoding,
-) -> (Vec<Uuid>, Vec<(Uuid, String, bool)>) {
-    let mut pending = Vec::with_capacity(rows.len());
-    let mut failed = Vec::new();
+) -> Published {
+    use futures::StreamExt;
+    let mut queues: std::collections::HashMap<Uuid, std::collections::VecDeque<&OutboxRow>> =
+        std::collections::HashMap::new();
+    let mut firsts = Vec::new();
     for row in rows {
-        let (payload, content_type) = envelope(row, encoding);
-        let message = PublishMessage::build()
-            .payload(payload.into())
-            .headers(headers(row, content_type));
-        match js.send_publish(row.subject.clone(), message).await {
-            Ok(ack) => pending.push((row.id, ack)),
-            Err(e) => failed.push((row.id, e.to_string(), true)),
+        let queue = queues.entry(row.event_id).or_default();
+        if queue.is_empty() {
+            firsts.push(row.event_id);
+        }
+        queue.push_back(row);
+    }
+    let mut done = Published::default();
+    let connects = client.statistics().connects.load(Ordering::Relaxed);
+    let mut acks = futures::stream::FuturesUnordered::new();
+    // The row each event has in flight.
+    let mut in_flight: std::collections::HashMap<Uuid, Uuid> = std::collections::HashMap::new();
+    for event in firsts {
+        if let Some(queue) = queues.get_mut(&event)
+            && let Some((id, ack)) = send_next(js, encoding, queue, &mut done).await
+        {
+            in_flight.insert(event, id);
+            acks.push(ack);
         }
     }
-    let acks = futures::future::join_all(
-        pending
-            .into_iter()
-            .map(|(id, ack)| async move { (id, ack.await) }),
-    )
-    .await;
-    let mut ok = Vec::with_capacity(acks.len());
-    for (id, ack) in acks {
+    let lost = connection_lost(client, connects);
+    tokio::pin!(lost);
+    loop {
+        let next = tokio::select! {
+            next = acks.next() => next,
+            () = &mut lost, if !in_flight.is_empty() => {
+                for (event, id) in in_flight.drain() {
+                    done.failed.push((
+                        id,
+                        "the NATS connection was lost before the acknowledgement".into(),
+                        FailureKind::Outage,
+                    ));
+                    if let Some(queue) = queues.get_mut(&event) {
+                        done.held.extend(queue.drain(..).map(|r| r.id));
+                    }
+                }
+                return done;
+            }
+        };
+        let Some((id, event, ack)) = next else {
+            return done;
+        };
+        in_flight.remove(&event);
+        let Some(queue) = queues.get_mut(&event) else {
+            continue;
+        };
         match ack {
-            Ok(_) => ok.push(id),
+            Ok(_) => {
+                done.ok.push(id);
+                if let Some((next_id, ack)) = send_next(js, encoding, queue, &mut done).await {
+                    in_flight.insert(event, next_id);
+                    acks.push(ack);
+                }
+            }
             Err(e) => {
-                let outage = matches!(
-                    e.kind(),
-                    PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe
-                );
-                failed.push((id, e.to_string(), outage));
+                done.failed.push((id, e.to_string(), ack_failure(&e)));
+                done.held.extend(queue.drain(..).map(|r| r.id));
             }
         }
     }
-    (ok, failed)
+}
+
+/// Completes once the connection is not the one of `connects` any more:
+/// down, or replaced by a reconnect.
+async fn connection_lost(client: &async_nats::Client, connects: u64) {
+    loop {
+        if client.connection_state() != async_nats::connection::State::Connected
+            || client.statistics().connects.load(Ordering::Relaxed) != connects
+        {
+            return;
+        }
+        // The client reports its state but offers no way to wait for a change.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// An acknowledgement to wait for, with the row and event it is for.
+type Ack = std::pin::Pin<
+    Box<
+        dyn std::future::Future<
+                Output = (
+                    Uuid,
+                    Uuid,
+                    Result<jetstream::publish::PublishAck, jetstream::context::PublishError>,
+                ),
+            > + Send,
+    >,
+>;
+
+/// Sends the next row of an event's queue; a row that cannot even be sent
+/// fails, and the rest of its event is held.
+async fn send_next(
+    js: &jetstream::Context,
+    encoding: Encoding,
+    queue: &mut std::collections::VecDeque<&OutboxRow>,
+    done: &mut Published,
+) -> Option<(Uuid, Ack)> {
+    let row = queue.pop_front()?;
+    let (payload, content_type) = envelope(row, encoding);
+    let message = PublishMessage::build()
+        .payload(payload.into())
+        .headers(headers(row, content_type));
+    match js.send_publish(row.subject.clone(), message).await {
+        Ok(ack) => {
+            let (id, event) = (row.id, row.event_id);
+            Some((id, Box::pin(async move { (id, event, ack.await) })))
+        }
+        Err(e) => {
+            done.failed.push((row.id, e.to_string(), send_failure(&e)));
+            done.held.extend(queue.drain(..).map(|r| r.id));
+            None
+        }
+    }
 }
 
 /// How much of the duplicate window the publisher does not rely on: room
@@ -254,11 +424,14 @@ impl Plan {
         plan
     }
 
-    /// Nothing goes out: every row is retried later for `error`.
+    /// Nothing goes out: the first row of each event is retried later for
+    /// `error`, and stands for its event (the ones after it wait behind it).
     fn none(rows: Vec<OutboxRow>, error: &str) -> Self {
+        let mut seen = HashSet::new();
         Plan {
             unsent: rows
                 .into_iter()
+                .filter(|row| seen.insert(row.event_id))
                 .map(|row| Unsent {
                     id: row.id,
                     attempts: row.attempts,
@@ -369,6 +542,9 @@ impl Publisher {
             marking: Mutex::new(None),
             stats: Arc::default(),
             metrics: crate::telemetry::metrics::Metrics::new(),
+            outages: Default::default(),
+            last_gauges: Arc::default(),
+            last_outage_warning: std::sync::Mutex::new(None),
         }
     }
 
@@ -390,6 +566,35 @@ impl Publisher {
             .saturating_mul(1u32 << attempts.clamp(0, 20) as u32)
             .min(self.config.backoff_max);
         exp.mul_f64(rand::random_range(0.5..=1.0))
+    }
+
+    /// The pause before rows failed by an outage are tried again.
+    fn outage_retry(&self) -> Duration {
+        // The cycle that failed is already counted in the streak.
+        let streak = self
+            .outages
+            .load(Ordering::Relaxed)
+            .saturating_sub(1)
+            .min(16);
+        OUTAGE_RETRY_FIRST
+            .saturating_mul(1u32 << streak)
+            .min(OUTAGE_RETRY_MAX)
+            .min(self.config.backoff_max)
+            .mul_f64(rand::random_range(0.5..=1.0))
+    }
+
+    /// The stream's subjects if it answers now (it has a leader). A leader
+    /// answers in milliseconds; waiting longer would only hold up the retry.
+    async fn stream_subjects(&self) -> Option<Vec<String>> {
+        let name = &self.config.stream;
+        let asked = async {
+            let mut stream = self.js.get_stream(name).await.ok()?;
+            Some(stream.info().await.ok()?.config.subjects.clone())
+        };
+        tokio::time::timeout(Duration::from_secs(1), asked)
+            .await
+            .ok()
+            .flatten()
     }
 
     /// Holds (or takes) the publisher lock; false if another instance has it.
@@ -462,8 +667,14 @@ impl Publisher {
             self.stats
                 .last_healthy_ms
                 .store(now_ms(), Ordering::Relaxed);
+            // Nothing due: a gauge still showing pending rows is out of date
+            // (or shows rows waiting for a retry, which this keeps current).
+            if self.metrics.outbox_pending.get() > 0 {
+                self.gauge_refresher().refresh(true).await;
+            }
             return 0;
         }
+        let attempts: HashMap<Uuid, i32> = rows.iter().map(|r| (r.id, r.attempts)).collect();
         let handled = rows.len();
         let mut plan = if self.nats.connection_state() == async_nats::connection::State::Connected {
             self.plan(rows).await
@@ -475,7 +686,17 @@ impl Publisher {
             tracing::warn!(error = %e, "cannot number outbox rows");
             return 0;
         }
-        let (mut ok, failed) = publish_rows(&self.js, &plan.send, self.config.encoding).await;
+        let Published {
+            mut ok,
+            mut failed,
+            held,
+        } = publish_rows(&self.nats, &self.js, &plan.send, self.config.encoding).await;
+        if !held.is_empty() {
+            tracing::debug!(
+                held = held.len(),
+                "rows not sent: an earlier row of their event did not reach the stream"
+            );
+        }
         if !plan.in_stream.is_empty() {
             tracing::info!(
                 rows = plan.in_stream.len(),
@@ -483,18 +704,27 @@ impl Publisher {
             );
             ok.extend(plan.in_stream.iter().map(|(id, _)| *id));
         }
-        let mut unsent = std::mem::take(&mut plan.unsent);
-        if !failed.is_empty() {
-            let attempts: std::collections::HashMap<Uuid, i32> =
-                plan.send.iter().map(|r| (r.id, r.attempts)).collect();
-            unsent.extend(failed.into_iter().map(|(id, error, outage)| Unsent {
-                id,
-                attempts: attempts.get(&id).copied().unwrap_or(0),
-                error,
-                outage,
-            }));
+        failed.extend(plan.unsent.iter().map(|u| {
+            let kind = if u.outage {
+                FailureKind::Outage
+            } else {
+                FailureKind::Row
+            };
+            (u.id, u.error.clone(), kind)
+        }));
+        if failed
+            .iter()
+            .any(|(_, _, kind)| *kind == FailureKind::NoStream)
+        {
+            self.tell_no_stream_apart(&plan.send, &mut failed).await;
         }
-        if unsent.iter().all(|u| !u.outage) {
+        let outage = failed
+            .iter()
+            .any(|(_, _, kind)| *kind == FailureKind::Outage);
+        if outage {
+            self.outages.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.outages.store(0, Ordering::Relaxed);
             self.stats
                 .last_healthy_ms
                 .store(now_ms(), Ordering::Relaxed);
@@ -504,60 +734,148 @@ impl Publisher {
             .fetch_add(ok.len() as u64, Ordering::Relaxed);
         self.metrics.outbox_published.inc_by(ok.len() as u64);
         // One update in flight at a time; this one runs while the next
-        // batch is claimed and published.
+        // batch is claimed and published. Only published rows are skipped
+        // by that claim: failed ones are marked below, before it, and hold
+        // back the later rows of their events.
         self.settle().await;
+        let published: HashSet<Uuid> = ok.iter().copied().collect();
         let seqs = Arc::new(
             plan.send
                 .iter()
+                .filter(|r| published.contains(&r.id))
                 .map(|r| r.seq)
                 .chain(plan.in_stream.iter().map(|(_, seq)| *seq))
                 .collect::<Vec<_>>(),
         );
         let db = self.db.clone();
+        let gauges = self.gauge_refresher();
         let marking = tokio::spawn(async move {
             if let Err(e) = store::mark_published(&db, &ok).await {
                 // Published but not marked: a later cycle sends them again
                 // and JetStream drops the duplicates by Nats-Msg-Id.
                 tracing::warn!(error = %e, rows = ok.len(), "cannot mark rows published; they will be re-sent and deduplicated");
             }
+            gauges.refresh(false).await;
         });
         *self.marking.lock().await = Some((seqs, marking));
-        if !unsent.is_empty() {
-            let now: DateTime<Utc> = Utc::now();
-            let failures: Vec<Failure> = unsent
-                .iter()
-                .map(|u| {
-                    let tried = u.attempts + 1;
-                    let dead = tried >= self.config.max_attempts;
-                    Failure {
-                        id: u.id,
-                        error: u.error.clone(),
-                        retry_at: now
-                            + chrono::Duration::from_std(self.backoff(tried)).unwrap_or_default(),
-                        dead,
-                    }
-                })
-                .collect();
-            let newly_dead = failures.iter().filter(|f| f.dead).count();
-            self.stats
-                .failed
-                .fetch_add(failures.len() as u64, Ordering::Relaxed);
-            self.stats
-                .dead
-                .fetch_add(newly_dead as u64, Ordering::Relaxed);
-            self.metrics
-                .outbox_publish_errors
-                .inc_by(failures.len() as u64);
-            self.metrics.outbox_dead.inc_by(newly_dead as u64);
-            if let Some(first) = unsent.first() {
-                self.stats.record_error(&first.error);
-                tracing::warn!(failed = failures.len(), dead = newly_dead, error = %first.error, "publishing outbox rows failed; they will be retried with backoff");
-            }
-            if let Err(e) = store::mark_failed(&self.db, &failures).await {
-                tracing::warn!(error = %e, "cannot record failed publishes");
-            }
+        if !failed.is_empty() {
+            self.record_failures(&attempts, &failed).await;
         }
         handled
+    }
+
+    /// "No responders" means no server took the message: the stream has no
+    /// leader right now, or its new leader's interest has not reached this
+    /// connection's server yet (an outage, both), or no stream captures the
+    /// subject at all (the row's failure). Without the stream's name every
+    /// such failure is the row's.
+    async fn tell_no_stream_apart(
+        &self,
+        rows: &[OutboxRow],
+        failed: &mut [(Uuid, String, FailureKind)],
+    ) {
+        let subjects = Some(self.stream_subjects().await);
+        let subject_of: std::collections::HashMap<Uuid, &str> =
+            rows.iter().map(|r| (r.id, r.subject.as_str())).collect();
+        for failure in failed.iter_mut() {
+            if failure.2 != FailureKind::NoStream {
+                continue;
+            }
+            failure.2 = match &subjects {
+                None => FailureKind::Row,
+                Some(None) => FailureKind::Outage,
+                Some(Some(filters)) => {
+                    let subject = subject_of.get(&failure.0).copied().unwrap_or_default();
+                    if filters.iter().any(|f| subject_matches(f, subject)) {
+                        FailureKind::Outage
+                    } else {
+                        FailureKind::Row
+                    }
+                }
+            };
+        }
+    }
+
+    /// Marks the rows that did not reach the stream: those NATS failed are
+    /// retried soon and keep their attempts, the others back off and go
+    /// dead after `max_attempts`.
+    async fn record_failures(
+        &self,
+        attempts: &HashMap<Uuid, i32>,
+        failed: &[(Uuid, String, FailureKind)],
+    ) {
+        let now: DateTime<Utc> = Utc::now();
+        let soon = now + chrono::Duration::from_std(self.outage_retry()).unwrap_or_default();
+        let failures: Vec<Failure> = failed
+            .iter()
+            .map(|(id, error, kind)| {
+                if *kind == FailureKind::Row {
+                    let tried = attempts.get(id).copied().unwrap_or(0) + 1;
+                    Failure {
+                        id: *id,
+                        error: error.clone(),
+                        retry_at: now
+                            + chrono::Duration::from_std(self.backoff(tried)).unwrap_or_default(),
+                        dead: tried >= self.config.max_attempts,
+                        counted: true,
+                    }
+                } else {
+                    Failure {
+                        id: *id,
+                        error: error.clone(),
+                        retry_at: soon,
+                        dead: false,
+                        counted: false,
+                    }
+                }
+            })
+            .collect();
+        let newly_dead = failures.iter().filter(|f| f.dead).count();
+        self.stats
+            .failed
+            .fetch_add(failures.len() as u64, Ordering::Relaxed);
+        self.stats
+            .dead
+            .fetch_add(newly_dead as u64, Ordering::Relaxed);
+        self.metrics
+            .outbox_publish_errors
+            .inc_by(failures.len() as u64);
+        self.metrics.outbox_dead.inc_by(newly_dead as u64);
+        if let Some((_, first, kind)) = failed.first() {
+            self.stats.record_error(first);
+            // Every cycle of an outage fails the same way: its start, and
+            // then a line every so often, say enough.
+            let streak = self.outages.load(Ordering::Relaxed);
+            let quiet = streak > 1
+                && self
+                    .last_outage_warning
+                    .lock()
+                    .ok()
+                    .and_then(|at| *at)
+                    .is_some_and(|at| at.elapsed() < OUTAGE_WARNING_EVERY);
+            if quiet {
+                tracing::debug!(failed = failures.len(), error = %first, "publishing outbox rows failed again");
+            } else {
+                if streak > 0
+                    && let Ok(mut at) = self.last_outage_warning.lock()
+                {
+                    *at = Some(Instant::now());
+                }
+                tracing::warn!(failed = failures.len(), dead = newly_dead, error = %first, outage = *kind != FailureKind::Row, outage_cycles = streak, "publishing outbox rows failed; they will be retried");
+            }
+        }
+        if let Err(e) = store::mark_failed(&self.db, &failures).await {
+            tracing::warn!(error = %e, "cannot record failed publishes");
+        }
+        self.gauge_refresher().refresh(false).await;
+    }
+
+    fn gauge_refresher(&self) -> GaugeRefresher {
+        GaugeRefresher {
+            db: self.db.clone(),
+            metrics: self.metrics.clone(),
+            last: self.last_gauges.clone(),
+        }
     }
 
     /// Decides, for rows sent before, whether JetStream can still be
@@ -613,12 +931,36 @@ impl Publisher {
             // Never taken: a CHECK constraint gives every published row its time.
             let Some(at) = last.published_at else { break };
             after = (at, last.seq);
-            let (ok, bad) = publish_rows(&self.js, &rows, self.config.encoding).await;
-            sent += ok.len();
-            failed += bad.len();
+            let done = publish_rows(&self.nats, &self.js, &rows, self.config.encoding).await;
+            sent += done.ok.len();
+            failed += done.failed.len() + done.held.len();
             progress(sent, failed);
         }
         Ok((sent, failed))
+    }
+}
+
+/// Refreshes the outbox gauges from the database after publisher cycles,
+/// so they follow the publisher rather than the metrics timer.
+struct GaugeRefresher {
+    db: PgPool,
+    metrics: Arc<crate::telemetry::metrics::Metrics>,
+    last: Arc<std::sync::Mutex<Option<Instant>>>,
+}
+
+impl GaugeRefresher {
+    /// At most every [`GAUGE_REFRESH`] unless `always`.
+    async fn refresh(&self, always: bool) {
+        {
+            let Ok(mut last) = self.last.lock() else {
+                return;
+            };
+            if !always && last.is_some_and(|at| at.elapsed() < GAUGE_REFRESH) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        crate::telemetry::metrics::refresh_outbox(&self.metrics, &self.db).await;
     }
 }
 
@@ -856,5 +1198,21 @@ mod tests {
             safety_margin(Duration::from_secs(7200)),
             Duration::from_secs(300)
         );
+    }
+
+    #[test]
+    fn subject_filters_match_as_nats_matches_them() {
+        assert!(subject_matches(
+            "events.out.>",
+            "events.out.t1.event.created"
+        ));
+        assert!(subject_matches("events.out.>", "events.out.t1"));
+        assert!(!subject_matches("events.out.>", "events.out"));
+        assert!(!subject_matches("events.out.>", "nowhere.poison"));
+        assert!(subject_matches("a.*.c", "a.b.c"));
+        assert!(!subject_matches("a.*.c", "a.b.d"));
+        assert!(!subject_matches("a.*", "a.b.c"));
+        assert!(subject_matches("a.b", "a.b"));
+        assert!(!subject_matches("a.b", "a.b.c"));
     }
 }

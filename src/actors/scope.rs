@@ -151,7 +151,7 @@ impl Actor for ScopeActor {
                 for waiter in waiters {
                     let answer = match result.as_ref() {
                         Ok(v) => Ok(v.clone()),
-                        Err(e) => Err(AppError::internal("load", e)),
+                        Err(e) => Err(e.for_another_caller("load")),
                     };
                     let _ = waiter.send(answer);
                 }
@@ -379,7 +379,9 @@ async fn commit(
             shared.observe_batch(envelopes.len(), started.elapsed());
             done
         }
-        Err(e) if envelopes.len() > 1 => {
+        // With Postgres unreachable, each command alone would fail the same
+        // way, one connection timeout after the other.
+        Err(e) if envelopes.len() > 1 && !crate::store::unreachable(&e) => {
             tracing::warn!(error = %e, size = envelopes.len(), "batch failed; retrying its commands one by one");
             let mut results = Vec::with_capacity(envelopes.len());
             let mut effects = BatchEffects::default();
@@ -400,15 +402,23 @@ async fn commit(
                         effects.changed.extend(e.changed);
                         effects.outbox_rows += e.outbox_rows;
                     }
-                    Err(e) => results.push(Err(AppError::internal("commit", e))),
+                    Err(e) => results.push(Err(AppError::database("commit", e))),
                 }
             }
             (results, effects)
         }
         Err(e) => {
-            tracing::error!(error = %e, "commit failed");
+            if crate::store::unreachable(&e) {
+                tracing::warn!(error = %e, size = envelopes.len(), "commit failed: Postgres unreachable");
+            } else {
+                tracing::error!(error = %e, "commit failed");
+            }
+            let first = AppError::database("commit", e);
+            let results = (1..envelopes.len())
+                .map(|_| Err(first.for_another_caller("commit")))
+                .collect::<Vec<_>>();
             (
-                vec![Err(AppError::internal("commit", e))],
+                std::iter::once(Err(first)).chain(results).collect(),
                 BatchEffects::default(),
             )
         }

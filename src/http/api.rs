@@ -39,7 +39,13 @@ pub fn routes() -> Router<AppState> {
 /// The error envelope as an HTTP response.
 pub fn error_response(err: &AppError, request_id: Option<&str>) -> Response {
     let status = StatusCode::from_u16(err.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    (status, axum::Json(err.envelope(request_id))).into_response()
+    let mut response = (status, axum::Json(err.envelope(request_id))).into_response();
+    if let Some(seconds) = err.retry_after() {
+        response
+            .headers_mut()
+            .insert(axum::http::header::RETRY_AFTER, seconds.into());
+    }
+    response
 }
 
 pub async fn not_found(headers: HeaderMap) -> Response {

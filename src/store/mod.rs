@@ -40,6 +40,29 @@ pub enum StoreError {
     Sqlx(#[from] sqlx::Error),
 }
 
+/// Whether `e` says Postgres could not be reached or the connection was lost
+/// (rather than that the statement failed): refused, reset or timed-out
+/// connections, a pool that found no connection in time, the server shutting
+/// down or refusing connections. A request that fails so may succeed when
+/// retried; a write may or may not have been committed (the reply to a
+/// COMMIT can be what was lost).
+pub fn unreachable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        // Class 08: connection exceptions; 57P01-57P03: shutting down or
+        // starting up; 53300: no connection slot left.
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            code.starts_with("08") || matches!(code.as_ref(), "57P01" | "57P02" | "57P03" | "53300")
+        }),
+        _ => false,
+    }
+}
+
 /// Connection options for a dedicated connection (the publisher's lock).
 pub fn connect_options(config: &DatabaseConfig) -> Result<PgConnectOptions, StoreError> {
     options(config)
@@ -100,7 +123,7 @@ pub async fn connect_with_retry(
             create_database_if_missing(config).await?;
             let pool = PgPoolOptions::new()
                 .max_connections(config.max_connections)
-                .acquire_timeout(Duration::from_secs(5))
+                .acquire_timeout(config.acquire_timeout)
                 .connect_with(options(config)?)
                 .await
                 .map_err(|source| StoreError::Unreachable {
@@ -153,4 +176,21 @@ pub fn spawn_housekeeping(db: PgPool) {
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unreachable;
+
+    #[test]
+    fn lost_connections_are_unreachable_and_failed_statements_are_not() {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert!(unreachable(&sqlx::Error::Io(refused)));
+        assert!(unreachable(&sqlx::Error::PoolTimedOut));
+        assert!(unreachable(&sqlx::Error::Protocol(
+            "unexpected end of file".into()
+        )));
+        assert!(!unreachable(&sqlx::Error::RowNotFound));
+        assert!(!unreachable(&sqlx::Error::ColumnNotFound("x".into())));
+    }
 }

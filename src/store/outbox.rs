@@ -137,6 +137,10 @@ pub struct Failure {
     pub retry_at: DateTime<Utc>,
     /// Attempts exhausted: the row becomes dead (counted, kept, retryable by hand).
     pub dead: bool,
+    /// Counts as an attempt of the row's. An outage does not: the row only
+    /// gets marked as tried (`attempts` at least 1), which makes it hold
+    /// back the later rows of its event until its retry.
+    pub counted: bool,
 }
 
 pub async fn mark_failed(db: &PgPool, failures: &[Failure]) -> Result<(), sqlx::Error> {
@@ -150,17 +154,21 @@ pub async fn mark_failed(db: &PgPool, failures: &[Failure]) -> Result<(), sqlx::
         .collect();
     let retry: Vec<DateTime<Utc>> = failures.iter().map(|f| f.retry_at).collect();
     let dead: Vec<bool> = failures.iter().map(|f| f.dead).collect();
+    let counted: Vec<bool> = failures.iter().map(|f| f.counted).collect();
     sqlx::query(
-        "UPDATE outbox o SET attempts = o.attempts + 1, last_error = u.err, next_attempt_at = u.retry,
+        "UPDATE outbox o SET attempts = CASE WHEN u.counted THEN o.attempts + 1 ELSE GREATEST(o.attempts, 1) END,
+                last_error = u.err, next_attempt_at = u.retry,
                 state = CASE WHEN u.dead THEN 'dead'::outbox_state ELSE o.state END,
                 dead_at = CASE WHEN u.dead THEN now() ELSE o.dead_at END
-         FROM UNNEST($1::uuid[], $2::text[], $3::timestamptz[], $4::bool[]) AS u(id, err, retry, dead)
+         FROM UNNEST($1::uuid[], $2::text[], $3::timestamptz[], $4::bool[], $5::bool[])
+              AS u(id, err, retry, dead, counted)
          WHERE o.id = u.id AND o.state = 'pending'",
     )
     .bind(&ids)
     .bind(&errors)
     .bind(&retry)
     .bind(&dead)
+    .bind(&counted)
     .execute(db)
     .await?;
     Ok(())

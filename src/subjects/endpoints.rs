@@ -139,6 +139,9 @@ impl NatsRequest {
                 reply_headers.insert("Content-Type", encoding.content_type());
                 reply_headers.insert("Nats-Service-Error-Code", err.status().to_string().as_str());
                 reply_headers.insert("Nats-Service-Error", err.code().as_str());
+                if let Some(seconds) = err.retry_after() {
+                    reply_headers.insert("Retry-After", seconds.to_string().as_str());
+                }
                 (
                     encoding.encode(&err.envelope(request_id.as_deref())),
                     err.status(),

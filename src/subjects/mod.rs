@@ -122,26 +122,146 @@ pub fn stream_definition(config: &StreamConfig, prefix: &str) -> stream::Config 
     }
 }
 
+/// JetStream's answers that mean "not now" rather than "no": the cluster has
+/// no meta or stream leader yet, or too few servers are up to place the
+/// replicas. An election or a restarting node ends them.
+pub(crate) fn unavailable_for_now(code: jetstream::ErrorCode) -> bool {
+    matches!(
+        code,
+        jetstream::ErrorCode::CLUSTER_NOT_AVAILABLE
+            | jetstream::ErrorCode::CLUSTER_NOT_LEADER
+            | jetstream::ErrorCode::CLUSTER_INCOMPLETE
+            | jetstream::ErrorCode::CLUSTER_NO_PEERS
+            | jetstream::ErrorCode::CLUSTER_NOT_ASSIGNED
+            | jetstream::ErrorCode::INSUFFICIENT_RESOURCES
+            | jetstream::ErrorCode::RAFT_GENERAL
+    )
+}
+
+/// Why one attempt at a stream failed.
+pub(crate) struct StreamFailure {
+    pub(crate) error: NatsError,
+    /// Worth retrying: a timeout or a cluster between leaders.
+    pub(crate) transient: bool,
+}
+
+impl From<NatsError> for StreamFailure {
+    fn from(error: NatsError) -> Self {
+        Self {
+            error,
+            transient: false,
+        }
+    }
+}
+
 /// Creates the stream, or brings an existing one to our definition. Settings
 /// that cannot change in place (storage, replicas on some servers) are
-/// reported with what to do.
+/// reported with what to do. One attempt: see [`ensure_stream_with_retry`].
 pub async fn ensure_stream(
     client: &async_nats::Client,
     config: &StreamConfig,
     prefix: &str,
 ) -> Result<stream::Info, NatsError> {
+    try_ensure_stream(client, config, prefix)
+        .await
+        .map_err(|f| f.error)
+}
+
+/// [`ensure_stream`], retried with backoff while JetStream cannot answer
+/// yet: a stream (or the cluster's meta group) whose leader is gone answers
+/// nothing until a new one is elected, usually within seconds. Gives up
+/// after `give_up_after`, since the same silence is what a NATS user
+/// without permission for the stream API gets.
+pub async fn ensure_stream_with_retry(
+    client: &async_nats::Client,
+    config: &StreamConfig,
+    prefix: &str,
+    give_up_after: Duration,
+) -> Result<stream::Info, NatsError> {
+    retry_while_unavailable(&config.name, give_up_after, || {
+        try_ensure_stream(client, config, prefix)
+    })
+    .await
+}
+
+/// Runs `attempt` until it succeeds, fails for good, or has failed for
+/// `give_up_after` in ways that mean "not now" (see [`StreamFailure`]).
+pub(crate) async fn retry_while_unavailable<T, F, Fut>(
+    name: &str,
+    give_up_after: Duration,
+    mut attempt: F,
+) -> Result<T, NatsError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StreamFailure>>,
+{
+    let started = std::time::Instant::now();
+    let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(5));
+    loop {
+        match attempt().await {
+            Ok(done) => return Ok(done),
+            Err(StreamFailure {
+                error,
+                transient: true,
+            }) => {
+                let waited = started.elapsed();
+                if waited >= give_up_after {
+                    return Err(NatsError::Stream {
+                        name: name.to_string(),
+                        message: format!(
+                            "no usable answer from JetStream for {} s ({error}); the stream or the \
+                             cluster may have no leader (too few NATS servers up), the NATS user \
+                             may not use $JS.API.STREAM.* for this stream, or it may receive replies \
+                             only under its own inbox prefix (set NATS_INBOX_PREFIX to it, e.g. \
+                             _INBOX_events with nats/nats-server.conf)",
+                            waited.as_secs()
+                        ),
+                    });
+                }
+                let delay = backoff.next_delay();
+                tracing::warn!(
+                    stream = %name,
+                    error = %error,
+                    retry_in_ms = delay.as_millis() as u64,
+                    "JetStream cannot answer for the stream yet (electing a leader?); retrying"
+                );
+                tokio::time::sleep(delay).await;
+            }
+            Err(failure) => return Err(failure.error),
+        }
+    }
+}
+
+async fn try_ensure_stream(
+    client: &async_nats::Client,
+    config: &StreamConfig,
+    prefix: &str,
+) -> Result<stream::Info, StreamFailure> {
     let js = jetstream::new(client.clone());
     let wanted = stream_definition(config, prefix);
-    let stream_err = |message: String| NatsError::Stream {
-        name: config.name.clone(),
-        message,
+    let failure = |message: String, transient: bool| StreamFailure {
+        error: NatsError::Stream {
+            name: config.name.clone(),
+            message,
+        },
+        transient,
+    };
+    let request_failure = |what: &str, e: &jetstream::context::CreateStreamError| {
+        let transient = match e.kind() {
+            jetstream::context::CreateStreamErrorKind::TimedOut => true,
+            jetstream::context::CreateStreamErrorKind::JetStream(js_err) => {
+                unavailable_for_now(js_err.error_code())
+            }
+            _ => false,
+        };
+        failure(format!("{what}: {e}"), transient)
     };
     match js.get_stream(&config.name).await {
         Ok(mut existing) => {
             let info = existing
                 .info()
                 .await
-                .map_err(|e| stream_err(format!("cannot read stream info: {e}")))?
+                .map_err(|e| failure(format!("cannot read stream info: {e}"), true))?
                 .clone();
             let have = &info.config;
             let mut differences = Vec::new();
@@ -170,21 +290,27 @@ pub async fn ensure_stream(
                 ));
             }
             if have.storage != wanted.storage {
-                return Err(stream_err(format!(
-                    "exists with {:?} storage, which cannot be changed to file storage in place; \
-                     back it up and delete it, or set EVENTS_STREAM to another name",
-                    have.storage
-                )));
+                return Err(failure(
+                    format!(
+                        "exists with {:?} storage, which cannot be changed to file storage in place; \
+                         back it up and delete it, or set EVENTS_STREAM to another name",
+                        have.storage
+                    ),
+                    false,
+                ));
             }
             if differences.is_empty() {
                 return Ok(info);
             }
             tracing::warn!(stream = %config.name, differences = %differences.join(", "), "updating stream to the configured definition");
             js.update_stream(&wanted).await.map_err(|e| {
-                stream_err(format!(
-                    "exists with a different definition ({}) and the update was refused: {e}",
-                    differences.join(", ")
-                ))
+                request_failure(
+                    &format!(
+                        "exists with a different definition ({}) and the update was refused",
+                        differences.join(", ")
+                    ),
+                    &e,
+                )
             })
         }
         Err(e)
@@ -194,30 +320,27 @@ pub async fn ensure_stream(
             let mut created = js
                 .create_stream(wanted)
                 .await
-                .map_err(|e| stream_err(format!("cannot be created: {e}")))?;
+                .map_err(|e| request_failure("cannot be created", &e))?;
             tracing::info!(stream = %config.name, "created stream");
             created
                 .info()
                 .await
                 .cloned()
-                .map_err(|e| stream_err(format!("cannot read stream info: {e}")))
+                .map_err(|e| failure(format!("cannot read stream info: {e}"), true))
         }
         Err(e) => {
             let text = e.to_string();
             if text.contains("not enabled") || text.contains("no responders") {
-                Err(NatsError::NoJetStream(text))
-            } else if text.contains("timed out") {
-                // The request went out and its reply never came back: a
-                // server that lets each user read only its own inbox
-                // prefix drops replies sent anywhere else.
-                Err(stream_err(format!(
-                    "cannot be read: {text}; if the NATS user may receive replies only under its \
-                     own inbox prefix, set NATS_INBOX_PREFIX to it (e.g. _INBOX_events with \
-                     nats/nats-server.conf)"
-                )))
-            } else {
-                Err(stream_err(format!("cannot be read: {text}")))
+                return Err(NatsError::NoJetStream(text).into());
             }
+            let transient = match e.kind() {
+                jetstream::context::GetStreamErrorKind::Request => true,
+                jetstream::context::GetStreamErrorKind::JetStream(js_err) => {
+                    unavailable_for_now(js_err.error_code())
+                }
+                _ => false,
+            };
+            Err(failure(format!("cannot be read: {text}"), transient))
         }
     }
 }

@@ -13,7 +13,7 @@ use bytes::Bytes;
 
 use crate::auth::replay::ReplayKey;
 use crate::config::StreamConfig;
-use crate::subjects::NatsError;
+use crate::subjects::{NatsError, StreamFailure, retry_while_unavailable, unavailable_for_now};
 
 pub use crate::names::replay_bucket as bucket_name;
 
@@ -37,18 +37,42 @@ pub enum Claimed {
 }
 
 impl ReplayBucket {
-    /// Creates the bucket, or brings it to our definition.
+    /// Creates the bucket, or brings it to our definition, waiting (as for
+    /// the stream) while JetStream cannot answer yet.
     pub async fn ensure(
         client: &async_nats::Client,
         stream: &StreamConfig,
         window_secs: i64,
+        give_up_after: Duration,
     ) -> Result<Self, NatsError> {
+        let name = format!("KV_{}", bucket_name(&stream.name));
+        retry_while_unavailable(&name, give_up_after, || {
+            Self::try_ensure(client, stream, window_secs)
+        })
+        .await
+    }
+
+    async fn try_ensure(
+        client: &async_nats::Client,
+        stream: &StreamConfig,
+        window_secs: i64,
+    ) -> Result<Self, StreamFailure> {
         let js = jetstream::new(client.clone());
         let bucket = bucket_name(&stream.name);
         let name = format!("KV_{bucket}");
-        let failed = |what: &str, e: &dyn std::fmt::Display| NatsError::Stream {
-            name: name.clone(),
-            message: format!("{what}: {e}"),
+        let failed = |what: &str, e: &dyn std::fmt::Display, transient: bool| StreamFailure {
+            error: NatsError::Stream {
+                name: name.clone(),
+                message: format!("{what}: {e}"),
+            },
+            transient,
+        };
+        let transient = |e: &jetstream::context::CreateStreamError| match e.kind() {
+            jetstream::context::CreateStreamErrorKind::TimedOut => true,
+            jetstream::context::CreateStreamErrorKind::JetStream(j) => {
+                unavailable_for_now(j.error_code())
+            }
+            _ => false,
         };
         // The stream a key-value bucket is made of, written out here:
         // async-nats' own bucket creation reads account information in a
@@ -76,16 +100,17 @@ impl ReplayBucket {
             let exists = matches!(e.kind(), jetstream::context::CreateStreamErrorKind::JetStream(ref j)
                 if j.error_code() == jetstream::ErrorCode::STREAM_NAME_EXIST);
             if !exists {
-                return Err(failed("cannot be created", &e));
+                return Err(failed("cannot be created", &e, transient(&e)));
             }
-            js.update_stream(&config)
-                .await
-                .map_err(|e| failed("exists and cannot be updated", &e))?;
+            js.update_stream(&config).await.map_err(|e| {
+                let t = transient(&e);
+                failed("exists and cannot be updated", &e, t)
+            })?;
         }
         let store = js
             .get_key_value(bucket)
             .await
-            .map_err(|e| failed("cannot be opened as a key-value bucket", &e))?;
+            .map_err(|e| failed("cannot be opened as a key-value bucket", &e, true))?;
         Ok(Self { store })
     }
 

@@ -285,19 +285,25 @@ pub fn spawn_refresher(metrics: Arc<Metrics>, db: sqlx::PgPool) {
             if db.is_closed() {
                 return;
             }
-            if let Ok((pending, dead, oldest)) = crate::store::outbox::gauges(&db).await {
-                metrics.outbox_pending.set(pending);
-                metrics.outbox_failed.set(dead);
-                metrics
-                    .outbox_oldest_age_seconds
-                    .set(oldest.unwrap_or(0.0).max(0.0));
-            }
+            refresh_outbox(&metrics, &db).await;
             if n.is_multiple_of(3) {
                 refresh_totals(&metrics, &db).await;
             }
             n += 1;
         }
     });
+}
+
+/// Reads the outbox gauges from the database. The timer above refreshes
+/// them on every instance; the publishing instance also after its cycles.
+pub async fn refresh_outbox(metrics: &Metrics, db: &sqlx::PgPool) {
+    if let Ok((pending, dead, oldest)) = crate::store::outbox::gauges(db).await {
+        metrics.outbox_pending.set(pending);
+        metrics.outbox_failed.set(dead);
+        metrics
+            .outbox_oldest_age_seconds
+            .set(oldest.unwrap_or(0.0).max(0.0));
+    }
 }
 
 async fn refresh_totals(metrics: &Metrics, db: &sqlx::PgPool) {

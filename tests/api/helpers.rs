@@ -69,6 +69,8 @@ pub struct TestApp {
     task: Option<JoinHandle<()>>,
     /// Only the first instance of an isolation drops its database and stream.
     owner: bool,
+    /// The NATS servers the service was given (its `NATS_URL`).
+    nats_url: String,
 }
 
 impl TestApp {
@@ -110,7 +112,10 @@ impl TestApp {
                 })
                 .await;
         });
-        let nats = async_nats::connect(NATS_URL)
+        // The test's client talks to the servers the service was given.
+        let nats_url = settings.nats_url.clone().unwrap_or_else(|| NATS_URL.into());
+        let servers: Vec<&str> = nats_url.split(',').map(str::trim).collect();
+        let nats = async_nats::connect(servers.as_slice())
             .await
             .expect("test NATS client connects");
         Self {
@@ -123,6 +128,7 @@ impl TestApp {
             shutdown: Some(tx),
             task: Some(task),
             owner,
+            nats_url,
         }
     }
 
@@ -147,7 +153,11 @@ impl Drop for TestApp {
             let _ = tx.send(());
         }
         if self.owner {
-            cleanup(&self.isolation.db_name, &self.isolation.stream);
+            cleanup_at(
+                &self.isolation.db_name,
+                &self.isolation.stream,
+                &self.nats_url,
+            );
         }
     }
 }
@@ -155,8 +165,14 @@ impl Drop for TestApp {
 /// Drops a test database and stream. Runs on its own thread and runtime
 /// because Drop cannot await, and the test's runtime may be shutting down.
 pub fn cleanup(db_name: &str, stream: &str) {
+    cleanup_at(db_name, stream, NATS_URL);
+}
+
+/// [`cleanup`], with the stream on the NATS servers of `nats_url`.
+pub fn cleanup_at(db_name: &str, stream: &str, nats_url: &str) {
     let db_name = db_name.to_string();
     let stream = stream.to_string();
+    let servers: Vec<String> = nats_url.split(',').map(|s| s.trim().to_string()).collect();
     let joined = std::thread::spawn(move || {
         let Ok(rt) = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -170,7 +186,12 @@ pub fn cleanup(db_name: &str, stream: &str) {
                 let _ = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&pool).await;
                 pool.close().await;
             }
-            if let Ok(client) = async_nats::connect(NATS_URL).await {
+            let servers: Vec<&str> = servers.iter().map(String::as_str).collect();
+            let connecting = async_nats::connect(servers.as_slice());
+            // A test may end with its NATS servers gone: do not wait for them.
+            if let Ok(Ok(client)) =
+                tokio::time::timeout(std::time::Duration::from_secs(5), connecting).await
+            {
                 let js = async_nats::jetstream::new(client);
                 let _ = js.delete_stream(&stream).await;
                 let _ = js

@@ -565,10 +565,13 @@ async fn writes_continue_while_nats_is_down_and_arrive_once_after_it_returns() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // Two attempts would be used up within a second of the outage if it
+    // counted against the rows: it must not.
     let app = TestApp::spawn_with(|s| {
         s.nats_url = Some(url.clone());
         s.outbox_backoff_max = Some("300ms".into());
         s.outbox_poll_interval = Some("100ms".into());
+        s.outbox_max_attempts = Some("2".into());
     })
     .await;
     let tenant = Uuid::new_v4();
@@ -602,12 +605,19 @@ async fn writes_continue_while_nats_is_down_and_arrive_once_after_it_returns() {
             .await;
         }
     }
+    // Until the publisher has tried each waiting event three times.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     let status = loop {
         let status = updspace_events::store::outbox::status(&app.db)
             .await
             .expect("status");
-        if status.by_type.iter().any(|t| t.last_error.is_some())
+        let tried = app
+            .state
+            .publisher
+            .stats
+            .failed
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if (status.by_type.iter().any(|t| t.last_error.is_some()) && tried >= 15)
             || tokio::time::Instant::now() >= deadline
         {
             break status;
@@ -640,9 +650,125 @@ async fn writes_continue_while_nats_is_down_and_arrive_once_after_it_returns() {
         .await
         .expect("status");
     assert_eq!(status.pending, 0);
+    assert_eq!(status.dead, 0, "an outage is not the rows' failure");
     drop(app);
     let _ = nats.kill();
     let _ = nats.wait();
+}
+
+#[tokio::test]
+async fn the_later_rows_of_an_event_wait_for_one_the_stream_refused() {
+    let (first, db) = stopped_with_backlog(0, 0).await;
+    let tenant = Uuid::new_v4();
+    let (refused_event, other_event) = (Uuid::new_v4(), Uuid::new_v4());
+    // Five changes of one event, the second too large for the stream for
+    // now, and three of another event.
+    let subject = format!("{}.out.{tenant}.event.updated", first.isolation.prefix);
+    let rows: Vec<(Uuid, i64, Value)> = (1..=5)
+        .map(|n| {
+            let payload = if n == 2 {
+                json!({"n": n, "pad": "x".repeat(4000)})
+            } else {
+                json!({"n": n})
+            };
+            (refused_event, n, payload)
+        })
+        .chain((1..=3).map(|n| (other_event, n, json!({"n": n}))))
+        .collect();
+    for (event, _, payload) in &rows {
+        sqlx::query(
+            "INSERT INTO outbox (id, tenant_id, event_id, event_type, subject, payload)
+             VALUES ($1, $2, $3, 'event.updated', $4, $5)",
+        )
+        .bind(Uuid::new_v4())
+        .bind(tenant)
+        .bind(event)
+        .bind(&subject)
+        .bind(payload)
+        .execute(&db)
+        .await
+        .expect("row");
+    }
+    let js = jetstream::new(async_nats::connect(NATS_URL).await.expect("connect"));
+    let set_limit = |limit: i32| {
+        let js = js.clone();
+        let stream = first.isolation.stream.clone();
+        async move {
+            let mut s = js.get_stream(&stream).await.expect("stream");
+            let mut config = s.info().await.expect("info").config.clone();
+            config.max_message_size = limit;
+            js.update_stream(&config).await.expect("limit");
+        }
+    };
+    set_limit(2000).await;
+    let app = first
+        .spawn_sibling(|s| {
+            s.outbox_backoff_max = Some("200ms".into());
+            s.outbox_poll_interval = Some("50ms".into());
+        })
+        .await;
+    let subjects_of = |messages: &[Published], event: Uuid| -> Vec<i64> {
+        messages
+            .iter()
+            .filter(|m| m.envelope["subject"] == json!(event.to_string()))
+            .filter_map(|m| m.envelope["data"]["n"].as_i64())
+            .collect()
+    };
+    // The refused row has been tried (and refused) a few times.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let attempts: i32 = sqlx::query_scalar("SELECT attempts FROM outbox WHERE payload ? 'pad'")
+            .fetch_one(&db)
+            .await
+            .expect("attempts");
+        if attempts >= 3 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never refused");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let messages = read_stream(NATS_URL, &app.isolation.stream).await;
+    assert_eq!(subjects_of(&messages, other_event), [1, 2, 3]);
+    assert_eq!(
+        subjects_of(&messages, refused_event),
+        [1],
+        "nothing of the event may be stored ahead of its refused change"
+    );
+    set_limit(-1).await;
+    assert_eq!(
+        wait_for_stream(NATS_URL, &app.isolation.stream, 8, Duration::from_secs(15)).await,
+        8
+    );
+    let messages = read_stream(NATS_URL, &app.isolation.stream).await;
+    assert_eq!(subjects_of(&messages, refused_event), [1, 2, 3, 4, 5]);
+}
+
+#[tokio::test]
+async fn the_pending_gauge_follows_the_publisher_not_a_timer() {
+    let (first, _) = stopped_with_backlog(10, 100).await;
+    let app = first.spawn_sibling(|_| {}).await;
+    assert_eq!(
+        wait_for_stream(
+            NATS_URL,
+            &app.isolation.stream,
+            1000,
+            Duration::from_secs(30)
+        )
+        .await,
+        1000
+    );
+    let published = tokio::time::Instant::now();
+    // The metrics timer reads the outbox every 5 s; its first reading, at
+    // start-up, saw the backlog.
+    while app.state.metrics.outbox_pending.get() > 0 {
+        assert!(
+            published.elapsed() < Duration::from_secs(2),
+            "outbox_pending still {} {:?} after the backlog reached the stream",
+            app.state.metrics.outbox_pending.get(),
+            published.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test]
