@@ -132,6 +132,7 @@ impl Application {
                 let settings = AccessSettings::from_config(&config)
                     .ok_or(crate::authz::access::AccessSetupError::Missing)?;
                 let access = std::sync::Arc::new(AccessAuthorizer::new(settings)?);
+                access.report_to(metrics.clone());
                 tracing::info!(
                     access = %config.authz.access_base_url.as_ref().map(|u| u.as_str()).unwrap_or(""),
                     portal = %config.authz.portal_service_url,

@@ -620,6 +620,31 @@ async fn a_list_over_many_gated_scopes_stays_within_its_call_budget() {
         third.body["meta"]
     );
     assert!(stats(&app).over_budget > 0);
+    // The calls and cache look-ups reach the metrics registry.
+    let metrics = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    let value = |prefix: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    for series in [
+        r#"events_authz_calls_total{authority="access",outcome="ok"}"#,
+        r#"events_authz_calls_total{authority="portal",outcome="ok"}"#,
+        r#"events_authz_call_duration_seconds_count{authority="portal"}"#,
+        r#"events_authz_cache_total{kind="membership",result="hit"}"#,
+    ] {
+        assert!(value(series) > 0.0, "{series} in:\n{metrics}");
+    }
 }
 
 /// Portal's 404 is final: Access allowing read (the implicit member role)

@@ -17,27 +17,38 @@
 //!   answers 503 `PORTAL_UNAVAILABLE`, lists say `meta.partial`);
 //! - Access failing in any way is a 503 `ACCESS_UNAVAILABLE`: fail closed.
 //!
-//! Counters for the metrics endpoint are plain atomics ([`AccessStats`]).
+//! Counters for the metrics endpoint are plain atomics ([`AccessStats`]),
+//! also reported to the service's metrics registry when one is given.
+//!
+//! Here: the authorizer and its caches' use; `calls` makes the HTTP calls,
+//! `cache` holds answers and calls in flight, `stats` counts.
 
-use std::collections::{HashMap, HashSet};
+mod cache;
+mod calls;
+mod stats;
+
+use cache::{Flights, TtlCache};
+use calls::{Caller, endpoint, portal_addressable, read_body_up_to};
+pub use stats::{AccessStats, AccessStatsSnapshot};
+use stats::{bump, micros};
+
+use std::collections::HashSet;
 use std::hash::Hash;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
-use percent_encoding::percent_decode_str;
 use reqwest::StatusCode;
-use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
-use serde::Serialize;
+use reqwest::header::{CONTENT_TYPE, HeaderValue};
 use serde_json::Value;
 use url::Url;
 use uuid::Uuid;
 
 use crate::auth::{InternalContext, sign_v1};
 use crate::authz::{Authorizer, CallBudget, Memberships, Permission, membership_gated};
-use crate::domain::{ErrorCode, Scope, ScopeType};
+use crate::domain::{ErrorCode, Scope};
 use crate::error::AppError;
 use tokio::sync::OwnedSemaphorePermit;
 
@@ -110,105 +121,6 @@ pub enum AccessSetupError {
     Client(#[source] reqwest::Error),
 }
 
-/// Counters and summed latencies, for the metrics endpoint. Monotonic.
-#[derive(Debug, Default)]
-pub struct AccessStats {
-    /// HTTP calls made to Access (retries included).
-    pub access_calls: AtomicU64,
-    /// Access look-ups that ended without a decision (→ 503).
-    pub access_failures: AtomicU64,
-    pub access_latency_micros: AtomicU64,
-    pub access_latency_max_micros: AtomicU64,
-    /// HTTP calls made to Portal (retries included).
-    pub portal_calls: AtomicU64,
-    /// Portal look-ups that ended without an answer (→ stale or unknown).
-    pub portal_failures: AtomicU64,
-    pub portal_latency_micros: AtomicU64,
-    pub portal_latency_max_micros: AtomicU64,
-    /// Permission questions answered from the decision cache.
-    pub decision_hits: AtomicU64,
-    /// Permission questions that needed Access (or a call already in flight).
-    pub decision_misses: AtomicU64,
-    /// Membership questions answered from the membership cache.
-    pub membership_hits: AtomicU64,
-    /// Membership questions that needed Portal (or a call already in flight).
-    pub membership_misses: AtomicU64,
-    /// Misses that joined an identical call already in flight.
-    pub coalesced: AtomicU64,
-    /// Membership answers taken from an expired entry because Portal failed.
-    pub stale_memberships: AtomicU64,
-    /// Memberships answered "unknown" (no usable answer at all).
-    pub unknown_memberships: AtomicU64,
-    /// Questions left undecided because their request had spent its calls
-    /// (`EVENTS_AUTHZ_MAX_CALLS`).
-    pub over_budget: AtomicU64,
-    /// Second attempts after a connection-level failure.
-    pub retries: AtomicU64,
-    /// Calls of the authorizer (`has_permission` + `memberships`).
-    pub lookups: AtomicU64,
-    /// Time callers spent inside the authorizer, summed.
-    pub lookup_micros: AtomicU64,
-}
-
-/// A copy of [`AccessStats`] at one moment.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct AccessStatsSnapshot {
-    pub access_calls: u64,
-    pub access_failures: u64,
-    pub access_latency_micros: u64,
-    pub access_latency_max_micros: u64,
-    pub portal_calls: u64,
-    pub portal_failures: u64,
-    pub portal_latency_micros: u64,
-    pub portal_latency_max_micros: u64,
-    pub decision_hits: u64,
-    pub decision_misses: u64,
-    pub membership_hits: u64,
-    pub membership_misses: u64,
-    pub coalesced: u64,
-    pub stale_memberships: u64,
-    pub unknown_memberships: u64,
-    pub over_budget: u64,
-    pub retries: u64,
-    pub lookups: u64,
-    pub lookup_micros: u64,
-}
-
-impl AccessStats {
-    pub fn snapshot(&self) -> AccessStatsSnapshot {
-        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        AccessStatsSnapshot {
-            access_calls: get(&self.access_calls),
-            access_failures: get(&self.access_failures),
-            access_latency_micros: get(&self.access_latency_micros),
-            access_latency_max_micros: get(&self.access_latency_max_micros),
-            portal_calls: get(&self.portal_calls),
-            portal_failures: get(&self.portal_failures),
-            portal_latency_micros: get(&self.portal_latency_micros),
-            portal_latency_max_micros: get(&self.portal_latency_max_micros),
-            decision_hits: get(&self.decision_hits),
-            decision_misses: get(&self.decision_misses),
-            membership_hits: get(&self.membership_hits),
-            membership_misses: get(&self.membership_misses),
-            coalesced: get(&self.coalesced),
-            stale_memberships: get(&self.stale_memberships),
-            unknown_memberships: get(&self.unknown_memberships),
-            over_budget: get(&self.over_budget),
-            retries: get(&self.retries),
-            lookups: get(&self.lookups),
-            lookup_micros: get(&self.lookup_micros),
-        }
-    }
-}
-
-fn bump(counter: &AtomicU64) {
-    counter.fetch_add(1, Ordering::Relaxed);
-}
-
-fn micros(d: Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
-}
-
 /// What a cached permission depends on. Suspended, banned and system-admin
 /// callers never reach Access, so of the master flags only
 /// `membership_status` (forwarded to Access) can vary.
@@ -248,260 +160,6 @@ impl Failure {
 
 type Flight<V> = Shared<BoxFuture<'static, Result<V, Failure>>>;
 
-struct Entry<V> {
-    value: V,
-    fetched: Instant,
-    fresh_until: Instant,
-}
-
-/// A bounded map of answers with their age.
-struct TtlCache<K, V> {
-    map: Mutex<HashMap<K, Entry<V>>>,
-    cap: usize,
-    /// Entries older than this are useless (fresh and stale windows passed).
-    keep: Duration,
-}
-
-impl<K: Eq + Hash + Clone, V: Clone> TtlCache<K, V> {
-    fn new(cap: usize, keep: Duration) -> Self {
-        Self {
-            map: Mutex::default(),
-            cap: cap.max(16),
-            keep,
-        }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, HashMap<K, Entry<V>>> {
-        self.map.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn fresh(&self, key: &K, now: Instant) -> Option<V> {
-        self.lock()
-            .get(key)
-            .filter(|e| now < e.fresh_until)
-            .map(|e| e.value.clone())
-    }
-
-    /// The last answer when it is at most `max_age` old, fresh or not.
-    fn within(&self, key: &K, now: Instant, max_age: Duration) -> Option<V> {
-        self.lock()
-            .get(key)
-            .filter(|e| now.saturating_duration_since(e.fetched) <= max_age)
-            .map(|e| e.value.clone())
-    }
-
-    fn insert(&self, key: K, value: V, ttl: Duration) {
-        let now = Instant::now();
-        let mut map = self.lock();
-        if map.len() >= self.cap && !map.contains_key(&key) {
-            let keep = self.keep;
-            map.retain(|_, e| now.saturating_duration_since(e.fetched) <= keep);
-            if map.len() >= self.cap {
-                // Still full of live entries: drop the oldest tenth.
-                let mut ages: Vec<Instant> = map.values().map(|e| e.fetched).collect();
-                let cut = ages.len() / 10;
-                let (_, nth, _) = ages.select_nth_unstable(cut);
-                let threshold = *nth;
-                map.retain(|_, e| e.fetched > threshold);
-            }
-        }
-        map.insert(
-            key,
-            Entry {
-                value,
-                fetched: now,
-                fresh_until: now + ttl,
-            },
-        );
-    }
-
-    fn retain(&self, keep: impl Fn(&K) -> bool) {
-        self.lock().retain(|k, _| keep(k));
-    }
-}
-
-/// Calls in flight, by what they look up.
-struct Flights<K, V> {
-    map: Mutex<HashMap<K, Flight<V>>>,
-}
-
-impl<K: Eq + Hash + Clone, V: Clone> Flights<K, V> {
-    fn new() -> Self {
-        Self {
-            map: Mutex::default(),
-        }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, HashMap<K, Flight<V>>> {
-        self.map.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-/// The caller's identity as sent to Access and Portal: canonical ids.
-#[derive(Debug, Clone)]
-struct Caller {
-    request_id: String,
-    tenant: Uuid,
-    tenant_slug: String,
-    user: Uuid,
-    /// The caller's master flags as compact JSON, `None` when there are none.
-    flags: Option<String>,
-    membership_status: Option<String>,
-}
-
-impl Caller {
-    fn of(ctx: &InternalContext) -> Self {
-        Self {
-            request_id: ctx.request_id.clone(),
-            tenant: ctx.tenant_id,
-            tenant_slug: ctx.tenant_slug.clone(),
-            user: ctx.user_id,
-            flags: ctx.master_flags.to_header_value(),
-            membership_status: ctx.master_flags.membership_status().map(str::to_string),
-        }
-    }
-
-    /// The identity and signature headers. Access always gets
-    /// `X-Master-Flags` (`{}` when there are none, as the original sent);
-    /// Portal only when there are flags.
-    fn headers(
-        &self,
-        always_flags: bool,
-        timestamp: i64,
-        signature: &str,
-    ) -> Result<HeaderMap, Failure> {
-        let mut headers = HeaderMap::with_capacity(9);
-        let mut put = |name: &'static str, value: &str| -> Result<(), Failure> {
-            let value = HeaderValue::from_bytes(value.as_bytes())
-                .map_err(|_| Failure::new(None, format!("{name} cannot be sent as a header")))?;
-            headers.insert(HeaderName::from_static(name), value);
-            Ok(())
-        };
-        put("x-request-id", &self.request_id)?;
-        put("x-tenant-id", &self.tenant.to_string())?;
-        put("x-tenant-slug", &self.tenant_slug)?;
-        put("x-user-id", &self.user.to_string())?;
-        put("x-forwarded-proto", "https")?;
-        match (&self.flags, always_flags) {
-            (Some(flags), _) => put("x-master-flags", flags)?,
-            (None, true) => put("x-master-flags", "{}")?,
-            (None, false) => {}
-        }
-        put("x-updspace-timestamp", &timestamp.to_string())?;
-        put("x-updspace-signature", signature)?;
-        Ok(headers)
-    }
-}
-
-/// The body Access expects (`CheckIn`), keys in the original's order.
-#[derive(Serialize)]
-struct CheckBody<'a> {
-    tenant_id: String,
-    user_id: String,
-    action: &'static str,
-    scope: CheckScope<'a>,
-    master_flags: CheckFlags<'a>,
-}
-
-#[derive(Serialize)]
-struct CheckScope<'a> {
-    #[serde(rename = "type")]
-    scope_type: &'static str,
-    id: &'a str,
-}
-
-/// Our reading of the flags. Only callers that are neither suspended, banned
-/// nor system admins reach Access, so the three booleans are `false`; they
-/// are sent because Access uses the body's flags instead of the header's.
-#[derive(Serialize)]
-struct CheckFlags<'a> {
-    suspended: bool,
-    banned: bool,
-    system_admin: bool,
-    membership_status: Option<&'a str>,
-}
-
-/// The compact JSON body of an Access check.
-fn check_body(caller: &Caller, permission: Permission, scope: &Scope) -> Vec<u8> {
-    let body = CheckBody {
-        tenant_id: caller.tenant.to_string(),
-        user_id: caller.user.to_string(),
-        action: permission.key(),
-        scope: CheckScope {
-            scope_type: scope.scope_type().as_str(),
-            id: scope.scope_id().as_str(),
-        },
-        master_flags: CheckFlags {
-            suspended: false,
-            banned: false,
-            system_admin: false,
-            membership_status: caller.membership_status.as_deref(),
-        },
-    };
-    serde_json::to_vec(&body).unwrap_or_default()
-}
-
-/// A scope id that cannot name a Portal resource: Portal routes on the
-/// decoded path, where a `/` would split the id, and `.`/`..` are dot
-/// segments any URL layer may resolve away. Portal can never say "member"
-/// for such an id, so it is "not a member" without a call.
-fn portal_addressable(id: &str) -> bool {
-    !(id == "." || id == ".." || id.contains(['/', '\\']))
-}
-
-/// `base` with `segments` appended (each percent-escaped), and the path its
-/// receiver sees and verifies the signature over: the percent-decoded path.
-fn endpoint(base: &Url, segments: &[&str]) -> Option<(Url, String)> {
-    let mut url = base.clone();
-    url.set_query(None);
-    url.set_fragment(None);
-    {
-        let mut path = url.path_segments_mut().ok()?;
-        path.pop_if_empty();
-        for segment in segments {
-            path.push(segment);
-        }
-    }
-    let signed = percent_decode_str(url.path())
-        .decode_utf8()
-        .ok()?
-        .into_owned();
-    Some((url, signed))
-}
-
-/// Reads at most [`MAX_ANSWER_BYTES`] of a response body.
-async fn read_body(response: reqwest::Response) -> Result<Vec<u8>, Failure> {
-    read_body_up_to(response, MAX_ANSWER_BYTES).await
-}
-
-/// Reads at most `limit` bytes of a response body.
-async fn read_body_up_to(
-    mut response: reqwest::Response,
-    limit: usize,
-) -> Result<Vec<u8>, Failure> {
-    let status = response.status().as_u16();
-    let mut body = Vec::new();
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .map_err(|e| Failure::new(Some(status), format!("reading the answer: {e}")))?
-    {
-        if body.len() + chunk.len() > limit {
-            return Err(Failure::new(
-                Some(status),
-                format!("the answer is larger than {} KiB", limit / 1024),
-            ));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
-}
-
-/// An excerpt of an error answer for the logs.
-fn excerpt(body: &[u8]) -> String {
-    String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned()
-}
-
 struct Inner {
     http: reqwest::Client,
     /// `ACCESS_BASE_URL`, for the admin API ([`AccessAuthorizer::call_access`]).
@@ -520,6 +178,19 @@ struct Inner {
     decision_flights: Flights<DecisionKey, bool>,
     membership_flights: Flights<MembershipKey, bool>,
     stats: AccessStats,
+    /// The service's registry, once the service reports to one.
+    metrics: std::sync::OnceLock<Arc<crate::telemetry::metrics::Metrics>>,
+}
+
+impl Inner {
+    /// A cache look-up, for `events_authz_cache_total`.
+    fn observe_cache(&self, kind: &str, hit: bool) {
+        if let Some(m) = self.metrics.get() {
+            m.authz_cache
+                .with_label_values(&[kind, if hit { "hit" } else { "miss" }])
+                .inc();
+        }
+    }
 }
 
 /// Permissions from Access, memberships from Portal. Cheap to clone.
@@ -589,8 +260,15 @@ impl AccessAuthorizer {
                 decision_flights: Flights::new(),
                 membership_flights: Flights::new(),
                 stats: AccessStats::default(),
+                metrics: std::sync::OnceLock::new(),
             }),
         })
+    }
+
+    /// Reports calls, their latency and cache look-ups to `metrics`
+    /// (`events_authz_*`).
+    pub fn report_to(&self, metrics: Arc<crate::telemetry::metrics::Metrics>) {
+        let _ = self.inner.metrics.set(metrics);
     }
 
     /// The counters (for metrics).
@@ -721,9 +399,11 @@ impl AccessAuthorizer {
         };
         let result = if let Some(allowed) = inner.decisions.fresh(&key, started) {
             bump(&inner.stats.decision_hits);
+            inner.observe_cache("decision", true);
             Ok(Some(allowed))
         } else {
             bump(&inner.stats.decision_misses);
+            inner.observe_cache("decision", false);
             // Joining a call already in flight costs the authority nothing.
             let joined = inner.decision_flights.lock().get(&key).cloned();
             let flight = match joined {
@@ -867,12 +547,14 @@ impl AccessAuthorizer {
             match inner.memberships.fresh(&key, started) {
                 Some(member) => {
                     bump(&inner.stats.membership_hits);
+                    inner.observe_cache("membership", true);
                     if member {
                         out.member_of.insert(scope.clone());
                     }
                 }
                 None => {
                     bump(&inner.stats.membership_misses);
+                    inner.observe_cache("membership", false);
                     let joined = inner.membership_flights.lock().get(&key).cloned();
                     let flight = match joined {
                         Some(flight) => {
@@ -996,162 +678,6 @@ impl AccessAuthorizer {
     }
 }
 
-impl Inner {
-    /// Sends a request, once more after a connection-level failure that
-    /// left time (a pooled connection closed by the server under us).
-    async fn send(
-        &self,
-        build: impl Fn() -> reqwest::RequestBuilder,
-    ) -> Result<reqwest::Response, reqwest::Error> {
-        let started = Instant::now();
-        match build().send().await {
-            Err(e)
-                if !e.is_timeout()
-                    && (e.is_connect() || e.is_request())
-                    && started.elapsed() < self.timeout / 2 =>
-            {
-                bump(&self.stats.retries);
-                build().send().await
-            }
-            other => other,
-        }
-    }
-
-    fn record(&self, calls: &AtomicU64, total: &AtomicU64, max: &AtomicU64, took: Duration) {
-        bump(calls);
-        total.fetch_add(micros(took), Ordering::Relaxed);
-        max.fetch_max(micros(took), Ordering::Relaxed);
-    }
-
-    /// One Access check: `Ok(allowed)` only for a 200 with a JSON object
-    /// whose `allowed` is a boolean; anything else is a failure.
-    async fn check_access(
-        &self,
-        caller: &Caller,
-        permission: Permission,
-        scope: &Scope,
-    ) -> Result<bool, Failure> {
-        let body = check_body(caller, permission, scope);
-        let ts = crate::auth::now_unix();
-        let signature = sign_v1(
-            &self.secret,
-            "POST",
-            &self.access_path,
-            &body,
-            &caller.request_id,
-            ts,
-        );
-        let mut headers = caller.headers(true, ts, &signature)?;
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        let started = Instant::now();
-        let sent = self
-            .send(|| {
-                self.http
-                    .post(self.access_url.clone())
-                    .headers(headers.clone())
-                    .body(body.clone())
-            })
-            .await;
-        let outcome = match sent {
-            Err(e) => Err(Failure::new(
-                None,
-                if e.is_timeout() {
-                    format!("timed out: {e}")
-                } else {
-                    format!("request failed: {e}")
-                },
-            )),
-            Ok(response) => {
-                let status = response.status();
-                let answer = read_body(response).await;
-                match answer {
-                    Err(f) => Err(f),
-                    Ok(bytes) if status != StatusCode::OK => Err(Failure::new(
-                        Some(status.as_u16()),
-                        format!("Access answered {status}: {}", excerpt(&bytes)),
-                    )),
-                    Ok(bytes) => match serde_json::from_slice::<Value>(&bytes) {
-                        Ok(Value::Object(map)) => match map.get("allowed") {
-                            Some(Value::Bool(allowed)) => Ok(*allowed),
-                            _ => Err(Failure::new(
-                                Some(200),
-                                "the answer has no boolean `allowed`",
-                            )),
-                        },
-                        _ => Err(Failure::new(Some(200), "the answer is not a JSON object")),
-                    },
-                }
-            }
-        };
-        self.record(
-            &self.stats.access_calls,
-            &self.stats.access_latency_micros,
-            &self.stats.access_latency_max_micros,
-            started.elapsed(),
-        );
-        outcome
-    }
-
-    /// One Portal membership look-up: 200 → member (unless the body says
-    /// `"member": false`), 404 → not a member, anything else → failure.
-    async fn check_membership(&self, caller: &Caller, scope: &Scope) -> Result<bool, Failure> {
-        let collection = match scope.scope_type() {
-            ScopeType::Community => "communities",
-            ScopeType::Team => "teams",
-            ScopeType::Tenant => return Ok(false),
-        };
-        let user = caller.user.to_string();
-        let (url, path) = endpoint(
-            &self.portal_base,
-            &[collection, scope.scope_id().as_str(), "members", &user],
-        )
-        .ok_or_else(|| Failure::new(None, "the Portal URL cannot be built"))?;
-        let ts = crate::auth::now_unix();
-        let signature = sign_v1(&self.secret, "GET", &path, b"", &caller.request_id, ts);
-        let headers = caller.headers(false, ts, &signature)?;
-        let started = Instant::now();
-        let sent = self
-            .send(|| self.http.get(url.clone()).headers(headers.clone()))
-            .await;
-        let outcome = match sent {
-            Err(e) => Err(Failure::new(
-                None,
-                if e.is_timeout() {
-                    format!("Portal request timed out: {e}")
-                } else {
-                    format!("Portal request failed: {e}")
-                },
-            )),
-            Ok(response) => {
-                let status = response.status();
-                match read_body(response).await {
-                    Err(f) => Err(f),
-                    Ok(_) if status == StatusCode::NOT_FOUND => Ok(false),
-                    Ok(bytes) if status == StatusCode::OK => {
-                        match serde_json::from_slice::<Value>(&bytes) {
-                            Ok(Value::Object(map)) => {
-                                Ok(map.get("member") != Some(&Value::Bool(false)))
-                            }
-                            _ => Err(Failure::new(Some(200), "the answer is not a JSON object")),
-                        }
-                    }
-                    Ok(bytes) => Err(Failure::new(
-                        Some(status.as_u16()),
-                        format!("Unexpected portal status {status}: {}", excerpt(&bytes)),
-                    )),
-                }
-            }
-        };
-        self.record(
-            &self.stats.portal_calls,
-            &self.stats.portal_latency_micros,
-            &self.stats.portal_latency_max_micros,
-            started.elapsed(),
-        );
-        outcome
-    }
-}
-
 impl Authorizer for AccessAuthorizer {
     fn has_permission<'a>(
         &'a self,
@@ -1175,8 +701,10 @@ impl Authorizer for AccessAuthorizer {
 
 #[cfg(test)]
 mod tests {
+    use super::calls::check_body;
     use super::*;
     use crate::domain::ScopeId;
+    use crate::domain::ScopeType;
 
     fn scope(t: ScopeType, id: &str) -> Scope {
         Scope::from_stored(t, ScopeId::parse(id).expect("scope id"))
