@@ -147,18 +147,6 @@ impl<'a> Fields<'a> {
         }
     }
 
-    /// An optional string field (`null` = not sent).
-    pub fn optional_string<T>(
-        &mut self,
-        key: Key,
-        parse: impl FnOnce(&str) -> Result<T, FieldError>,
-    ) -> Option<Option<T>> {
-        match self.sent(key) {
-            None => Some(None),
-            Some(v) => self.string(key, v, parse).map(Some),
-        }
-    }
-
     /// A datetime value: ISO 8601 text or a Unix timestamp.
     pub fn datetime(&mut self, key: Key, value: &Value) -> Option<DateTime<Utc>> {
         match datetime_of(value) {

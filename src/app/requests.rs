@@ -1073,7 +1073,7 @@ mod tests {
         assert!(p.description.is_null());
         assert!(p.location_url.is_null());
         assert!(p.game_id.is_null());
-        assert!(p.starts_at.is_absent());
+        assert_eq!(p.starts_at, Tri::Absent);
         assert_eq!(patch(json!({"locationUrl": ""})).location_url, Tri::Null);
 
         let f = fields(super::patch(&json!({"startsAt": null, "ends_at": null})));

@@ -25,18 +25,10 @@ impl MasterFlags {
         Self { map }
     }
 
-    pub fn from_map(map: Map<String, Value>) -> Self {
-        Self { map }
-    }
-
     /// The whole object, including keys this service does not interpret, so it can be
     /// forwarded to Access unchanged.
     pub fn as_map(&self) -> &Map<String, Value> {
         &self.map
-    }
-
-    pub fn into_map(self) -> Map<String, Value> {
-        self.map
     }
 
     pub fn is_empty(&self) -> bool {

@@ -457,10 +457,6 @@ pub enum Tri<T> {
 }
 
 impl<T> Tri<T> {
-    pub fn is_absent(&self) -> bool {
-        matches!(self, Tri::Absent)
-    }
-
     pub fn is_null(&self) -> bool {
         matches!(self, Tri::Null)
     }

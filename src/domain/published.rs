@@ -15,15 +15,6 @@ pub const EVENT_CANCELLED: &str = "event.cancelled";
 pub const RSVP_CHANGED: &str = "event.rsvp.changed";
 pub const ATTENDANCE_MARKED: &str = "event.attendance.marked";
 
-/// Every type, in the order the documentation lists them.
-pub const ALL_TYPES: [&str; 5] = [
-    EVENT_CREATED,
-    EVENT_UPDATED,
-    EVENT_CANCELLED,
-    RSVP_CHANGED,
-    ATTENDANCE_MARKED,
-];
-
 /// One domain event, ready to be written to the outbox.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Published {

@@ -56,12 +56,6 @@ impl From<RequestedRsvp> for RsvpStatus {
     }
 }
 
-impl RsvpStatus {
-    pub fn uses_seat(self) -> bool {
-        self == RsvpStatus::Going
-    }
-}
-
 /// The seat state of one event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Seats {

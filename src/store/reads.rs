@@ -87,26 +87,6 @@ pub async fn rsvp_of(
     Ok(status.as_deref().and_then(parse_rsvp_status))
 }
 
-/// The caller's RSVPs on several events.
-pub async fn rsvps_of(
-    db: &PgPool,
-    events: &[EventId],
-    user: UserId,
-) -> Result<HashMap<EventId, RsvpStatus>, AppError> {
-    let ids: Vec<Uuid> = events.iter().map(|e| Uuid::from(*e)).collect();
-    let rows: Vec<(Uuid, String)> = sqlx::query_as(
-        "SELECT event_id, status::text FROM event_rsvps WHERE event_id = ANY($1) AND user_id = $2",
-    )
-    .bind(ids)
-    .bind(Uuid::from(user))
-    .fetch_all(db)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .filter_map(|(id, s)| Some((EventId::from(id), parse_rsvp_status(&s)?)))
-        .collect())
-}
-
 /// The filters of `event.list`, already validated.
 #[derive(Debug, Clone, Default)]
 pub struct ListFilter {
@@ -406,21 +386,3 @@ pub async fn attendance(
     Ok((rows, total))
 }
 
-/// The waitlist position (from 1) of a user, if waitlisted.
-pub async fn waitlist_position(
-    db: &PgPool,
-    event: EventId,
-    user: UserId,
-) -> Result<Option<i64>, AppError> {
-    let pos: Option<i64> = sqlx::query_scalar(
-        "SELECT count(*) FROM event_rsvps w, event_rsvps me
-         WHERE me.event_id = $1 AND me.user_id = $2 AND me.status = 'waitlisted'
-           AND w.event_id = $1 AND w.status = 'waitlisted' AND w.waitlist_seq <= me.waitlist_seq
-         GROUP BY me.user_id",
-    )
-    .bind(Uuid::from(event))
-    .bind(Uuid::from(user))
-    .fetch_optional(db)
-    .await?;
-    Ok(pos)
-}

@@ -62,8 +62,3 @@ pub fn context_of(
         incoming_state.map(str::to_string),
     )
 }
-
-/// The `traceparent` to send on an outgoing call made inside `span`.
-pub fn outgoing_traceparent(span: &tracing::Span) -> Option<String> {
-    context_of(span, None, None).0
-}
