@@ -1,10 +1,11 @@
-//! Role administration (DESIGN §8 "Admin operations"): the role catalog and
-//! the role bindings of one tenant, granted and revoked by system admins.
+//! Role administration: the role catalog and the role bindings of one
+//! tenant, granted and revoked by system admins.
 //!
 //! Two backends behind [`RoleAdmin`], one per authorization mode:
 //! [`LocalRoleAdmin`] keeps bindings in our `role_bindings` table (`local`
-//! mode); [`AccessRoleAdmin`] proxies to Access's admin API (`access` mode,
-//! neighbours §3.4), and also seeds our two roles there
+//! mode); [`AccessRoleAdmin`] proxies to Access's tenant-admin API
+//! (`access` mode: `/access/admin/roles` and `/access/admin/role-bindings`),
+//! and also seeds our two roles there
 //! ([`AccessRoleAdmin::bootstrap`]). [`RoleAdministration`] wraps either
 //! with the audit log; the admin operations (`admin.roles.*`) and the
 //! `events-svc access` commands both go through it, so they behave alike.
@@ -596,7 +597,7 @@ pub enum Seeded {
     },
 }
 
-/// Bindings kept by Access, through its tenant-admin API (neighbours §3.4):
+/// Bindings kept by Access, through its tenant-admin API:
 /// `/access/admin/roles` and `/access/admin/role-bindings`, called as the
 /// caller (a system admin: Access lets `system_admin` through its
 /// permission gates), signed like `/access/check`.

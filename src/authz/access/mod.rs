@@ -380,7 +380,9 @@ impl AccessAuthorizer {
     ) -> Result<Option<bool>, AppError> {
         let inner = &self.inner;
         // The guard decides these before asking; repeated here so that no
-        // caller of the authorizer can send them to Access (original §4.1).
+        // caller of the authorizer can send them to Access: suspended or
+        // banned callers are denied and system admins allowed without a call
+        // (steps 2–3 in docs/authorization.md).
         if ctx.master_flags.is_suspended_or_banned() {
             return Ok(Some(false));
         }
