@@ -10,8 +10,9 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// Every error code the service answers with. The first group is the
-/// original service's complete list (reference §2.12), the second is ours.
+/// Every error code the service answers with. The first group is every code
+/// the previous service had, so clients keep recognising them; the second
+/// is ours.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ErrorCode {
     MissingRequestId,

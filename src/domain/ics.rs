@@ -1,8 +1,10 @@
-//! The iCalendar (RFC 5545) export of one event (reference §2.10).
+//! The iCalendar (RFC 5545) export of one event (`GET /{id}/ics`, see
+//! `docs/http-api.md`).
 //!
-//! The document keeps the original's content lines, order, TEXT escaping and
-//! 75-octet folding, and adds what calendar clients need to notice changes
-//! (reference §11 C3):
+//! The document keeps the previous service's content lines, order, TEXT
+//! escaping and 75-octet folding, and adds what calendar clients need to
+//! notice changes (the previous service's file had none of it, so an edited
+//! or cancelled event never changed in a calendar that had imported it):
 //! - `SEQUENCE` is `version - 1`: RFC 5545 starts the sequence at 0 and our
 //!   `version` starts at 1, and both grow by one per change, so a client that
 //!   re-imports the file sees every edit and the cancel as a newer revision.
@@ -15,12 +17,13 @@
 //! snapshot, which is exactly what a download is; and when `METHOD` is
 //! present, the `Content-Type` must carry the same `method=` parameter, which
 //! the contract's `text/calendar; charset=utf-8` does not. Leaving it out
-//! also keeps the preamble byte-identical to the original's.
+//! also keeps the preamble byte-identical to the previous service's.
 //!
-//! The tenant slug is not trusted in `UID` (reference §11 C15): it is reduced
-//! to `[a-z0-9-]` (ASCII letters lower-cased, everything else dropped, and
-//! `tenant` if nothing is left), so a header cannot inject content lines or
-//! make two spellings of one tenant yield different UIDs for one event.
+//! The tenant slug is not trusted in `UID` (the previous service copied the
+//! `X-Tenant-Slug` header into it as it came): it is reduced to `[a-z0-9-]`
+//! (ASCII letters lower-cased, everything else dropped, and `tenant` if
+//! nothing is left), so a header cannot inject content lines or make two
+//! spellings of one tenant yield different UIDs for one event.
 
 use chrono::{DateTime, Datelike, Timelike, Utc};
 
@@ -97,9 +100,9 @@ pub fn filename(event: &Event) -> String {
     format!("event-{}.ics", event.id)
 }
 
-/// `attachment; filename="event-{id}.ics"`. The original sent the name
-/// unquoted (reference §11 C15); quoting is always valid, and the name holds
-/// only a UUID, so nothing inside needs escaping.
+/// `attachment; filename="event-{id}.ics"`. The previous service sent the
+/// name unquoted; quoting is always valid, and the name holds only a UUID,
+/// so nothing inside needs escaping.
 pub fn content_disposition(event: &Event) -> String {
     format!("attachment; filename=\"{}\"", filename(event))
 }

@@ -1,7 +1,7 @@
 //! Identifier newtypes.
 //!
-//! The original compared ids as strings, so an upper-case or unhyphenated
-//! spelling of the right UUID silently failed every check (reference §11 S8).
+//! The previous service compared ids as raw strings, so an upper-case or
+//! unhyphenated spelling of the right UUID silently failed every check.
 //! Here every id is a parsed `Uuid`: any spelling `Uuid::parse_str` accepts
 //! comes in, and only the canonical lower-case hyphenated form goes out.
 

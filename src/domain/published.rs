@@ -1,6 +1,7 @@
-//! The domain events the service publishes (DESIGN §5): their types and
-//! `data` payloads. Payloads are snake_case and a superset of what the
-//! original service wrote, so its consumers keep working.
+//! The domain events the service publishes: their types and `data`
+//! payloads (the contract is `docs/domain-events.md`). Payloads are
+//! snake_case and a superset of what the previous service wrote, so its
+//! consumers keep working.
 
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value, json};

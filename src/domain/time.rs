@@ -1,9 +1,10 @@
 //! Datetime parsing and formatting.
 //!
-//! Input is as lenient as the original's pydantic "lax" mode, because the BFF
-//! and the SPA already send all of these spellings; output is one canonical
-//! form, UTC with `Z`, because the original's echo of un-normalised input
-//! (reference §11 C2) is a defect we do not keep.
+//! Input is as lenient as the previous service's pydantic "lax" mode,
+//! because the BFF and the SPA already send all of these spellings; output
+//! is one canonical form, UTC with `Z`. The previous service echoed times
+//! back as they were sent (any offset, or none), so one instant had many
+//! spellings; that defect we do not keep.
 //!
 //! Accepted:
 //! - RFC 3339 / ISO 8601 with an offset (`Z`, `z`, `+03:00`, `+0300`, `+03`),
