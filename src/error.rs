@@ -44,7 +44,7 @@ impl AppError {
     /// A failed database call: 503 `SERVICE_UNAVAILABLE` when Postgres could
     /// not be reached (the caller retries), else internal.
     pub fn database(context: &str, e: sqlx::Error) -> Self {
-        if crate::store::unreachable(&e) {
+        if unreachable(&e) {
             tracing::debug!(context, error = %e, "Postgres unreachable");
             Self::database_unreachable()
         } else {
@@ -140,5 +140,28 @@ impl AppError {
 impl From<sqlx::Error> for AppError {
     fn from(e: sqlx::Error) -> Self {
         AppError::database("database", e)
+    }
+}
+
+/// Whether `e` says Postgres could not be reached or the connection was lost
+/// (rather than that the statement failed): refused, reset or timed-out
+/// connections, a pool that found no connection in time, the server shutting
+/// down or refusing connections. A request that fails so may succeed when
+/// retried; a write may or may not have been committed (the reply to a
+/// COMMIT can be what was lost).
+pub fn unreachable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        // Class 08: connection exceptions; 57P01-57P03: shutting down or
+        // starting up; 53300: no connection slot left.
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            code.starts_with("08") || matches!(code.as_ref(), "57P01" | "57P02" | "57P03" | "53300")
+        }),
+        _ => false,
     }
 }

@@ -381,7 +381,7 @@ async fn commit(
         }
         // With Postgres unreachable, each command alone would fail the same
         // way, one connection timeout after the other.
-        Err(e) if envelopes.len() > 1 && !crate::store::unreachable(&e) => {
+        Err(e) if envelopes.len() > 1 && !crate::error::unreachable(&e) => {
             tracing::warn!(error = %e, size = envelopes.len(), "batch failed; retrying its commands one by one");
             let mut results = Vec::with_capacity(envelopes.len());
             let mut effects = BatchEffects::default();
@@ -408,7 +408,7 @@ async fn commit(
             (results, effects)
         }
         Err(e) => {
-            if crate::store::unreachable(&e) {
+            if crate::error::unreachable(&e) {
                 tracing::warn!(error = %e, size = envelopes.len(), "commit failed: Postgres unreachable");
             } else {
                 tracing::error!(error = %e, "commit failed");

@@ -40,29 +40,6 @@ pub enum StoreError {
     Sqlx(#[from] sqlx::Error),
 }
 
-/// Whether `e` says Postgres could not be reached or the connection was lost
-/// (rather than that the statement failed): refused, reset or timed-out
-/// connections, a pool that found no connection in time, the server shutting
-/// down or refusing connections. A request that fails so may succeed when
-/// retried; a write may or may not have been committed (the reply to a
-/// COMMIT can be what was lost).
-pub fn unreachable(e: &sqlx::Error) -> bool {
-    match e {
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::Protocol(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed => true,
-        // Class 08: connection exceptions; 57P01-57P03: shutting down or
-        // starting up; 53300: no connection slot left.
-        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-            code.starts_with("08") || matches!(code.as_ref(), "57P01" | "57P02" | "57P03" | "53300")
-        }),
-        _ => false,
-    }
-}
-
 /// Connection options for a dedicated connection (the publisher's lock).
 pub fn connect_options(config: &DatabaseConfig) -> Result<PgConnectOptions, StoreError> {
     options(config)
