@@ -234,9 +234,9 @@ fn is_utc(v: &Value) -> bool {
         .is_some_and(|s| s.ends_with('Z') && chrono::DateTime::parse_from_rfc3339(s).is_ok())
 }
 
-/// The original's DSAR fixture (reference §9): in one tenant, U created A
-/// and O created B; U is going to B; U attended B (marked by O) and marked
-/// O on B; two outbox rows mention U.
+/// The DSAR fixture of the previous service's tests: in one tenant, U
+/// created A and O created B; U is going to B; U attended B (marked by O)
+/// and marked O on B; two outbox rows mention U.
 struct Fixture {
     tenant: Uuid,
     u: Uuid,

@@ -1,8 +1,9 @@
-//! The `access` authorization mode (DESIGN §7, §8, §12 "Authorities")
-//! against real HTTP fakes of Access and Portal that implement their
-//! documented contracts (neighbours §3.2, §4): v1 signatures over the full
-//! percent-decoded path, tenant/user in the body equal to the headers,
-//! the implicit member role, Portal's 404. Covered: the shared visibility
+//! The `access` authorization mode (`docs/authorization.md`) against real
+//! HTTP fakes of Access and Portal that implement their contracts (Access's
+//! `POST /access/check`, Portal's community and team member look-ups): v1
+//! signatures over the full percent-decoded path, tenant/user in the body
+//! equal to the headers, the implicit member role, Portal's 404 for a
+//! non-member. Covered: the shared visibility
 //! matrix, call counts and caching on a 100-event list, Portal's 404 being
 //! final, Access down → 503 and recovery, a slow Portal not stalling other
 //! scopes, stale memberships for a bounded time, canonical ids and headers in
@@ -89,7 +90,9 @@ fn role_permissions(role: &str) -> &'static [&'static str] {
 }
 
 impl Directory {
-    /// `POST /access/check` as Access implements it (neighbours §3.1, §3.2).
+    /// `POST /access/check` as Access implements it: tenant and user
+    /// headers required, the body's ids equal to them, the body's master
+    /// flags decide first, then the implicit member role and the bindings.
     fn access(&self, call: &RecordedCall) -> (StatusCode, Value) {
         let delay = self.access_delay_ms.load(Ordering::SeqCst);
         if delay > 0 {
@@ -1107,7 +1110,7 @@ async fn outgoing_calls_carry_canonical_ids_and_the_contracted_headers() {
         assert_eq!(c.path, "/internal/acc/access/check");
         assert_eq!(header(c, "content-type"), "application/json");
         let body: Value = serde_json::from_slice(&c.body).expect("json body");
-        // Compact, keys in the original's order, canonical ids.
+        // Compact, keys in the previous service's order, canonical ids.
         let expected = format!(
             r#"{{"tenant_id":"{t}","user_id":"{u}","action":{},"scope":{{"type":{},"id":{}}},"master_flags":{{"suspended":false,"banned":false,"system_admin":false,"membership_status":"active"}}}}"#,
             body["action"], body["scope"]["type"], body["scope"]["id"],

@@ -1,16 +1,17 @@
-//! Role administration (DESIGN §8 "Admin operations"): `admin.roles.list|
-//! grant|revoke` over NATS and HTTP, and `events-svc access
-//! bootstrap|grant|revoke|list`.
+//! Role administration (`docs/authorization.md`, "Roles and bindings"):
+//! `admin.roles.list|grant|revoke` over NATS and HTTP, and `events-svc
+//! access bootstrap|grant|revoke|list`.
 //!
 //! `local` mode: only system admins; a grant makes `event.create` work
 //! (at the tenant: everywhere; at a community: only there) and a revoke
 //! undoes it; grants are idempotent; listings filter; every grant and revoke
 //! is audited; bad bodies are 422. `access` mode, against a fake Access that
-//! implements the admin API it really has (neighbours §3.4) and verifies
-//! signatures: grant, revoke and list are proxied (paths, bodies, headers,
-//! canonical ids recorded), a role missing in Access is 409, Access down or
-//! unreachable is 503, `bootstrap` creates the roles once. The binary's
-//! `access grant|revoke` in `local` mode.
+//! implements the tenant-admin API it really has (`/access/admin/roles` and
+//! `/access/admin/role-bindings`) and verifies signatures: grant, revoke and
+//! list are proxied (paths, bodies, headers, canonical ids recorded), a role
+//! missing in Access is 409, Access down or unreachable is 503, `bootstrap`
+//! creates the roles once. The binary's `access grant|revoke` in `local`
+//! mode.
 
 use std::collections::BTreeSet;
 use std::process::Command;

@@ -1,6 +1,8 @@
 //! Capacity and waitlist under concurrency across two service instances
-//! sharing one database and one subject prefix (DESIGN §3, §12), and the
-//! scope-actor registry (one actor per scope, idle passivation).
+//! sharing one database and one subject prefix (each write decides in its
+//! own Postgres transaction, so capacity holds whichever instance answers;
+//! see `docs/scaling.md`), and the scope-actor registry (one actor per
+//! scope, idle passivation).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::Ordering;

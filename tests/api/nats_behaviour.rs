@@ -1,5 +1,5 @@
-//! Every operation's behaviour over the NATS request/reply API (DESIGN §4,
-//! §5, §7, §8, §12), with the original service's tests (reference §9)
+//! Every operation's behaviour over the NATS request/reply API (the
+//! contract is `docs/nats-api.md`), with the previous service's test cases
 //! rewritten at the NATS level where they apply. DSAR is covered elsewhere.
 
 use std::time::Duration;
@@ -229,7 +229,8 @@ async fn create_normalises_times_to_utc_and_fills_defaults() {
     let id = v["id"].as_str().expect("id");
     assert_eq!(Uuid::parse_str(id).expect("uuid").to_string(), id);
 
-    // A naive time next to an aware one is read as UTC (the original's 500, §11 C1).
+    // A naive time next to an aware one is read as UTC (the previous service
+    // answered 500 to such a mix).
     let mixed = w
         .create_as(
             &w.org,
@@ -378,7 +379,8 @@ async fn create_rejects_bad_time_range_and_misfit_visibility() {
 
 #[tokio::test]
 async fn create_needs_the_create_permission_and_admin_bypasses_it() {
-    // Original test 3: a system admin creates with a camelCase body.
+    // From the previous service's tests: a system admin creates with a
+    // camelCase body.
     let w = world().await;
     let member = w.member();
     err(
@@ -560,7 +562,8 @@ async fn private_event_is_seen_by_its_creator_and_admins_only() {
     );
     assert_eq!(w.list(&member, json!({})).await.body["meta"]["total"], 0);
     assert_eq!(w.list(&w.org, json!({})).await.body["meta"]["total"], 1);
-    // Another organizer holds attendance.mark but may not see it (§11 S4).
+    // Another organizer holds attendance.mark but may not see it (the
+    // previous service checked the permission only, not visibility).
     let org2_id = Uuid::new_v4();
     w.app
         .grant(
@@ -596,7 +599,8 @@ async fn private_event_is_seen_by_its_creator_and_admins_only() {
 
 #[tokio::test]
 async fn list_tenant_isolation_meta_and_counts() {
-    // Original tests 1 and 4.
+    // From the previous service's tests: tenant isolation, list meta and
+    // RSVP counts.
     let w = world().await;
     let e1 = w.create(w.body("E1")).await;
     let other_tenant = Uuid::new_v4();
@@ -892,7 +896,8 @@ async fn list_filters_scope_q_visibility_rsvp_and_creator_in_both_casings() {
 
 #[tokio::test]
 async fn community_and_team_events_need_membership() {
-    // Original tests 5-8, with Portal replaced by local memberships.
+    // From the previous service's tests, with Portal replaced by local
+    // memberships.
     let w = world().await;
     let at = json!({"startsAt": "2030-01-10T10:00:00Z", "endsAt": "2030-01-10T12:00:00Z"});
     let community = w
@@ -1195,7 +1200,8 @@ async fn update_time_range_visibility_and_permission() {
             .await,
         "title",
     );
-    // Original tests 9 and 10: manage is needed; a system admin has it.
+    // From the previous service's tests: manage is needed; a system admin
+    // has it.
     let member = w.member();
     err(
         &w.call(
@@ -1328,7 +1334,8 @@ async fn cancel_is_final_and_idempotent() {
 
 #[tokio::test]
 async fn rsvp_changes_write_one_row_each_and_repeats_write_nothing() {
-    // Original test 11 and reference §5.3: going, going, not_going → 2 rows.
+    // From the previous service's tests: going, going, not_going → 2 rows,
+    // because repeating the current status changes and publishes nothing.
     let w = world().await;
     let id = w.create(w.body("Party")).await;
     let me_id = Uuid::new_v4();
@@ -1685,7 +1692,7 @@ async fn attendance_first_mark_wins() {
     let guest_id = Uuid::new_v4();
     let member = w.member();
 
-    // Original test 2: without the permission, 403.
+    // From the previous service's tests: without the permission, 403.
     err(
         &w.call(
             "attendance.mark",

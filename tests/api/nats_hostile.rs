@@ -1,5 +1,6 @@
 //! Hostile input over NATS: every bad request gets the contract's error
-//! (DESIGN §7, §12), changes nothing, never hangs and never answers 500.
+//! (`docs/nats-api.md`, "Replies and errors"), changes nothing, never hangs
+//! and never answers 500.
 
 use std::time::Duration;
 

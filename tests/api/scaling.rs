@@ -1,14 +1,16 @@
-//! Horizontal scaling (DESIGN §3 "Postgres is the source of truth", §4 queue
-//! group, §5): one deterministic workload of a few hundred operations, run
-//! once against a single instance and once against three instances sharing
-//! one database, subject prefix and stream. Calls alternate between NATS (the
-//! queue group `events` spreads them over the instances) and the HTTP gateway
-//! of each instance in turn, one at a time, each waiting for its reply, so
-//! the expected outcome is well defined. Both deployments must end in the
-//! same state (views, everyone's `myRsvp`, waitlist order, attendance, the
-//! outbox), answer every call the same way, and after every write each
-//! instance must already serve the new state (read-your-writes across
-//! instances): the single instance is the oracle for the three.
+//! Horizontal scaling (`docs/scaling.md`: Postgres is the source of truth,
+//! NATS spreads requests over a queue group, one instance at a time
+//! publishes the outbox): one deterministic workload of a few hundred
+//! operations, run once against a single instance and once against three
+//! instances sharing one database, subject prefix and stream. Calls
+//! alternate between NATS (the queue group `events` spreads them over the
+//! instances) and the HTTP gateway of each instance in turn, one at a time,
+//! each waiting for its reply, so the expected outcome is well defined.
+//! Both deployments must end in the same state (views, everyone's `myRsvp`,
+//! waitlist order, attendance, the outbox), answer every call the same way,
+//! and after every write each instance must already serve the new state
+//! (read-your-writes across instances): the single instance is the oracle
+//! for the three.
 //!
 //! How we know this test can fail (checked in a scratch copy of the tree,
 //! never committed):
@@ -22,8 +24,9 @@
 //!   note is published after the commit, so the caller's next read on
 //!   another instance can arrive before it and return the previous
 //!   `rsvpCounts`/`myRsvp`/`version` (4 to 17 such reads per run of this
-//!   workload, each fresh about 1 ms later). DESIGN §3 requires a user to
-//!   read their own acknowledged writes on any instance.
+//!   workload, each fresh about 1 ms later). The service promises that a
+//!   user reads their own acknowledged writes on any instance
+//!   (`docs/scaling.md`, "Reading your own writes on another instance").
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;

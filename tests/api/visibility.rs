@@ -1,7 +1,13 @@
-//! Visibility (DESIGN §8, §12; original S3, S4, S8, S9, C4): who sees which
+//! Visibility (the rules are in `docs/authorization.md`): who sees which
 //! event through get, list, ics, rsvp.set and attendance.mark; hidden events
 //! are indistinguishable from absent ones; lists are filtered in SQL so
 //! pages are full and totals count only visible events.
+//!
+//! The previous service got these wrong: community and team visibility was
+//! not enforced, RSVP and attendance skipped it, ids were
+//! compared as raw strings, hidden events leaked (403 before 404, totals
+//! counting them, private events hidden even from admins) and visibility
+//! was filtered after paging (short pages, wrong totals).
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -717,8 +723,9 @@ async fn other_tenants_events_are_absent() {
     assert_eq!(marks, 0);
 }
 
-/// S8: ids are canonicalised, so a creator whose `X-User-Id` is upper-case
-/// or braced still sees their private event, and an upper-case
+/// Ids are canonicalised (the previous service compared raw strings, so
+/// creators lost their private events): a creator whose `X-User-Id` is
+/// upper-case or braced still sees their private event, and an upper-case
 /// `X-Tenant-Id` still sees the tenant's public events.
 #[tokio::test]
 async fn non_canonical_ids_still_match() {
