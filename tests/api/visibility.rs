@@ -4,10 +4,10 @@
 //! pages are full and totals count only visible events.
 //!
 //! The previous service got these wrong: community and team visibility was
-//! not enforced, RSVP and attendance skipped it, ids were
-//! compared as raw strings, hidden events leaked (403 before 404, totals
-//! counting them, private events hidden even from admins) and visibility
-//! was filtered after paging (short pages, wrong totals).
+//! not enforced, RSVP and attendance skipped it, ids were compared as raw
+//! strings, hidden events leaked (403 before 404, totals counting them,
+//! private events hidden even from admins) and visibility was filtered after
+//! paging (short pages, wrong totals).
 
 use std::collections::HashSet;
 use std::time::Duration;
