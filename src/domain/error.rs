@@ -141,9 +141,10 @@ impl ErrorCode {
         }
     }
 
-    /// A generic user-facing message, the original's wording where it had
-    /// one. Callers with a more precise message (the original used several
-    /// for `UNAUTHORIZED` and `INVALID_USER_ID`) should prefer their own.
+    /// A generic user-facing message, the previous service's wording where
+    /// it had one. Callers with a more precise message (the previous service
+    /// used several for `UNAUTHORIZED` and `INVALID_USER_ID`) should prefer
+    /// their own.
     pub const fn default_message(self) -> &'static str {
         match self {
             ErrorCode::MissingRequestId => "X-Request-Id is required",

@@ -121,7 +121,7 @@ impl Doc {
 }
 
 /// `%Y%m%dT%H%M%SZ` in UTC; fractions of a second are dropped, as the
-/// original did.
+/// previous service did.
 fn ics_utc(dt: DateTime<Utc>) -> String {
     format!(
         "{:04}{:02}{:02}T{:02}{:02}{:02}Z",
@@ -162,25 +162,27 @@ fn is_removed_control(c: char) -> bool {
 }
 
 /// A URI property value: no TEXT escaping, since backslashes would change
-/// the address, but CR and LF removed (as the original did) because they
-/// would end the content line, and the other forbidden controls with them.
+/// the address, but CR and LF removed (as the previous service did) because
+/// they would end the content line, and the other forbidden controls with
+/// them.
 /// `LocationUrl` already refuses control characters; this guards rows
 /// written before it did.
 fn uri_value(s: &str) -> String {
     s.chars().filter(|c| !is_removed_control(*c)).collect()
 }
 
-/// RFC 5545 TEXT escaping with the original's rules, applied in one pass.
+/// RFC 5545 TEXT escaping with the previous service's rules, applied in one
+/// pass.
 ///
-/// The original replaced, in order: `\r\n` → LF, lone CR → LF, `\` → `\\`,
-/// `;` → `\;`, `,` → `\,`, LF → `\n`. No replacement produces a character a
-/// later one rewrites (the backslashes they add come after the `\` step), so
-/// mapping each character once gives the same result.
+/// The previous service replaced, in order: `\r\n` → LF, lone CR → LF,
+/// `\` → `\\`, `;` → `\;`, `,` → `\,`, LF → `\n`. No replacement produces
+/// a character a later one rewrites (the backslashes they add come after the
+/// `\` step), so mapping each character once gives the same result.
 ///
-/// Beyond the original, the other control characters (NUL, VT, ESC, DEL …)
-/// are dropped: a raw one makes the whole document invalid, and strict
-/// parsers refuse it. They are dropped after the CR/LF rules, so `CR NUL LF`
-/// is still two line breaks, as it was.
+/// Beyond the previous service, the other control characters (NUL, VT, ESC,
+/// DEL …) are dropped: a raw one makes the whole document invalid, and
+/// strict parsers refuse it. They are dropped after the CR/LF rules, so
+/// `CR NUL LF` is still two line breaks, as it was.
 fn escape_text(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + s.len() / 8);
     let mut chars = s.chars().peekable();
@@ -201,11 +203,11 @@ fn escape_text(s: &str) -> String {
     out
 }
 
-/// Appends `line` folded as the original did: a character that would take
-/// the physical line past 75 octets starts a new one, prefixed by a space
-/// that counts toward the 75. Breaks fall only between characters, never
-/// inside a multi-byte one; one may separate the two halves of an escape
-/// such as `\,`, which RFC 5545 allows since unfolding comes first.
+/// Appends `line` folded as the previous service did: a character that
+/// would take the physical line past 75 octets starts a new one, prefixed by
+/// a space that counts toward the 75. Breaks fall only between characters,
+/// never inside a multi-byte one; one may separate the two halves of an
+/// escape such as `\,`, which RFC 5545 allows since unfolding comes first.
 ///
 /// `line` must not contain CR or LF; escaped TEXT and the fixed lines don't.
 fn fold_into(out: &mut String, line: &str) {
@@ -303,7 +305,7 @@ mod tests {
             .map(str::to_owned)
     }
 
-    /// The original's escaping, literally: ordered replacements.
+    /// The previous service's escaping, literally: ordered replacements.
     fn reference_escape(s: &str) -> String {
         s.replace("\r\n", "\n")
             .replace('\r', "\n")

@@ -57,7 +57,8 @@ pub fn parse_datetime(input: DatetimeInput<'_>) -> Result<DateTime<Utc>, String>
 ///
 /// Beyond what `parse_datetime` accepts, this forgives a `+` of the offset
 /// that reached us as a space because the caller did not percent-encode it
-/// (`?from=2026-01-10T10:00:00+03:00`), which the original refused with 400.
+/// (`?from=2026-01-10T10:00:00+03:00`), which the previous service refused
+/// with 400.
 pub fn parse_datetime_str(s: &str) -> Result<DateTime<Utc>, String> {
     match parse_text(s) {
         Ok(dt) => Ok(dt),
