@@ -16,6 +16,7 @@ mod http_errors;
 mod http_gateway;
 mod nats_behaviour;
 mod nats_hostile;
+mod openapi;
 mod ops;
 mod outbox;
 mod probes;
