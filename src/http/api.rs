@@ -168,7 +168,7 @@ async fn create(State(state): State<AppState>, request: Request) -> Response {
 /// An event of another tenant, a hidden one and a missing one are all 404.
 #[utoipa::path(get, path = "/{event_id}", operation_id = "getEvent", tag = "events",
     extensions(("x-nats-operation" = json!("event.get"))),
-    params(("event_id" = EventId, Path, description = "Not a UUID: 400 `INVALID_EVENT_ID`")),
+    params(("event_id" = inline(EventId), Path, description = "Not a UUID: 400 `INVALID_EVENT_ID`")),
     responses((status = 200, description = "The event", body = EventView)))]
 async fn get_event(
     State(state): State<AppState>,
@@ -185,7 +185,7 @@ async fn get_event(
 /// `version` and `updatedAt` as they were. A cancelled event is 409.
 #[utoipa::path(patch, path = "/{event_id}", operation_id = "updateEvent", tag = "events",
     extensions(("x-nats-operation" = json!("event.update"))),
-    params(("event_id" = EventId, Path, description = "Not a UUID: 400 `INVALID_EVENT_ID`")),
+    params(("event_id" = inline(EventId), Path, description = "Not a UUID: 400 `INVALID_EVENT_ID`")),
     request_body = PatchBody,
     responses((status = 200, description = "The event after the update", body = EventView)))]
 async fn update(
@@ -203,7 +203,7 @@ async fn update(
 /// RSVP, RSVP removal and attendance are 409 `EVENT_CANCELLED`.
 #[utoipa::path(post, path = "/{event_id}/cancel", operation_id = "cancelEvent", tag = "events",
     extensions(("x-nats-operation" = json!("event.cancel"))),
-    params(("event_id" = EventId, Path, description = "Not a UUID: 400 `INVALID_EVENT_ID`")),
+    params(("event_id" = inline(EventId), Path, description = "Not a UUID: 400 `INVALID_EVENT_ID`")),
     request_body(content = CancelBody, description = "Optional: no body means no reason"),
     responses((status = 200, description = "The cancelled event", body = EventView)))]
 async fn cancel(
@@ -221,7 +221,7 @@ async fn cancel(
 /// promoted when a seat frees up.
 #[utoipa::path(post, path = "/{event_id}/rsvp", operation_id = "setRsvp", tag = "rsvp",
     extensions(("x-nats-operation" = json!("rsvp.set"))),
-    params(("event_id" = EventId, Path, description = "Not a UUID: 400 `INVALID_EVENT_ID`")),
+    params(("event_id" = inline(EventId), Path, description = "Not a UUID: 400 `INVALID_EVENT_ID`")),
     request_body = RsvpBody,
     responses((status = 204, description = "Stored; no body")))]
 async fn rsvp_set(
@@ -238,7 +238,7 @@ async fn rsvp_set(
 /// first waitlisted user.
 #[utoipa::path(delete, path = "/{event_id}/rsvp", operation_id = "clearRsvp", tag = "rsvp",
     extensions(("x-nats-operation" = json!("rsvp.clear"))),
-    params(("event_id" = EventId, Path, description = "Not a UUID: 400 `INVALID_EVENT_ID`")),
+    params(("event_id" = inline(EventId), Path, description = "Not a UUID: 400 `INVALID_EVENT_ID`")),
     responses((status = 204, description = "Removed (or there was none); no body")))]
 async fn rsvp_clear(
     State(state): State<AppState>,
@@ -254,7 +254,7 @@ async fn rsvp_clear(
 /// waitlisted entries carry their position, from 1.
 #[utoipa::path(get, path = "/{event_id}/rsvps", operation_id = "listRsvps", tag = "rsvp",
     extensions(("x-nats-operation" = json!("rsvp.list"))),
-    params(("event_id" = EventId, Path, description = "Not a UUID: 400 `INVALID_EVENT_ID`")),
+    params(("event_id" = inline(EventId), Path, description = "Not a UUID: 400 `INVALID_EVENT_ID`")),
     responses((status = 200, description = "A page of RSVPs")))]
 async fn rsvp_list(
     State(state): State<AppState>,
@@ -275,7 +275,7 @@ async fn rsvp_list(
 /// Needs `events.attendance.mark`. The first mark wins; **204**, empty body.
 #[utoipa::path(post, path = "/{event_id}/attendance", operation_id = "markAttendance", tag = "attendance",
     extensions(("x-nats-operation" = json!("attendance.mark"))),
-    params(("event_id" = EventId, Path, description = "Not a UUID: 400 `INVALID_EVENT_ID`")),
+    params(("event_id" = inline(EventId), Path, description = "Not a UUID: 400 `INVALID_EVENT_ID`")),
     request_body = AttendanceBody,
     responses((status = 204, description = "Marked; no body")))]
 async fn attendance_mark(
@@ -297,7 +297,7 @@ async fn attendance_mark(
 /// Needs `events.event.manage` or `events.attendance.mark`.
 #[utoipa::path(get, path = "/{event_id}/attendance", operation_id = "listAttendance", tag = "attendance",
     extensions(("x-nats-operation" = json!("attendance.list"))),
-    params(("event_id" = EventId, Path, description = "Not a UUID: 400 `INVALID_EVENT_ID`")),
+    params(("event_id" = inline(EventId), Path, description = "Not a UUID: 400 `INVALID_EVENT_ID`")),
     responses((status = 200, description = "A page of attendance marks")))]
 async fn attendance_list(
     State(state): State<AppState>,
@@ -319,7 +319,7 @@ async fn attendance_list(
 /// is `version - 1` and `STATUS` is `CANCELLED` once cancelled.
 #[utoipa::path(get, path = "/{event_id}/ics", operation_id = "exportIcs", tag = "events",
     extensions(("x-nats-operation" = json!("event.ics"))),
-    params(("event_id" = EventId, Path, description = "Not a UUID: 400 `INVALID_EVENT_ID`")),
+    params(("event_id" = inline(EventId), Path, description = "Not a UUID: 400 `INVALID_EVENT_ID`")),
     responses((status = 200, description = "The calendar", content_type = "text/calendar; charset=utf-8", body = String,
         headers(("Content-Disposition" = String, description = "`attachment; filename=\"event-{id}.ics\"`")))))]
 async fn ics(
@@ -337,7 +337,7 @@ async fn ics(
 /// only; other users' ids are shown as `"[redacted]"`.
 #[utoipa::path(get, path = "/internal/dsar/users/{user_id}/export", operation_id = "dsarExport", tag = "dsar",
     extensions(("x-nats-operation" = json!("dsar.export"))),
-    params(("user_id" = UserId, Path, description = "The subject; not a UUID: 400 `INVALID_USER_ID`")),
+    params(("user_id" = inline(UserId), Path, description = "The subject; not a UUID: 400 `INVALID_USER_ID`")),
     responses((status = 200, description = "The bundle")))]
 async fn dsar_export(
     State(state): State<AppState>,
@@ -353,7 +353,7 @@ async fn dsar_export(
 /// be JSON and is ignored.
 #[utoipa::path(post, path = "/internal/dsar/users/{user_id}/erase", operation_id = "dsarErase", tag = "dsar",
     extensions(("x-nats-operation" = json!("dsar.erase"))),
-    params(("user_id" = UserId, Path, description = "The subject; not a UUID: 400 `INVALID_USER_ID`")),
+    params(("user_id" = inline(UserId), Path, description = "The subject; not a UUID: 400 `INVALID_USER_ID`")),
     responses((status = 200, description = "What was erased")))]
 async fn dsar_erase(
     State(state): State<AppState>,

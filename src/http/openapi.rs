@@ -355,11 +355,20 @@ fn signed(operation: &mut Operation, op: Op, replies: &mut BTreeMap<String, RefO
         ));
     }
     if let Some(RefOr::T(body)) = operation.request_body.as_mut() {
-        body.required = Some(if op.requires_body(crate::auth::Transport::Http) {
+        let required = op.requires_body(crate::auth::Transport::Http);
+        body.required = Some(if required {
             Required::True
         } else {
             Required::False
         });
+        // An optional body may also be the JSON `null`, read as no body.
+        if !required {
+            for content in body.content.values_mut() {
+                if let RefOr::T(content) = content {
+                    content.schema = content.schema.take().map(nullable);
+                }
+            }
+        }
     }
     if let Some((name, schema)) = json_reply(op) {
         replies.insert(name.to_owned(), schema);
@@ -407,14 +416,26 @@ fn fields_object(fields: &[FieldSpec]) -> RefOr<Schema> {
     let mut object = ObjectBuilder::new()
         .schema_type(Type::Object)
         .description(Some(
-            "Keys in camelCase or snake_case (camelCase wins when both are sent).",
+            "Keys in camelCase or snake_case (camelCase wins when both are sent); `null` is \
+             not sent.",
         ));
     for field in fields {
-        let schema = match (field.schema)() {
-            RefOr::T(Schema::Object(o)) => {
-                let mut o = o;
+        let schema = (field.schema)();
+        // The field rule reads `null` as not sent: refused where the field
+        // is required (422 "field required"), nothing otherwise.
+        let schema = if field.required {
+            schema
+        } else {
+            nullable(schema)
+        };
+        let schema = match schema {
+            RefOr::T(Schema::Object(mut o)) => {
                 o.description = Some(field.description.to_owned());
                 RefOr::T(Schema::Object(o))
+            }
+            RefOr::T(Schema::OneOf(mut o)) => {
+                o.description = Some(field.description.to_owned());
+                RefOr::T(Schema::OneOf(o))
             }
             other => other,
         };

@@ -22,5 +22,6 @@ mod outbox;
 mod probes;
 mod scaling;
 mod schema;
+mod schemathesis;
 mod startup;
 mod visibility;

@@ -72,6 +72,20 @@ fn refused(schema: &Value) -> String {
     "bad".into()
 }
 
+/// Every `$ref` in `value`.
+fn references(value: &Value, out: &mut Vec<String>) {
+    match value {
+        Value::Object(map) => {
+            if let Some(Value::String(r)) = map.get("$ref") {
+                out.push(r.clone());
+            }
+            map.values().for_each(|v| references(v, out));
+        }
+        Value::Array(items) => items.iter().for_each(|v| references(v, out)),
+        _ => {}
+    }
+}
+
 #[tokio::test]
 async fn the_document_is_the_routes_fields_and_errors_of_the_code() {
     let app = TestApp::spawn().await;
@@ -104,6 +118,13 @@ async fn the_document_is_the_routes_fields_and_errors_of_the_code() {
         updspace_events::http::openapi::document_json(),
         "served as built"
     );
+
+    let mut refs = Vec::new();
+    references(doc, &mut refs);
+    for r in refs {
+        let pointer = r.strip_prefix('#').unwrap_or(&r);
+        assert!(doc.pointer(pointer).is_some(), "{r} does not resolve");
+    }
 
     let tenant = Uuid::new_v4();
     let boss = admin(tenant);
