@@ -6,6 +6,7 @@
 //! service accepts, on a missing required header that is not refused, and
 //! on an undocumented method that is not a 405.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
@@ -46,8 +47,11 @@ async fn schemathesis_finds_nothing_the_document_does_not_say() {
     let tenant = Uuid::new_v4();
     let caller = admin(tenant);
     let event = id_of(&create(&app, &caller, event_body(tenant, "Fuzzed")).await);
+    let doomed = id_of(&create(&app, &caller, event_body(tenant, "Cancelled")).await);
     let hooks = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/schemathesis");
     let url = app.url("/api/v1/events/openapi.json");
+    let stats_name = format!("schemathesis-{}.json", Uuid::new_v4());
+    let stats_path = std::env::temp_dir().join(&stats_name);
 
     let mut command = schemathesis();
     command
@@ -77,6 +81,8 @@ async fn schemathesis_finds_nothing_the_document_does_not_say() {
         .env("EVENTS_ST_TENANT", &caller.tenant_id)
         .env("EVENTS_ST_USER", &caller.user_id)
         .env("EVENTS_ST_EVENT", &event)
+        .env("EVENTS_ST_DOOMED", &doomed)
+        .env("EVENTS_ST_STATS", &stats_path)
         .current_dir(std::env::temp_dir());
     let started = Instant::now();
     let output = tokio::task::spawn_blocking(move || command.output())
@@ -106,5 +112,45 @@ async fn schemathesis_finds_nothing_the_document_does_not_say() {
         output.status.success(),
         "schemathesis found problems (exit {:?}):\n{stdout}\n{stderr}",
         output.status.code()
+    );
+
+    // The run reached the operations themselves: signed requests were
+    // accepted and answered by every operation, not refused at the door.
+    let stats: BTreeMap<String, BTreeMap<String, u64>> = std::fs::read_to_string(&stats_path)
+        .ok()
+        .and_then(|s| serde_json::from_str(&s).ok())
+        .unwrap_or_else(|| panic!("the hooks wrote no statistics: {stderr}"));
+    let _ = std::fs::remove_file(&stats_path);
+    let mut total = 0;
+    let mut by_status: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut unsuccessful = Vec::new();
+    for (operation, statuses) in &stats {
+        // The undocumented methods the run tries on each path.
+        if statuses.keys().all(|s| s == "405") {
+            continue;
+        }
+        let answered: u64 = statuses.values().sum();
+        let refused: u64 = statuses.get("401").copied().unwrap_or(0);
+        total += answered;
+        for (status, n) in statuses {
+            *by_status.entry(status.as_str()).or_default() += n;
+        }
+        println!("{operation}: {statuses:?}");
+        if !statuses.keys().any(|s| s.starts_with('2')) {
+            unsuccessful.push(operation.as_str());
+        }
+        assert!(
+            refused * 2 < answered,
+            "{operation}: most requests were not authenticated: {statuses:?}"
+        );
+    }
+    println!("{total} requests: {by_status:?}");
+    // Generated bodies rarely satisfy every rule between fields (a revoke
+    // names either a binding or a user and role), so a few operations may
+    // only ever refuse; most must have answered a success.
+    println!("never a success: {unsuccessful:?}");
+    assert!(
+        unsuccessful.len() * 4 <= stats.len(),
+        "too many operations never succeeded: {unsuccessful:?}"
     );
 }

@@ -7,13 +7,19 @@ The Rust test `tests/api/schemathesis.rs` starts the service and sets:
   EVENTS_ST_TENANT  the caller's tenant id
   EVENTS_ST_USER    the caller's user id (a system admin)
   EVENTS_ST_EVENT   an event of that tenant, used as the path's event id
+  EVENTS_ST_DOOMED  another one, for the cancels (so the first stays open)
+  EVENTS_ST_STATS   where to write how many answers of each status each
+                    operation got (JSON), for the test to judge the run
 
 The signer is the one of docs/hmac-signatures.md, "A v2 signer in Python",
 applied to the prepared request, so it covers the exact bytes sent.
 """
 
+import atexit
+import collections
 import hashlib
 import hmac
+import json
 import os
 import time
 import uuid
@@ -28,8 +34,18 @@ SECRET = os.environ.get("EVENTS_ST_SECRET", "test-secret")
 TENANT = os.environ.get("EVENTS_ST_TENANT", "")
 USER = os.environ.get("EVENTS_ST_USER", "")
 EVENT = os.environ.get("EVENTS_ST_EVENT", "")
+DOOMED = os.environ.get("EVENTS_ST_DOOMED", EVENT)
 SLUG = "acme"
 FLAGS = '{"system_admin":true}'
+STATS = os.environ.get("EVENTS_ST_STATS")
+_statuses = collections.defaultdict(collections.Counter)
+
+
+@atexit.register
+def _write_stats():
+    if STATS:
+        with open(STATS, "w") as f:
+            json.dump({op: dict(counts) for op, counts in _statuses.items()}, f)
 
 
 def sign_v2(secret, method, path, query, body, request_id, tenant_id, tenant_slug,
@@ -110,8 +126,15 @@ def before_call(context, case, kwargs):
     if _mode(case, ParameterLocation.PATH) == GenerationMode.POSITIVE and case.path_parameters:
         params = dict(case.path_parameters)
         if "event_id" in params and EVENT:
-            params["event_id"] = EVENT
+            cancels = case.operation.path.endswith("/cancel")
+            params["event_id"] = DOOMED if cancels else EVENT
         if "user_id" in params and USER:
             params["user_id"] = USER
         case.path_parameters = params
     kwargs["auth"] = SignV2()
+
+
+@schemathesis.hook
+def after_call(context, case, response):
+    key = f"{case.method.upper()} {case.operation.path}"
+    _statuses[key][str(response.status_code)] += 1
