@@ -135,6 +135,7 @@ async fn the_document_is_the_routes_fields_and_errors_of_the_code() {
     let mut by_path: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     let mut documented_codes = BTreeSet::new();
     let mut seen_ops = BTreeSet::new();
+    let mut refusals = 0;
     for (path, method, operation) in &ops {
         let what = format!("{method} {path}");
         by_path
@@ -260,9 +261,24 @@ async fn the_document_is_the_routes_fields_and_errors_of_the_code() {
                     "{what}: ?{name} refused without naming it: {} {}",
                     reply.status, reply.text
                 );
+                refusals += 1;
             }
         }
     }
+
+    // The listings' and role administration's spellings, one by one.
+    let spellings: usize = [
+        Op::EventList,
+        Op::RsvpList,
+        Op::AttendanceList,
+        Op::AdminRolesList,
+        Op::AdminRolesRevoke,
+    ]
+    .iter()
+    .flat_map(|op| fields_of(*op))
+    .map(|f| if f.key.camel == f.key.snake { 1 } else { 2 })
+    .sum();
+    assert_eq!(refusals, spellings);
 
     // Every operation of the code is documented on both prefixes, and every
     // error code is answered by some operation or routing.
