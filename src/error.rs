@@ -2,7 +2,9 @@
 //! envelope shared by HTTP and NATS. Internal details are logged, never
 //! returned.
 
+use serde::Serialize;
 use serde_json::{Value, json};
+use utoipa::ToSchema;
 
 use crate::auth::AuthError;
 use crate::domain::{DomainError, ErrorCode};
@@ -126,16 +128,69 @@ impl AppError {
 
     /// `{"error":{"code","message","details","request_id"}}`.
     pub fn envelope(&self, request_id: Option<&str>) -> Value {
-        json!({
-            "error": {
-                "code": self.code().as_str(),
-                "message": self.public_message(),
-                "details": self.details(),
-                "request_id": request_id,
-            }
+        serde_json::to_value(ErrorEnvelope {
+            error: ErrorBody {
+                code: self.code(),
+                message: self.public_message(),
+                details: self.details(),
+                request_id: request_id.map(str::to_owned),
+            },
         })
+        .unwrap_or_else(|_| json!({}))
     }
 }
+
+/// Every error, on every route and on NATS. The BFF nests it under
+/// `details.upstream_body`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorEnvelope {
+    pub error: ErrorBody,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub code: ErrorCode,
+    /// For people; `code` is the stable part.
+    pub message: String,
+    /// Always an object: `{}`, or for `VALIDATION_ERROR`
+    /// `{"fields": {"<camelCase field>": "<message>"}}` with every bad field.
+    #[schema(schema_with = details_schema)]
+    pub details: Value,
+    /// The request's `X-Request-Id`; `null` when it had none.
+    #[schema(required = true)]
+    pub request_id: Option<String>,
+}
+
+fn details_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, Type};
+    let message = ObjectBuilder::new().schema_type(Type::String);
+    ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .property(
+            "fields",
+            ObjectBuilder::new()
+                .schema_type(Type::Object)
+                .additional_properties(Some(AdditionalProperties::RefOr(message.into()))),
+        )
+        .build()
+        .into()
+}
+
+// The codes are the domain's; their schema lists every one.
+impl utoipa::PartialSchema for ErrorCode {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .enum_values(Some(ErrorCode::ALL.iter().map(|c| c.as_str())))
+            .description(Some(
+                "Machine-readable and stable. Each response of the document lists the codes \
+                 its operation answers with at that status.",
+            ))
+            .into()
+    }
+}
+
+impl ToSchema for ErrorCode {}
 
 impl From<sqlx::Error> for AppError {
     fn from(e: sqlx::Error) -> Self {

@@ -13,8 +13,10 @@
 
 use std::collections::BTreeMap;
 
+use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use utoipa::ToSchema;
 
 use crate::app::Op;
 use crate::app::fields::{
@@ -24,10 +26,10 @@ use crate::auth::Transport;
 use crate::authz::Role;
 use crate::authz::admin::{self, BindingFilter, BindingSpec, RevokeTarget};
 use crate::domain::{
-    CancelReason, Description, DomainError, ErrorCode, EventField, EventId, EventPatch, GameId,
-    LocationText, LocationUrl, NewEvent, NewEventFields, RequestedRsvp, RsvpStatus, Scope, ScopeId,
-    ScopeType, TenantId, Title, Tri, UserId, Visibility, parse_datetime_str, visibility_fits_scope,
-    visibility_scope_mismatch,
+    CancelReason, Capacity, DatetimeInput, Description, DomainError, ErrorCode, EventField,
+    EventId, EventPatch, GameId, LocationText, LocationUrl, NewEvent, NewEventFields,
+    RequestedRsvp, RsvpStatus, Scope, ScopeId, ScopeType, TenantId, Title, Tri, UserId, Visibility,
+    parse_datetime_str, visibility_fits_scope, visibility_scope_mismatch,
 };
 use crate::error::AppError;
 use crate::store::reads::ListFilter;
@@ -154,7 +156,7 @@ impl Request {
             },
             Op::RsvpSet => Request::RsvpSet {
                 id: event_id(&fields)?,
-                status: requested_rsvp(&fields),
+                status: requested_rsvp(&fields).map(|b| b.status),
             },
             Op::RsvpClear => Request::RsvpClear(event_id(&fields)?),
             Op::RsvpList => Request::RsvpList {
@@ -163,7 +165,8 @@ impl Request {
             },
             Op::AttendanceMark => Request::AttendanceMark {
                 id: event_id(&fields)?,
-                user: user_id(&fields, "user_id must be a UUID"),
+                user: user_id(&fields, "user_id must be a UUID")
+                    .map(|user_id| AttendanceBody { user_id }.user_id),
             },
             Op::AttendanceList => Request::AttendanceList {
                 id: event_id(&fields)?,
@@ -187,6 +190,13 @@ const LIMIT: Key = Key::word("limit");
 const OFFSET: Key = Key::word("offset");
 const SCOPE_TYPE: Key = Key::new("scopeType", "scope_type");
 const SCOPE_ID: Key = Key::new("scopeId", "scope_id");
+const FROM: Key = Key::word("from");
+const TO: Key = Key::word("to");
+const Q: Key = Key::word("q");
+const VISIBILITY_FILTER: Key = Key::word("visibility");
+const MY_RSVP: Key = Key::new("myRsvp", "my_rsvp");
+const CREATED_BY: Key = Key::new("createdBy", "created_by");
+const BINDING_ID: Key = Key::new("bindingId", "binding_id");
 
 /// The targeted event: `id`, else `eventId` (`event_id`).
 fn event_id(fields: &Fields<'_>) -> Result<EventId, AppError> {
@@ -210,12 +220,16 @@ fn user_id(fields: &Fields<'_>, message: &'static str) -> Result<UserId, AppErro
     }
 }
 
-/// The `status` of `rsvp.set`.
-fn requested_rsvp(fields: &Fields<'_>) -> Result<RequestedRsvp, AppError> {
+/// The body of `rsvp.set`.
+fn requested_rsvp(fields: &Fields<'_>) -> Result<RsvpBody, AppError> {
     match fields.sent(STATUS) {
-        Some(Value::String(s)) => s.parse().map_err(|e: crate::domain::FieldError| {
-            DomainError::field("status", e.into_message()).into()
-        }),
+        Some(Value::String(s)) => {
+            s.parse()
+                .map(|status| RsvpBody { status })
+                .map_err(|e: crate::domain::FieldError| {
+                    DomainError::field("status", e.into_message()).into()
+                })
+        }
         None => Err(DomainError::field("status", REQUIRED).into()),
         Some(_) => Err(DomainError::field("status", MUST_BE_STRING).into()),
     }
@@ -254,13 +268,13 @@ fn rsvp_query(body: &Value) -> Checked<RsvpQuery> {
 fn list_filter(body: &Value) -> Result<ListFilter, AppError> {
     let mut b = Fields::new(body)?;
     let mut filter = ListFilter::default();
-    if let Some(v) = b.sent(Key::word("from")) {
+    if let Some(v) = b.sent(FROM) {
         let s = text(v).unwrap_or_default();
         filter.from = Some(parse_datetime_str(&s).map_err(|_| {
             AppError::rejected(ErrorCode::InvalidFrom, "from must be ISO datetime")
         })?);
     }
-    if let Some(v) = b.sent(Key::word("to")) {
+    if let Some(v) = b.sent(TO) {
         let s = text(v).unwrap_or_default();
         filter.to =
             Some(parse_datetime_str(&s).map_err(|_| {
@@ -275,19 +289,21 @@ fn list_filter(body: &Value) -> Result<ListFilter, AppError> {
         Some(Value::String(_)) | None => None,
         Some(_) => b.fail(SCOPE_TYPE, MUST_BE_STRING),
     };
+    // Checked even when sent alone, so that the limits the document states
+    // hold whatever else the query has.
     let scope_id = match b.sent(SCOPE_ID) {
-        Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+        Some(Value::String(s)) if !s.is_empty() => match ScopeId::parse(s) {
+            Ok(id) => Some(id.into_string()),
+            Err(e) => b.fail(SCOPE_ID, e.into_message()),
+        },
         Some(Value::String(_)) | None => None,
         Some(_) => b.fail(SCOPE_ID, MUST_BE_STRING),
     };
     // The scope filter needs both halves, as in the original.
     if let (Some(t), Some(id)) = (scope_type, scope_id) {
-        let id = ScopeId::parse(&id)
-            .map(|s| s.as_str().to_string())
-            .unwrap_or(id);
         filter.scope = Some((t, id));
     }
-    let q = Key::word("q");
+    let q = Q;
     if let Some(v) = b.sent(q) {
         match v {
             Value::String(s) if s.chars().count() > 200 => {
@@ -304,7 +320,7 @@ fn list_filter(body: &Value) -> Result<ListFilter, AppError> {
             }
         }
     }
-    let visibility = Key::word("visibility");
+    let visibility = VISIBILITY_FILTER;
     if let Some(v) = b.sent(visibility) {
         match text(v).map(|s| s.parse::<Visibility>()) {
             Some(Ok(vis)) => filter.visibility = Some(vis),
@@ -316,7 +332,7 @@ fn list_filter(body: &Value) -> Result<ListFilter, AppError> {
             }
         }
     }
-    let my_rsvp = Key::new("myRsvp", "my_rsvp");
+    let my_rsvp = MY_RSVP;
     if let Some(v) = b.sent(my_rsvp) {
         match text(v).map(|s| s.parse::<RsvpStatus>()) {
             Some(Ok(status)) => filter.my_rsvp = Some(status),
@@ -328,7 +344,7 @@ fn list_filter(body: &Value) -> Result<ListFilter, AppError> {
             }
         }
     }
-    let created_by = Key::new("createdBy", "created_by");
+    let created_by = CREATED_BY;
     if let Some(v) = b.sent(created_by) {
         match text(v).map(|s| UserId::parse(&s)) {
             Some(Ok(u)) => filter.created_by = Some(u),
@@ -461,21 +477,94 @@ pub fn new_event(tenant: TenantId, body: &Value) -> Result<NewEvent, DomainError
     else {
         return Err(DomainError::InvalidBody(NOT_AN_OBJECT.to_owned()));
     };
-    NewEvent::new(
-        tenant,
-        NewEventFields {
-            scope,
-            title,
-            description,
-            starts_at,
-            ends_at,
-            location_text,
-            location_url,
-            game_id,
-            visibility,
-            capacity,
-        },
-    )
+    CreateBody {
+        scope_type: scope.scope_type(),
+        scope_id: scope.scope_id().clone(),
+        title,
+        description,
+        starts_at,
+        ends_at,
+        location_text,
+        location_url,
+        game_id,
+        visibility,
+        capacity,
+    }
+    .into_new_event(tenant)
+}
+
+/// The body of a create, as read: every field checked, then the visibility
+/// against the scope and `startsAt` < `endsAt`. Keys in camelCase or
+/// snake_case; unknown keys are ignored.
+#[derive(Debug, Clone, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = EventCreate)]
+pub struct CreateBody {
+    pub scope_type: ScopeType,
+    pub scope_id: ScopeId,
+    pub title: Title,
+    /// `null`, absent or `""`: none.
+    #[schema(value_type = Option<Description>)]
+    pub description: Description,
+    #[schema(value_type = DatetimeInput)]
+    pub starts_at: DateTime<Utc>,
+    /// After `startsAt` (else 400 `INVALID_TIME_RANGE`).
+    #[schema(value_type = DatetimeInput)]
+    pub ends_at: DateTime<Utc>,
+    /// `null`, absent or `""`: none.
+    #[schema(value_type = Option<LocationText>)]
+    pub location_text: LocationText,
+    /// `null`, absent or `""`: none.
+    #[schema(schema_with = empty_or::<LocationUrl>, required = false)]
+    pub location_url: Option<LocationUrl>,
+    /// `null`, absent or `""`: none.
+    #[schema(schema_with = empty_or::<GameId>, required = false)]
+    pub game_id: Option<GameId>,
+    /// Absent: `public`; `null` is refused. Must fit the scope: `community`
+    /// needs COMMUNITY and `team` needs TEAM.
+    #[schema(required = false)]
+    pub visibility: Visibility,
+    /// `null` or absent: unlimited.
+    pub capacity: Option<Capacity>,
+}
+
+impl CreateBody {
+    /// The create, once the rules between fields hold (the TENANT scope was
+    /// checked with the other fields).
+    fn into_new_event(self, tenant: TenantId) -> Result<NewEvent, DomainError> {
+        let scope = Scope::new(tenant, self.scope_type, self.scope_id)
+            .map_err(|e| DomainError::field(SCOPE_ID.camel, e.into_message()))?;
+        NewEvent::new(
+            tenant,
+            NewEventFields {
+                scope,
+                title: self.title,
+                description: self.description,
+                starts_at: self.starts_at,
+                ends_at: self.ends_at,
+                location_text: self.location_text,
+                location_url: self.location_url,
+                game_id: self.game_id,
+                visibility: self.visibility,
+                capacity: self.capacity,
+            },
+        )
+    }
+}
+
+/// The schema of a field where `""` and `null` mean none: `T`, `""` or null.
+fn empty_or<T: ToSchema>() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+    OneOfBuilder::new()
+        .item(T::schema())
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some([""])),
+        )
+        .item(ObjectBuilder::new().schema_type(Type::Null))
+        .build()
+        .into()
 }
 
 /// Validates a PATCH body. Each field is `Absent`, `Null` or `Set`.
@@ -504,7 +593,7 @@ pub fn patch(body: &Value) -> Result<EventPatch, DomainError> {
         return Err(DomainError::NoUpdates);
     }
 
-    let mut patch = EventPatch::default();
+    let mut patch = PatchBody::default();
     // A failed field stays `Absent`; `finish` reports it.
     fn tri<T>(raw: Raw<'_>, set: impl FnOnce(&Value) -> Option<T>) -> Tri<T> {
         match raw {
@@ -553,22 +642,102 @@ pub fn patch(body: &Value) -> Result<EventPatch, DomainError> {
     patch.capacity = tri(b.raw(CAPACITY), |v| b.capacity(CAPACITY, v));
 
     b.finish()?;
-    Ok(patch)
+    Ok(patch.into())
+}
+
+/// The body of an update, as read: each field absent, null or set. Only the
+/// keys present are considered; none at all is 400 `NO_UPDATES`. The scope
+/// cannot change: `scopeType` and `scopeId`, like unknown keys, are ignored.
+#[derive(Debug, Clone, Default, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = EventPatch)]
+pub struct PatchBody {
+    /// `null` is ignored.
+    #[schema(value_type = Option<Title>)]
+    pub title: Tri<Title>,
+    /// `null` or `""` clears it.
+    #[schema(value_type = Option<Description>)]
+    pub description: Tri<Description>,
+    /// `null` is refused (422).
+    #[schema(value_type = DatetimeInput, required = false)]
+    pub starts_at: Tri<DateTime<Utc>>,
+    /// `null` is refused (422). The merged times must keep `startsAt` <
+    /// `endsAt` (else 400 `INVALID_TIME_RANGE`).
+    #[schema(value_type = DatetimeInput, required = false)]
+    pub ends_at: Tri<DateTime<Utc>>,
+    /// `null` or `""` clears it.
+    #[schema(value_type = Option<LocationText>)]
+    pub location_text: Tri<LocationText>,
+    /// `null` or `""` clears it.
+    #[schema(schema_with = empty_or::<LocationUrl>, required = false)]
+    pub location_url: Tri<LocationUrl>,
+    /// `null` or `""` clears it.
+    #[schema(schema_with = empty_or::<GameId>, required = false)]
+    pub game_id: Tri<GameId>,
+    /// `null` is ignored. Must fit the event's scope.
+    #[schema(value_type = Option<Visibility>)]
+    pub visibility: Tri<Visibility>,
+    /// `null`: unlimited. Raising it promotes waitlisted users at once.
+    #[schema(value_type = Option<Capacity>)]
+    pub capacity: Tri<Capacity>,
+}
+
+impl From<PatchBody> for EventPatch {
+    fn from(b: PatchBody) -> Self {
+        EventPatch {
+            title: b.title,
+            description: b.description,
+            starts_at: b.starts_at,
+            ends_at: b.ends_at,
+            location_text: b.location_text,
+            location_url: b.location_url,
+            game_id: b.game_id,
+            visibility: b.visibility,
+            capacity: b.capacity,
+        }
+    }
 }
 
 /// The optional `reason` of a cancel: no body, a missing, null or empty
 /// `reason` all mean no reason.
 pub fn cancel_reason_of(body: &Value) -> Result<Option<CancelReason>, DomainError> {
+    cancel_body(body).map(|b| b.reason)
+}
+
+fn cancel_body(body: &Value) -> Result<CancelBody, DomainError> {
     let fields = Fields::new(body)?;
     let reason = Key::word("reason");
-    match fields.sent(reason) {
-        None => Ok(None),
-        Some(Value::String(s)) if s.is_empty() => Ok(None),
-        Some(Value::String(s)) => CancelReason::parse(s)
-            .map(Some)
-            .map_err(|e| DomainError::field("reason", e.into_message())),
-        Some(_) => Err(DomainError::field("reason", MUST_BE_STRING)),
-    }
+    let reason = match fields.sent(reason) {
+        None => None,
+        Some(Value::String(s)) if s.is_empty() => None,
+        Some(Value::String(s)) => Some(
+            CancelReason::parse(s).map_err(|e| DomainError::field("reason", e.into_message()))?,
+        ),
+        Some(_) => return Err(DomainError::field("reason", MUST_BE_STRING)),
+    };
+    Ok(CancelBody { reason })
+}
+
+/// The optional body of a cancel.
+#[derive(Debug, Clone, ToSchema)]
+pub struct CancelBody {
+    /// `null`, absent or `""`: no reason.
+    pub reason: Option<CancelReason>,
+}
+
+/// The body of an RSVP.
+#[derive(Debug, Clone, Copy, ToSchema)]
+pub struct RsvpBody {
+    pub status: RequestedRsvp,
+}
+
+/// The body of an attendance mark (`userId` or `user_id`).
+#[derive(Debug, Clone, Copy, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AttendanceBody {
+    /// Not a UUID: 400 `INVALID_USER_ID` "user_id must be a UUID"; not a
+    /// string: 422.
+    pub user_id: UserId,
 }
 
 // ---------------------------------------------------------------------------
@@ -678,7 +847,7 @@ fn binding_spec(body: &Value, tenant: TenantId) -> Result<BindingSpec, AppError>
 /// (+ scope, default the tenant), not both.
 fn revoke_target(body: &Value, tenant: TenantId) -> Result<RevokeTarget, AppError> {
     let mut b = Fields::new(body)?;
-    let binding_id = Key::new("bindingId", "binding_id");
+    let binding_id = BINDING_ID;
     let Some(id) = b.sent(binding_id) else {
         return binding_spec(body, tenant).map(RevokeTarget::Binding);
     };
@@ -709,6 +878,310 @@ fn revoke_target(body: &Value, tenant: TenantId) -> Result<RevokeTarget, AppErro
             fields: BTreeMap::new(),
         }
         .into()),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The fields of the listings and of role administration, for the document
+// ---------------------------------------------------------------------------
+
+type SchemaFn = fn() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>;
+
+/// A field an operation reads by the one field rule (both spellings of its
+/// key; the camelCase one wins), with the schema of what it accepts. Over
+/// HTTP the listings read them from the query string; role administration
+/// from the body or, for a revoke, the query.
+pub struct FieldSpec {
+    pub key: Key,
+    pub required: bool,
+    pub schema: SchemaFn,
+    pub description: &'static str,
+}
+
+impl FieldSpec {
+    const fn optional(key: Key, schema: SchemaFn, description: &'static str) -> Self {
+        Self {
+            key,
+            required: false,
+            schema,
+            description,
+        }
+    }
+
+    const fn required(key: Key, schema: SchemaFn, description: &'static str) -> Self {
+        Self {
+            key,
+            required: true,
+            schema,
+            description,
+        }
+    }
+}
+
+mod field_schemas {
+    use utoipa::PartialSchema;
+    use utoipa::openapi::RefOr;
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
+
+    use crate::authz::Role;
+    use crate::domain::values::{
+        CONTROL_CLASS, WHITESPACE_CLASS, datetime_text_pattern, uuid_input_pattern,
+    };
+    use crate::domain::{RsvpStatus, ScopeId, ScopeType, Visibility};
+
+    fn integer(min: i64, max: i64) -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .minimum(Some(min))
+            .maximum(Some(max))
+            .into()
+    }
+
+    fn pattern(pattern: String) -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some(pattern))
+            .into()
+    }
+
+    /// A value where `""` means not sent.
+    fn or_empty(schema: RefOr<Schema>) -> RefOr<Schema> {
+        OneOfBuilder::new()
+            .item(schema)
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .enum_values(Some([""])),
+            )
+            .into()
+    }
+
+    pub fn datetime_text() -> RefOr<Schema> {
+        pattern(datetime_text_pattern(true))
+    }
+
+    pub fn uuid_text() -> RefOr<Schema> {
+        pattern(uuid_input_pattern())
+    }
+
+    pub fn list_limit() -> RefOr<Schema> {
+        integer(1, super::MAX_LIMIT)
+    }
+
+    pub fn list_offset() -> RefOr<Schema> {
+        integer(0, i64::MAX / 2)
+    }
+
+    pub fn page_offset() -> RefOr<Schema> {
+        integer(0, i64::MAX)
+    }
+
+    pub fn roles_limit() -> RefOr<Schema> {
+        integer(1, crate::authz::admin::MAX_LIST_LIMIT)
+    }
+
+    pub fn scope_type_or_empty() -> RefOr<Schema> {
+        or_empty(ScopeType::schema())
+    }
+
+    pub fn scope_id_or_empty() -> RefOr<Schema> {
+        or_empty(ScopeId::schema())
+    }
+
+    /// A scope id, or a number read as its decimal text.
+    pub fn scope_id_or_number() -> RefOr<Schema> {
+        OneOfBuilder::new()
+            .item(ScopeId::schema())
+            .item(ObjectBuilder::new().schema_type(Type::Number))
+            .into()
+    }
+
+    pub fn search() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .max_length(Some(200))
+            .pattern(Some("^[^\\u0000]*$"))
+            .into()
+    }
+
+    pub fn visibility() -> RefOr<Schema> {
+        Visibility::schema()
+    }
+
+    pub fn rsvp_status() -> RefOr<Schema> {
+        RsvpStatus::schema()
+    }
+
+    pub fn scope_type() -> RefOr<Schema> {
+        ScopeType::schema()
+    }
+
+    /// A role by its full or short name, surrounding white space allowed.
+    pub fn role() -> RefOr<Schema> {
+        let names: Vec<String> = Role::ALL
+            .iter()
+            .flat_map(|r| {
+                let full = r.name().replace('.', "\\.");
+                let short = r.name().rsplit('.').next().unwrap_or_default().to_owned();
+                [full, short]
+            })
+            .collect();
+        pattern(format!(
+            "^[{WHITESPACE_CLASS}]*({})[{WHITESPACE_CLASS}]*$",
+            names.join("|")
+        ))
+    }
+
+    /// A binding id: a non-blank string of at most 128 characters without
+    /// control characters, or a non-negative integer (Access's ids).
+    pub fn binding_id() -> RefOr<Schema> {
+        OneOfBuilder::new()
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .max_length(Some(128))
+                    .pattern(Some(format!(
+                        "^[^{CONTROL_CLASS}]*[^{WHITESPACE_CLASS}{CONTROL_CLASS}][^{CONTROL_CLASS}]*$"
+                    ))),
+            )
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::Integer)
+                    .minimum(Some(0)),
+            )
+            .into()
+    }
+}
+
+use field_schemas as fs;
+
+const PAGE_LIMIT_DOC: &str = "1 to 250, default 100.";
+
+/// The query of `event.list`.
+pub const LIST_FIELDS: &[FieldSpec] = &[
+    FieldSpec::optional(
+        FROM,
+        fs::datetime_text,
+        "Events ending at or after this instant; unparsable: 400 `INVALID_FROM`. Send a `+` \
+         offset as `%2B`; one that arrived as a space is read as `+`.",
+    ),
+    FieldSpec::optional(
+        TO,
+        fs::datetime_text,
+        "Events starting at or before this instant; unparsable: 400 `INVALID_TO`.",
+    ),
+    FieldSpec::optional(
+        SCOPE_TYPE,
+        fs::scope_type_or_empty,
+        "With the scope id: only that scope (both are needed; `\"\"` is not sent).",
+    ),
+    FieldSpec::optional(
+        SCOPE_ID,
+        fs::scope_id_or_empty,
+        "With the scope type: only that scope (both are needed; `\"\"` is not sent).",
+    ),
+    FieldSpec::optional(LIMIT, fs::list_limit, PAGE_LIMIT_DOC),
+    FieldSpec::optional(OFFSET, fs::list_offset, "0 or more, default 0."),
+    FieldSpec::optional(
+        Q,
+        fs::search,
+        "Case-insensitive substring of title, description or location text; blank is not sent.",
+    ),
+    FieldSpec::optional(VISIBILITY_FILTER, fs::visibility, "Only this visibility."),
+    FieldSpec::optional(
+        MY_RSVP,
+        fs::rsvp_status,
+        "Only events where the caller's RSVP is this.",
+    ),
+    FieldSpec::optional(
+        CREATED_BY,
+        fs::uuid_text,
+        "Only events this user created (a UUID in any spelling).",
+    ),
+];
+
+/// The query of `rsvp.list`.
+pub const RSVP_LIST_FIELDS: &[FieldSpec] = &[
+    FieldSpec::optional(LIMIT, fs::list_limit, PAGE_LIMIT_DOC),
+    FieldSpec::optional(OFFSET, fs::page_offset, "0 or more, default 0."),
+    FieldSpec::optional(STATUS, fs::rsvp_status, "Only RSVPs with this status."),
+];
+
+/// The query of `attendance.list`.
+pub const PAGE_FIELDS: &[FieldSpec] = &[
+    FieldSpec::optional(LIMIT, fs::list_limit, PAGE_LIMIT_DOC),
+    FieldSpec::optional(OFFSET, fs::page_offset, "0 or more, default 0."),
+];
+
+/// The filters of `admin.roles.list`.
+pub const ROLES_LIST_FIELDS: &[FieldSpec] = &[
+    FieldSpec::optional(
+        USER_ID,
+        fs::uuid_text,
+        "Only this user's bindings (a UUID in any spelling).",
+    ),
+    FieldSpec::optional(ROLE, fs::role, "Only this role (full or short name)."),
+    FieldSpec::optional(
+        SCOPE_TYPE,
+        fs::scope_type,
+        "Only bindings at scopes of this type.",
+    ),
+    FieldSpec::optional(
+        SCOPE_ID,
+        fs::scope_id_or_number,
+        "Only bindings at this scope id.",
+    ),
+    FieldSpec::optional(LIMIT, fs::roles_limit, "1 to 1000, default 500."),
+];
+
+/// The body of `admin.roles.grant`.
+pub const GRANT_FIELDS: &[FieldSpec] = &[
+    FieldSpec::required(USER_ID, fs::uuid_text, "The user (a UUID in any spelling)."),
+    FieldSpec::required(ROLE, fs::role, "The role, by its full or short name."),
+    FieldSpec::optional(SCOPE_TYPE, fs::scope_type, "Default `TENANT`."),
+    FieldSpec::optional(
+        SCOPE_ID,
+        fs::scope_id_or_number,
+        "Required for COMMUNITY and TEAM; for TENANT it must be the tenant id (the default).",
+    ),
+];
+
+/// What `admin.roles.revoke` reads: `bindingId`, or the grant's fields.
+pub const REVOKE_FIELDS: &[FieldSpec] = &[
+    FieldSpec::optional(
+        BINDING_ID,
+        fs::binding_id,
+        "The binding to remove; not together with `userId` and `role`.",
+    ),
+    FieldSpec::optional(USER_ID, fs::uuid_text, "With `role`: the user."),
+    FieldSpec::optional(ROLE, fs::role, "With `userId`: the role."),
+    FieldSpec::optional(SCOPE_TYPE, fs::scope_type, "Default `TENANT`."),
+    FieldSpec::optional(
+        SCOPE_ID,
+        fs::scope_id_or_number,
+        "Required for COMMUNITY and TEAM; for TENANT it must be the tenant id (the default).",
+    ),
+];
+
+/// The fields an operation reads beyond its path and its typed body.
+pub fn fields_of(op: Op) -> &'static [FieldSpec] {
+    match op {
+        Op::EventList => LIST_FIELDS,
+        Op::RsvpList => RSVP_LIST_FIELDS,
+        Op::AttendanceList => PAGE_FIELDS,
+        Op::AdminRolesList => ROLES_LIST_FIELDS,
+        Op::AdminRolesGrant => GRANT_FIELDS,
+        Op::AdminRolesRevoke => REVOKE_FIELDS,
+        Op::EventCreate
+        | Op::EventGet
+        | Op::EventUpdate
+        | Op::EventCancel
+        | Op::RsvpSet
+        | Op::RsvpClear
+        | Op::AttendanceMark
+        | Op::EventIcs
+        | Op::DsarExport
+        | Op::DsarErase => &[],
     }
 }
 

@@ -10,20 +10,16 @@
 use std::sync::Arc;
 
 use serde::Serialize;
-use serde::ser::{SerializeStruct, Serializer};
+use serde::ser::Serializer;
 use serde_json::Value;
+use utoipa::ToSchema;
 
-use crate::domain::{Event, EventId, RsvpCounts, RsvpStatus, utc_str};
+use crate::domain::{
+    Event, EventId, EventStatus, RsvpCounts, RsvpStatus, ScopeType, Visibility, utc_str,
+};
 
 pub fn counts(c: &RsvpCounts) -> Value {
     serde_json::to_value(c).unwrap_or(Value::Null)
-}
-
-/// An event as callers see it, borrowed.
-struct EventRef<'a> {
-    event: &'a Event,
-    counts: &'a RsvpCounts,
-    my_rsvp: Option<RsvpStatus>,
 }
 
 fn non_empty(s: &str) -> Option<&str> {
@@ -50,38 +46,114 @@ impl Serialize for Id {
     }
 }
 
-impl Serialize for EventRef<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let e = self.event;
-        let mut m = s.serialize_struct("Event", 22)?;
-        m.serialize_field("id", &Id(e.id.as_uuid()))?;
-        m.serialize_field("tenantId", &Id(e.tenant_id.as_uuid()))?;
-        m.serialize_field("scopeType", e.scope_type().as_str())?;
-        m.serialize_field("scopeId", e.scope_id().as_str())?;
-        m.serialize_field("title", e.title.as_str())?;
-        m.serialize_field("description", &non_empty(e.description.as_str()))?;
-        m.serialize_field("startsAt", &Time(&e.starts_at))?;
-        m.serialize_field("endsAt", &Time(&e.ends_at))?;
-        m.serialize_field("locationText", &non_empty(e.location_text.as_str()))?;
-        m.serialize_field("locationUrl", &e.location_url.as_ref().map(|u| u.as_str()))?;
-        m.serialize_field("gameId", &e.game_id.as_ref().map(|g| g.as_str()))?;
-        m.serialize_field("visibility", e.visibility.as_str())?;
-        m.serialize_field("createdBy", &Id(e.created_by.as_uuid()))?;
-        m.serialize_field("createdAt", &Time(&e.created_at))?;
-        m.serialize_field("updatedAt", &Time(&e.updated_at))?;
-        m.serialize_field("status", e.status.as_str())?;
-        m.serialize_field("capacity", &e.seat_capacity())?;
-        m.serialize_field("version", &e.version)?;
-        m.serialize_field("cancelledAt", &e.cancelled_at.as_ref().map(Time))?;
-        m.serialize_field(
-            "cancelReason",
-            &e.cancel_reason.as_ref().map(|r| r.as_str()),
-        )?;
-        m.serialize_field("rsvpCounts", self.counts)?;
-        m.serialize_field("myRsvp", &self.my_rsvp.map(|s| s.as_str()))?;
-        m.end()
+/// An event as every read and write returns it (borrowed from the stored
+/// event: this is what is serialised). Every key is always present;
+/// datetimes are UTC with `Z`, milliseconds only when not zero.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = EventView)]
+struct EventRef<'a> {
+    #[schema(value_type = String, format = "uuid")]
+    id: Id,
+    #[schema(value_type = String, format = "uuid")]
+    tenant_id: Id,
+    scope_type: ScopeType,
+    /// The tenant id for TENANT scope; the community or team id otherwise.
+    #[schema(value_type = String)]
+    scope_id: &'a str,
+    #[schema(value_type = String)]
+    title: &'a str,
+    /// `null` when empty.
+    #[schema(value_type = Option<String>, required = true)]
+    description: Option<&'a str>,
+    #[schema(value_type = String, format = DateTime)]
+    starts_at: Time<'a>,
+    #[schema(value_type = String, format = DateTime)]
+    ends_at: Time<'a>,
+    /// `null` when empty.
+    #[schema(value_type = Option<String>, required = true)]
+    location_text: Option<&'a str>,
+    #[schema(value_type = Option<String>, format = "uri", required = true)]
+    location_url: Option<&'a str>,
+    #[schema(value_type = Option<String>, required = true)]
+    game_id: Option<&'a str>,
+    visibility: Visibility,
+    /// The nil UUID once the creator's data was erased.
+    #[schema(value_type = String, format = "uuid")]
+    created_by: Id,
+    #[schema(value_type = String, format = DateTime)]
+    created_at: Time<'a>,
+    /// Moves on every update that changes something.
+    #[schema(value_type = String, format = DateTime)]
+    updated_at: Time<'a>,
+    status: EventStatus,
+    /// Seats for `going`; `null` is unlimited.
+    #[schema(minimum = 1, maximum = 1_000_000, required = true)]
+    capacity: Option<u32>,
+    /// 1, then one more per change (update or cancel).
+    #[schema(minimum = 1)]
+    version: i64,
+    #[schema(value_type = Option<String>, format = DateTime, required = true)]
+    cancelled_at: Option<Time<'a>>,
+    #[schema(value_type = Option<String>, required = true)]
+    cancel_reason: Option<&'a str>,
+    #[schema(value_type = RsvpCounts)]
+    rsvp_counts: &'a RsvpCounts,
+    /// The caller's own RSVP; `null` when none.
+    #[schema(required = true)]
+    my_rsvp: Option<RsvpStatus>,
+}
+
+impl<'a> EventRef<'a> {
+    fn new(e: &'a Event, counts: &'a RsvpCounts, my_rsvp: Option<RsvpStatus>) -> Self {
+        Self {
+            id: Id(e.id.as_uuid()),
+            tenant_id: Id(e.tenant_id.as_uuid()),
+            scope_type: e.scope_type(),
+            scope_id: e.scope_id().as_str(),
+            title: e.title.as_str(),
+            description: non_empty(e.description.as_str()),
+            starts_at: Time(&e.starts_at),
+            ends_at: Time(&e.ends_at),
+            location_text: non_empty(e.location_text.as_str()),
+            location_url: e.location_url.as_ref().map(|u| u.as_str()),
+            game_id: e.game_id.as_ref().map(|g| g.as_str()),
+            visibility: e.visibility,
+            created_by: Id(e.created_by.as_uuid()),
+            created_at: Time(&e.created_at),
+            updated_at: Time(&e.updated_at),
+            status: e.status,
+            capacity: e.seat_capacity(),
+            version: e.version,
+            cancelled_at: e.cancelled_at.as_ref().map(Time),
+            cancel_reason: e.cancel_reason.as_ref().map(|r| r.as_str()),
+            rsvp_counts: counts,
+            my_rsvp,
+        }
     }
 }
+
+// `RsvpCounts` is the domain's; its keys are snake_case on the wire.
+impl utoipa::PartialSchema for RsvpCounts {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        let count = || {
+            utoipa::openapi::ObjectBuilder::new()
+                .schema_type(utoipa::openapi::schema::Type::Integer)
+                .minimum(Some(0))
+        };
+        let mut object = utoipa::openapi::ObjectBuilder::new().description(Some(
+            "RSVP counters; every key always present, snake_case (`waitlisted` is new).",
+        ));
+        for status in RsvpStatus::ALL {
+            object = object
+                .property(status.as_str(), count())
+                .required(status.as_str());
+        }
+        object.into()
+    }
+}
+
+impl ToSchema for RsvpCounts {}
 
 /// An event with its counters and the caller's RSVP.
 #[derive(Debug, Clone)]
@@ -101,39 +173,57 @@ impl EventView {
     }
 }
 
+// The view serialises as an `EventRef`, so that is its schema.
+impl utoipa::PartialSchema for EventView {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        EventRef::schema()
+    }
+}
+
+impl ToSchema for EventView {
+    fn name() -> std::borrow::Cow<'static, str> {
+        EventRef::name()
+    }
+
+    fn schemas(
+        schemas: &mut Vec<(
+            String,
+            utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+        )>,
+    ) {
+        EventRef::schemas(schemas);
+    }
+}
+
 impl Serialize for EventView {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        EventRef {
-            event: &self.event,
-            counts: &self.counts,
-            my_rsvp: self.my_rsvp,
-        }
-        .serialize(s)
+        EventRef::new(&self.event, &self.counts, self.my_rsvp).serialize(s)
     }
 }
 
 /// The event view as a JSON value (kept where a result is stored).
 pub fn event(e: &Event, c: &RsvpCounts, my_rsvp: Option<RsvpStatus>) -> Value {
-    serde_json::to_value(EventRef {
-        event: e,
-        counts: c,
-        my_rsvp,
-    })
-    .unwrap_or(Value::Null)
+    serde_json::to_value(EventRef::new(e, c, my_rsvp)).unwrap_or(Value::Null)
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct PageMeta {
+    /// Everything that matches and the caller may see.
+    #[schema(minimum = 0)]
     pub total: i64,
+    #[schema(minimum = 1)]
     pub limit: i64,
+    #[schema(minimum = 0)]
     pub offset: i64,
-    /// Present (and true) when some memberships could not be checked.
+    /// Present, and `true`, only when the membership authority could not be
+    /// reached and members-only events were left out.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub partial: Option<bool>,
 }
 
-/// `{"items": [...], "meta": {...}}`.
-#[derive(Debug, Clone, Serialize)]
+/// A page of a listing.
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Page<T> {
     pub items: Vec<T>,
     pub meta: PageMeta,
@@ -249,6 +339,50 @@ mod tests {
             v["myRsvp"] = Value::Null;
             v
         });
+    }
+
+    /// The keys of an object schema, and its required ones.
+    fn keys_of(
+        schema: utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+    ) -> (Vec<String>, Vec<String>) {
+        let value = serde_json::to_value(schema).expect("a schema encodes");
+        let mut keys: Vec<String> = value["properties"]
+            .as_object()
+            .map(|o| o.keys().cloned().collect())
+            .unwrap_or_default();
+        let mut required: Vec<String> = value["required"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        keys.sort();
+        required.sort();
+        (keys, required)
+    }
+
+    #[test]
+    fn the_schemas_name_exactly_the_keys_that_are_written() {
+        use utoipa::PartialSchema;
+        let stored = sample();
+        let value = event(&stored, &RsvpCounts::default(), None);
+        let mut written: Vec<String> = value
+            .as_object()
+            .map(|o| o.keys().cloned().collect())
+            .unwrap_or_default();
+        written.sort();
+        let (keys, required) = keys_of(EventView::schema());
+        assert_eq!(keys, written);
+        assert_eq!(required, written, "every key is always present");
+        let counts = serde_json::to_value(RsvpCounts::default()).expect("encodes");
+        let mut written: Vec<String> = counts
+            .as_object()
+            .map(|o| o.keys().cloned().collect())
+            .unwrap_or_default();
+        written.sort();
+        assert_eq!(keys_of(RsvpCounts::schema()), (written.clone(), written));
     }
 
     fn event_value(e: &Event, c: &RsvpCounts) -> Value {

@@ -12,7 +12,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::domain::ids::TenantId;
+use crate::domain::ids::{EventId, TenantId, UserId};
 
 /// Why a value was refused, in words fit for `details.fields`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -99,6 +99,18 @@ macro_rules! wire_enum {
                 s.parse().map_err(::serde::de::Error::custom)
             }
         }
+
+        // The wire spellings, exactly: parsing is case-sensitive and untrimmed.
+        impl ::utoipa::PartialSchema for $name {
+            fn schema() -> ::utoipa::openapi::RefOr<::utoipa::openapi::schema::Schema> {
+                ::utoipa::openapi::ObjectBuilder::new()
+                    .schema_type(::utoipa::openapi::schema::Type::String)
+                    .enum_values(Some($name::ALL.iter().map(|v| v.as_str())))
+                    .into()
+            }
+        }
+
+        impl ::utoipa::ToSchema for $name {}
     };
 }
 pub(crate) use wire_enum;
@@ -517,6 +529,232 @@ impl Scope {
 
     pub fn scope_id(&self) -> &ScopeId {
         &self.scope_id
+    }
+}
+
+// ---------------------------------------------------------------------------
+// OpenAPI schemas: each states the rule its constructor enforces, so the
+// document cannot promise more or less than the parser does.
+// ---------------------------------------------------------------------------
+
+/// What `str::trim` and `char::is_whitespace` treat as white space (Unicode
+/// `White_Space`), as the body of a regex character class.
+pub const WHITESPACE_CLASS: &str =
+    "\\t\\n\\u000b\\f\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000";
+/// What `char::is_control` refuses (Unicode `Cc`), as a class body.
+pub const CONTROL_CLASS: &str = "\\u0000-\\u001f\\u007f-\\u009f";
+const HEX: &str = "[0-9a-fA-F]";
+
+/// A UUID in any spelling `Uuid::parse_str` reads (hyphenated, simple,
+/// braced, `urn:uuid:`), surrounding white space allowed.
+pub fn uuid_input_pattern() -> String {
+    let hyphenated = format!("{HEX}{{8}}-{HEX}{{4}}-{HEX}{{4}}-{HEX}{{4}}-{HEX}{{12}}");
+    format!(
+        "^[{WHITESPACE_CLASS}]*({HEX}{{32}}|{hyphenated}|\\{{{hyphenated}\\}}|[uU][rR][nN]:[uU][uU][iI][dD]:{hyphenated})[{WHITESPACE_CLASS}]*$"
+    )
+}
+
+/// A datetime as text: ISO 8601 (`T`, `t`, `_` or a space between date and
+/// time; an offset `Z`, `±hh`, `±hhmm` or `±hh:mm`, or none for UTC), a
+/// date alone, or Unix seconds or milliseconds as digits. With
+/// `space_offset`, an offset whose `+` arrived as a space is read too (a
+/// query parameter that was not percent-encoded).
+pub fn datetime_text_pattern(space_offset: bool) -> String {
+    let offset = if space_offset {
+        "[Zz]|[+-][0-9]{2}(:?[0-9]{2})?| [0-9]{2}(:?[0-9]{2})?"
+    } else {
+        "[Zz]|[+-][0-9]{2}(:?[0-9]{2})?"
+    };
+    format!(
+        "^[{WHITESPACE_CLASS}]*([0-9]{{4}}-[0-9]{{2}}-[0-9]{{2}}([Tt _][0-9]{{2}}:[0-9]{{2}}(:[0-9]{{2}}([.,][0-9]+)?)?({offset})?)?|[+-]?[0-9]+(\\.[0-9]*)?)[{WHITESPACE_CLASS}]*$"
+    )
+}
+
+/// The Unix-time range of years 1 to 9999; beyond ±2·10¹⁰ the number is
+/// read as milliseconds.
+pub const UNIX_INPUT_MIN: i64 = -62_135_596_800_000;
+pub const UNIX_INPUT_MAX: i64 = 253_402_300_799_999;
+
+const DATETIME_DESCRIPTION: &str = "ISO 8601 with any offset (normalised to UTC), naive (read as UTC), a date \
+     (midnight UTC), or Unix seconds or milliseconds (a number, or digits in a string; above \
+     2e10 in absolute value it is milliseconds). Years 1 to 9999; stored to the microsecond.";
+
+fn string_schema(
+    min_length: Option<usize>,
+    max_length: Option<usize>,
+    pattern: String,
+    description: &str,
+) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .min_length(min_length)
+        .max_length(max_length)
+        .pattern(Some(pattern))
+        .description(Some(description))
+        .into()
+}
+
+/// No NUL anywhere and at least one character that is not white space.
+fn not_blank_pattern() -> String {
+    format!("^[^\\u0000]*[^{WHITESPACE_CLASS}\\u0000][^\\u0000]*$")
+}
+
+fn no_nul_pattern() -> String {
+    "^[^\\u0000]*$".to_owned()
+}
+
+macro_rules! schema_of {
+    ($name:ident, $schema:expr) => {
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                $schema
+            }
+        }
+
+        impl utoipa::ToSchema for $name {}
+    };
+}
+
+schema_of!(
+    Title,
+    string_schema(
+        Some(1),
+        Some(Title::MAX_CHARS),
+        not_blank_pattern(),
+        "1 to 255 characters, not only white space, no NUL; stored as sent (not trimmed).",
+    )
+);
+
+schema_of!(
+    ScopeId,
+    string_schema(
+        Some(1),
+        Some(ScopeId::MAX_CHARS),
+        format!("^[^{CONTROL_CLASS}]*[^{WHITESPACE_CLASS}{CONTROL_CLASS}][^{CONTROL_CLASS}]*$"),
+        "1 to 128 characters, not only white space, no control characters. A UUID in any \
+         spelling is stored in its canonical form. For a TENANT scope: the caller's tenant id.",
+    )
+);
+
+schema_of!(
+    Description,
+    string_schema(
+        None,
+        Some(Description::MAX_CHARS),
+        no_nul_pattern(),
+        "Up to 20,000 characters, no NUL; empty means none.",
+    )
+);
+
+schema_of!(
+    LocationText,
+    string_schema(
+        None,
+        Some(LocationText::MAX_CHARS),
+        no_nul_pattern(),
+        "Up to 255 characters, no NUL; empty means none.",
+    )
+);
+
+schema_of!(LocationUrl, {
+    let mut schema = string_schema(
+        Some(1),
+        Some(LocationUrl::MAX_CHARS),
+        format!(
+            "^[{WHITESPACE_CLASS}]*[hH][tT][tT][pP][sS]?://[^/\\\\{CONTROL_CLASS}][^{CONTROL_CLASS}]*[{WHITESPACE_CLASS}]*$"
+        ),
+        "An absolute `http://` or `https://` URL with a host (any letter case in the scheme), \
+         at most 2048 characters once surrounding white space is trimmed, no control \
+         characters; `javascript:`, `data:`, relative and host-less URLs are refused. Stored as \
+         sent, trimmed.",
+    );
+    if let utoipa::openapi::RefOr::T(utoipa::openapi::schema::Schema::Object(object)) = &mut schema
+    {
+        object.format = Some(utoipa::openapi::SchemaFormat::Custom("uri".into()));
+    }
+    schema
+});
+
+schema_of!(
+    GameId,
+    string_schema(
+        Some(1),
+        Some(GameId::MAX_CHARS),
+        not_blank_pattern(),
+        "1 to 128 characters, not only white space, no NUL.",
+    )
+);
+
+schema_of!(
+    CancelReason,
+    string_schema(
+        None,
+        Some(CancelReason::MAX_CHARS),
+        no_nul_pattern(),
+        "Up to 1000 characters, no NUL; empty or only white space means no reason.",
+    )
+);
+
+schema_of!(
+    Capacity,
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::Integer)
+        .minimum(Some(1))
+        .maximum(Some(Capacity::MAX))
+        .description(Some(
+            "Seats for `going`, 1 to 1,000,000 (a number with a zero fraction such as `5.0` \
+             counts). Absent or null: unlimited.",
+        ))
+        .into()
+);
+
+schema_of!(
+    EventId,
+    string_schema(
+        None,
+        None,
+        uuid_input_pattern(),
+        "An event id: a UUID in any spelling (upper case, no hyphens, braces, `urn:uuid:`).",
+    )
+);
+
+schema_of!(
+    UserId,
+    string_schema(
+        None,
+        None,
+        uuid_input_pattern(),
+        "A user id: a UUID in any spelling (upper case, no hyphens, braces, `urn:uuid:`).",
+    )
+);
+
+impl utoipa::PartialSchema for crate::domain::DatetimeInput<'_> {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+        OneOfBuilder::new()
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .pattern(Some(datetime_text_pattern(false))),
+            )
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::Number)
+                    .minimum(Some(UNIX_INPUT_MIN))
+                    .maximum(Some(UNIX_INPUT_MAX)),
+            )
+            .description(Some(DATETIME_DESCRIPTION))
+            .examples([
+                serde_json::json!("2030-01-10T10:00:00+03:00"),
+                serde_json::json!(1_893_567_600),
+            ])
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for crate::domain::DatetimeInput<'_> {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "DatetimeInput".into()
     }
 }
 

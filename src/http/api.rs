@@ -1,4 +1,10 @@
 //! The REST routes of the BFF contract and the one adapter that runs them.
+//!
+//! [`routes`] is the one list of routes: the router serves it and the
+//! OpenAPI document is collected from it, each handler's `#[utoipa::path]`
+//! saying what is particular to it. What every operation shares (the
+//! signature, the context headers, the error responses, the query fields
+//! the parser reads) is added from the code in [`crate::http::openapi`].
 
 use crate::app::pipeline::{Framing, Incoming, Target};
 use crate::app::{Op, Reply};
@@ -7,33 +13,32 @@ use crate::domain::ErrorCode;
 use crate::error::AppError;
 use crate::http::middleware::{ReceivedTarget, no_content};
 use crate::startup::AppState;
-use axum::Router;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/", get(list).post(create))
-        .route("/openapi.json", get(crate::http::openapi::serve))
-        .route("/{id}", get(get_event).patch(update))
-        .route("/{id}/rsvp", post(rsvp_set).delete(rsvp_clear))
-        .route("/{id}/rsvps", get(rsvp_list))
-        .route(
-            "/{id}/attendance",
-            post(attendance_mark).get(attendance_list),
-        )
-        .route("/{id}/ics", get(ics))
-        .route("/{id}/cancel", post(cancel))
-        .route("/internal/dsar/users/{uid}/export", get(dsar_export))
-        .route("/internal/dsar/users/{uid}/erase", post(dsar_erase))
-        .route("/admin/roles", get(admin_roles_list))
-        .route(
-            "/admin/role-bindings",
-            post(admin_role_grant).delete(admin_role_revoke),
-        )
+use crate::app::requests::{AttendanceBody, CancelBody, CreateBody, PatchBody, RsvpBody};
+use crate::app::views::{EventView, Page};
+use crate::domain::{EventId, UserId};
+
+/// The routes of the API, relative to each prefix it is served under.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(crate::http::openapi::serve))
+        .routes(routes!(get_event, update))
+        .routes(routes!(rsvp_set, rsvp_clear))
+        .routes(routes!(rsvp_list))
+        .routes(routes!(attendance_mark, attendance_list))
+        .routes(routes!(ics))
+        .routes(routes!(cancel))
+        .routes(routes!(dsar_export))
+        .routes(routes!(dsar_erase))
+        .routes(routes!(admin_roles_list))
+        .routes(routes!(admin_role_grant, admin_role_revoke))
 }
 
 /// The error envelope as an HTTP response.
@@ -137,14 +142,40 @@ fn segment(path: Result<Path<String>, PathRejection>) -> String {
         .unwrap_or_else(|_| "\u{FFFD}".to_string())
 }
 
+/// List events
+///
+/// Events of the caller's tenant that the caller may see, ordered by start
+/// time then id; cancelled events included. Needs `events.event.read` at the
+/// filtered scope (the tenant when none). Visibility is part of the query,
+/// so pages are full and `meta.total` counts only visible events.
+#[utoipa::path(get, path = "", operation_id = "listEvents", tag = "events",
+    extensions(("x-nats-operation" = json!("event.list"))),
+    responses((status = 200, description = "A page of events", body = Page<EventView>)))]
 async fn list(State(state): State<AppState>, request: Request) -> Response {
     run(&state, Op::EventList, Target::Query, request).await
 }
 
+/// Create an event
+///
+/// Needs `events.event.create` at the event's scope. Answers **200** with
+/// the event (`version` 1). Idempotent: a retry with the same `X-Request-Id`
+/// by the same user in the same tenant within 24 h answers the first event;
+/// the same id with another body is 409 `IDEMPOTENCY_CONFLICT`.
+#[utoipa::path(post, path = "", operation_id = "createEvent", tag = "events",
+    extensions(("x-nats-operation" = json!("event.create"))),
+    request_body = CreateBody,
+    responses((status = 200, description = "The created event (or the first one, on a retry)", body = EventView)))]
 async fn create(State(state): State<AppState>, request: Request) -> Response {
     run(&state, Op::EventCreate, Target::None, request).await
 }
 
+/// Get an event
+///
+/// An event of another tenant, a hidden one and a missing one are all 404.
+#[utoipa::path(get, path = "/{event_id}", operation_id = "getEvent", tag = "events",
+    extensions(("x-nats-operation" = json!("event.get"))),
+    params(("event_id" = inline(EventId), Path, description = "Not a UUID: 400 `INVALID_EVENT_ID`")),
+    responses((status = 200, description = "The event", body = EventView)))]
 async fn get_event(
     State(state): State<AppState>,
     id: Result<Path<String>, PathRejection>,
@@ -153,6 +184,16 @@ async fn get_event(
     run(&state, Op::EventGet, Target::Event(segment(id)), request).await
 }
 
+/// Update an event
+///
+/// Needs `events.event.manage`. Only the keys present are considered; none
+/// at all is 400 `NO_UPDATES`. An update that changes nothing leaves
+/// `version` and `updatedAt` as they were. A cancelled event is 409.
+#[utoipa::path(patch, path = "/{event_id}", operation_id = "updateEvent", tag = "events",
+    extensions(("x-nats-operation" = json!("event.update"))),
+    params(("event_id" = inline(EventId), Path, description = "Not a UUID: 400 `INVALID_EVENT_ID`")),
+    request_body = PatchBody,
+    responses((status = 200, description = "The event after the update", body = EventView)))]
 async fn update(
     State(state): State<AppState>,
     id: Result<Path<String>, PathRejection>,
@@ -161,6 +202,16 @@ async fn update(
     run(&state, Op::EventUpdate, Target::Event(segment(id)), request).await
 }
 
+/// Cancel an event
+///
+/// Needs `events.event.manage`. Answers the event with `status:
+/// "cancelled"`; cancelling again changes nothing (200). Afterwards update,
+/// RSVP, RSVP removal and attendance are 409 `EVENT_CANCELLED`.
+#[utoipa::path(post, path = "/{event_id}/cancel", operation_id = "cancelEvent", tag = "events",
+    extensions(("x-nats-operation" = json!("event.cancel"))),
+    params(("event_id" = inline(EventId), Path, description = "Not a UUID: 400 `INVALID_EVENT_ID`")),
+    request_body(content = CancelBody, description = "Optional: no body means no reason"),
+    responses((status = 200, description = "The cancelled event", body = EventView)))]
 async fn cancel(
     State(state): State<AppState>,
     id: Result<Path<String>, PathRejection>,
@@ -169,6 +220,16 @@ async fn cancel(
     run(&state, Op::EventCancel, Target::Event(segment(id)), request).await
 }
 
+/// Set the caller's RSVP
+///
+/// Needs `events.rsvp.set`. An upsert: **204**, empty body, whether it
+/// changed or not. `going` on a full event is stored as `waitlisted` and
+/// promoted when a seat frees up.
+#[utoipa::path(post, path = "/{event_id}/rsvp", operation_id = "setRsvp", tag = "rsvp",
+    extensions(("x-nats-operation" = json!("rsvp.set"))),
+    params(("event_id" = inline(EventId), Path, description = "Not a UUID: 400 `INVALID_EVENT_ID`")),
+    request_body = RsvpBody,
+    responses((status = 204, description = "Stored; no body")))]
 async fn rsvp_set(
     State(state): State<AppState>,
     id: Result<Path<String>, PathRejection>,
@@ -177,6 +238,14 @@ async fn rsvp_set(
     run(&state, Op::RsvpSet, Target::Event(segment(id)), request).await
 }
 
+/// Remove the caller's RSVP
+///
+/// **204**, empty body, also when there was none. A freed seat goes to the
+/// first waitlisted user.
+#[utoipa::path(delete, path = "/{event_id}/rsvp", operation_id = "clearRsvp", tag = "rsvp",
+    extensions(("x-nats-operation" = json!("rsvp.clear"))),
+    params(("event_id" = inline(EventId), Path, description = "Not a UUID: 400 `INVALID_EVENT_ID`")),
+    responses((status = 204, description = "Removed (or there was none); no body")))]
 async fn rsvp_clear(
     State(state): State<AppState>,
     id: Result<Path<String>, PathRejection>,
@@ -185,6 +254,14 @@ async fn rsvp_clear(
     run(&state, Op::RsvpClear, Target::Event(segment(id)), request).await
 }
 
+/// List an event's RSVPs
+///
+/// Needs `events.event.manage`. In the order the RSVPs were first made;
+/// waitlisted entries carry their position, from 1.
+#[utoipa::path(get, path = "/{event_id}/rsvps", operation_id = "listRsvps", tag = "rsvp",
+    extensions(("x-nats-operation" = json!("rsvp.list"))),
+    params(("event_id" = inline(EventId), Path, description = "Not a UUID: 400 `INVALID_EVENT_ID`")),
+    responses((status = 200, description = "A page of RSVPs")))]
 async fn rsvp_list(
     State(state): State<AppState>,
     id: Result<Path<String>, PathRejection>,
@@ -199,6 +276,14 @@ async fn rsvp_list(
     .await
 }
 
+/// Mark a user as attended
+///
+/// Needs `events.attendance.mark`. The first mark wins; **204**, empty body.
+#[utoipa::path(post, path = "/{event_id}/attendance", operation_id = "markAttendance", tag = "attendance",
+    extensions(("x-nats-operation" = json!("attendance.mark"))),
+    params(("event_id" = inline(EventId), Path, description = "Not a UUID: 400 `INVALID_EVENT_ID`")),
+    request_body = AttendanceBody,
+    responses((status = 204, description = "Marked; no body")))]
 async fn attendance_mark(
     State(state): State<AppState>,
     id: Result<Path<String>, PathRejection>,
@@ -213,6 +298,13 @@ async fn attendance_mark(
     .await
 }
 
+/// List an event's attendance
+///
+/// Needs `events.event.manage` or `events.attendance.mark`.
+#[utoipa::path(get, path = "/{event_id}/attendance", operation_id = "listAttendance", tag = "attendance",
+    extensions(("x-nats-operation" = json!("attendance.list"))),
+    params(("event_id" = inline(EventId), Path, description = "Not a UUID: 400 `INVALID_EVENT_ID`")),
+    responses((status = 200, description = "A page of attendance marks")))]
 async fn attendance_list(
     State(state): State<AppState>,
     id: Result<Path<String>, PathRejection>,
@@ -227,6 +319,15 @@ async fn attendance_list(
     .await
 }
 
+/// Download the event as iCalendar
+///
+/// RFC 5545, UTF-8, CRLF line ends, lines folded at 75 octets. `SEQUENCE`
+/// is `version - 1` and `STATUS` is `CANCELLED` once cancelled.
+#[utoipa::path(get, path = "/{event_id}/ics", operation_id = "exportIcs", tag = "events",
+    extensions(("x-nats-operation" = json!("event.ics"))),
+    params(("event_id" = inline(EventId), Path, description = "Not a UUID: 400 `INVALID_EVENT_ID`")),
+    responses((status = 200, description = "The calendar", content_type = "text/calendar; charset=utf-8", body = String,
+        headers(("Content-Disposition" = String, description = "`attachment; filename=\"event-{id}.ics\"`")))))]
 async fn ics(
     State(state): State<AppState>,
     id: Result<Path<String>, PathRejection>,
@@ -235,6 +336,15 @@ async fn ics(
     run(&state, Op::EventIcs, Target::Event(segment(id)), request).await
 }
 
+/// Export a user's data (DSAR)
+///
+/// Allowed to the subject (even when suspended or banned) and to system
+/// admins; anyone else gets 403 "DSAR access denied". The caller's tenant
+/// only; other users' ids are shown as `"[redacted]"`.
+#[utoipa::path(get, path = "/internal/dsar/users/{user_id}/export", operation_id = "dsarExport", tag = "dsar",
+    extensions(("x-nats-operation" = json!("dsar.export"))),
+    params(("user_id" = inline(UserId), Path, description = "The subject; not a UUID: 400 `INVALID_USER_ID`")),
+    responses((status = 200, description = "The bundle")))]
 async fn dsar_export(
     State(state): State<AppState>,
     uid: Result<Path<String>, PathRejection>,
@@ -243,6 +353,14 @@ async fn dsar_export(
     run(&state, Op::DsarExport, Target::User(segment(uid)), request).await
 }
 
+/// Erase a user's data (DSAR)
+///
+/// Same access rule as the export; one transaction. A body, if sent, must
+/// be JSON and is ignored.
+#[utoipa::path(post, path = "/internal/dsar/users/{user_id}/erase", operation_id = "dsarErase", tag = "dsar",
+    extensions(("x-nats-operation" = json!("dsar.erase"))),
+    params(("user_id" = inline(UserId), Path, description = "The subject; not a UUID: 400 `INVALID_USER_ID`")),
+    responses((status = 200, description = "What was erased")))]
 async fn dsar_erase(
     State(state): State<AppState>,
     uid: Result<Path<String>, PathRejection>,
@@ -251,16 +369,37 @@ async fn dsar_erase(
     run(&state, Op::DsarErase, Target::User(segment(uid)), request).await
 }
 
+/// List roles and role bindings
+///
+/// System admins only (else 403 "System admin required"): the role catalog
+/// and the role bindings of the caller's tenant the filters select.
+#[utoipa::path(get, path = "/admin/roles", operation_id = "listRoles", tag = "admin",
+    extensions(("x-nats-operation" = json!("admin.roles.list"))),
+    responses((status = 200, description = "The catalog and the bindings")))]
 async fn admin_roles_list(State(state): State<AppState>, request: Request) -> Response {
     run(&state, Op::AdminRolesList, Target::Query, request).await
 }
 
+/// Grant a role
+///
+/// System admins only. Answers **200** with the binding; granting one that
+/// exists answers it with `created: false`. Audited.
+#[utoipa::path(post, path = "/admin/role-bindings", operation_id = "grantRole", tag = "admin",
+    extensions(("x-nats-operation" = json!("admin.roles.grant"))),
+    responses((status = 200, description = "The binding (new or existing)")))]
 async fn admin_role_grant(State(state): State<AppState>, request: Request) -> Response {
     run(&state, Op::AdminRolesGrant, Target::None, request).await
 }
 
-/// The binding to revoke comes in the body or in the query (`bindingId`,
-/// or `userId` + `role` + scope), as a DELETE body is not always possible.
+/// Revoke a role
+///
+/// System admins only. Removes the binding `bindingId` names, or the one of
+/// `userId` + `role` at the scope (default the tenant), given in the body or
+/// in the query, as a DELETE body is not always possible (the query wins
+/// for a key in both). `revoked: 0` when there was none. Audited.
+#[utoipa::path(delete, path = "/admin/role-bindings", operation_id = "revokeRole", tag = "admin",
+    extensions(("x-nats-operation" = json!("admin.roles.revoke"))),
+    responses((status = 200, description = "How many bindings were removed")))]
 async fn admin_role_revoke(State(state): State<AppState>, request: Request) -> Response {
     run(&state, Op::AdminRolesRevoke, Target::Query, request).await
 }

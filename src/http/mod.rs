@@ -9,22 +9,28 @@ pub mod openapi;
 pub mod probes;
 
 use axum::Router;
-use axum::routing::any;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::startup::AppState;
 
 pub use api::error_response;
 
-pub fn router(state: AppState) -> Router {
+/// Every route: the unsigned probes, and the API under both prefixes. The
+/// router serves this list and the OpenAPI document is collected from it.
+pub fn routes() -> OpenApiRouter<AppState> {
     let api = api::routes();
-    Router::new()
-        .route("/health", any(probes::health))
-        .route("/ready", axum::routing::get(probes::ready))
-        .route("/metrics", axum::routing::get(probes::metrics))
-        .nest("/api/v1/events", api.clone())
-        .nest("/api/v1", api)
-        .fallback(api::not_found)
-        .with_state(state)
+    OpenApiRouter::new()
+        .routes(routes!(probes::health))
+        .routes(routes!(probes::ready))
+        .routes(routes!(probes::metrics))
+        .nest(openapi::PREFIX, api.clone())
+        .nest(openapi::BFF_PREFIX, openapi::bff_copy(api))
+}
+
+pub fn router(state: AppState) -> Router {
+    let (router, _) = routes().split_for_parts();
+    router.fallback(api::not_found).with_state(state)
 }
 
 /// Serves HTTP until `shutdown` completes. The middleware that must run

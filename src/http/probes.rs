@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::{Value, json};
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::startup::AppState;
 
@@ -14,9 +15,41 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 /// A leading publisher whose last cycle reached NATS longer ago than this is unhealthy.
 const PUBLISHER_STALE: Duration = Duration::from_secs(30);
 
-/// Liveness only: answers while the process serves HTTP, touching nothing else.
-pub async fn health() -> axum::Json<Value> {
-    axum::Json(json!({"status": "ok"}))
+/// The liveness answer.
+#[derive(Serialize, ToSchema)]
+pub struct Liveness {
+    #[schema(value_type = String, pattern = "^ok$")]
+    status: &'static str,
+}
+
+/// Liveness
+///
+/// `{"status":"ok"}` while the process serves HTTP; touches no dependency.
+/// No signature. GET (and so HEAD) only, as probes send.
+#[utoipa::path(get, path = "/health", operation_id = "health", tag = "meta", security(()),
+    responses((status = 200, description = "Alive", body = Liveness)))]
+pub async fn health() -> axum::Json<Liveness> {
+    axum::Json(Liveness { status: "ok" })
+}
+
+/// The readiness answer: every check, failing or not.
+#[derive(Serialize, ToSchema)]
+pub struct Readiness {
+    #[schema(value_type = String, pattern = "^(ok|unavailable)$")]
+    status: &'static str,
+    checks: Vec<CheckView>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct CheckView {
+    /// `postgres`, `nats`, `stream` or `outbox_publisher`.
+    #[schema(value_type = String)]
+    name: &'static str,
+    #[schema(value_type = String, pattern = "^(ok|error)$")]
+    status: &'static str,
+    #[schema(minimum = 0)]
+    latency_ms: f64,
+    message: String,
 }
 
 struct Check {
@@ -113,8 +146,15 @@ async fn run_checks(state: &AppState) -> Vec<Check> {
     vec![a, b, c, d]
 }
 
-/// `GET /ready`: 200 when Postgres, NATS, the stream and the outbox
-/// publisher are fine, else 503; always the list of checks.
+/// Readiness
+///
+/// 200 when Postgres, NATS, the JetStream stream and the outbox publisher
+/// are fine, else 503; the body always lists the checks. No signature.
+#[utoipa::path(get, path = "/ready", operation_id = "ready", tag = "meta", security(()),
+    responses(
+        (status = 200, description = "Ready", body = Readiness),
+        (status = 503, description = "Not ready; the failing checks say why", body = Readiness),
+    ))]
 pub async fn ready(State(state): State<AppState>) -> Response {
     let checks = run_checks(&state).await;
     let all_ok = checks.iter().all(|c| c.ok);
@@ -125,15 +165,18 @@ pub async fn ready(State(state): State<AppState>) -> Response {
             .with_label_values(&[c.name])
             .set(i64::from(c.ok));
     }
-    let body = json!({
-        "status": if all_ok { "ok" } else { "unavailable" },
-        "checks": checks.iter().map(|c| json!({
-            "name": c.name,
-            "status": if c.ok { "ok" } else { "error" },
-            "latency_ms": (c.latency.as_secs_f64() * 1000.0 * 10.0).round() / 10.0,
-            "message": c.message,
-        })).collect::<Vec<_>>(),
-    });
+    let body = Readiness {
+        status: if all_ok { "ok" } else { "unavailable" },
+        checks: checks
+            .into_iter()
+            .map(|c| CheckView {
+                name: c.name,
+                status: if c.ok { "ok" } else { "error" },
+                latency_ms: (c.latency.as_secs_f64() * 1000.0 * 10.0).round() / 10.0,
+                message: c.message,
+            })
+            .collect(),
+    };
     let status = if all_ok {
         StatusCode::OK
     } else {
@@ -142,9 +185,17 @@ pub async fn ready(State(state): State<AppState>) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
-/// `GET /metrics`: Prometheus text, or JSON with `?format=json`. The query
-/// is read leniently (a repeated or undecodable parameter must not turn
-/// into axum's plain-text 400).
+/// Metrics
+///
+/// Prometheus text exposition, or JSON with `?format=json`. No signature.
+/// The query is read leniently: any other value, a repeated or an
+/// undecodable parameter is the text form, never an error.
+#[utoipa::path(get, path = "/metrics", operation_id = "metrics", tag = "meta", security(()),
+    params(("format" = Option<String>, Query, description = "`json` for JSON; anything else is text")),
+    responses((status = 200, description = "The metrics", content(
+        (String = "text/plain; version=0.0.4; charset=utf-8"),
+        (serde_json::Value = "application/json"),
+    ))))]
 pub async fn metrics(State(state): State<AppState>, RawQuery(query): RawQuery) -> Response {
     state
         .metrics
