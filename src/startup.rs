@@ -3,8 +3,6 @@
 use std::future::Future;
 use std::net::SocketAddr;
 
-use sqlx::PgPool;
-
 use tokio::net::TcpListener;
 
 use crate::actors::outbox::{OutboxMsg, Publisher};
@@ -42,20 +40,7 @@ pub enum StartupError {
 
 pub use crate::backoff::Backoff;
 
-/// Shared, cheap-to-clone handles every transport uses.
-#[derive(Clone)]
-pub struct AppState {
-    pub config: std::sync::Arc<Config>,
-    pub db: PgPool,
-    pub nats: async_nats::Client,
-    pub app: App,
-    pub outbox_wakeup: std::sync::Arc<tokio::sync::Notify>,
-    pub publisher: std::sync::Arc<Publisher>,
-    /// The `access` mode's authorizer (its counters are for metrics);
-    /// `None` in `local` mode.
-    pub access_authorizer: Option<std::sync::Arc<AccessAuthorizer>>,
-    pub metrics: std::sync::Arc<crate::telemetry::metrics::Metrics>,
-}
+pub use crate::http::AppState;
 
 /// The service, built and bound, not yet serving.
 pub struct Application {

@@ -822,7 +822,17 @@ fn binding_filter(body: &Value) -> Result<BindingFilter, AppError> {
 /// `userId`, `role`, and a scope that defaults to the tenant.
 fn binding_spec(body: &Value, tenant: TenantId) -> Result<BindingSpec, AppError> {
     let mut b = Fields::new(body)?;
-    let user = uuid_field(&mut b, USER_ID, true);
+    // The nil id stands for erased users: nobody to give a role to.
+    let user = uuid_field(&mut b, USER_ID, true).and_then(|u| {
+        if u.is_nil() {
+            b.fail(
+                USER_ID,
+                "must be a user's id, not the nil UUID (erased users)",
+            )
+        } else {
+            Some(u)
+        }
+    });
     let role = role_field(&mut b, true);
     let (scope_type, scope_id) = scope_fields(&mut b);
     let scope = if b.has_error(SCOPE_TYPE) || b.has_error(SCOPE_ID) {

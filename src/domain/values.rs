@@ -2,8 +2,8 @@
 //!
 //! Each type keeps its value private and is built only through a checking
 //! constructor, so an `Event` made of them cannot carry an over-long title or
-//! a `javascript:` URL (the original let both reach Postgres or the UI,
-//! reference §11 S6). Lengths count Unicode scalar values, as the contract
+//! a `javascript:` URL (the previous service let both reach Postgres or the
+//! UI). Lengths count Unicode scalar values, as the contract
 //! says, not bytes.
 
 use std::fmt;
@@ -125,7 +125,7 @@ wire_enum! {
 }
 
 wire_enum! {
-    /// Who may see an event (DESIGN §8).
+    /// Who may see an event (`docs/authorization.md`).
     #[derive(Default)]
     Visibility, "visibility" {
         #[default]
@@ -488,7 +488,7 @@ pub struct Scope {
 
 impl Scope {
     /// A scope of `tenant`. A TENANT scope must name the tenant itself: the
-    /// original accepted any id there (reference §11 S7), which made
+    /// previous service accepted any id there, which made
     /// tenant-wide events that no tenant-wide query could find.
     pub fn new(
         tenant: TenantId,

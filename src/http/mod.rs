@@ -12,9 +12,22 @@ use axum::Router;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::startup::AppState;
-
 pub use api::error_response;
+
+/// Shared, cheap-to-clone handles every transport uses.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: std::sync::Arc<crate::config::Config>,
+    pub db: sqlx::PgPool,
+    pub nats: async_nats::Client,
+    pub app: crate::app::App,
+    pub outbox_wakeup: std::sync::Arc<tokio::sync::Notify>,
+    pub publisher: std::sync::Arc<crate::actors::outbox::Publisher>,
+    /// The `access` mode's authorizer (its counters are for metrics);
+    /// `None` in `local` mode.
+    pub access_authorizer: Option<std::sync::Arc<crate::authz::AccessAuthorizer>>,
+    pub metrics: std::sync::Arc<crate::telemetry::metrics::Metrics>,
+}
 
 /// Every route: the unsigned probes, and the API under both prefixes. The
 /// router serves this list and the OpenAPI document is collected from it.

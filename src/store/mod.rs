@@ -154,20 +154,3 @@ pub fn spawn_housekeeping(db: PgPool) {
         }
     });
 }
-
-#[cfg(test)]
-mod tests {
-    use super::unreachable;
-
-    #[test]
-    fn lost_connections_are_unreachable_and_failed_statements_are_not() {
-        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
-        assert!(unreachable(&sqlx::Error::Io(refused)));
-        assert!(unreachable(&sqlx::Error::PoolTimedOut));
-        assert!(unreachable(&sqlx::Error::Protocol(
-            "unexpected end of file".into()
-        )));
-        assert!(!unreachable(&sqlx::Error::RowNotFound));
-        assert!(!unreachable(&sqlx::Error::ColumnNotFound("x".into())));
-    }
-}

@@ -385,4 +385,3 @@ pub async fn attendance(
     .await?;
     Ok((rows, total))
 }
-

@@ -458,6 +458,12 @@ async fn bad_bodies_are_422_with_the_fields_named() {
             json!({"userId": 5, "role": ["organizer"]}),
             &["role", "userId"],
         ),
+        // The nil id stands for erased users.
+        (
+            "admin.roles.grant",
+            json!({"userId": Uuid::nil().to_string(), "role": "organizer"}),
+            &["userId"],
+        ),
         (
             "admin.roles.grant",
             json!({"userId": user, "role": "organizer", "scopeType": "GALAXY", "scopeId": "x"}),

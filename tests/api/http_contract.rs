@@ -1,9 +1,9 @@
-//! The HTTP contract the BFF, the SPA and curl users rely on (DESIGN §6, §7,
-//! §12; reference §2, §9; neighbours §1.4, §1.5, §5, §8): every route on
-//! both prefixes, the JSON shapes, the ICS bytes, id canonicalisation,
-//! idempotent create, tolerated headers, and the request id and security
-//! headers on every response. The original's 23 tests (reference §9) are
-//! rewritten here at the HTTP level where they apply (`original_NN_…`):
+//! The HTTP contract the BFF, the SPA and curl users rely on
+//! (`docs/http-api.md`): every route on both prefixes, the JSON shapes, the
+//! ICS bytes, id canonicalisation, idempotent create, tolerated headers, and
+//! the request id and security headers on every response. The previous
+//! service's 23 tests are rewritten here at the HTTP level where they apply
+//! (`original_NN_…`, numbered as that suite numbered them):
 //!
 //! - 1–11, 18, 19: below, with permissions from local role bindings
 //!   (`events.organizer`) and memberships from `app.join` instead of mocks.
@@ -982,7 +982,7 @@ async fn rsvp_waitlist_and_attendance_listings_have_the_documented_shapes() {
 // ICS
 // ---------------------------------------------------------------------------
 
-/// RFC 5545 TEXT escaping as the original did it (reference §2.10).
+/// RFC 5545 TEXT escaping as the previous service did it.
 fn ics_escape(s: &str) -> String {
     s.replace("\r\n", "\n")
         .replace('\r', "\n")
@@ -1314,7 +1314,7 @@ async fn bff_headers_are_tolerated_and_every_response_carries_the_standard_heade
 }
 
 // ---------------------------------------------------------------------------
-// The original suite (reference §9), at the HTTP level
+// The previous service's test suite, at the HTTP level
 // ---------------------------------------------------------------------------
 
 #[tokio::test]
@@ -1577,7 +1577,7 @@ async fn original_13_created_events_get_an_id_and_keep_their_visibility() {
     );
 }
 
-/// The fixture of the original's DSAR tests (reference §9): U created A, O
+/// The fixture of the previous service's DSAR tests: U created A, O
 /// created B, U is going to B, O marked U on B and U marked O on B.
 struct DsarFixture {
     app: TestApp,

@@ -1,5 +1,5 @@
-//! Every error the HTTP gateway answers (reference §2.12 plus ours, DESIGN
-//! §6, §7, §12): always the envelope `{"error":{"code","message","details",
+//! Every error the HTTP gateway answers (the previous service's codes plus
+//! ours, `docs/http-api.md` "Errors"): always the envelope `{"error":{"code","message","details",
 //! "request_id"}}` with JSON content type and the caller's request id,
 //! authentication before any look at the body, signatures over the path
 //! actually received, v2 binding the query and identity, and never a 500
@@ -32,7 +32,7 @@ fn fields(error: &Value) -> Vec<String> {
 }
 
 // ---------------------------------------------------------------------------
-// Authentication (reference §2.12, §3.3; DESIGN §7)
+// Authentication (`docs/hmac-signatures.md`, check order)
 // ---------------------------------------------------------------------------
 
 #[tokio::test]
@@ -398,7 +398,7 @@ async fn the_v1_signature_is_over_the_path_actually_received() {
 }
 
 // ---------------------------------------------------------------------------
-// Ids, existence, permission (reference §2.2, §2.12; DESIGN §12)
+// Ids, existence, permission (`docs/authorization.md`)
 // ---------------------------------------------------------------------------
 
 /// Every targeted route, as (method, suffix after the id, body).
