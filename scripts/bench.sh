@@ -8,6 +8,10 @@
 #   scripts/bench.sh                 # 10 s per scenario
 #   DURATION=5 scripts/bench.sh      # shorter
 #   OUT=/tmp/b.md scripts/bench.sh   # write elsewhere
+#   SOAK=600 scripts/bench.sh        # also a 10-minute soak (mixed load, RSS curve,
+#                                    # stream checked against the outbox)
+#   SOAK=600 SOAK_FAULT_CMD='…' SOAK_FAULT_EVERY=60 scripts/bench.sh
+#                                    # … with a fault injected every minute
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -105,6 +109,13 @@ bench rsvp --transport http --signature 2 --duration "$DURATION" --concurrency 6
 bench outbox-drain --events 100000
 bench outbox-latency --duration "$DURATION" --rate 2000
 bench memory --events 100000 --scopes 10000 --concurrency 64 --settle 45
+if [ "${SOAK:-0}" -gt 0 ]; then
+    fault=()
+    if [ -n "${SOAK_FAULT_CMD:-}" ]; then
+        fault=(--fault-cmd "$SOAK_FAULT_CMD" --fault-every "${SOAK_FAULT_EVERY:-60}")
+    fi
+    bench soak --duration "$SOAK" --concurrency 64 --events 1000 --sample 30 "${fault[@]}"
+fi
 
 log "pgbench: single-row updates, 16 clients (random rows, then one hot row)"
 psql -h 127.0.0.1 -U postgres -qc "CREATE DATABASE \"${PGB_DB}\""
@@ -186,12 +197,23 @@ for r in rows:
         ratio = "messages/s"
     lines.append(f"| {r['scenario']} | {r['transport']} | {r['requests']:,} | {r['errors']} | {t:,.0f} | "
                  f"{r['p50_us']:,} | {r['p90_us']:,} | {r['p99_us']:,} | {r['max_us']:,} | {r.get('rss_mb') or '?'} | {ratio} |")
-extras = [r for r in rows if any(k not in ("scenario","transport","concurrency","requests","errors","throughput_rps","p50_us","p90_us","p99_us","max_us","rss_mb","seconds") for k in r)]
+extras = [r for r in rows if r["scenario"] != "soak" and any(k not in ("scenario","transport","concurrency","requests","errors","throughput_rps","p50_us","p90_us","p99_us","max_us","rss_mb","seconds") for k in r)]
 if extras:
     lines.append("\nScenario details:\n")
     for r in extras:
         detail = {k: v for k, v in r.items() if k not in ("scenario","transport","concurrency","requests","errors","throughput_rps","p50_us","p90_us","p99_us","max_us","rss_mb","seconds")}
         lines.append(f"- `{r['scenario']}`: `{json.dumps(detail)}`")
+soak = find("soak")
+if soak:
+    lines.append("\n## Soak\n")
+    lines.append(f"{soak['seconds']:.0f} s of mixed load (80% get/list, 20% rsvp.set) at 64 in flight; "
+                 f"{soak['requests']:,} requests, {soak['errors']} errors, {soak['faults']} faults injected. "
+                 f"Outbox rows of the run: {soak['outbox_rows']:,}; in the stream: {soak['stream_messages']:,}; "
+                 f"**lost {soak['lost']}, duplicated {soak['duplicated']}**.\n")
+    lines.append("| seconds | RSS MB |")
+    lines.append("|---:|---:|")
+    for t, mb in soak["rss_samples"]:
+        lines.append(f"| {t} | {mb} |")
 budgets = [
     ("rsvp over NATS ≥ 15,000/s, p99 ≤ 20 ms, ≥ 2× pgbench", lambda: (find("rsvp") or {}).get("throughput_rps", 0) >= 15000 and (find("rsvp") or {}).get("p99_us", 1e9) <= 20000 and (find("rsvp") or {}).get("throughput_rps", 0) >= 2 * pgb_random),
     ("rsvp-hot ≥ 5,000/s, capacity never exceeded", lambda: (find("rsvp-hot") or {}).get("throughput_rps", 0) >= 5000 and (find("rsvp-hot") or {}).get("capacity_respected", False)),

@@ -43,6 +43,12 @@ pub enum Scenario {
     /// and reports the service's RSS then, and again after `--settle` seconds
     /// (idle scope actors are passivated meanwhile).
     Memory,
+    /// Mixed load (80% reads, 20% RSVPs) for `--duration` seconds, the
+    /// service's RSS sampled every `--sample` seconds, `--fault-cmd` run every
+    /// `--fault-every` seconds when given (e.g. restart a NATS node); at the
+    /// end the stream is checked against the outbox: lost and duplicated
+    /// messages.
+    Soak,
 }
 
 impl Scenario {
@@ -58,6 +64,7 @@ impl Scenario {
             Scenario::OutboxDrain => "outbox-drain",
             Scenario::OutboxLatency => "outbox-latency",
             Scenario::Memory => "memory",
+            Scenario::Soak => "soak",
         }
     }
 }
@@ -122,6 +129,15 @@ pub struct BenchArgs {
     /// Capacity of the event in rsvp-hot.
     #[arg(long, default_value_t = 100)]
     capacity: u32,
+    /// Soak: seconds between two RSS samples.
+    #[arg(long, default_value_t = 10)]
+    sample: u64,
+    /// Soak: a shell command that injects a fault (run with `sh -c`).
+    #[arg(long)]
+    fault_cmd: Option<String>,
+    /// Soak: seconds between two faults.
+    #[arg(long, default_value_t = 60)]
+    fault_every: u64,
     /// Base URL of the HTTP gateway.
     #[arg(long, default_value = "http://127.0.0.1:8005")]
     http_url: String,
@@ -608,6 +624,15 @@ async fn run(settings: &Settings, args: BenchArgs) -> ExitCode {
                 }
             }
         }
+        Scenario::Soak => {
+            match soak(settings, &nats, &driver, &admin, member, &args, duration).await {
+                Ok(o) => o,
+                Err(e) => {
+                    eprintln!("events-bench: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
         Scenario::OutboxDrain => {
             match outbox_drain(settings, &nats, &nats_config, args.events).await {
                 Ok(o) => o,
@@ -639,6 +664,201 @@ async fn run(settings: &Settings, args: BenchArgs) -> ExitCode {
     };
     report(&args, &outcome);
     ExitCode::SUCCESS
+}
+
+/// Mixed load for a long time, with the service's memory over time and,
+/// when asked, periodic faults; then every outbox row of the run's tenant is
+/// looked for in the stream.
+async fn soak(
+    settings: &Settings,
+    nats: &async_nats::Client,
+    driver: &Driver,
+    admin: &Identity,
+    member: impl Fn(u64) -> Identity + Send + Sync + 'static,
+    args: &BenchArgs,
+    duration: Duration,
+) -> Result<Outcome, String> {
+    let db_config =
+        updspace_events::config::DatabaseConfig::load(settings).map_err(|e| e.to_string())?;
+    let db = updspace_events::store::connect_with_retry(&db_config, Some(Duration::from_secs(5)))
+        .await
+        .map_err(|e| e.to_string())?;
+    let stream_config =
+        updspace_events::config::StreamConfig::load(settings).map_err(|e| e.to_string())?;
+    let prefix = settings
+        .subject_prefix
+        .clone()
+        .unwrap_or_else(|| "events".into());
+    eprintln!("  seeding {} events", args.events);
+    let ids = Arc::new(seed(driver, admin, args.events, Some(50)).await?);
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let (pid, every) = (args.pid, Duration::from_secs(args.sample.max(1)));
+    let sampler = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut samples = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                samples.push(json!([started.elapsed().as_secs(), rss_mb(pid)]));
+                tokio::time::sleep(every).await;
+            }
+            samples.push(json!([started.elapsed().as_secs(), rss_mb(pid)]));
+            samples
+        })
+    };
+    let faults_done = Arc::new(AtomicU64::new(0));
+    let faults = args.fault_cmd.clone().map(|cmd| {
+        let (stop, done) = (stop.clone(), faults_done.clone());
+        let every = Duration::from_secs(args.fault_every.max(1));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                eprintln!("\n  fault: {cmd}");
+                let run = cmd.clone();
+                let status = tokio::task::spawn_blocking(move || {
+                    std::process::Command::new("sh").arg("-c").arg(run).status()
+                })
+                .await;
+                match status {
+                    Ok(Ok(status)) if status.success() => {
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(Ok(status)) => eprintln!("  the fault command exited with {status}"),
+                    Ok(Err(e)) => eprintln!("  the fault command did not run: {e}"),
+                    Err(e) => eprintln!("  the fault command did not run: {e}"),
+                }
+            }
+        })
+    });
+    let member = Arc::new(member);
+    let worker_driver = driver.clone();
+    let mut outcome = load(
+        args.concurrency,
+        Duration::from_secs(1),
+        duration,
+        move |i| {
+            let (driver, ids, member) = (worker_driver.clone(), ids.clone(), member.clone());
+            async move {
+                let id = ids
+                    .get(rand::random_range(0..ids.len().max(1)))
+                    .cloned()
+                    .unwrap_or_default();
+                let user = member(rand::random_range(0..10_000));
+                match i % 10 {
+                    0 | 1 => {
+                        let status = ["going", "interested", "not_going"][rand::random_range(0..3)];
+                        driver
+                            .hit("rsvp.set", &user, json!({"eventId": id, "status": status}))
+                            .await
+                    }
+                    2 => driver.hit("event.list", &user, json!({"limit": 100})).await,
+                    _ => driver.hit("event.get", &user, json!({"id": id})).await,
+                }
+            }
+        },
+    )
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    let samples = sampler.await.unwrap_or_default();
+    if let Some(task) = faults {
+        task.abort();
+    }
+    let faults_done = faults_done.load(Ordering::Relaxed);
+    // Everything committed reaches the stream: wait for the outbox of the
+    // run's tenant to drain, then compare it with the stream.
+    let tenant = uuid::Uuid::parse_str(&admin.tenant_id).map_err(|e| e.to_string())?;
+    eprintln!("  waiting for the outbox to drain");
+    let drain_deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let pending: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM outbox WHERE tenant_id = $1 AND state = 'pending'",
+        )
+        .bind(tenant)
+        .fetch_one(&db)
+        .await
+        .map_err(|e| e.to_string())?;
+        if pending == 0 || Instant::now() > drain_deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let rows: Vec<uuid::Uuid> = sqlx::query_scalar("SELECT id FROM outbox WHERE tenant_id = $1")
+        .bind(tenant)
+        .fetch_all(&db)
+        .await
+        .map_err(|e| e.to_string())?;
+    let seen = stream_ids(
+        nats,
+        &stream_config.name,
+        &format!("{prefix}.out.{tenant}.>"),
+    )
+    .await?;
+    let mut counts: HashMap<String, u64> = HashMap::new();
+    for id in &seen {
+        *counts.entry(id.clone()).or_default() += 1;
+    }
+    let lost = rows
+        .iter()
+        .filter(|id| !counts.contains_key(&id.to_string()))
+        .count();
+    let duplicated: u64 = counts.values().map(|n| n.saturating_sub(1)).sum();
+    let rss: Vec<f64> = samples.iter().filter_map(|s| s[1].as_f64()).collect();
+    let extra = &mut outcome.extra;
+    extra.insert("rss_samples".into(), json!(samples));
+    extra.insert("rss_first_mb".into(), json!(rss.first()));
+    extra.insert("rss_last_mb".into(), json!(rss.last()));
+    extra.insert(
+        "rss_max_mb".into(),
+        json!(
+            rss.iter()
+                .copied()
+                .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))))
+        ),
+    );
+    extra.insert("faults".into(), json!(faults_done));
+    extra.insert("outbox_rows".into(), json!(rows.len()));
+    extra.insert("stream_messages".into(), json!(seen.len()));
+    extra.insert("lost".into(), json!(lost));
+    extra.insert("duplicated".into(), json!(duplicated));
+    Ok(outcome)
+}
+
+/// The `Nats-Msg-Id` of every message of `stream` on `subject`, in stream
+/// order, read through an ordered consumer.
+async fn stream_ids(
+    nats: &async_nats::Client,
+    stream: &str,
+    subject: &str,
+) -> Result<Vec<String>, String> {
+    use async_nats::jetstream::consumer::pull::OrderedConfig;
+    let js = async_nats::jetstream::new(nats.clone());
+    let stream = js.get_stream(stream).await.map_err(|e| e.to_string())?;
+    let consumer = stream
+        .create_consumer(OrderedConfig {
+            filter_subject: subject.to_string(),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut ids = Vec::new();
+    let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+    loop {
+        let next = tokio::time::timeout(Duration::from_secs(2), messages.next()).await;
+        let Ok(Some(Ok(message))) = next else {
+            break;
+        };
+        if let Some(id) = message.headers.as_ref().and_then(|h| h.get("Nats-Msg-Id")) {
+            ids.push(id.as_str().to_string());
+        }
+        let pending = message.info().map(|i| i.pending).unwrap_or(0);
+        if pending == 0 {
+            break;
+        }
+    }
+    Ok(ids)
 }
 
 /// Touches many events in many scopes, then measures memory twice.

@@ -128,3 +128,51 @@ async fn without_a_service_the_benchmark_stops_and_says_why() {
         "names the subject nobody answered: {run:?}"
     );
 }
+
+/// The soak checks the stream against the outbox at the end: with faults
+/// injected by a command (here one that only succeeds), nothing is lost or
+/// duplicated, and the service's memory is sampled over the run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_soak_samples_memory_runs_its_faults_and_finds_every_change_in_the_stream() {
+    let app = TestApp::spawn().await;
+    let database_url = app.isolation.database_url();
+    let pid = std::process::id().to_string();
+    let args = [
+        "soak",
+        "--json",
+        "--duration",
+        "3",
+        "--concurrency",
+        "4",
+        "--events",
+        "10",
+        "--sample",
+        "1",
+        "--fault-cmd",
+        "true",
+        "--fault-every",
+        "1",
+        "--pid",
+        &pid,
+        "--database-url",
+        &database_url,
+        "--stream",
+        &app.isolation.stream,
+    ];
+    let report = bench(&app.isolation.prefix, &args).await.report();
+    assert_measured(&report, "soak", "nats");
+    assert_eq!(report["lost"], 0, "{report}");
+    assert_eq!(report["duplicated"], 0, "{report}");
+    let rows = report["outbox_rows"].as_u64().expect("outbox rows");
+    assert!(rows >= 10, "at least the seeded creates: {report}");
+    assert_eq!(report["stream_messages"], rows, "{report}");
+    assert!(report["faults"].as_u64().expect("faults") >= 1, "{report}");
+    let samples = report["rss_samples"].as_array().expect("samples");
+    assert!(samples.len() >= 3, "{report}");
+    assert!(
+        samples
+            .iter()
+            .all(|s| s[1].as_f64().is_some_and(|mb| mb > 0.0)),
+        "{report}"
+    );
+}
