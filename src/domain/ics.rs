@@ -103,8 +103,8 @@ pub fn filename(event: &Event) -> String {
 /// `attachment; filename="event-{id}.ics"`. The previous service sent the
 /// name unquoted; quoting is always valid, and the name holds only a UUID,
 /// so nothing inside needs escaping.
-pub fn content_disposition(event: &Event) -> String {
-    format!("attachment; filename=\"{}\"", filename(event))
+pub fn content_disposition(filename: &str) -> String {
+    format!("attachment; filename=\"{filename}\"")
 }
 
 /// The output being built, one folded content line at a time.
@@ -596,7 +596,7 @@ mod tests {
         let e = event(json!({}));
         assert_eq!(filename(&e), format!("event-{EVENT}.ics"));
         assert_eq!(
-            content_disposition(&e),
+            content_disposition(&filename(&e)),
             format!("attachment; filename=\"event-{EVENT}.ics\"")
         );
         assert_eq!(CONTENT_TYPE, "text/calendar; charset=utf-8");

@@ -125,7 +125,9 @@ fn render(op: Op, reply: Reply) -> Response {
                 header::CONTENT_TYPE,
                 HeaderValue::from_static(crate::domain::ics::CONTENT_TYPE),
             );
-            if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{filename}\"")) {
+            if let Ok(v) =
+                HeaderValue::from_str(&crate::domain::ics::content_disposition(&filename))
+            {
                 headers.insert(header::CONTENT_DISPOSITION, v);
             }
             response
