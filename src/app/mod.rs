@@ -55,10 +55,15 @@ pub enum Op {
     AdminRolesList,
     AdminRolesGrant,
     AdminRolesRevoke,
+    MembershipAdd,
+    MembershipRemove,
+    MembershipList,
+    AdminAuditList,
+    MeCapabilities,
 }
 
 impl Op {
-    pub const ALL: [Op; 16] = [
+    pub const ALL: [Op; 21] = [
         Op::EventCreate,
         Op::EventGet,
         Op::EventList,
@@ -75,6 +80,11 @@ impl Op {
         Op::AdminRolesList,
         Op::AdminRolesGrant,
         Op::AdminRolesRevoke,
+        Op::MembershipAdd,
+        Op::MembershipRemove,
+        Op::MembershipList,
+        Op::AdminAuditList,
+        Op::MeCapabilities,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -95,6 +105,11 @@ impl Op {
             Op::AdminRolesList => "admin.roles.list",
             Op::AdminRolesGrant => "admin.roles.grant",
             Op::AdminRolesRevoke => "admin.roles.revoke",
+            Op::MembershipAdd => "membership.add",
+            Op::MembershipRemove => "membership.remove",
+            Op::MembershipList => "membership.list",
+            Op::AdminAuditList => "admin.audit.list",
+            Op::MeCapabilities => "me.capabilities",
         }
     }
 
@@ -113,16 +128,21 @@ impl Op {
             | Op::RsvpSet
             | Op::RsvpClear
             | Op::AttendanceMark => ReplayClaim::InWriteTransaction,
-            Op::DsarErase | Op::AdminRolesGrant | Op::AdminRolesRevoke => {
-                ReplayClaim::BeforeRunning
-            }
+            Op::DsarErase
+            | Op::AdminRolesGrant
+            | Op::AdminRolesRevoke
+            | Op::MembershipAdd
+            | Op::MembershipRemove => ReplayClaim::BeforeRunning,
             Op::EventGet
             | Op::EventList
             | Op::RsvpList
             | Op::AttendanceList
             | Op::EventIcs
             | Op::DsarExport
-            | Op::AdminRolesList => ReplayClaim::Read,
+            | Op::AdminRolesList
+            | Op::MembershipList
+            | Op::AdminAuditList
+            | Op::MeCapabilities => ReplayClaim::Read,
         }
     }
 
@@ -137,10 +157,21 @@ impl Op {
     /// and only the operations with required fields need a body.
     pub const fn requires_body(self, transport: Transport) -> bool {
         match transport {
-            Transport::Nats => !matches!(self, Op::EventList | Op::AdminRolesList),
+            Transport::Nats => !matches!(
+                self,
+                Op::EventList
+                    | Op::AdminRolesList
+                    | Op::MembershipList
+                    | Op::AdminAuditList
+                    | Op::MeCapabilities
+            ),
             Transport::Http => matches!(
                 self,
-                Op::EventCreate | Op::EventUpdate | Op::RsvpSet | Op::AttendanceMark
+                Op::EventCreate
+                    | Op::EventUpdate
+                    | Op::RsvpSet
+                    | Op::AttendanceMark
+                    | Op::MembershipAdd
             ),
         }
     }
@@ -445,6 +476,11 @@ impl App {
             Request::AdminRolesList(filter) => Box::pin(self.admin_roles_list(guard, filter)),
             Request::AdminRolesGrant(spec) => Box::pin(self.admin_roles_grant(guard, spec)),
             Request::AdminRolesRevoke(target) => Box::pin(self.admin_roles_revoke(guard, target)),
+            Request::MembershipAdd(spec) => Box::pin(self.membership_add(guard, spec)),
+            Request::MembershipRemove(spec) => Box::pin(self.membership_remove(guard, spec)),
+            Request::MembershipList(filter) => Box::pin(self.membership_list(guard, filter)),
+            Request::AdminAuditList(query) => Box::pin(self.audit_list(guard, query)),
+            Request::MeCapabilities(scope) => Box::pin(self.capabilities(guard, scope)),
         };
         run.await
     }

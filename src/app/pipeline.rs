@@ -219,6 +219,17 @@ fn http_input(op: Op, target: &Target, query: &str, bytes: &[u8]) -> Result<Valu
             );
         }
     };
+    let in_query = url::form_urlencoded::parse(query.as_bytes())
+        .next()
+        .is_some();
+    if matches!(target, Target::Query | Target::EventQuery(_)) && in_query && !object.is_empty() {
+        // Which of two values of a field would count is a guess nobody
+        // should have to make.
+        return Err(DomainError::InvalidBody(
+            "Send the fields either in the query or in the body, not both".into(),
+        )
+        .into());
+    }
     match target {
         Target::None => {}
         Target::Query => merge_query(&mut object, query),

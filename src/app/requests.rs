@@ -32,6 +32,8 @@ use crate::domain::{
     parse_datetime_str, visibility_fits_scope, visibility_scope_mismatch,
 };
 use crate::error::AppError;
+use crate::store::audit::AuditFilter;
+use crate::store::memberships::{MembershipFilter, MembershipSpec};
 use crate::store::reads::ListFilter;
 
 /// A part of a request whose error is reported only once the target event
@@ -80,6 +82,22 @@ pub enum Request {
     AdminRolesList(Checked<BindingFilter>),
     AdminRolesGrant(Checked<BindingSpec>),
     AdminRolesRevoke(Checked<RevokeTarget>),
+    /// Memberships and the audit log: for tenant admins, the body read
+    /// once the caller is allowed, as for role administration.
+    MembershipAdd(Checked<MembershipSpec>),
+    MembershipRemove(Checked<MembershipSpec>),
+    MembershipList(Checked<MembershipFilter>),
+    AdminAuditList(Checked<AuditQuery>),
+    /// What the caller may do at a scope (the tenant when none is given).
+    MeCapabilities(Scope),
+}
+
+/// `admin.audit.list`: the tenant asked for (only system admins may name
+/// another than their own) and the filters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditQuery {
+    pub tenant: Option<TenantId>,
+    pub filter: AuditFilter,
 }
 
 /// A validated create, and what makes two creates "the same request".
@@ -125,6 +143,11 @@ impl Request {
             Request::AdminRolesList(_) => Op::AdminRolesList,
             Request::AdminRolesGrant(_) => Op::AdminRolesGrant,
             Request::AdminRolesRevoke(_) => Op::AdminRolesRevoke,
+            Request::MembershipAdd(_) => Op::MembershipAdd,
+            Request::MembershipRemove(_) => Op::MembershipRemove,
+            Request::MembershipList(_) => Op::MembershipList,
+            Request::AdminAuditList(_) => Op::AdminAuditList,
+            Request::MeCapabilities(_) => Op::MeCapabilities,
         }
     }
 
@@ -178,6 +201,11 @@ impl Request {
             Op::AdminRolesList => Request::AdminRolesList(binding_filter(body)),
             Op::AdminRolesGrant => Request::AdminRolesGrant(binding_spec(body, tenant)),
             Op::AdminRolesRevoke => Request::AdminRolesRevoke(revoke_target(body, tenant)),
+            Op::MembershipAdd => Request::MembershipAdd(membership_spec(body, tenant)),
+            Op::MembershipRemove => Request::MembershipRemove(membership_spec(body, tenant)),
+            Op::MembershipList => Request::MembershipList(membership_filter(body)),
+            Op::AdminAuditList => Request::AdminAuditList(audit_query(body, tenant)),
+            Op::MeCapabilities => Request::MeCapabilities(capability_scope(body, tenant)?),
         })
     }
 }
@@ -197,6 +225,10 @@ const VISIBILITY_FILTER: Key = Key::word("visibility");
 const MY_RSVP: Key = Key::new("myRsvp", "my_rsvp");
 const CREATED_BY: Key = Key::new("createdBy", "created_by");
 const BINDING_ID: Key = Key::new("bindingId", "binding_id");
+const TENANT_ID: Key = Key::new("tenantId", "tenant_id");
+const ACTOR_USER_ID: Key = Key::new("actorUserId", "actor_user_id");
+const TARGET_ID: Key = Key::new("targetId", "target_id");
+const ACTION: Key = Key::word("action");
 
 /// The targeted event: `id`, else `eventId` (`event_id`).
 fn event_id(fields: &Fields<'_>) -> Result<EventId, AppError> {
@@ -744,7 +776,8 @@ pub struct AttendanceBody {
 // Role administration (`admin.roles.*`)
 // ---------------------------------------------------------------------------
 
-const ROLE_NAMES: &str = "participant, organizer, events.participant, events.organizer";
+const ROLE_NAMES: &str =
+    "participant, organizer, admin, events.participant, events.organizer, events.admin";
 const ROLE: Key = Key::word("role");
 
 /// A UUID field; a malformed one is noted.
@@ -843,6 +876,13 @@ fn binding_spec(body: &Value, tenant: TenantId) -> Result<BindingSpec, AppError>
             Err((name, message)) => b.fail(Key::word(name), message),
         }
     };
+    if role.is_some_and(Role::system_admins_only)
+        && scope
+            .as_ref()
+            .is_some_and(|s| s.scope_type() != ScopeType::Tenant)
+    {
+        b.fail::<()>(SCOPE_TYPE, "events.admin is held at TENANT scope only");
+    }
     b.finish()?;
     match (user, role, scope) {
         (Some(user), Some(role), Some(scope)) => Ok(BindingSpec { user, role, scope }),
@@ -889,6 +929,153 @@ fn revoke_target(body: &Value, tenant: TenantId) -> Result<RevokeTarget, AppErro
         }
         .into()),
     }
+}
+
+/// A membership's user and scope: `userId`, `scopeType` (COMMUNITY or
+/// TEAM) and `scopeId`, all required; a UUID scope id is stored canonical.
+fn membership_spec(body: &Value, tenant: TenantId) -> Result<MembershipSpec, AppError> {
+    let mut b = Fields::new(body)?;
+    let user = uuid_field(&mut b, USER_ID, true).and_then(|u| {
+        if u.is_nil() {
+            b.fail(
+                USER_ID,
+                "must be a user's id, not the nil UUID (erased users)",
+            )
+        } else {
+            Some(u)
+        }
+    });
+    let (scope_type, scope_id) = scope_fields(&mut b);
+    let scope_type = match scope_type {
+        Some(t) if crate::authz::membership_gated(t) => Some(t),
+        Some(_) => b.fail(SCOPE_TYPE, "must be COMMUNITY or TEAM"),
+        None if b.has_error(SCOPE_TYPE) => None,
+        None => b.fail(SCOPE_TYPE, REQUIRED),
+    };
+    let scope_id = match scope_id {
+        Some(id) => match ScopeId::parse(&id) {
+            Ok(id) => Some(id),
+            Err(e) => b.fail(SCOPE_ID, e.into_message()),
+        },
+        None if b.has_error(SCOPE_ID) => None,
+        None => b.fail(SCOPE_ID, REQUIRED),
+    };
+    b.finish()?;
+    match (user, scope_type, scope_id) {
+        (Some(user), Some(scope_type), Some(scope_id)) => {
+            let scope = Scope::new(tenant, scope_type, scope_id)
+                .map_err(|e| DomainError::field("scopeId", e.into_message()))?;
+            Ok(MembershipSpec { user, scope })
+        }
+        _ => Err(DomainError::Validation {
+            fields: BTreeMap::new(),
+        }
+        .into()),
+    }
+}
+
+/// The filters of `membership.list` (all optional) and a page.
+fn membership_filter(body: &Value) -> Result<MembershipFilter, AppError> {
+    let mut b = Fields::new(body)?;
+    let user = uuid_field(&mut b, USER_ID, false);
+    let (scope_type, scope_id) = scope_fields(&mut b);
+    if let Some(t) = scope_type
+        && !crate::authz::membership_gated(t)
+    {
+        b.fail::<()>(SCOPE_TYPE, "must be COMMUNITY or TEAM");
+    }
+    let scope_id = match scope_id {
+        Some(id) => match ScopeId::parse(&id) {
+            Ok(id) => Some(id),
+            Err(e) => b.fail(SCOPE_ID, e.into_message()),
+        },
+        None => None,
+    };
+    let PageQuery { limit, offset } = page(&mut b);
+    b.finish()?;
+    Ok(MembershipFilter {
+        user,
+        scope_type,
+        scope_id,
+        limit,
+        offset,
+    })
+}
+
+/// The filters of `admin.audit.list` (all optional) and a page.
+fn audit_query(body: &Value, tenant: TenantId) -> Result<AuditQuery, AppError> {
+    let mut b = Fields::new(body)?;
+    let asked = uuid_field(&mut b, TENANT_ID, false).map(TenantId::from);
+    let actor = uuid_field(&mut b, ACTOR_USER_ID, false);
+    let short_text = |b: &mut Fields<'_>, key: Key, max: usize| match b.sent(key) {
+        Some(Value::String(s))
+            if !s.trim().is_empty()
+                && s.chars().count() <= max
+                && !s.chars().any(char::is_control) =>
+        {
+            Some(s.trim().to_string())
+        }
+        Some(Value::String(_)) => b.fail(
+            key,
+            format!("must be 1 to {max} characters, not only white space, no control characters"),
+        ),
+        Some(_) => b.fail(key, MUST_BE_STRING),
+        None => None,
+    };
+    let target_id = short_text(&mut b, TARGET_ID, 255);
+    let action = short_text(&mut b, ACTION, 64);
+    let datetime = |b: &mut Fields<'_>, key: Key| match b.sent(key) {
+        Some(Value::String(s)) => match parse_datetime_str(s) {
+            Ok(at) => Some(at),
+            Err(_) => b.fail(key, "must be an ISO 8601 datetime"),
+        },
+        Some(_) => b.fail(key, "must be a string (an ISO 8601 datetime)"),
+        None => None,
+    };
+    let from = datetime(&mut b, FROM);
+    let to = datetime(&mut b, TO);
+    if let (Some(from), Some(to)) = (from, to)
+        && from >= to
+    {
+        b.fail::<()>(TO, "must be after from");
+    }
+    let PageQuery { limit, offset } = page(&mut b);
+    b.finish()?;
+    Ok(AuditQuery {
+        tenant: asked,
+        filter: AuditFilter {
+            tenant: asked.unwrap_or(tenant).into(),
+            actor,
+            target_id,
+            action,
+            from,
+            to,
+            limit,
+            offset,
+        },
+    })
+}
+
+/// The scope `me.capabilities` answers for: `scopeType` and `scopeId`, the
+/// tenant when neither is sent.
+fn capability_scope(body: &Value, tenant: TenantId) -> Result<Scope, AppError> {
+    let mut b = Fields::new(body)?;
+    let (scope_type, scope_id) = scope_fields(&mut b);
+    let scope = if b.has_error(SCOPE_TYPE) || b.has_error(SCOPE_ID) {
+        None
+    } else {
+        match admin::binding_scope(tenant, scope_type, scope_id.as_deref()) {
+            Ok(scope) => Some(scope),
+            Err((name, message)) => b.fail(Key::word(name), message),
+        }
+    };
+    b.finish()?;
+    scope.ok_or_else(|| {
+        DomainError::Validation {
+            fields: BTreeMap::new(),
+        }
+        .into()
+    })
 }
 
 // ---------------------------------------------------------------------------
@@ -1004,6 +1191,33 @@ mod field_schemas {
             .item(ScopeId::schema())
             .item(ObjectBuilder::new().schema_type(Type::Number))
             .into()
+    }
+
+    /// The scope types a membership can have.
+    pub fn member_scope_type() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .enum_values(Some(["COMMUNITY", "TEAM"]))
+            .into()
+    }
+
+    fn short_text(max: usize) -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .min_length(Some(1))
+            .max_length(Some(max))
+            .pattern(Some(format!(
+                "^[^{CONTROL_CLASS}]*[^{WHITESPACE_CLASS}{CONTROL_CLASS}][^{CONTROL_CLASS}]*$"
+            )))
+            .into()
+    }
+
+    pub fn target_id() -> RefOr<Schema> {
+        short_text(255)
+    }
+
+    pub fn audit_action() -> RefOr<Schema> {
+        short_text(64)
     }
 
     pub fn search() -> RefOr<Schema> {
@@ -1173,9 +1387,75 @@ pub const REVOKE_FIELDS: &[FieldSpec] = &[
     ),
 ];
 
+/// The body of `membership.add` and `membership.remove`.
+pub const MEMBERSHIP_FIELDS: &[FieldSpec] = &[
+    FieldSpec::required(USER_ID, fs::uuid_text, "The user (a UUID in any spelling)."),
+    FieldSpec::required(SCOPE_TYPE, fs::member_scope_type, "COMMUNITY or TEAM."),
+    FieldSpec::required(
+        SCOPE_ID,
+        fs::scope_id_or_number,
+        "The community or team (a UUID is stored in its canonical form).",
+    ),
+];
+
+/// The filters of `membership.list`.
+pub const MEMBERSHIP_LIST_FIELDS: &[FieldSpec] = &[
+    FieldSpec::optional(USER_ID, fs::uuid_text, "Only this user's memberships."),
+    FieldSpec::optional(
+        SCOPE_TYPE,
+        fs::member_scope_type,
+        "Only memberships of this type.",
+    ),
+    FieldSpec::optional(
+        SCOPE_ID,
+        fs::scope_id_or_number,
+        "Only memberships of this scope id.",
+    ),
+    FieldSpec::optional(LIMIT, fs::list_limit, PAGE_LIMIT_DOC),
+    FieldSpec::optional(OFFSET, fs::page_offset, "0 or more, default 0."),
+];
+
+/// The filters of `admin.audit.list`.
+pub const AUDIT_LIST_FIELDS: &[FieldSpec] = &[
+    FieldSpec::optional(
+        TENANT_ID,
+        fs::uuid_text,
+        "System admins: another tenant's log (default: the caller's tenant).",
+    ),
+    FieldSpec::optional(ACTOR_USER_ID, fs::uuid_text, "Only entries by this user."),
+    FieldSpec::optional(
+        TARGET_ID,
+        fs::target_id,
+        "Only entries about this target (a user id, a binding id, …).",
+    ),
+    FieldSpec::optional(
+        ACTION,
+        fs::audit_action,
+        "Only this action, e.g. `role.granted`.",
+    ),
+    FieldSpec::optional(FROM, fs::datetime_text, "Entries at or after this time."),
+    FieldSpec::optional(TO, fs::datetime_text, "Entries before this time."),
+    FieldSpec::optional(LIMIT, fs::list_limit, PAGE_LIMIT_DOC),
+    FieldSpec::optional(OFFSET, fs::page_offset, "0 or more, default 0."),
+];
+
+/// The scope `me.capabilities` answers for.
+pub const CAPABILITY_FIELDS: &[FieldSpec] = &[
+    FieldSpec::optional(SCOPE_TYPE, fs::scope_type, "Default `TENANT`."),
+    FieldSpec::optional(
+        SCOPE_ID,
+        fs::scope_id_or_number,
+        "Required for COMMUNITY and TEAM; for TENANT it must be the tenant id (the default).",
+    ),
+];
+
 /// The fields an operation reads beyond its path and its typed body.
 pub fn fields_of(op: Op) -> &'static [FieldSpec] {
     match op {
+        Op::MembershipAdd | Op::MembershipRemove => MEMBERSHIP_FIELDS,
+        Op::MembershipList => MEMBERSHIP_LIST_FIELDS,
+        Op::AdminAuditList => AUDIT_LIST_FIELDS,
+        Op::MeCapabilities => CAPABILITY_FIELDS,
         Op::EventList => LIST_FIELDS,
         Op::RsvpList => RSVP_LIST_FIELDS,
         Op::AttendanceList => PAGE_FIELDS,

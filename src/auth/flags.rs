@@ -42,14 +42,26 @@ impl MasterFlags {
     /// `suspended` or `banned` is the JSON literal `true`, or `status` lower-cased is
     /// `suspended` or `banned`.
     pub fn is_suspended_or_banned(&self) -> bool {
-        let literal_true = |key| self.map.get(key) == Some(&Value::Bool(true));
-        let status_denies = self
-            .map
-            .get("status")
-            .and_then(Value::as_str)
-            .map(str::to_lowercase)
-            .is_some_and(|s| s == "suspended" || s == "banned");
-        literal_true("suspended") || literal_true("banned") || status_denies
+        self.is_suspended() || self.is_banned()
+    }
+
+    /// `suspended` is the JSON literal `true`, or `status` is `suspended`.
+    pub fn is_suspended(&self) -> bool {
+        self.flag_or_status("suspended")
+    }
+
+    /// `banned` is the JSON literal `true`, or `status` is `banned`.
+    pub fn is_banned(&self) -> bool {
+        self.flag_or_status("banned")
+    }
+
+    fn flag_or_status(&self, key: &str) -> bool {
+        self.map.get(key) == Some(&Value::Bool(true))
+            || self
+                .map
+                .get("status")
+                .and_then(Value::as_str)
+                .is_some_and(|s| s.eq_ignore_ascii_case(key))
     }
 
     /// `system_admin` or `is_system_admin` is the JSON literal `true`. Truthy look-alikes

@@ -250,6 +250,7 @@ impl RoleAdministration {
         spec: &BindingSpec,
         owed: Vec<AuditEntry>,
     ) -> Result<(Binding, bool), AppError> {
+        may_assign(ctx, spec.role)?;
         let mode = self.mode();
         let recorder = move |(binding, created): &(Binding, bool)| {
             let mut entries = owed.clone();
@@ -279,6 +280,9 @@ impl RoleAdministration {
         target: &RevokeTarget,
         owed: Vec<AuditEntry>,
     ) -> Result<Revoked, AppError> {
+        if let RevokeTarget::Binding(spec) = target {
+            may_assign(ctx, spec.role)?;
+        }
         let mode = self.mode();
         let recorder = move |revoked: &Revoked| {
             let mut entries = owed.clone();
@@ -287,6 +291,23 @@ impl RoleAdministration {
         };
         self.backend.revoke(ctx, target, &recorder).await
     }
+}
+
+/// A system admin who is not also suspended or banned.
+fn is_system_admin(ctx: &InternalContext) -> bool {
+    ctx.master_flags.is_system_admin() && !ctx.master_flags.is_suspended_or_banned()
+}
+
+/// Whether the caller may grant or revoke `role`: the roles only system
+/// admins hand out ([`Role::system_admins_only`]) are refused to others.
+/// Callers reach this only as tenant admins.
+fn may_assign(ctx: &InternalContext, role: Role) -> Result<(), AppError> {
+    if role.system_admins_only() && !is_system_admin(ctx) {
+        return Err(AppError::Forbidden(
+            "Only a system admin may grant or revoke events.admin",
+        ));
+    }
+    Ok(())
 }
 
 fn entry(
@@ -528,6 +549,11 @@ impl LocalRoleAdmin {
             bindings: rows.into_iter().filter_map(local_binding).collect(),
             ids: Vec::new(),
         };
+        // Revoked by id, the role is known only now; dropping the
+        // transaction puts a binding the caller may not remove back.
+        for b in &revoked.bindings {
+            may_assign(ctx, b.role)?;
+        }
         audit::insert(&mut tx, &audit(&revoked)).await?;
         tx.commit().await?;
         for b in &revoked.bindings {
@@ -649,6 +675,22 @@ fn missing_role(role: Role) -> AppError {
 }
 
 /// Access answered, but not as its contract says: 503 (fail closed), logged.
+/// `events.admin` has no place in Access: there, a tenant admin is whoever
+/// Access lets write the tenant's role bindings.
+fn not_in_access(role: Role) -> Result<(), AppError> {
+    if Role::IN_ACCESS.contains(&role) {
+        return Ok(());
+    }
+    Err(AppError::rejected(
+        ErrorCode::Conflict,
+        format!(
+            "{} is not kept in Access: with Access as the authority, tenant admins are the \
+             users Access allows portal.role_bindings.write at TENANT scope; grant that in Access",
+            role.name()
+        ),
+    ))
+}
+
 fn refused(ctx: &InternalContext, what: &str, status: StatusCode, answer: &Value) -> AppError {
     let excerpt: String = answer.to_string().chars().take(300).collect();
     if status.is_server_error() {
@@ -729,7 +771,7 @@ impl AccessRoleAdmin {
             let (Some(id), Some(name)) = (item.get("id"), item["name"].as_str()) else {
                 continue;
             };
-            let Some(role) = Role::ALL.into_iter().find(|r| r.name() == name) else {
+            let Some(role) = Role::IN_ACCESS.into_iter().find(|r| r.name() == name) else {
                 continue;
             };
             if item["service"]
@@ -832,7 +874,9 @@ impl AccessRoleAdmin {
             return None;
         }
         let by_name = match (item["role_service"].as_str(), item["role_name"].as_str()) {
-            (Some(ACCESS_SERVICE), Some(name)) => Role::ALL.into_iter().find(|r| r.name() == name),
+            (Some(ACCESS_SERVICE), Some(name)) => {
+                Role::IN_ACCESS.into_iter().find(|r| r.name() == name)
+            }
             _ => None,
         };
         let role = by_name.or_else(|| {
@@ -911,7 +955,7 @@ impl AccessRoleAdmin {
             })
             .collect();
         Ok(Listing {
-            roles: Role::ALL
+            roles: Role::IN_ACCESS
                 .into_iter()
                 .map(|role| RoleEntry {
                     role,
@@ -928,6 +972,7 @@ impl AccessRoleAdmin {
         ctx: &InternalContext,
         spec: &BindingSpec,
     ) -> Result<(Binding, bool), AppError> {
+        not_in_access(spec.role)?;
         let role = self
             .role(ctx, spec.role)
             .await?
@@ -1014,6 +1059,7 @@ impl AccessRoleAdmin {
                 }
             }
             RevokeTarget::Binding(spec) => {
+                not_in_access(spec.role)?;
                 let Some(role) = self.role(ctx, spec.role).await? else {
                     return Ok(revoked);
                 };
@@ -1043,30 +1089,58 @@ impl AccessRoleAdmin {
     /// ?service=events` does not show them. Idempotent: a role already there
     /// is left as it is, and reported as `Differs` when its permissions are
     /// not ours (never changed silently).
+    /// Our roles among Access's system templates (`tenant_id` null): the
+    /// roles every tenant sees. `GET /access/roles` answers any caller.
+    async fn templates(&self, ctx: &InternalContext) -> Result<Vec<(Role, Value)>, AppError> {
+        let (status, answer) = self
+            .call(
+                ctx,
+                Method::GET,
+                &["access", "roles"],
+                &[("service", ACCESS_SERVICE)],
+                None,
+            )
+            .await?;
+        let items = match answer_items(&answer) {
+            Some(items) if status == StatusCode::OK => items,
+            _ => return Err(refused(ctx, "list the role templates", status, &answer)),
+        };
+        Ok(items
+            .iter()
+            .filter(|item| item["tenant_id"].is_null())
+            .filter(|item| item["service"].as_str().is_none_or(|s| s == ACCESS_SERVICE))
+            .filter_map(|item| {
+                let role = Role::IN_ACCESS
+                    .into_iter()
+                    .find(|r| item["name"].as_str() == Some(r.name()))?;
+                let id = item.get("id").filter(|id| id_text(id).is_some())?;
+                Some((role, id.clone()))
+            })
+            .collect())
+    }
+
+    /// Creates our roles once, as system templates every tenant shares
+    /// (`POST /access/roles` with `is_system_template`), and reports each:
+    /// created, present, or present with other permissions (left alone).
     pub async fn bootstrap(&self, ctx: &InternalContext) -> Result<Vec<(Role, Seeded)>, AppError> {
-        let mut existing = self.roles(ctx, None).await?;
+        let mut templates = self.templates(ctx).await?;
         let mut out = Vec::new();
-        for role in Role::ALL {
+        for role in Role::IN_ACCESS {
             let wanted: BTreeSet<String> = role
                 .permissions()
                 .iter()
                 .map(|p| p.key().to_string())
                 .collect();
-            let mut found = existing.iter().find(|r| r.role == role).cloned();
-            if found.is_none() {
+            if !templates.iter().any(|(r, _)| *r == role) {
                 let body = json!({
+                    "tenant_id": null,
                     "service": ACCESS_SERVICE,
                     "name": role.name(),
+                    "is_system_template": true,
                     "permission_keys": wanted.iter().collect::<Vec<_>>(),
                 });
                 let (status, answer) = self
-                    .call(
-                        ctx,
-                        Method::POST,
-                        &["access", "admin", "roles"],
-                        &[],
-                        Some(&body),
-                    )
+                    .call(ctx, Method::POST, &["access", "roles"], &[], Some(&body))
                     .await?;
                 if status.is_success()
                     && let Some(id) = answer.get("id").filter(|id| id_text(id).is_some())
@@ -1075,11 +1149,8 @@ impl AccessRoleAdmin {
                     continue;
                 }
                 match error_code(&answer) {
-                    "ROLE_EXISTS" => {
-                        // Created by someone else in the meantime.
-                        existing = self.roles(ctx, None).await?;
-                        found = existing.iter().find(|r| r.role == role).cloned();
-                    }
+                    // Made meanwhile by someone else: judge it below.
+                    "ROLE_EXISTS" => templates = self.templates(ctx).await?,
                     "PERMISSION_NOT_FOUND" => {
                         return Err(AppError::rejected(
                             ErrorCode::Conflict,
@@ -1091,25 +1162,31 @@ impl AccessRoleAdmin {
                             ),
                         ));
                     }
-                    _ => {}
-                }
-                if found.is_none() {
-                    return Err(refused(ctx, "create the role", status, &answer));
+                    _ => return Err(refused(ctx, "create the role template", status, &answer)),
                 }
             }
-            if let Some(found) = found {
-                out.push((
-                    role,
-                    if found.permission_keys == wanted {
-                        Seeded::Present(found.id)
-                    } else {
-                        Seeded::Differs {
-                            id: found.id,
-                            permission_keys: found.permission_keys.into_iter().collect(),
-                        }
-                    },
+            let Some((_, id)) = templates.iter().find(|(r, _)| *r == role).cloned() else {
+                return Err(AppError::rejected(
+                    ErrorCode::Conflict,
+                    format!("Access said {} exists but does not list it", role.name()),
                 ));
-            }
+            };
+            // The permissions of a template, as the admin listing shows them.
+            let listed = self.roles(ctx, Some(role.name())).await?;
+            let keys = listed
+                .into_iter()
+                .find(|r| r.id == id)
+                .map(|r| r.permission_keys);
+            out.push((
+                role,
+                match keys {
+                    Some(keys) if keys != wanted => Seeded::Differs {
+                        id,
+                        permission_keys: keys.into_iter().collect(),
+                    },
+                    _ => Seeded::Present(id),
+                },
+            ));
         }
         Ok(out)
     }

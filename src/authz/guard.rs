@@ -77,6 +77,24 @@ impl<'a> Guard<'a> {
         !self.is_blocked() && self.ctx.master_flags.is_system_admin()
     }
 
+    /// Whether the caller administers their tenant: a system admin, or
+    /// holder of `events.admin.manage` at the tenant's scope (asked of the
+    /// authorizer like any permission, so it is cached like the others).
+    pub async fn is_tenant_admin(&self) -> Result<bool, AppError> {
+        self.can(Permission::AdminManage, &Scope::tenant(self.tenant()))
+            .await
+    }
+
+    /// The caller's role names at `scope` (the authorizer's answer).
+    pub async fn roles(&self, scope: &Scope) -> Result<Vec<String>, AppError> {
+        self.authorizer.roles(self.ctx, scope, &self.budget).await
+    }
+
+    /// Whether memberships are ours to manage (the embedded mode).
+    pub fn memberships_are_ours(&self) -> bool {
+        self.authorizer.memberships_in_database()
+    }
+
     /// Notes, once per request, that the system-admin bypass was used.
     pub fn note_admin_bypass(&self, target_type: &'static str, target_id: Option<String>) {
         if self.admin_noted.swap(true, Ordering::SeqCst) {

@@ -11,7 +11,9 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::auth::InternalContext;
-use crate::authz::{Authorizer, CallBudget, MEMBER_PERMISSIONS, Memberships, Permission, Role};
+use crate::authz::{
+    Authorizer, CallBudget, MEMBER_PERMISSIONS, MEMBER_ROLE, Memberships, Permission, Role,
+};
 use crate::domain::{Scope, ScopeId, ScopeType};
 use crate::error::AppError;
 
@@ -25,6 +27,17 @@ struct Binding {
     role: Role,
     scope_type: ScopeType,
     scope_id: String,
+}
+
+impl Binding {
+    /// Whether the binding applies at `scope`: a tenant-wide binding covers
+    /// every scope of the tenant, any other only its own scope.
+    fn covers(&self, ctx: &InternalContext, scope: &Scope) -> bool {
+        match self.scope_type {
+            ScopeType::Tenant => self.scope_id == ctx.tenant_id.to_string(),
+            other => other == scope.scope_type() && self.scope_id == scope.scope_id().as_str(),
+        }
+    }
 }
 
 /// (tenant, user) → when read, and the user's bindings.
@@ -106,18 +119,29 @@ impl Authorizer for LocalAuthorizer {
             if MEMBER_PERMISSIONS.contains(&permission) {
                 return Ok(Some(true));
             }
-            let tenant_scope = ctx.tenant_id.to_string();
             let bindings = self.bindings_of(ctx.tenant_id, ctx.user_id).await?;
             Ok(Some(bindings.iter().any(|b| {
-                b.role.permissions().contains(&permission)
-                    && match b.scope_type {
-                        // A tenant-wide binding covers every scope of the tenant.
-                        ScopeType::Tenant => b.scope_id == tenant_scope,
-                        other => {
-                            other == scope.scope_type() && b.scope_id == scope.scope_id().as_str()
-                        }
-                    }
+                b.role.permissions().contains(&permission) && b.covers(ctx, scope)
             })))
+        }
+        .boxed()
+    }
+
+    fn roles<'a>(
+        &'a self,
+        ctx: &'a InternalContext,
+        scope: &'a Scope,
+        _budget: &'a CallBudget,
+    ) -> BoxFuture<'a, Result<Vec<String>, AppError>> {
+        async move {
+            let bindings = self.bindings_of(ctx.tenant_id, ctx.user_id).await?;
+            let mut roles = vec![MEMBER_ROLE.to_string()];
+            for b in bindings.iter().filter(|b| b.covers(ctx, scope)) {
+                if !roles.iter().any(|r| r == b.role.name()) {
+                    roles.push(b.role.name().to_string());
+                }
+            }
+            Ok(roles)
         }
         .boxed()
     }

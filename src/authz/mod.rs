@@ -34,9 +34,20 @@ pub enum Permission {
     EventManage,
     RsvpSet,
     AttendanceMark,
+    /// Tenant administration: role bindings, memberships, the audit log.
+    AdminManage,
 }
 
 impl Permission {
+    pub const ALL: [Permission; 6] = [
+        Permission::EventRead,
+        Permission::EventCreate,
+        Permission::EventManage,
+        Permission::RsvpSet,
+        Permission::AttendanceMark,
+        Permission::AdminManage,
+    ];
+
     pub const fn key(self) -> &'static str {
         match self {
             Permission::EventRead => "events.event.read",
@@ -44,24 +55,42 @@ impl Permission {
             Permission::EventManage => "events.event.manage",
             Permission::RsvpSet => "events.rsvp.set",
             Permission::AttendanceMark => "events.attendance.mark",
+            Permission::AdminManage => "events.admin.manage",
+        }
+    }
+
+    /// The action asked of Access for this permission. A tenant admin is
+    /// whoever Access lets write the tenant's role bindings: Access knows
+    /// its tenant admins, and `events.admin.manage` is not in its catalog.
+    pub const fn access_action(self) -> &'static str {
+        match self {
+            Permission::AdminManage => "portal.role_bindings.write",
+            other => other.key(),
         }
     }
 }
 
-/// The two roles of the Events service.
+/// The roles of the Events service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {
     Participant,
     Organizer,
+    /// A tenant admin: manages the tenant's role bindings and memberships
+    /// and reads its audit log.
+    Admin,
 }
 
 impl Role {
-    pub const ALL: [Role; 2] = [Role::Participant, Role::Organizer];
+    pub const ALL: [Role; 3] = [Role::Participant, Role::Organizer, Role::Admin];
+    /// The roles kept in Access when it is the authority (its permission
+    /// catalog has no `events.admin.manage`).
+    pub const IN_ACCESS: [Role; 2] = [Role::Participant, Role::Organizer];
 
     pub const fn name(self) -> &'static str {
         match self {
             Role::Participant => "events.participant",
             Role::Organizer => "events.organizer",
+            Role::Admin => "events.admin",
         }
     }
 
@@ -69,6 +98,7 @@ impl Role {
         match name {
             "events.participant" | "participant" => Some(Role::Participant),
             "events.organizer" | "organizer" => Some(Role::Organizer),
+            "events.admin" | "admin" => Some(Role::Admin),
             _ => None,
         }
     }
@@ -81,9 +111,20 @@ impl Role {
                 Permission::EventManage,
                 Permission::AttendanceMark,
             ],
+            Role::Admin => &[Permission::AdminManage],
         }
     }
+
+    /// Whether only a system admin may grant or revoke this role. A tenant
+    /// admin may hand out every other role, so granting `events.admin`
+    /// would let one tenant admin make others and never be removable.
+    pub const fn system_admins_only(self) -> bool {
+        matches!(self, Role::Admin)
+    }
 }
+
+/// The role every tenant member holds without a binding.
+pub const MEMBER_ROLE: &str = "member";
 
 /// What every tenant member holds implicitly (Access's default `member` role).
 pub const MEMBER_PERMISSIONS: [Permission; 2] = [Permission::EventRead, Permission::RsvpSet];
@@ -150,6 +191,15 @@ pub trait Authorizer: Send + Sync {
     fn memberships_in_database(&self) -> bool {
         false
     }
+
+    /// The names of the caller's roles that apply at `scope`: the implicit
+    /// `member` role every tenant member holds, then the bound ones.
+    fn roles<'a>(
+        &'a self,
+        ctx: &'a InternalContext,
+        scope: &'a Scope,
+        budget: &'a CallBudget,
+    ) -> BoxFuture<'a, Result<Vec<String>, AppError>>;
 
     /// Which of `scopes` (COMMUNITY or TEAM) the caller is a member of;
     /// scopes the `budget` leaves no call for are `unknown`.

@@ -47,8 +47,9 @@ Examples (T, U: tenant and user UUIDs):
 
 #[derive(Debug, Subcommand)]
 pub enum AccessCommand {
-    /// Create the roles events.participant and events.organizer in Access
-    /// (idempotent; in local mode they are built in and nothing is created).
+    /// Create the roles events.participant and events.organizer in Access,
+    /// once, as system templates every tenant shares (idempotent; in local
+    /// mode they are built in and nothing is created).
     #[command(after_help = AFTER_HELP)]
     Bootstrap(Operator),
     /// Grant a role to a user at a scope (the tenant by default).
@@ -84,7 +85,8 @@ pub struct GrantArgs {
     /// The user who gets the role.
     #[arg(long, value_name = "UUID")]
     user_id: Uuid,
-    /// participant or organizer (events.participant, events.organizer).
+    /// participant, organizer or admin (events.participant, events.organizer,
+    /// events.admin; admin: local mode, TENANT scope).
     #[arg(long, value_name = "ROLE", value_parser = parse_role)]
     role: Role,
     /// TENANT (the default: the tenant itself), COMMUNITY:<id> or TEAM:<id>.
@@ -130,7 +132,7 @@ pub struct ListArgs {
 
 fn parse_role(text: &str) -> Result<Role, String> {
     Role::from_name(text.trim())
-        .ok_or_else(|| format!("'{text}' is not a role; use participant or organizer"))
+        .ok_or_else(|| format!("'{text}' is not a role; use participant, organizer or admin"))
 }
 
 /// `--scope TYPE[:ID]` in `tenant`.
@@ -307,8 +309,8 @@ async fn bootstrap(settings: &Settings, operator: &Operator) -> ExitCode {
         return session.close(ExitCode::FAILURE).await;
     };
     eprintln!(
-        "checking the events roles of tenant {} in Access at {}",
-        session.ctx.tenant_id, session.access_url
+        "checking the events role templates in Access at {} (asked in tenant {})",
+        session.access_url, session.ctx.tenant_id
     );
     let seeded = match access.bootstrap(&session.ctx).await {
         Ok(seeded) => seeded,
@@ -323,7 +325,7 @@ async fn bootstrap(settings: &Settings, operator: &Operator) -> ExitCode {
         match outcome {
             Seeded::Created(id) => {
                 println!(
-                    "{}: created in Access (id {id}) with {}",
+                    "{}: created in Access as a system template, shared by every tenant (id {id}) with {}",
                     role.name(),
                     wanted.join(", ")
                 );
@@ -349,7 +351,10 @@ async fn bootstrap(settings: &Settings, operator: &Operator) -> ExitCode {
                     );
                 }
             }
-            Seeded::Present(id) => println!("{}: already present (id {id})", role.name()),
+            Seeded::Present(id) => println!(
+                "{}: already present as a system template (id {id})",
+                role.name()
+            ),
             Seeded::Differs {
                 id,
                 permission_keys,

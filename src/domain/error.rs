@@ -35,6 +35,7 @@ pub enum ErrorCode {
     EventCancelled,
     IdempotencyConflict,
     Conflict,
+    MembershipAuthorityIsPortal,
     PayloadTooLarge,
     MethodNotAllowed,
     UnsupportedMediaType,
@@ -46,7 +47,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 28] = [
+    pub const ALL: [ErrorCode; 29] = [
         ErrorCode::MissingRequestId,
         ErrorCode::MissingTenantContext,
         ErrorCode::Unauthorized,
@@ -67,6 +68,7 @@ impl ErrorCode {
         ErrorCode::EventCancelled,
         ErrorCode::IdempotencyConflict,
         ErrorCode::Conflict,
+        ErrorCode::MembershipAuthorityIsPortal,
         ErrorCode::PayloadTooLarge,
         ErrorCode::MethodNotAllowed,
         ErrorCode::UnsupportedMediaType,
@@ -99,6 +101,7 @@ impl ErrorCode {
             ErrorCode::EventCancelled => "EVENT_CANCELLED",
             ErrorCode::IdempotencyConflict => "IDEMPOTENCY_CONFLICT",
             ErrorCode::Conflict => "CONFLICT",
+            ErrorCode::MembershipAuthorityIsPortal => "MEMBERSHIP_AUTHORITY_IS_PORTAL",
             ErrorCode::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
             ErrorCode::MethodNotAllowed => "METHOD_NOT_ALLOWED",
             ErrorCode::UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE",
@@ -129,7 +132,10 @@ impl ErrorCode {
             ErrorCode::Forbidden => 403,
             ErrorCode::NotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
-            ErrorCode::EventCancelled | ErrorCode::IdempotencyConflict | ErrorCode::Conflict => 409,
+            ErrorCode::EventCancelled
+            | ErrorCode::IdempotencyConflict
+            | ErrorCode::Conflict
+            | ErrorCode::MembershipAuthorityIsPortal => 409,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::UnsupportedMediaType => 415,
             ErrorCode::ValidationError => 422,
@@ -169,6 +175,9 @@ impl ErrorCode {
                 "X-Request-Id was already used for a different request"
             }
             ErrorCode::Conflict => "Conflict",
+            ErrorCode::MembershipAuthorityIsPortal => {
+                "Memberships are Portal's to manage while Access and Portal are the authority"
+            }
             ErrorCode::PayloadTooLarge => "Payload too large",
             ErrorCode::MethodNotAllowed => "Method not allowed",
             ErrorCode::UnsupportedMediaType => "Unsupported media type",

@@ -39,6 +39,9 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(dsar_erase))
         .routes(routes!(admin_roles_list))
         .routes(routes!(admin_role_grant, admin_role_revoke))
+        .routes(routes!(membership_add, membership_remove, membership_list))
+        .routes(routes!(audit_list))
+        .routes(routes!(capabilities))
 }
 
 /// The error envelope as an HTTP response.
@@ -373,7 +376,7 @@ async fn dsar_erase(
 
 /// List roles and role bindings
 ///
-/// System admins only (else 403 "System admin required"): the role catalog
+/// Tenant admins only (else 403 "Tenant admin required"): the role catalog
 /// and the role bindings of the caller's tenant the filters select.
 #[utoipa::path(get, path = "/admin/roles", operation_id = "listRoles", tag = "admin",
     extensions(("x-nats-operation" = json!("admin.roles.list"))),
@@ -384,8 +387,9 @@ async fn admin_roles_list(State(state): State<AppState>, request: Request) -> Re
 
 /// Grant a role
 ///
-/// System admins only. Answers **200** with the binding; granting one that
-/// exists answers it with `created: false`. Audited.
+/// Tenant admins only; `events.admin` by system admins only. Answers
+/// **200** with the binding; granting one that exists answers it with
+/// `created: false`. Audited.
 #[utoipa::path(post, path = "/admin/role-bindings", operation_id = "grantRole", tag = "admin",
     extensions(("x-nats-operation" = json!("admin.roles.grant"))),
     responses((status = 200, description = "The binding (new or existing)")))]
@@ -395,13 +399,70 @@ async fn admin_role_grant(State(state): State<AppState>, request: Request) -> Re
 
 /// Revoke a role
 ///
-/// System admins only. Removes the binding `bindingId` names, or the one of
+/// Tenant admins only; `events.admin` by system admins only. Removes the binding `bindingId` names, or the one of
 /// `userId` + `role` at the scope (default the tenant), given in the body or
-/// in the query, as a DELETE body is not always possible (the query wins
-/// for a key in both). `revoked: 0` when there was none. Audited.
+/// in the query, as a DELETE body is not always possible (one or the
+/// other: both is 400 `INVALID_BODY`). `revoked: 0` when there was none. Audited.
 #[utoipa::path(delete, path = "/admin/role-bindings", operation_id = "revokeRole", tag = "admin",
     extensions(("x-nats-operation" = json!("admin.roles.revoke"))),
     responses((status = 200, description = "How many bindings were removed")))]
 async fn admin_role_revoke(State(state): State<AppState>, request: Request) -> Response {
     run(&state, Op::AdminRolesRevoke, Target::Query, request).await
+}
+
+/// Add a member to a community or team
+///
+/// Tenant admins only, embedded authorization only (409
+/// `MEMBERSHIP_AUTHORITY_IS_PORTAL` with Access and Portal). Answers **200**
+/// with the membership; adding one that exists answers it with
+/// `created: false`. Audited. Reads see it at once, on every instance.
+#[utoipa::path(post, path = "/admin/memberships", operation_id = "addMembership", tag = "admin",
+    extensions(("x-nats-operation" = json!("membership.add"))),
+    responses((status = 200, description = "The membership (new or existing)")))]
+async fn membership_add(State(state): State<AppState>, request: Request) -> Response {
+    run(&state, Op::MembershipAdd, Target::None, request).await
+}
+
+/// Remove a member from a community or team
+///
+/// As adding; the fields come in the body or in the query (one or the
+/// other: both is 400 `INVALID_BODY`). `removed: 0` when there was no such membership.
+#[utoipa::path(delete, path = "/admin/memberships", operation_id = "removeMembership", tag = "admin",
+    extensions(("x-nats-operation" = json!("membership.remove"))),
+    responses((status = 200, description = "How many memberships were removed")))]
+async fn membership_remove(State(state): State<AppState>, request: Request) -> Response {
+    run(&state, Op::MembershipRemove, Target::Query, request).await
+}
+
+/// List memberships
+///
+/// Tenant admins only, embedded authorization only. Newest first.
+#[utoipa::path(get, path = "/admin/memberships", operation_id = "listMemberships", tag = "admin",
+    extensions(("x-nats-operation" = json!("membership.list"))),
+    responses((status = 200, description = "One page of memberships")))]
+async fn membership_list(State(state): State<AppState>, request: Request) -> Response {
+    run(&state, Op::MembershipList, Target::Query, request).await
+}
+
+/// Read the audit log
+///
+/// Tenant admins: their tenant's entries; system admins may name another
+/// tenant (`tenantId`). Newest first.
+#[utoipa::path(get, path = "/admin/audit", operation_id = "listAudit", tag = "admin",
+    extensions(("x-nats-operation" = json!("admin.audit.list"))),
+    responses((status = 200, description = "One page of audit entries")))]
+async fn audit_list(State(state): State<AppState>, request: Request) -> Response {
+    run(&state, Op::AdminAuditList, Target::Query, request).await
+}
+
+/// What the caller may do
+///
+/// Any signed caller, about themselves: their flags as interpreted, their
+/// roles and every events permission at the scope (default the tenant),
+/// decided by the same authorizer that guards the operations.
+#[utoipa::path(get, path = "/me/capabilities", operation_id = "capabilities", tag = "me",
+    extensions(("x-nats-operation" = json!("me.capabilities"))),
+    responses((status = 200, description = "The caller's capabilities")))]
+async fn capabilities(State(state): State<AppState>, request: Request) -> Response {
+    run(&state, Op::MeCapabilities, Target::Query, request).await
 }

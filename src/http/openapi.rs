@@ -226,6 +226,10 @@ pub fn errors_of(op: Op) -> Vec<ErrorCode> {
         Op::RsvpSet | Op::RsvpClear | Op::AttendanceMark => codes.push(C::EventCancelled),
         // A role missing in Access, or a binding Access refuses.
         Op::AdminRolesGrant | Op::AdminRolesRevoke => codes.push(C::Conflict),
+        // Memberships are Portal's while Access and Portal are the authority.
+        Op::MembershipAdd | Op::MembershipRemove | Op::MembershipList => {
+            codes.push(C::MembershipAuthorityIsPortal)
+        }
         _ => {}
     }
     codes.sort();
@@ -244,6 +248,11 @@ fn json_reply(op: Op) -> Option<(&'static str, RefOr<Schema>)> {
         Op::AdminRolesList => ("RoleListing", role_listing()),
         Op::AdminRolesGrant => ("GrantedRoleBinding", granted_binding()),
         Op::AdminRolesRevoke => ("RevokeReply", revoke_reply()),
+        Op::MembershipAdd => ("AddedMembership", added_membership()),
+        Op::MembershipRemove => ("RemovedMemberships", removed_memberships()),
+        Op::MembershipList => ("MembershipPage", page_of(membership().into())),
+        Op::AdminAuditList => ("AuditPage", page_of(audit_entry())),
+        Op::MeCapabilities => ("Capabilities", capabilities()),
         _ => return None,
     })
 }
@@ -316,6 +325,24 @@ fn nats_operation(operation: &Operation) -> Option<Op> {
         .and_then(Op::from_name)
 }
 
+/// Whether the operation's fields may come in the query: the listings, and
+/// the removals (a DELETE body is not always possible); HTTP merges the
+/// query into the body's fields.
+pub fn reads_query(op: Op) -> bool {
+    matches!(
+        op,
+        Op::EventList
+            | Op::RsvpList
+            | Op::AttendanceList
+            | Op::AdminRolesList
+            | Op::AdminRolesRevoke
+            | Op::MembershipRemove
+            | Op::MembershipList
+            | Op::AdminAuditList
+            | Op::MeCapabilities
+    )
+}
+
 /// The signature, the context headers, the fields the parser reads and the
 /// JSON reply of one signed operation.
 fn signed(operation: &mut Operation, op: Op, replies: &mut BTreeMap<String, RefOr<Schema>>) {
@@ -329,26 +356,19 @@ fn signed(operation: &mut Operation, op: Op, replies: &mut BTreeMap<String, RefO
             .map(|p| RefOr::Ref(Ref::new(format!("#/components/parameters/{}", p.name)))),
     );
     let fields = requests::fields_of(op);
-    // The listings and a revoke read the query (HTTP merges it into the
-    // body's fields); a grant reads only its body.
-    let in_query = matches!(
-        op,
-        Op::EventList
-            | Op::RsvpList
-            | Op::AttendanceList
-            | Op::AdminRolesList
-            | Op::AdminRolesRevoke
-    );
-    if in_query {
+    if reads_query(op) {
         parameters.extend(fields.iter().flat_map(query_parameters).map(RefOr::T));
     }
-    if matches!(op, Op::AdminRolesGrant | Op::AdminRolesRevoke) {
+    if matches!(
+        op,
+        Op::AdminRolesGrant | Op::AdminRolesRevoke | Op::MembershipAdd | Op::MembershipRemove
+    ) {
         operation.request_body = Some(RefOr::T(
             RequestBodyBuilder::new()
                 .content(
                     "application/json",
                     ContentBuilder::new()
-                        .schema(Some(fields_object(fields)))
+                        .schema(Some(fields_object(fields, !reads_query(op))))
                         .build(),
                 )
                 .build(),
@@ -412,7 +432,9 @@ fn query_parameters(field: &FieldSpec) -> Vec<Parameter> {
 }
 
 /// Fields as a body object, keyed by their camelCase names.
-fn fields_object(fields: &[FieldSpec]) -> RefOr<Schema> {
+/// The body of fields. Where the query may carry them too
+/// (`required_in_body` false), none is required in the body alone.
+fn fields_object(fields: &[FieldSpec], required_in_body: bool) -> RefOr<Schema> {
     let mut object = ObjectBuilder::new()
         .schema_type(Type::Object)
         .description(Some(
@@ -420,14 +442,11 @@ fn fields_object(fields: &[FieldSpec]) -> RefOr<Schema> {
              not sent.",
         ));
     for field in fields {
+        let required = field.required && required_in_body;
         let schema = (field.schema)();
         // The field rule reads `null` as not sent: refused where the field
         // is required (422 "field required"), nothing otherwise.
-        let schema = if field.required {
-            schema
-        } else {
-            nullable(schema)
-        };
+        let schema = if required { schema } else { nullable(schema) };
         let schema = match schema {
             RefOr::T(Schema::Object(mut o)) => {
                 o.description = Some(field.description.to_owned());
@@ -440,7 +459,7 @@ fn fields_object(fields: &[FieldSpec]) -> RefOr<Schema> {
             other => other,
         };
         object = object.property(field.key.camel, schema);
-        if field.required {
+        if required {
             object = object.required(field.key.camel);
         }
     }
@@ -521,8 +540,10 @@ fn tags() -> Vec<Tag> {
         ),
         (
             "admin",
-            "Roles and role bindings (system admins; our tables or Access, per mode)",
+            "Tenant administration: roles and bindings (our tables or Access, per mode), \
+             memberships (embedded mode), the audit log; for tenant admins",
         ),
+        ("me", "What the caller may do, for the web app's gating"),
         ("meta", "Unsigned service endpoints"),
     ]
     .into_iter()
@@ -840,5 +861,108 @@ fn revoke_reply() -> RefOr<Schema> {
             .minimum(Some(0))
             .into(),
     )])
+    .into()
+}
+
+fn membership() -> ObjectBuilder {
+    object(vec![
+        ("userId", uuid_text().into()),
+        (
+            "scopeType",
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some(["COMMUNITY", "TEAM"]))
+                .into(),
+        ),
+        (
+            "scopeId",
+            ObjectBuilder::new().schema_type(Type::String).into(),
+        ),
+        ("createdBy", nullable(uuid_text())),
+        ("createdAt", datetime().into()),
+    ])
+}
+
+fn added_membership() -> RefOr<Schema> {
+    membership()
+        .property("created", ObjectBuilder::new().schema_type(Type::Boolean))
+        .required("created")
+        .description(Some("`created: false` when the user was a member already."))
+        .into()
+}
+
+fn removed_memberships() -> RefOr<Schema> {
+    object(vec![(
+        "removed",
+        ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .minimum(Some(0))
+            .maximum(Some(1))
+            .into(),
+    )])
+    .into()
+}
+
+fn audit_entry() -> RefOr<Schema> {
+    let text = || ObjectBuilder::new().schema_type(Type::String);
+    object(vec![
+        ("id", uuid_text().into()),
+        ("at", datetime().into()),
+        ("tenantId", nullable(uuid_text())),
+        ("actorUserId", nullable(uuid_text())),
+        ("action", text().into()),
+        ("targetType", text().into()),
+        ("targetId", nullable(text())),
+        ("requestId", nullable(text())),
+        (
+            "details",
+            ObjectBuilder::new().schema_type(Type::Object).into(),
+        ),
+    ])
+    .into()
+}
+
+fn capabilities() -> RefOr<Schema> {
+    let boolean = || ObjectBuilder::new().schema_type(Type::Boolean);
+    let permissions = crate::authz::Permission::ALL
+        .iter()
+        .fold(ObjectBuilder::new().schema_type(Type::Object), |o, p| {
+            o.property(p.key(), boolean()).required(p.key())
+        });
+    object(vec![
+        ("tenantId", uuid_text().into()),
+        ("userId", uuid_text().into()),
+        (
+            "scope",
+            object(vec![
+                ("scopeType", ScopeType::schema()),
+                (
+                    "scopeId",
+                    ObjectBuilder::new().schema_type(Type::String).into(),
+                ),
+            ])
+            .into(),
+        ),
+        (
+            "flags",
+            object(vec![
+                ("systemAdmin", boolean().into()),
+                ("suspended", boolean().into()),
+                ("banned", boolean().into()),
+            ])
+            .into(),
+        ),
+        ("tenantAdmin", boolean().into()),
+        (
+            "roles",
+            ArrayBuilder::new()
+                .items(ObjectBuilder::new().schema_type(Type::String))
+                .into(),
+        ),
+        ("permissions", permissions.into()),
+    ])
+    .description(Some(
+        "What the caller may do at the scope, as the operations decide it.",
+    ))
     .into()
 }

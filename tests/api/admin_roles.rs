@@ -68,7 +68,7 @@ fn assert_forbidden(status: u16, body: &Value, what: &str) {
     assert_eq!(status, 403, "{what}: {body}");
     assert_eq!(body["error"]["code"], "FORBIDDEN", "{what}: {body}");
     assert_eq!(
-        body["error"]["message"], "System admin required",
+        body["error"]["message"], "Tenant admin required",
         "{what}: {body}"
     );
 }
@@ -110,7 +110,7 @@ async fn role_audit(app: &TestApp, tenant: Uuid, n: usize) -> Vec<AuditRow> {
 // ---------------------------------------------------------------------------
 
 #[tokio::test]
-async fn only_system_admins_may_use_the_role_operations() {
+async fn only_admins_may_use_the_role_operations() {
     let app = TestApp::spawn().await;
     let tenant = Uuid::new_v4();
     let target = Uuid::new_v4().to_string();
@@ -338,6 +338,7 @@ async fn listings_show_the_catalog_and_filter_the_tenants_bindings() {
         json!([
             {"name": "events.participant", "permissions": PARTICIPANT_KEYS},
             {"name": "events.organizer", "permissions": ORGANIZER_KEYS},
+            {"name": "events.admin", "permissions": ["events.admin.manage"]},
         ])
     );
     let bindings = all.body["bindings"].as_array().expect("bindings");
@@ -445,7 +446,7 @@ async fn bad_bodies_are_422_with_the_fields_named() {
         ("admin.roles.grant", json!({}), &["role", "userId"][..]),
         (
             "admin.roles.grant",
-            json!({"userId": user, "role": "admin"}),
+            json!({"userId": user, "role": "owner"}),
             &["role"],
         ),
         (
@@ -636,9 +637,15 @@ impl FakeAccess {
         }
     }
 
+    /// A role; a system template (shared by every tenant) has no tenant.
     fn role_json(r: &FakeRole) -> Value {
-        json!({"id": r.id, "tenant_id": r.tenant, "service": r.service, "name": r.name,
-               "permission_keys": r.keys})
+        let tenant = if r.tenant.is_empty() {
+            Value::Null
+        } else {
+            json!(r.tenant)
+        };
+        json!({"id": r.id, "tenant_id": tenant, "service": r.service, "name": r.name,
+               "is_system_template": r.tenant.is_empty(), "permission_keys": r.keys})
     }
 
     fn binding_json(&self, b: &FakeBinding) -> Value {
@@ -676,6 +683,30 @@ impl FakeAccess {
         if rest == "check" && call.method == "POST" {
             return self.check(&tenant, &body);
         }
+        let query = query_of(call);
+        let q = |k: &str| {
+            query
+                .iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.as_str())
+        };
+        // Any internal caller may read the roles a tenant sees.
+        if rest == "roles" && call.method == "GET" {
+            let roles = self.roles.lock().expect("roles");
+            let list: Vec<Value> = roles
+                .iter()
+                .filter(|r| r.tenant.is_empty() || r.tenant == tenant)
+                .filter(|r| q("service").is_none_or(|s| s == r.service))
+                .map(|r| {
+                    let mut v = Self::role_json(r);
+                    if let Some(o) = v.as_object_mut() {
+                        o.remove("permission_keys");
+                    }
+                    v
+                })
+                .collect();
+            return (StatusCode::OK, Value::Array(list));
+        }
         // The admin API: a system admin passes Access's permission gates.
         let flags: Value = serde_json::from_str(header(call, "x-master-flags")).unwrap_or_default();
         if flags["system_admin"] != json!(true) {
@@ -686,19 +717,51 @@ impl FakeAccess {
                 json!({}),
             );
         }
-        let query = query_of(call);
-        let q = |k: &str| {
-            query
-                .iter()
-                .find(|(key, _)| key == k)
-                .map(|(_, v)| v.as_str())
-        };
         match (call.method.as_str(), rest) {
+            // System-admin role creation: a template when `tenant_id` is null.
+            ("POST", "roles") => {
+                let (Some(service), Some(name)) = (body["service"].as_str(), body["name"].as_str())
+                else {
+                    return (StatusCode::UNPROCESSABLE_ENTITY, json!({"detail": []}));
+                };
+                let template = body["tenant_id"].is_null();
+                assert_eq!(body["is_system_template"], json!(template), "{body}");
+                let owner = if template {
+                    String::new()
+                } else {
+                    body["tenant_id"].as_str().unwrap_or("").to_string()
+                };
+                let keys: Vec<String> = body["permission_keys"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(Value::as_str)
+                            .map(str::to_string)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let mut roles = self.roles.lock().expect("roles");
+                if roles
+                    .iter()
+                    .any(|r| r.tenant == owner && r.service == service && r.name == name)
+                {
+                    return envelope(StatusCode::BAD_REQUEST, "ROLE_EXISTS", "exists", json!({}));
+                }
+                let role = FakeRole {
+                    id: self.next(),
+                    tenant: owner,
+                    service: service.into(),
+                    name: name.into(),
+                    keys,
+                };
+                roles.push(role.clone());
+                (StatusCode::CREATED, Self::role_json(&role))
+            }
             ("GET", "admin/roles") => {
                 let roles = self.roles.lock().expect("roles");
                 let list: Vec<Value> = roles
                     .iter()
-                    .filter(|r| r.tenant == tenant)
+                    .filter(|r| r.tenant.is_empty() || r.tenant == tenant)
                     .filter(|r| q("service").is_none_or(|s| s == r.service))
                     .filter(|r| q("query").is_none_or(|s| r.name.contains(s)))
                     .map(Self::role_json)
@@ -784,7 +847,7 @@ impl FakeAccess {
                     .lock()
                     .expect("roles")
                     .iter()
-                    .any(|r| r.id == role_id && r.tenant == tenant)
+                    .any(|r| r.id == role_id && (r.tenant.is_empty() || r.tenant == tenant))
                 {
                     return envelope(
                         StatusCode::BAD_REQUEST,
@@ -1189,7 +1252,8 @@ async fn bootstrap_creates_the_roles_in_access_once() {
                 ("events.participant".into(), "events".into(), participant),
             ]
         );
-        assert!(roles.iter().all(|r| r.tenant == t));
+        // System templates, not roles of the tenant that ran it.
+        assert!(roles.iter().all(|r| r.tenant.is_empty()), "{roles:?}");
     }
     let posts: Vec<RecordedCall> = fake
         .calls()
@@ -1198,7 +1262,7 @@ async fn bootstrap_creates_the_roles_in_access_once() {
         .collect();
     assert_eq!(posts.len(), 2);
     for c in &posts {
-        assert_eq!(c.path, "/api/v1/access/admin/roles");
+        assert_eq!(c.path, "/api/v1/access/roles");
         assert!(c.signature_valid, "{c:?}");
         assert_eq!(
             header(c, "x-user-id"),
@@ -1218,6 +1282,21 @@ async fn bootstrap_creates_the_roles_in_access_once() {
         second.stdout.matches("already present").count(),
         2,
         "{second:?}"
+    );
+    assert_eq!(state.roles.lock().expect("roles").len(), 2);
+    // Once for all tenants: run for another tenant, it finds the templates.
+    let other = Uuid::new_v4().to_string();
+    let third = run(access_cli(
+        &db_url,
+        &base,
+        &["bootstrap", "--tenant-id", &other],
+    ))
+    .await;
+    assert_eq!(third.code, Some(0), "{third:?}");
+    assert_eq!(
+        third.stdout.matches("already present").count(),
+        2,
+        "{third:?}"
     );
     assert_eq!(state.roles.lock().expect("roles").len(), 2);
     assert_eq!(

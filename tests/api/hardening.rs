@@ -166,6 +166,22 @@ async fn write_case(app: &TestApp, op: Op, tenant: Uuid, who: &Identity) -> Writ
                 body: Some(json!({"userId": user, "role": "organizer"})),
             }
         }
+        Op::MembershipAdd => WriteCase {
+            method: "POST",
+            path: format!("{EVENTS}/admin/memberships"),
+            body: Some(json!({"userId": Uuid::new_v4().to_string(),
+                              "scopeType": "COMMUNITY", "scopeId": "c-replay"})),
+        },
+        Op::MembershipRemove => {
+            let user = Uuid::new_v4().to_string();
+            let body = json!({"userId": user, "scopeType": "TEAM", "scopeId": "t-replay"});
+            nats(app, "membership.add", who, body.clone()).await;
+            WriteCase {
+                method: "DELETE",
+                path: format!("{EVENTS}/admin/memberships"),
+                body: Some(body),
+            }
+        }
         other => panic!(
             "{} changes state: give it a replay case here, so that the test proves a replay of it is refused",
             other.name()

@@ -24,4 +24,5 @@ mod scaling;
 mod schema;
 mod schemathesis;
 mod startup;
+mod tenant_admin;
 mod visibility;

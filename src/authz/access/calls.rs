@@ -108,7 +108,7 @@ pub(super) fn check_body(caller: &Caller, permission: Permission, scope: &Scope)
     let body = CheckBody {
         tenant_id: caller.tenant.to_string(),
         user_id: caller.user.to_string(),
-        action: permission.key(),
+        action: permission.access_action(),
         scope: CheckScope {
             scope_type: scope.scope_type().as_str(),
             id: scope.scope_id().as_str(),

@@ -699,6 +699,72 @@ impl Authorizer for AccessAuthorizer {
     ) -> BoxFuture<'a, Result<Memberships, AppError>> {
         async move { Ok(self.resolve_memberships(ctx, scopes, budget).await) }.boxed()
     }
+
+    fn roles<'a>(
+        &'a self,
+        ctx: &'a InternalContext,
+        scope: &'a Scope,
+        budget: &'a CallBudget,
+    ) -> BoxFuture<'a, Result<Vec<String>, AppError>> {
+        self.effective_roles(ctx, scope, budget).boxed()
+    }
+}
+
+impl AccessAuthorizer {
+    /// The caller's roles of our service at `scope`, as Access's check
+    /// reports them (`return_effective_permissions`); asked each time.
+    async fn effective_roles(
+        &self,
+        ctx: &InternalContext,
+        scope: &Scope,
+        budget: &CallBudget,
+    ) -> Result<Vec<String>, AppError> {
+        let unavailable = || AppError::Unavailable {
+            code: ErrorCode::AccessUnavailable,
+            message: "The caller's roles could not be read from the access service".into(),
+        };
+        let Some(_permit) = budget.take().await else {
+            return Err(unavailable());
+        };
+        let body = serde_json::json!({
+            "tenant_id": ctx.tenant_id.to_string(),
+            "user_id": ctx.user_id.to_string(),
+            "action": Permission::EventRead.access_action(),
+            "scope": {"type": scope.scope_type().as_str(), "id": scope.scope_id().as_str()},
+            "master_flags": {"suspended": false, "banned": false, "system_admin": false,
+                             "membership_status": ctx.master_flags.membership_status()},
+            "return_effective_permissions": true,
+        });
+        let (status, answer) = self
+            .call_access(
+                ctx,
+                reqwest::Method::POST,
+                &["access", "check"],
+                &[],
+                Some(&body),
+            )
+            .await?;
+        let Some(found) = answer["effective_roles"]
+            .as_array()
+            .filter(|_| status.is_success())
+        else {
+            tracing::warn!(authority = "access", %status, request_id = %ctx.request_id,
+                "Access answered a check without effective_roles");
+            return Err(unavailable());
+        };
+        let mut roles = vec![crate::authz::MEMBER_ROLE.to_string()];
+        for role in found {
+            let ours = role["service"]
+                .as_str()
+                .is_none_or(|s| s == crate::authz::admin::ACCESS_SERVICE);
+            if let Some(name) = role["name"].as_str().filter(|_| ours)
+                && !roles.iter().any(|r| r == name)
+            {
+                roles.push(name.to_string());
+            }
+        }
+        Ok(roles)
+    }
 }
 
 #[cfg(test)]

@@ -331,6 +331,15 @@ async fn erase_in(
             .execute(&mut *tx)
             .await?
             .rows_affected();
+    // Memberships the user added for others stay, without the user's id.
+    sqlx::query(
+        "UPDATE scope_memberships SET created_by = $3 WHERE tenant_id = $1 AND created_by = $2",
+    )
+    .bind(t)
+    .bind(u)
+    .bind(nil)
+    .execute(&mut *tx)
+    .await?;
     let audit_entries_anonymized = anonymize_audit(tx, t, user).await?;
 
     let counts = Counts {
