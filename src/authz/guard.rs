@@ -80,7 +80,12 @@ impl<'a> Guard<'a> {
     /// Whether the caller administers their tenant: a system admin, or
     /// holder of `events.admin.manage` at the tenant's scope (asked of the
     /// authorizer like any permission, so it is cached like the others).
+    /// A system admin is no bypass here: the administration operations
+    /// audit their changes with the actor themselves.
     pub async fn is_tenant_admin(&self) -> Result<bool, AppError> {
+        if self.is_admin() {
+            return Ok(true);
+        }
         self.can(Permission::AdminManage, &Scope::tenant(self.tenant()))
             .await
     }

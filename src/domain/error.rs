@@ -342,6 +342,7 @@ mod tests {
             ("EVENT_CANCELLED", 409),
             ("IDEMPOTENCY_CONFLICT", 409),
             ("CONFLICT", 409),
+            ("MEMBERSHIP_AUTHORITY_IS_PORTAL", 409),
             ("PAYLOAD_TOO_LARGE", 413),
             ("METHOD_NOT_ALLOWED", 405),
             ("UNSUPPORTED_MEDIA_TYPE", 415),

@@ -591,6 +591,9 @@ const CATALOG: [&str; 5] = [
 struct FakeAccess {
     roles: Mutex<Vec<FakeRole>>,
     bindings: Mutex<Vec<FakeBinding>>,
+    /// (tenant, user) whom Access allows `portal.role_bindings.write`: its
+    /// tenant admins, who pass its admin API's permission gates.
+    tenant_admins: Mutex<Vec<(String, String)>>,
     next_id: AtomicI64,
     down: AtomicBool,
 }
@@ -707,9 +710,16 @@ impl FakeAccess {
                 .collect();
             return (StatusCode::OK, Value::Array(list));
         }
-        // The admin API: a system admin passes Access's permission gates.
+        // The admin API: a system admin passes Access's permission gates,
+        // a tenant admin those of its tenant-admin API.
         let flags: Value = serde_json::from_str(header(call, "x-master-flags")).unwrap_or_default();
-        if flags["system_admin"] != json!(true) {
+        let tenant_admin = rest.starts_with("admin/")
+            && self
+                .tenant_admins
+                .lock()
+                .expect("admins")
+                .contains(&(tenant.clone(), user.clone()));
+        if flags["system_admin"] != json!(true) && !tenant_admin {
             return envelope(
                 StatusCode::FORBIDDEN,
                 "FORBIDDEN",
@@ -892,20 +902,42 @@ impl FakeAccess {
         let scope_type = body["scope"]["type"].as_str().unwrap_or("");
         let scope_id = body["scope"]["id"].as_str().unwrap_or("");
         let roles = self.roles.lock().expect("roles");
-        let allowed = PARTICIPANT_KEYS.contains(&action)
-            || self.bindings.lock().expect("bindings").iter().any(|b| {
-                b.tenant == tenant
-                    && b.user == user
-                    && roles
-                        .iter()
-                        .any(|r| r.id == b.role_id && r.keys.iter().any(|k| k == action))
-                    && ((b.scope_type == "TENANT" && b.scope_id == tenant)
-                        || (b.scope_type == scope_type && b.scope_id == scope_id))
-            });
+        let bindings = self.bindings.lock().expect("bindings");
+        let applies = |b: &&FakeBinding| {
+            b.tenant == tenant
+                && b.user == user
+                && ((b.scope_type == "TENANT" && b.scope_id == tenant)
+                    || (b.scope_type == scope_type && b.scope_id == scope_id))
+        };
+        let bound: Vec<&FakeRole> = bindings
+            .iter()
+            .filter(applies)
+            .filter_map(|b| roles.iter().find(|r| r.id == b.role_id))
+            .collect();
+        let allowed = if action == "portal.role_bindings.write" {
+            scope_type == "TENANT"
+                && self
+                    .tenant_admins
+                    .lock()
+                    .expect("admins")
+                    .contains(&(tenant.to_string(), user.to_string()))
+        } else {
+            PARTICIPANT_KEYS.contains(&action)
+                || bound.iter().any(|r| r.keys.iter().any(|k| k == action))
+        };
+        let mut effective = vec![json!({"id": 0, "name": "member", "service": "events"})];
+        if body["return_effective_permissions"] == json!(true) {
+            effective.extend(
+                bound
+                    .iter()
+                    .map(|r| json!({"id": r.id, "name": r.name, "service": r.service})),
+            );
+            effective.push(json!({"id": 99, "name": "moderator", "service": "portal"}));
+        }
         (
             StatusCode::OK,
             json!({"allowed": allowed, "reason_code": if allowed { "RBAC_ALLOW" } else { "RBAC_DENY" },
-                   "effective_roles": [], "effective_permissions": null}),
+                   "effective_roles": effective, "effective_permissions": null}),
         )
     }
 }
@@ -931,6 +963,134 @@ fn admin_calls(fake: &FakeAuthority) -> Vec<RecordedCall> {
         .into_iter()
         .filter(|c| c.path.contains("/access/admin/"))
         .collect()
+}
+
+/// In `access` mode a tenant admin is whoever Access lets write the
+/// tenant's role bindings; memberships are Portal's.
+#[tokio::test]
+async fn access_mode_tenant_admins_are_whom_access_lets_write_bindings() {
+    let (state, fake) = fake_access().await;
+    let app = spawn_access_mode(fake.base_url("/api/v1")).await;
+    let tenant = Uuid::new_v4();
+    let t = tenant.to_string();
+    state.seed_roles(tenant);
+    let boss = identity(tenant, Uuid::new_v4());
+    state
+        .tenant_admins
+        .lock()
+        .expect("admins")
+        .push((t.clone(), boss.user_id.clone()));
+    let member = identity(tenant, Uuid::new_v4());
+    let user = Uuid::new_v4();
+
+    // A member is refused, after Access said no to the admin action.
+    let refused = call(&app, "admin.roles.list", &member, json!({})).await;
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    assert_eq!(refused.body["error"]["message"], "Tenant admin required");
+    let asked: Vec<Value> = fake
+        .calls()
+        .iter()
+        .filter(|c| c.path.ends_with("/access/check"))
+        .map(|c| serde_json::from_slice(&c.body).expect("json"))
+        .collect();
+    assert!(
+        asked
+            .iter()
+            .any(|b| b["action"] == "portal.role_bindings.write"
+                && b["scope"]["type"] == "TENANT"
+                && b["scope"]["id"] == t
+                && b["user_id"] == member.user_id),
+        "{asked:?}"
+    );
+
+    // The tenant admin grants through Access, as themselves.
+    let granted = call(
+        &app,
+        "admin.roles.grant",
+        &boss,
+        json!({"userId": user.to_string(), "role": "organizer"}),
+    )
+    .await;
+    assert_eq!(granted.status, 200, "{}", granted.body);
+    let post = admin_calls(&fake)
+        .into_iter()
+        .find(|c| c.method == "POST")
+        .expect("a POST to Access");
+    assert_eq!(header(&post, "x-user-id"), boss.user_id);
+    assert_eq!(
+        create_status(&app, &identity(tenant, user), "TENANT", &t).await,
+        200
+    );
+
+    // events.admin: not theirs to give, and not kept in Access at all.
+    let own = call(
+        &app,
+        "admin.roles.grant",
+        &boss,
+        json!({"userId": user.to_string(), "role": "admin"}),
+    )
+    .await;
+    assert_eq!(own.status, 403, "{}", own.body);
+    let system = call(
+        &app,
+        "admin.roles.grant",
+        &admin(tenant),
+        json!({"userId": user.to_string(), "role": "admin"}),
+    )
+    .await;
+    assert_eq!(system.status, 409, "{}", system.body);
+    assert!(
+        system.body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("portal.role_bindings.write")),
+        "{}",
+        system.body
+    );
+
+    // Memberships are Portal's: 409 for the admin, 403 for anyone else.
+    for (op, body) in [
+        (
+            "membership.add",
+            json!({"userId": user.to_string(), "scopeType": "TEAM", "scopeId": "t1"}),
+        ),
+        (
+            "membership.remove",
+            json!({"userId": user.to_string(), "scopeType": "TEAM", "scopeId": "t1"}),
+        ),
+        ("membership.list", json!({})),
+    ] {
+        let reply = call(&app, op, &boss, body.clone()).await;
+        assert_eq!(reply.status, 409, "{op}: {}", reply.body);
+        assert_eq!(
+            reply.code.as_deref(),
+            Some("MEMBERSHIP_AUTHORITY_IS_PORTAL")
+        );
+        assert_eq!(call(&app, op, &member, body).await.status, 403, "{op}");
+    }
+
+    // Capabilities from the same authority: roles as Access reports them.
+    let organizer = identity(tenant, user);
+    let caps = call(&app, "me.capabilities", &organizer, json!({})).await;
+    assert_eq!(caps.status, 200, "{}", caps.body);
+    assert_eq!(caps.body["roles"], json!(["member", "events.organizer"]));
+    assert_eq!(caps.body["permissions"]["events.event.create"], true);
+    assert_eq!(caps.body["tenantAdmin"], false);
+    let boss_caps = call(&app, "me.capabilities", &boss, json!({})).await;
+    assert_eq!(boss_caps.body["tenantAdmin"], true, "{}", boss_caps.body);
+    assert_eq!(boss_caps.body["permissions"]["events.event.create"], false);
+    assert_eq!(boss_caps.body["roles"], json!(["member"]));
+
+    // Another tenant: Access says no there.
+    let elsewhere = Identity {
+        tenant_id: Uuid::new_v4().to_string(),
+        ..boss.clone()
+    };
+    assert_eq!(
+        call(&app, "admin.roles.list", &elsewhere, json!({}))
+            .await
+            .status,
+        403
+    );
 }
 
 #[tokio::test]

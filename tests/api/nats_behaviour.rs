@@ -1998,7 +1998,7 @@ async fn srv_ping_info_and_stats_answer_with_all_endpoints() {
     let stats: Value = serde_json::from_slice(&stats.payload).expect("stats json");
     assert_eq!(stats["name"], "events");
     let endpoints = stats["endpoints"].as_array().expect("endpoints");
-    assert_eq!(endpoints.len(), 16, "{stats}");
+    assert_eq!(endpoints.len(), 21, "{stats}");
     let mut subjects: Vec<String> = endpoints
         .iter()
         .map(|e| e["subject"].as_str().expect("subject").to_string())
@@ -2021,6 +2021,11 @@ async fn srv_ping_info_and_stats_answer_with_all_endpoints() {
         "admin.roles.list",
         "admin.roles.grant",
         "admin.roles.revoke",
+        "membership.add",
+        "membership.remove",
+        "membership.list",
+        "admin.audit.list",
+        "me.capabilities",
     ]
     .iter()
     .map(|op| format!("{}.v1.{op}", w.app.isolation.prefix))
