@@ -254,3 +254,65 @@ async fn call_exits_69_when_no_service_answers() {
         "{run:?}"
     );
 }
+
+/// Tenant administration from the command line: the first tenant admin is
+/// made with `access grant`, who then manages memberships with `call`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_makes_a_tenant_admin_who_manages_memberships() {
+    let app = TestApp::spawn().await;
+    let tenant = Uuid::new_v4().to_string();
+    let boss = Uuid::new_v4().to_string();
+    let member = Uuid::new_v4().to_string();
+    let mut grant = events_svc();
+    grant
+        .env("DATABASE_URL", app.isolation.database_url())
+        .env("EVENTS_AUTHZ", "local");
+    let granted = tokio::task::spawn_blocking({
+        let args: Vec<String> = [
+            "access",
+            "grant",
+            "--tenant-id",
+            &tenant,
+            "--user-id",
+            &boss,
+            "--role",
+            "admin",
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+        move || run_blocking(grant, args, None)
+    })
+    .await
+    .expect("runner");
+    assert_eq!(granted.code, Some(0), "{granted:?}");
+    assert!(
+        granted.stdout.contains("granted events.admin"),
+        "{granted:?}"
+    );
+
+    let body = json!({"userId": member, "scopeType": "TEAM", "scopeId": "raid-team"}).to_string();
+    let who = ["--tenant-id", tenant.as_str(), "--user-id", boss.as_str()];
+    let mut args = vec!["membership.add"];
+    args.extend(who);
+    args.push(&body);
+    let added = call(&app, &args).await;
+    assert_eq!(added.code, Some(0), "{added:?}");
+    assert_eq!(added.json()["created"], true);
+    let mut args = vec!["membership.list"];
+    args.extend(who);
+    let listed = call(&app, &args).await;
+    assert_eq!(listed.code, Some(0), "{listed:?}");
+    assert_eq!(listed.json()["items"][0]["userId"], member);
+    // Anyone else is refused, with the code on stderr.
+    let mut args = vec![
+        "membership.list",
+        "--tenant-id",
+        tenant.as_str(),
+        "--user-id",
+    ];
+    args.push(&member);
+    let refused = call(&app, &args).await;
+    assert_eq!(refused.code, Some(1), "{refused:?}");
+    assert!(refused.stderr.contains("403 FORBIDDEN"), "{refused:?}");
+}
