@@ -77,8 +77,10 @@ pub async fn serve(
                     endpoint: index,
                 };
                 let app = app.clone();
+                // Boxed: the request's future is large, and a task's future
+                // is moved around by value when spawned.
                 tokio::spawn(async move {
-                    request.serve(&app, op).await;
+                    Box::pin(request.serve(&app, op)).await;
                     drop(permit);
                 });
             }
