@@ -97,14 +97,13 @@ impl App {
             &spec.scope,
             guard.ctx().user_id,
             |m, created| {
-                let mut entries = owed.clone();
-                entries.push(membership_entry(
+                membership_entries(
                     guard,
+                    &owed,
                     "membership.added",
                     &spec,
                     json!({"created": created, "createdBy": m.created_by.map(|u| u.to_string())}),
-                ));
-                entries
+                )
             },
         )
         .await?;
@@ -128,14 +127,13 @@ impl App {
             spec.user,
             &spec.scope,
             |removed| {
-                let mut entries = owed.clone();
-                entries.push(membership_entry(
+                membership_entries(
                     guard,
+                    &owed,
                     "membership.removed",
                     &spec,
                     json!({"removed": removed}),
-                ));
-                entries
+                )
             },
         )
         .await?;
@@ -272,16 +270,20 @@ fn membership_json(m: &Membership) -> Value {
     })
 }
 
-fn membership_entry(
+/// What a membership change writes to the audit log: the entries the
+/// request owed already, then the change's own.
+fn membership_entries(
     guard: &Guard<'_>,
+    owed: &[AuditEntry],
     action: &'static str,
     spec: &MembershipSpec,
     mut details: Value,
-) -> AuditEntry {
+) -> Vec<AuditEntry> {
     let ctx = guard.ctx();
     details["scopeType"] = json!(spec.scope.scope_type().as_str());
     details["scopeId"] = json!(spec.scope.scope_id().as_str());
-    AuditEntry {
+    let mut entries = owed.to_vec();
+    entries.push(AuditEntry {
         tenant_id: Some(ctx.tenant_id),
         actor_user_id: Some(ctx.user_id),
         action,
@@ -289,5 +291,6 @@ fn membership_entry(
         target_id: Some(spec.user.to_string()),
         request_id: Some(ctx.request_id.clone()),
         details,
-    }
+    });
+    entries
 }

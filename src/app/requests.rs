@@ -851,12 +851,10 @@ fn binding_filter(body: &Value) -> Result<BindingFilter, AppError> {
     })
 }
 
-/// The binding of `admin.roles.grant` (and of a revoke without `bindingId`):
-/// `userId`, `role`, and a scope that defaults to the tenant.
-fn binding_spec(body: &Value, tenant: TenantId) -> Result<BindingSpec, AppError> {
-    let mut b = Fields::new(body)?;
-    // The nil id stands for erased users: nobody to give a role to.
-    let user = uuid_field(&mut b, USER_ID, true).and_then(|u| {
+/// The required `userId` of someone a role or membership is given to. The
+/// nil id stands for erased users: nobody to give anything to.
+fn subject_user(b: &mut Fields<'_>) -> Option<uuid::Uuid> {
+    uuid_field(b, USER_ID, true).and_then(|u| {
         if u.is_nil() {
             b.fail(
                 USER_ID,
@@ -865,17 +863,29 @@ fn binding_spec(body: &Value, tenant: TenantId) -> Result<BindingSpec, AppError>
         } else {
             Some(u)
         }
-    });
+    })
+}
+
+/// `scopeType` and `scopeId` as a scope of `tenant`: the tenant itself
+/// unless a type is given ([`admin::binding_scope`]).
+fn scope_in_tenant(b: &mut Fields<'_>, tenant: TenantId) -> Option<Scope> {
+    let (scope_type, scope_id) = scope_fields(b);
+    if b.has_error(SCOPE_TYPE) || b.has_error(SCOPE_ID) {
+        return None;
+    }
+    match admin::binding_scope(tenant, scope_type, scope_id.as_deref()) {
+        Ok(scope) => Some(scope),
+        Err((name, message)) => b.fail(Key::word(name), message),
+    }
+}
+
+/// The binding of `admin.roles.grant` (and of a revoke without `bindingId`):
+/// `userId`, `role`, and a scope that defaults to the tenant.
+fn binding_spec(body: &Value, tenant: TenantId) -> Result<BindingSpec, AppError> {
+    let mut b = Fields::new(body)?;
+    let user = subject_user(&mut b);
     let role = role_field(&mut b, true);
-    let (scope_type, scope_id) = scope_fields(&mut b);
-    let scope = if b.has_error(SCOPE_TYPE) || b.has_error(SCOPE_ID) {
-        None
-    } else {
-        match admin::binding_scope(tenant, scope_type, scope_id.as_deref()) {
-            Ok(scope) => Some(scope),
-            Err((name, message)) => b.fail(Key::word(name), message),
-        }
-    };
+    let scope = scope_in_tenant(&mut b, tenant);
     if role.is_some_and(Role::system_admins_only)
         && scope
             .as_ref()
@@ -935,16 +945,7 @@ fn revoke_target(body: &Value, tenant: TenantId) -> Result<RevokeTarget, AppErro
 /// TEAM) and `scopeId`, all required; a UUID scope id is stored canonical.
 fn membership_spec(body: &Value, tenant: TenantId) -> Result<MembershipSpec, AppError> {
     let mut b = Fields::new(body)?;
-    let user = uuid_field(&mut b, USER_ID, true).and_then(|u| {
-        if u.is_nil() {
-            b.fail(
-                USER_ID,
-                "must be a user's id, not the nil UUID (erased users)",
-            )
-        } else {
-            Some(u)
-        }
-    });
+    let user = subject_user(&mut b);
     let (scope_type, scope_id) = scope_fields(&mut b);
     let scope_type = match scope_type {
         Some(t) if crate::authz::membership_gated(t) => Some(t),
@@ -1060,15 +1061,7 @@ fn audit_query(body: &Value, tenant: TenantId) -> Result<AuditQuery, AppError> {
 /// tenant when neither is sent.
 fn capability_scope(body: &Value, tenant: TenantId) -> Result<Scope, AppError> {
     let mut b = Fields::new(body)?;
-    let (scope_type, scope_id) = scope_fields(&mut b);
-    let scope = if b.has_error(SCOPE_TYPE) || b.has_error(SCOPE_ID) {
-        None
-    } else {
-        match admin::binding_scope(tenant, scope_type, scope_id.as_deref()) {
-            Ok(scope) => Some(scope),
-            Err((name, message)) => b.fail(Key::word(name), message),
-        }
-    };
+    let scope = scope_in_tenant(&mut b, tenant);
     b.finish()?;
     scope.ok_or_else(|| {
         DomainError::Validation {

@@ -5,7 +5,7 @@
 //! happen.
 
 use serde_json::Value;
-use sqlx::PgConnection;
+use sqlx::{PgConnection, Postgres, QueryBuilder};
 use uuid::Uuid;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -91,9 +91,10 @@ pub struct AuditFilter {
 }
 
 /// An entry as read back.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct StoredEntry {
     pub id: Uuid,
+    #[sqlx(rename = "created_at")]
     pub at: chrono::DateTime<chrono::Utc>,
     pub tenant_id: Option<Uuid>,
     pub actor_user_id: Option<Uuid>,
@@ -104,18 +105,32 @@ pub struct StoredEntry {
     pub details: Value,
 }
 
-type StoredRow = (
-    Uuid,
-    chrono::DateTime<chrono::Utc>,
-    Option<Uuid>,
-    Option<Uuid>,
-    String,
-    String,
-    Option<String>,
-    Option<String>,
-    Value,
-    i64,
-);
+#[derive(sqlx::FromRow)]
+struct CountedEntry {
+    #[sqlx(flatten)]
+    entry: StoredEntry,
+    total_count: i64,
+}
+
+/// `WHERE` with the filters that are set.
+fn push_filter(qb: &mut QueryBuilder<Postgres>, f: &AuditFilter) {
+    qb.push(" WHERE tenant_id = ").push_bind(f.tenant);
+    if let Some(actor) = f.actor {
+        qb.push(" AND actor_user_id = ").push_bind(actor);
+    }
+    if let Some(target) = &f.target_id {
+        qb.push(" AND target_id = ").push_bind(target.clone());
+    }
+    if let Some(action) = &f.action {
+        qb.push(" AND action = ").push_bind(action.clone());
+    }
+    if let Some(from) = f.from {
+        qb.push(" AND created_at >= ").push_bind(from);
+    }
+    if let Some(to) = f.to {
+        qb.push(" AND created_at < ").push_bind(to);
+    }
+}
 
 /// One page of the entries `filter` selects, newest first, and how many
 /// it selects in all. `from` is inclusive, `to` exclusive.
@@ -123,77 +138,25 @@ pub async fn list(
     db: &sqlx::PgPool,
     filter: &AuditFilter,
 ) -> Result<(Vec<StoredEntry>, i64), sqlx::Error> {
-    const WHERE: &str = "WHERE tenant_id = $1
-            AND ($2::uuid IS NULL OR actor_user_id = $2)
-            AND ($3::text IS NULL OR target_id = $3)
-            AND ($4::text IS NULL OR action = $4)
-            AND ($5::timestamptz IS NULL OR created_at >= $5)
-            AND ($6::timestamptz IS NULL OR created_at < $6)";
-    let sql = format!(
-        "SELECT id, created_at, tenant_id, actor_user_id, action, target_type, target_id,
-                request_id, details, count(*) OVER ()
-           FROM audit_log {WHERE}
-          ORDER BY created_at DESC, id DESC
-          LIMIT $7 OFFSET $8"
+    let mut page = QueryBuilder::new(
+        "SELECT id, created_at, tenant_id, actor_user_id, action, target_type, target_id, \
+         request_id, details, count(*) OVER () AS total_count FROM audit_log",
     );
-    let rows: Vec<StoredRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-        .bind(filter.tenant)
-        .bind(filter.actor)
-        .bind(filter.target_id.as_deref())
-        .bind(filter.action.as_deref())
-        .bind(filter.from)
-        .bind(filter.to)
-        .bind(filter.limit)
-        .bind(filter.offset)
-        .fetch_all(db)
-        .await?;
+    push_filter(&mut page, filter);
+    page.push(" ORDER BY created_at DESC, id DESC LIMIT ")
+        .push_bind(filter.limit)
+        .push(" OFFSET ")
+        .push_bind(filter.offset);
+    let rows = page.build_query_as::<CountedEntry>().fetch_all(db).await?;
     let total = match rows.first() {
-        Some(row) => row.9,
-        None if filter.offset > 0 => {
-            sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-                "SELECT count(*) FROM audit_log {WHERE} AND $7::bigint IS NOT NULL AND $8::bigint IS NOT NULL"
-            )))
-            .bind(filter.tenant)
-            .bind(filter.actor)
-            .bind(filter.target_id.as_deref())
-            .bind(filter.action.as_deref())
-            .bind(filter.from)
-            .bind(filter.to)
-            .bind(filter.limit)
-            .bind(filter.offset)
-            .fetch_one(db)
-            .await?
+        Some(row) => row.total_count,
+        None if filter.offset == 0 => 0,
+        // Past the end: the page is empty, the total still counts.
+        None => {
+            let mut count = QueryBuilder::new("SELECT count(*) FROM audit_log");
+            push_filter(&mut count, filter);
+            count.build_query_scalar::<i64>().fetch_one(db).await?
         }
-        None => 0,
     };
-    let entries = rows
-        .into_iter()
-        .map(
-            |(
-                id,
-                at,
-                tenant_id,
-                actor_user_id,
-                action,
-                target_type,
-                target_id,
-                request_id,
-                details,
-                _,
-            )| {
-                StoredEntry {
-                    id,
-                    at,
-                    tenant_id,
-                    actor_user_id,
-                    action,
-                    target_type,
-                    target_id,
-                    request_id,
-                    details,
-                }
-            },
-        )
-        .collect();
-    Ok((entries, total))
+    Ok((rows.into_iter().map(|r| r.entry).collect(), total))
 }

@@ -4,7 +4,7 @@
 //! (no cache), so a change applies to every instance's next read.
 
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
+use sqlx::{PgPool, Postgres, QueryBuilder};
 use uuid::Uuid;
 
 use crate::domain::{Scope, ScopeId, ScopeType, TenantId};
@@ -42,8 +42,6 @@ pub struct MembershipFilter {
 type Row = (Uuid, String, String, Option<Uuid>, DateTime<Utc>);
 /// A row, and whether the insert made it.
 type AddedRow = (Uuid, String, String, Option<Uuid>, DateTime<Utc>, bool);
-/// A row, and how many the filter selects.
-type CountedRow = (Uuid, String, String, Option<Uuid>, DateTime<Utc>, i64);
 
 fn membership((user, scope_type, scope_id, created_by, created_at): Row) -> Option<Membership> {
     Some(Membership {
@@ -127,6 +125,33 @@ pub async fn remove(
     Ok(removed)
 }
 
+#[derive(sqlx::FromRow)]
+struct CountedRow {
+    user_id: Uuid,
+    scope_type: String,
+    scope_id: String,
+    created_by: Option<Uuid>,
+    created_at: DateTime<Utc>,
+    total_count: i64,
+}
+
+/// `WHERE` with the tenant and the filters that are set.
+fn push_filter(qb: &mut QueryBuilder<Postgres>, tenant: TenantId, f: &MembershipFilter) {
+    qb.push(" WHERE tenant_id = ").push_bind(Uuid::from(tenant));
+    if let Some(user) = f.user {
+        qb.push(" AND user_id = ").push_bind(user);
+    }
+    if let Some(scope_type) = f.scope_type {
+        qb.push(" AND scope_type = ")
+            .push_bind(scope_type.as_str())
+            .push("::scope_type");
+    }
+    if let Some(scope_id) = &f.scope_id {
+        qb.push(" AND scope_id = ")
+            .push_bind(scope_id.as_str().to_string());
+    }
+}
+
 /// One page of the tenant's memberships that `filter` selects, newest
 /// first, and how many it selects in all.
 pub async fn list(
@@ -134,54 +159,38 @@ pub async fn list(
     tenant: TenantId,
     filter: &MembershipFilter,
 ) -> Result<(Vec<Membership>, i64), sqlx::Error> {
-    let rows: Vec<CountedRow> = sqlx::query_as(
-        "SELECT user_id, scope_type::text, scope_id, created_by, created_at, count(*) OVER ()
-           FROM scope_memberships
-          WHERE tenant_id = $1
-            AND ($2::uuid IS NULL OR user_id = $2)
-            AND ($3::text IS NULL OR scope_type::text = $3)
-            AND ($4::text IS NULL OR scope_id = $4)
-          ORDER BY created_at DESC, scope_type, scope_id, user_id
-          LIMIT $5 OFFSET $6",
-    )
-    .bind(Uuid::from(tenant))
-    .bind(filter.user)
-    .bind(filter.scope_type.map(ScopeType::as_str))
-    .bind(filter.scope_id.as_ref().map(ScopeId::as_str))
-    .bind(filter.limit)
-    .bind(filter.offset)
-    .fetch_all(db)
-    .await?;
+    let mut page = QueryBuilder::new(
+        "SELECT user_id, scope_type::text AS scope_type, scope_id, created_by, created_at, \
+         count(*) OVER () AS total_count FROM scope_memberships",
+    );
+    push_filter(&mut page, tenant, filter);
+    page.push(" ORDER BY created_at DESC, scope_type, scope_id, user_id LIMIT ")
+        .push_bind(filter.limit)
+        .push(" OFFSET ")
+        .push_bind(filter.offset);
+    let rows = page.build_query_as::<CountedRow>().fetch_all(db).await?;
     let total = match rows.first() {
-        Some(row) => row.5,
-        // Past the last page the window gives no count: ask for it.
-        None if filter.offset > 0 => count(db, tenant, filter).await?,
-        None => 0,
+        Some(row) => row.total_count,
+        None if filter.offset == 0 => 0,
+        // Past the end: the page is empty, the total still counts.
+        None => {
+            let mut count = QueryBuilder::new("SELECT count(*) FROM scope_memberships");
+            push_filter(&mut count, tenant, filter);
+            count.build_query_scalar::<i64>().fetch_one(db).await?
+        }
     };
     Ok((
         rows.into_iter()
-            .filter_map(|(u, t, id, by, at, _)| membership((u, t, id, by, at)))
+            .filter_map(|r| {
+                membership((
+                    r.user_id,
+                    r.scope_type,
+                    r.scope_id,
+                    r.created_by,
+                    r.created_at,
+                ))
+            })
             .collect(),
         total,
     ))
-}
-
-async fn count(
-    db: &PgPool,
-    tenant: TenantId,
-    filter: &MembershipFilter,
-) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT count(*) FROM scope_memberships
-          WHERE tenant_id = $1
-            AND ($2::uuid IS NULL OR user_id = $2)
-            AND ($3::text IS NULL OR scope_type::text = $3)
-            AND ($4::text IS NULL OR scope_id = $4)",
-    )
-    .bind(Uuid::from(tenant))
-    .bind(filter.user)
-    .bind(filter.scope_type.map(ScopeType::as_str))
-    .bind(filter.scope_id.as_ref().map(ScopeId::as_str))
-    .fetch_one(db)
-    .await
 }

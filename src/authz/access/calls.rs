@@ -83,6 +83,9 @@ struct CheckBody<'a> {
     action: &'static str,
     scope: CheckScope<'a>,
     master_flags: CheckFlags<'a>,
+    /// Asked for the caller's roles (`effective_roles`); left out otherwise.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    return_effective_permissions: bool,
 }
 
 #[derive(Serialize)]
@@ -103,9 +106,14 @@ struct CheckFlags<'a> {
     membership_status: Option<&'a str>,
 }
 
-/// The compact JSON body of an Access check.
-pub(super) fn check_body(caller: &Caller, permission: Permission, scope: &Scope) -> Vec<u8> {
-    let body = CheckBody {
+/// The body of an Access check; `effective` asks for the caller's roles too.
+fn check_request<'a>(
+    caller: &'a Caller,
+    permission: Permission,
+    scope: &'a Scope,
+    effective: bool,
+) -> CheckBody<'a> {
+    CheckBody {
         tenant_id: caller.tenant.to_string(),
         user_id: caller.user.to_string(),
         action: permission.access_action(),
@@ -119,8 +127,19 @@ pub(super) fn check_body(caller: &Caller, permission: Permission, scope: &Scope)
             system_admin: false,
             membership_status: caller.membership_status.as_deref(),
         },
-    };
-    serde_json::to_vec(&body).unwrap_or_default()
+        return_effective_permissions: effective,
+    }
+}
+
+/// The compact JSON body of an Access check.
+pub(super) fn check_body(caller: &Caller, permission: Permission, scope: &Scope) -> Vec<u8> {
+    serde_json::to_vec(&check_request(caller, permission, scope, false)).unwrap_or_default()
+}
+
+/// The body of the check that reads the caller's roles at `scope`.
+pub(super) fn roles_check_body(caller: &Caller, scope: &Scope) -> Value {
+    serde_json::to_value(check_request(caller, Permission::EventRead, scope, true))
+        .unwrap_or_default()
 }
 
 /// A scope id that cannot name a Portal resource: Portal routes on the

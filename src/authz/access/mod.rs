@@ -726,15 +726,7 @@ impl AccessAuthorizer {
         let Some(_permit) = budget.take().await else {
             return Err(unavailable());
         };
-        let body = serde_json::json!({
-            "tenant_id": ctx.tenant_id.to_string(),
-            "user_id": ctx.user_id.to_string(),
-            "action": Permission::EventRead.access_action(),
-            "scope": {"type": scope.scope_type().as_str(), "id": scope.scope_id().as_str()},
-            "master_flags": {"suspended": false, "banned": false, "system_admin": false,
-                             "membership_status": ctx.master_flags.membership_status()},
-            "return_effective_permissions": true,
-        });
+        let body = calls::roles_check_body(&Caller::of(ctx), scope);
         let (status, answer) = self
             .call_access(
                 ctx,
