@@ -19,6 +19,7 @@ pub mod domain;
 pub mod encoding;
 pub(crate) mod error;
 pub mod http;
+pub mod import;
 pub(crate) mod names;
 pub mod startup;
 pub mod store;

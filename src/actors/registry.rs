@@ -91,6 +91,17 @@ impl Shared {
     }
 }
 
+/// A change note as the instances send it, for writers outside a running
+/// instance (an import) that must make every instance reload `ids`.
+pub fn change_note(origin: &str, key: &ScopeKey, ids: &[EventId]) -> Vec<u8> {
+    let note = ChangeNote {
+        instance: origin.to_string(),
+        key: Some(key.clone()),
+        events: ids.to_vec(),
+    };
+    serde_json::to_vec(&note).unwrap_or_default()
+}
+
 /// A note between instances: changed events of a scope, or (without a
 /// scope) a heartbeat saying "another instance is here".
 #[derive(Debug, Serialize, Deserialize)]

@@ -1,6 +1,7 @@
 //! The `events-svc` command line.
 
 mod access;
+mod import;
 mod ops;
 
 use std::process::ExitCode;
@@ -74,6 +75,9 @@ enum Command {
     /// revoke, list (local tables or Access, per EVENTS_AUTHZ; audited).
     #[command(subcommand)]
     Access(access::AccessCommand),
+    /// Bring data over from another system (the Django service) for the cut-over.
+    #[command(subcommand)]
+    Import(import::ImportCommand),
 }
 
 const CALL_EXAMPLES: &str = "\
@@ -236,6 +240,7 @@ async fn run(cli: Cli) -> ExitCode {
         } => ops::purge_retention(&cli.settings, published_outbox_days).await,
         Command::Dsar(args) => ops::dsar(&cli.settings, args).await,
         Command::Access(command) => access::run(&cli.settings, command).await,
+        Command::Import(command) => import::run(&cli.settings, command).await,
     }
 }
 

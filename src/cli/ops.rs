@@ -72,7 +72,7 @@ pub(super) fn print_json(value: &serde_json::Value) {
     );
 }
 
-async fn pool(settings: &Settings) -> Result<sqlx::PgPool, ExitCode> {
+pub(super) async fn pool(settings: &Settings) -> Result<sqlx::PgPool, ExitCode> {
     let config = DatabaseConfig::load(settings).map_err(|e| super::config_error(&e))?;
     store::connect_with_retry(&config, Some(Duration::from_secs(10)))
         .await

@@ -3,6 +3,7 @@
 pub mod audit;
 pub mod batch;
 pub mod dsar;
+pub mod imports;
 pub mod memberships;
 pub mod outbox;
 pub mod reads;

@@ -8,6 +8,7 @@ mod bench;
 mod capacity;
 mod cli;
 mod cli_call;
+mod django_import;
 mod hardening;
 mod health;
 mod helpers;

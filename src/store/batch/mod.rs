@@ -233,6 +233,30 @@ pub async fn execute(
     Ok((results, effects))
 }
 
+/// Decides `commands` of one tenant like every other write (locks, the
+/// decide step, the same writers) and writes what they change, but no
+/// outbox rows: for history brought over from another system, which
+/// happened before this service and publishes nothing of its own.
+pub async fn apply_history(
+    tx: &mut sqlx::PgConnection,
+    subjects: &Subjects,
+    tenant: TenantId,
+    commands: &[Command],
+) -> Result<(Vec<Verdict>, BatchEffects), sqlx::Error> {
+    let loaded = load::for_batch(tx, tenant, commands, &HashMap::new()).await?;
+    let decision = commands::decide(loaded.locked, commands);
+    let effects = write::batch(
+        tx,
+        subjects,
+        decision.events,
+        &[],
+        |_| write::Trace::default(),
+        &loaded.revisions,
+    )
+    .await?;
+    Ok((decision.outcomes, effects))
+}
+
 /// The domain's view of a request's command.
 fn command(envelope: &Envelope) -> Command {
     let meta = &envelope.meta;

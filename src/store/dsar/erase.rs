@@ -308,6 +308,12 @@ async fn erase_in(
         .bind(u)
         .execute(&mut *tx)
         .await?;
+    // The import's record of the user's rows names the user too.
+    sqlx::query("DELETE FROM django_import WHERE tenant_id = $1 AND user_id = $2")
+        .bind(t)
+        .bind(u)
+        .execute(&mut *tx)
+        .await?;
     let role_bindings_deleted =
         sqlx::query("DELETE FROM role_bindings WHERE tenant_id = $1 AND user_id = $2")
             .bind(t)
