@@ -379,6 +379,10 @@ fn why(refusal: &Refusal, what: &str) -> String {
     }
 }
 
+/// An RSVP command, its ledger entry, whether it was imported before, and
+/// the source's time.
+type RsvpItem = (Command, Entry, bool, chrono::DateTime<Utc>);
+
 async fn rsvps_batch(
     db: &PgPool,
     subjects: &Subjects,
@@ -394,8 +398,7 @@ async fn rsvps_batch(
         report.tally("rsvps"),
     )
     .await?;
-    let mut by_tenant: BTreeMap<Uuid, Vec<(Command, Entry, bool, chrono::DateTime<Utc>)>> =
-        BTreeMap::new();
+    let mut by_tenant: BTreeMap<Uuid, Vec<RsvpItem>> = BTreeMap::new();
     for (row, print, known) in todo {
         let requested = match mapping::rsvp_status(&row.status) {
             Ok(s) => s,

@@ -213,7 +213,7 @@ impl Source {
 
     /// Counts per tenant, for the verification table.
     pub async fn counts(&mut self) -> Result<Vec<(Uuid, SourceCounts)>, sqlx::Error> {
-        let rows: Vec<(Uuid, i64, i64, i64, i64, i64, i64, i64)> = sqlx::query_as(
+        let rows: Vec<crate::store::imports::TenantCounts> = sqlx::query_as(
             "WITH t AS (
                 SELECT tenant_id FROM events_event UNION SELECT tenant_id FROM events_rsvp
                 UNION SELECT tenant_id FROM events_attendance

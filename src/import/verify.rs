@@ -43,18 +43,13 @@ pub async fn check(
 
     let mut differing: HashMap<Uuid, BTreeSet<Uuid>> = HashMap::new();
     let mut in_source = BTreeSet::new();
-    let mut source_tenant: HashMap<Uuid, Uuid> = HashMap::new();
     for (event, i, g, n) in &per_event {
         in_source.insert(*event);
-        match our_events.get(event) {
-            Some((t, oi, og, on)) => {
-                source_tenant.insert(*event, *t);
-                if (oi, og, on) != (i, g, n) {
-                    differing.entry(*t).or_default().insert(*event);
-                }
-            }
-            // RSVPs of an event that was not imported show in the totals.
-            None => {}
+        // RSVPs of an event that was not imported show in the totals.
+        if let Some((t, oi, og, on)) = our_events.get(event)
+            && (oi, og, on) != (i, g, n)
+        {
+            differing.entry(*t).or_default().insert(*event);
         }
     }
     for (event, (t, i, g, n)) in &our_events {

@@ -228,6 +228,9 @@ pub async fn carry_outbox(
     Ok(done.rows_affected())
 }
 
+/// A tenant and seven counts, as one row of a counting query.
+pub type TenantCounts = (Uuid, i64, i64, i64, i64, i64, i64, i64);
+
 /// What is stored here of the imported rows, per tenant: events, RSVPs by
 /// status (`interested`, `going`, `not_going`, others), attendance,
 /// carried-over outbox rows.
@@ -235,7 +238,7 @@ pub async fn imported_counts(
     db: &PgPool,
     tenant: Option<Uuid>,
 ) -> Result<HashMap<Uuid, [i64; 7]>, sqlx::Error> {
-    let rows: Vec<(Uuid, i64, i64, i64, i64, i64, i64, i64)> = sqlx::query_as(
+    let rows: Vec<TenantCounts> = sqlx::query_as(
         "WITH l AS (SELECT * FROM django_import WHERE $1::uuid IS NULL OR tenant_id = $1)
          SELECT t.tenant_id,
             (SELECT count(*) FROM l JOIN events e ON e.id = l.row_id

@@ -97,6 +97,9 @@ impl TestApp {
         init_test_logging();
         let mut settings = isolation.settings();
         adjust(&mut settings);
+        if settings.nats_url.as_deref() == Some(NATS_URL) {
+            anchor_stream().await;
+        }
         let config = Config::load(&settings).expect("test settings are valid");
         let app = Application::build(config)
             .await
@@ -204,6 +207,31 @@ pub fn cleanup_at(db_name: &str, stream: &str, nats_url: &str) {
         });
     });
     let _ = joined.join();
+}
+
+/// Keeps one file-stored stream on the shared NATS server for as long as
+/// tests run. nats-server 2.9 removes the account's store directory when
+/// its last stream is deleted, and a stream created by a parallel test at
+/// that moment fails ("could not create storage directory"); with this
+/// stream in place the directory is never empty.
+async fn anchor_stream() {
+    static ANCHORED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    ANCHORED
+        .get_or_init(|| async {
+            let Ok(client) = async_nats::connect(NATS_URL).await else {
+                return;
+            };
+            let js = async_nats::jetstream::new(client);
+            let _ = js
+                .get_or_create_stream(async_nats::jetstream::stream::Config {
+                    name: "EVENTS_TEST_ANCHOR".into(),
+                    subjects: vec!["events-test-anchor".into()],
+                    storage: async_nats::jetstream::stream::StorageType::File,
+                    ..Default::default()
+                })
+                .await;
+        })
+        .await;
 }
 
 fn init_test_logging() {
