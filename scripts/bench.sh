@@ -237,7 +237,7 @@ for name, check in budgets:
 lines.append("")
 analysis = "docs/performance.md"
 lines.append(f"Where the time goes, what was changed to get here, and what stands in the way of the budgets not met: see [`{analysis}`]({analysis}).\n")
-# What scripts/compare-builds.sh recorded stays: it is not this run's.
+# What follows this heading (scripts/compare-builds.sh, the import rate) stays: it is not this run's.
 KEPT = "## Comparisons between builds"
 try:
     previous = open(out).read()
