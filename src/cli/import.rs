@@ -20,7 +20,7 @@ pub enum ImportCommand {
         id, through the same write rules as the API; then print a verification table per \
         tenant. Re-running imports only what changed at the source.\n\n\
         Exit status: 0 everything imported and verified; 1 rows refused, rows gone from the \
-        source, or a verification difference (all listed); 69 a database cannot be reached; \
+        source, or a verification difference (all listed); 69 a database cannot be reached or the source is not the Django one; \
         78 unusable setting."
     )]
     Django(DjangoArgs),

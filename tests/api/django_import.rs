@@ -455,3 +455,55 @@ async fn an_unreachable_source_fails_with_one_line() {
         .expect("count");
     assert_eq!(imported, 0);
 }
+
+#[tokio::test]
+async fn one_tenant_is_imported_alone_and_a_database_that_is_not_the_django_one_is_refused() {
+    let app = TestApp::spawn().await;
+    let source = SourceDb::create().await;
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    let mine = event(
+        &source.pool,
+        a,
+        "TENANT",
+        &a.to_string(),
+        "public",
+        "Mine",
+        None,
+        None,
+    )
+    .await;
+    let theirs = event(
+        &source.pool,
+        b,
+        "TENANT",
+        &b.to_string(),
+        "public",
+        "Theirs",
+        None,
+        None,
+    )
+    .await;
+    rsvp(&source.pool, a, mine, Uuid::new_v4(), "going").await;
+    rsvp(&source.pool, b, theirs, Uuid::new_v4(), "going").await;
+
+    let run = import(&app, &source.url(), &["--tenant-id", &a.to_string()]);
+    assert_eq!(run.code, Some(0), "{}\n{}", run.stdout, run.stderr);
+    assert!(run.stdout.contains(&a.to_string()));
+    assert!(!run.stdout.contains(&b.to_string()), "{}", run.stdout);
+    let here: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM events")
+        .fetch_all(&app.db)
+        .await
+        .expect("events");
+    assert_eq!(here, vec![mine]);
+
+    // This service's own database has none of the original's tables.
+    let run = import(&app, &app.isolation.database_url(), &[]);
+    assert_eq!(run.code, Some(69), "{}", run.stderr);
+    assert_eq!(run.stderr.trim().lines().count(), 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("has no table events_event"),
+        "{}",
+        run.stderr
+    );
+    source.drop().await;
+}
