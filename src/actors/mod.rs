@@ -94,6 +94,9 @@ pub struct ActorConfig {
     /// row locks keep them correct; more than one lets a busy scope use
     /// more than one connection.
     pub max_in_flight_batches: usize,
+    /// How long after start-up, and after the last sign of another
+    /// instance, cached reads are checked against Postgres.
+    pub peer_grace: Duration,
 }
 
 impl ActorConfig {
@@ -115,6 +118,7 @@ impl Default for ActorConfig {
             cache_ttl: Duration::from_secs(5),
             max_cached_events_per_scope: 1_000,
             max_in_flight_batches: 2,
+            peer_grace: Duration::from_secs(15),
         }
     }
 }

@@ -66,11 +66,12 @@ impl Shared {
     /// instance serves its cache unchecked.
     pub fn peers_possible(&self) -> bool {
         let now = self.created.elapsed();
-        if now < PEER_GRACE {
+        let grace = self.config.peer_grace;
+        if now < grace {
             return true;
         }
         let seen = self.peer_seen_ms.load(Ordering::Relaxed);
-        seen > 0 && now.saturating_sub(Duration::from_millis(seen)) < PEER_GRACE
+        seen > 0 && now.saturating_sub(Duration::from_millis(seen)) < grace
     }
 
     /// Tells the other instances which events changed, so their caches drop them.
@@ -111,9 +112,7 @@ struct ChangeNote {
     events: Vec<EventId>,
 }
 
-/// How long after the last sign of another instance (or after start-up)
-/// cached reads are checked against Postgres. Heartbeats come every 5 s.
-const PEER_GRACE: Duration = Duration::from_secs(15);
+/// Heartbeats come every 5 s, well within the default peer grace (15 s).
 const HEARTBEAT: Duration = Duration::from_secs(5);
 
 struct Inner {

@@ -2,12 +2,11 @@
 //! `docs/operations.md`).
 
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use uuid::Uuid;
 
-use crate::config::{NatsConfig, Settings};
+use crate::config::Settings;
 use crate::import::{self, Options, progress::Progress, source::Source, verify};
 
 #[derive(Debug, Subcommand)]
@@ -91,7 +90,7 @@ pub async fn run(settings: &Settings, command: ImportCommand) -> ExitCode {
         }
     };
     if !args.dry_run {
-        announce(settings, &report).await;
+        super::announce_changes(settings, &report.changed).await;
     }
 
     println!(
@@ -157,36 +156,4 @@ pub async fn run(settings: &Settings, command: ImportCommand) -> ExitCode {
         eprintln!("events-svc import: not verified: {}", why.join("; "));
         ExitCode::FAILURE
     }
-}
-
-/// Tells running instances which events the import changed, as a writer
-/// inside an instance would, so no cache hides them. Without NATS the
-/// caches catch up within their TTL; said so, not fatal.
-async fn announce(settings: &Settings, report: &import::Report) {
-    if report.changed.is_empty() {
-        return;
-    }
-    let Ok(config) = NatsConfig::load(settings) else {
-        return;
-    };
-    let subjects = crate::names::Subjects::new(config.subject_prefix.clone());
-    let nats = match crate::subjects::connect_with_retry(&config, Some(Duration::from_secs(5)))
-        .await
-    {
-        Ok(n) => n,
-        Err(e) => {
-            eprintln!(
-                "events-svc import: {e}: running instances could not be told, their caches catch up within their TTL"
-            );
-            return;
-        }
-    };
-    let origin = format!("import-{}", Uuid::new_v4());
-    for (key, ids) in &report.changed {
-        for chunk in ids.chunks(500) {
-            let note = crate::actors::registry::change_note(&origin, key, chunk);
-            let _ = nats.publish(subjects.internal_changes(), note.into()).await;
-        }
-    }
-    let _ = nats.flush().await;
 }

@@ -245,6 +245,42 @@ async fn run(cli: Cli) -> ExitCode {
 }
 
 /// `EVENTS_DEV`, read with the same words `serve` accepts.
+/// Tells running instances which events a command changed outside them
+/// (an import, a DSAR erase), with the change notes instances send each
+/// other, so no cache hides the change. Without NATS their caches catch
+/// up within the cache TTL; said so, not fatal.
+async fn announce_changes(
+    settings: &Settings,
+    changed: &std::collections::HashMap<crate::actors::ScopeKey, Vec<crate::domain::EventId>>,
+) {
+    if changed.is_empty() {
+        return;
+    }
+    let Ok(config) = NatsConfig::load(settings) else {
+        return;
+    };
+    let subjects = crate::names::Subjects::new(config.subject_prefix.clone());
+    let nats = match crate::subjects::connect_with_retry(&config, Some(Duration::from_secs(5)))
+        .await
+    {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!(
+                "events-svc: {e}: running instances could not be told what changed; their caches catch up within their TTL"
+            );
+            return;
+        }
+    };
+    let origin = format!("cli-{}", uuid::Uuid::new_v4());
+    for (key, ids) in changed {
+        for chunk in ids.chunks(500) {
+            let note = crate::actors::registry::change_note(&origin, key, chunk);
+            let _ = nats.publish(subjects.internal_changes(), note.into()).await;
+        }
+    }
+    let _ = nats.flush().await;
+}
+
 fn usage(message: &str) -> ExitCode {
     eprintln!("events-svc call: {message}");
     ExitCode::from(EXIT_USAGE)

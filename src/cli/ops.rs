@@ -263,9 +263,20 @@ pub async fn dsar(settings: &Settings, args: DsarArgs) -> ExitCode {
             Err(e) => Err(e),
         },
         DsarAction::Erase => {
-            store::dsar::erase(&db, &subjects, tenant, user, &[entry("dsar.erased")])
-                .await
-                .map(|e| e.summary)
+            match store::dsar::erase(&db, &subjects, tenant, user, &[entry("dsar.erased")]).await {
+                Ok(erased) => {
+                    let mut changed: std::collections::HashMap<_, Vec<_>> = Default::default();
+                    for event in &erased.changed_events {
+                        changed
+                            .entry(crate::actors::ScopeKey::of(event))
+                            .or_default()
+                            .push(event.id);
+                    }
+                    super::announce_changes(settings, &changed).await;
+                    Ok(erased.summary)
+                }
+                Err(e) => Err(e),
+            }
         }
     };
     match result {

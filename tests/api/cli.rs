@@ -214,3 +214,78 @@ fn dsar_refuses_ids_that_are_not_uuids() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("must be valid UUID values"));
 }
+
+/// An erase run from the console changes rows behind the running
+/// instances' caches: it tells them, as instances tell each other.
+#[tokio::test]
+async fn a_dsar_erase_from_the_console_is_seen_by_a_running_instance_at_once() {
+    use serde_json::json;
+
+    let app = crate::helpers::TestApp::spawn_trusting_its_cache().await;
+    let tenant = uuid::Uuid::new_v4();
+    let user = uuid::Uuid::new_v4();
+    let boss = crate::helpers::admin(tenant);
+    let created = app
+        .client()
+        .call(
+            "event.create",
+            &boss,
+            &crate::http_contract::event_body(tenant, "Erased later"),
+        )
+        .await
+        .expect("create");
+    let id = created.body["id"].clone();
+    let who = crate::helpers::identity(tenant, user);
+    let set = app
+        .client()
+        .call("rsvp.set", &who, &json!({"eventId": id, "status": "going"}))
+        .await
+        .expect("rsvp");
+    assert_eq!(set.status, 200, "{:?}", set.body);
+    let going =
+        |reply: &updspace_events::client::CallReply| reply.body["rsvpCounts"]["going"].clone();
+    let before = app
+        .client()
+        .call("event.get", &boss, &json!({"id": id}))
+        .await
+        .expect("get");
+    assert_eq!(going(&before), json!(1));
+
+    let out = events_svc()
+        .env("DATABASE_URL", app.isolation.database_url())
+        .env("NATS_URL", crate::helpers::NATS_URL)
+        .env("EVENTS_SUBJECT_PREFIX", &app.isolation.prefix)
+        .args([
+            "dsar",
+            "erase",
+            "--tenant-id",
+            &tenant.to_string(),
+            "--user-id",
+            &user.to_string(),
+        ])
+        .output()
+        .expect("run");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        let now = app
+            .client()
+            .call("event.get", &boss, &json!({"id": id}))
+            .await
+            .expect("get");
+        if going(&now) == json!(0) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the erased RSVP still counts after 2 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

@@ -170,7 +170,7 @@ async fn get(app: &TestApp, who: &updspace_events::client::Identity, id: Uuid) -
 
 #[tokio::test]
 async fn the_django_data_is_imported_verified_and_re_imported_for_the_delta() {
-    let app = TestApp::spawn().await;
+    let app = TestApp::spawn_trusting_its_cache().await;
     let source = SourceDb::create().await;
     let db = &source.pool;
     let (t, big) = (Uuid::new_v4(), Uuid::new_v4());

@@ -83,6 +83,23 @@ impl TestApp {
         Self::start(Isolation::new(), true, adjust).await
     }
 
+    /// Starts the service as a single instance that serves its cache
+    /// unchecked from the start (no start-up grace), as it does once no
+    /// other instance has been heard of, with a cache TTL longer than any
+    /// test: only a change note can make it drop a cached event.
+    pub async fn spawn_trusting_its_cache() -> Self {
+        Self::start_config(
+            Isolation::new(),
+            true,
+            |_| {},
+            |c| {
+                c.actors.peer_grace = std::time::Duration::ZERO;
+                c.actors.cache_ttl = std::time::Duration::from_secs(600);
+            },
+        )
+        .await
+    }
+
     /// Starts another instance sharing this one's database, prefix and stream.
     pub async fn spawn_sibling(&self, adjust: impl FnOnce(&mut Settings)) -> Self {
         let isolation = Isolation {
@@ -94,13 +111,23 @@ impl TestApp {
     }
 
     async fn start(isolation: Isolation, owner: bool, adjust: impl FnOnce(&mut Settings)) -> Self {
+        Self::start_config(isolation, owner, adjust, |_| {}).await
+    }
+
+    async fn start_config(
+        isolation: Isolation,
+        owner: bool,
+        adjust: impl FnOnce(&mut Settings),
+        adjust_config: impl FnOnce(&mut Config),
+    ) -> Self {
         init_test_logging();
         let mut settings = isolation.settings();
         adjust(&mut settings);
         if settings.nats_url.as_deref() == Some(NATS_URL) {
             anchor_stream().await;
         }
-        let config = Config::load(&settings).expect("test settings are valid");
+        let mut config = Config::load(&settings).expect("test settings are valid");
+        adjust_config(&mut config);
         let app = Application::build(config)
             .await
             .expect("the service starts");
