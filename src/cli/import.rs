@@ -128,7 +128,7 @@ pub async fn run(settings: &Settings, command: ImportCommand) -> ExitCode {
     if args.dry_run {
         return ExitCode::SUCCESS;
     }
-    let checks = match verify::check(&mut source, &db, args.tenant_id).await {
+    let checks = match verify::check(&mut source, &db, args.tenant_id, &report.outbox_here).await {
         Ok(c) => c,
         Err(message) => {
             eprintln!("events-svc import: the verification failed: {message}");

@@ -74,6 +74,11 @@ pub struct Report {
     pub gone: Vec<(&'static str, String)>,
     /// Events whose rows changed, by scope: what running instances must reload.
     pub changed: HashMap<ScopeKey, Vec<EventId>>,
+    /// Per tenant, the source's unpublished outbox rows that are carried
+    /// over (now or by an earlier run). Counted here, not from the record:
+    /// a row the Django publisher stamped since an earlier run is no
+    /// longer unpublished there, but stays recorded here.
+    pub outbox_here: HashMap<Uuid, i64>,
 }
 
 impl Report {
@@ -570,6 +575,7 @@ async fn outbox_batch(
     for row in rows {
         if known.contains_key(&(row.id, Uuid::nil())) {
             report.tally("outbox").unchanged += 1;
+            *report.outbox_here.entry(row.tenant_id).or_default() += 1;
             continue;
         }
         if !OUTBOX_TYPES.contains(&row.event_type.as_str()) {
@@ -615,6 +621,9 @@ async fn outbox_batch(
     report.tally("outbox").created += carried.len() as u64;
     if options.dry_run {
         return Ok(());
+    }
+    for row in &carried {
+        *report.outbox_here.entry(row.tenant).or_default() += 1;
     }
     imports::carry_outbox(&mut tx, &carried).await?;
     imports::record(&mut tx, Kind::Outbox, &entries).await?;

@@ -231,14 +231,16 @@ pub async fn carry_outbox(
 /// A tenant and seven counts, as one row of a counting query.
 pub type TenantCounts = (Uuid, i64, i64, i64, i64, i64, i64, i64);
 
+/// A tenant and six counts.
+type ImportedCounts = (Uuid, i64, i64, i64, i64, i64, i64);
+
 /// What is stored here of the imported rows, per tenant: events, RSVPs by
-/// status (`interested`, `going`, `not_going`, others), attendance,
-/// carried-over outbox rows.
+/// status (`interested`, `going`, `not_going`, others), attendance.
 pub async fn imported_counts(
     db: &PgPool,
     tenant: Option<Uuid>,
-) -> Result<HashMap<Uuid, [i64; 7]>, sqlx::Error> {
-    let rows: Vec<TenantCounts> = sqlx::query_as(
+) -> Result<HashMap<Uuid, [i64; 6]>, sqlx::Error> {
+    let rows: Vec<ImportedCounts> = sqlx::query_as(
         "WITH l AS (SELECT * FROM django_import WHERE $1::uuid IS NULL OR tenant_id = $1)
          SELECT t.tenant_id,
             (SELECT count(*) FROM l JOIN events e ON e.id = l.row_id
@@ -253,8 +255,7 @@ pub async fn imported_counts(
               WHERE l.kind = 'rsvp' AND l.tenant_id = t.tenant_id
                 AND r.status NOT IN ('interested', 'going', 'not_going')),
             (SELECT count(*) FROM l JOIN event_attendance a ON a.event_id = l.row_id AND a.user_id = l.user_id
-              WHERE l.kind = 'attendance' AND l.tenant_id = t.tenant_id),
-            (SELECT count(*) FROM l WHERE l.kind = 'outbox' AND l.tenant_id = t.tenant_id)
+              WHERE l.kind = 'attendance' AND l.tenant_id = t.tenant_id)
          FROM (SELECT DISTINCT tenant_id FROM l) t",
     )
     .bind(tenant)
@@ -262,7 +263,7 @@ pub async fn imported_counts(
     .await?;
     Ok(rows
         .into_iter()
-        .map(|r| (r.0, [r.1, r.2, r.3, r.4, r.5, r.6, r.7]))
+        .map(|r| (r.0, [r.1, r.2, r.3, r.4, r.5, r.6]))
         .collect())
 }
 

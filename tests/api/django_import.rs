@@ -402,6 +402,12 @@ async fn the_django_data_is_imported_verified_and_re_imported_for_the_delta() {
         .execute(db)
         .await
         .expect("delete at the source");
+    // The Django publisher stamps a row it had not published before.
+    sqlx::query("UPDATE events_outbox SET published_at = now() WHERE id = $1")
+        .bind(second)
+        .execute(db)
+        .await
+        .expect("stamped at the source");
     let run = import(&app, &source.url(), &["--fix", "--dry-run"]);
     assert_eq!(run.code, Some(0), "{}\n{}", run.stdout, run.stderr);
     assert_eq!(tally(&run, "events")[1], 1);
@@ -424,6 +430,15 @@ async fn the_django_data_is_imported_verified_and_re_imported_for_the_delta() {
         run.stdout.contains(&format!("rsvps {tenant_wide}/{u3}")),
         "{}",
         run.stdout
+    );
+    let outbox_line = run
+        .stdout
+        .lines()
+        .find(|l| l.starts_with(&t.to_string()) && l.contains("unpublished outbox"))
+        .unwrap_or_else(|| panic!("no outbox line: {}", run.stdout));
+    assert!(
+        outbox_line.ends_with("ok"),
+        "a row published at the source since is no difference: {outbox_line}"
     );
     // The running instance cached the event: the import's note makes it reload.
     let deadline = Instant::now() + Duration::from_secs(2);
