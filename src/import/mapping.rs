@@ -38,14 +38,19 @@ pub fn event(row: &SourceEvent, fix: bool) -> Result<Mapped, Refused> {
     let mut fatal = Vec::new();
     let tenant = TenantId::from(row.tenant_id);
 
-    let scope_type = match row.scope_type.trim().to_ascii_uppercase().as_str() {
-        "TENANT" => Some(ScopeType::Tenant),
-        "COMMUNITY" => Some(ScopeType::Community),
-        "TEAM" => Some(ScopeType::Team),
-        _ => {
+    // The original wrote its enums by hand: any case is the same value.
+    let scope_type = match row
+        .scope_type
+        .trim()
+        .to_ascii_uppercase()
+        .parse::<ScopeType>()
+    {
+        Ok(t) => Some(t),
+        Err(e) => {
             fatal.push(format!(
-                "scope_type {:?} is none of TENANT, COMMUNITY, TEAM",
-                row.scope_type
+                "scope_type {:?}: {}",
+                row.scope_type,
+                e.into_message()
             ));
             None
         }
@@ -132,13 +137,18 @@ pub fn event(row: &SourceEvent, fix: bool) -> Result<Mapped, Refused> {
         },
     };
 
-    let mut visibility = match row.visibility.trim().to_ascii_lowercase().as_str() {
-        "public" => Visibility::Public,
-        "community" => Visibility::Community,
-        "team" => Visibility::Team,
-        "private" => Visibility::Private,
-        other => {
-            fixes.push(format!("visibility {other:?} is unknown: private"));
+    let mut visibility = match row
+        .visibility
+        .trim()
+        .to_ascii_lowercase()
+        .parse::<Visibility>()
+    {
+        Ok(v) => v,
+        Err(_) => {
+            fixes.push(format!(
+                "visibility {:?} is unknown: private",
+                row.visibility
+            ));
             Visibility::Private
         }
     };
@@ -214,14 +224,11 @@ pub fn event(row: &SourceEvent, fix: bool) -> Result<Mapped, Refused> {
 
 /// The original's RSVP status, spelled as it wrote it (case and spaces aside).
 pub fn rsvp_status(status: &str) -> Result<RequestedRsvp, String> {
-    match status.trim().to_ascii_lowercase().as_str() {
-        "interested" => Ok(RequestedRsvp::Interested),
-        "going" => Ok(RequestedRsvp::Going),
-        "not_going" => Ok(RequestedRsvp::NotGoing),
-        _ => Err(format!(
-            "status {status:?} is none of interested, going, not_going"
-        )),
-    }
+    status
+        .trim()
+        .to_ascii_lowercase()
+        .parse()
+        .map_err(|e: crate::domain::FieldError| format!("status {status:?}: {}", e.into_message()))
 }
 
 #[cfg(test)]

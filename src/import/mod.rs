@@ -65,6 +65,17 @@ pub struct Tally {
     pub refused: u64,
 }
 
+impl Tally {
+    /// A row written: created, or updated when it was imported before.
+    fn written(&mut self, before: bool) {
+        if before {
+            self.updated += 1;
+        } else {
+            self.created += 1;
+        }
+    }
+}
+
 /// The whole run.
 #[derive(Debug, Default)]
 pub struct Report {
@@ -316,12 +327,7 @@ async fn events_batch(
     if options.dry_run {
         for (_, commands) in by_tenant {
             for (_, _, creates) in commands {
-                let t = report.tally("events");
-                if creates {
-                    t.created += 1
-                } else {
-                    t.updated += 1
-                }
+                report.tally("events").written(!creates);
             }
         }
         return Ok(());
@@ -339,12 +345,7 @@ async fn events_batch(
                     entries.push(entry);
                 }
                 Ok(_) => {
-                    let t = report.tally("events");
-                    if creates {
-                        t.created += 1
-                    } else {
-                        t.updated += 1
-                    }
+                    report.tally("events").written(!creates);
                     entries.push(entry);
                 }
                 Err(refusal) => {
@@ -436,12 +437,7 @@ async fn rsvps_batch(
     if options.dry_run {
         for (_, items) in by_tenant {
             for (_, _, known, _) in items {
-                let t = report.tally("rsvps");
-                if known {
-                    t.updated += 1
-                } else {
-                    t.created += 1
-                }
+                report.tally("rsvps").written(known);
             }
         }
         return Ok(());
@@ -456,12 +452,7 @@ async fn rsvps_batch(
         for ((command, entry, known, at), verdict) in items.into_iter().zip(verdicts) {
             match verdict {
                 Ok(_) => {
-                    let t = report.tally("rsvps");
-                    if known {
-                        t.updated += 1
-                    } else {
-                        t.created += 1
-                    }
+                    report.tally("rsvps").written(known);
                     times.push((entry.key.0, entry.key.1, at));
                     entries.push(entry);
                 }
@@ -494,12 +485,7 @@ async fn attendance_batch(
     .await?;
     if options.dry_run {
         for (_, _, known) in todo {
-            let t = report.tally("attendance");
-            if known {
-                t.updated += 1
-            } else {
-                t.created += 1
-            }
+            report.tally("attendance").written(known);
         }
         return Ok(());
     }
