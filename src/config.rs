@@ -291,6 +291,20 @@ pub struct Settings {
     #[arg(long, env = "EVENTS_REPLAY_MEMORY", global = true, value_name = "N")]
     pub replay_memory: Option<String>,
 
+    /// Live streams (`GET /stream`) one instance serves at most; over it,
+    /// 503 `TOO_MANY_STREAMS`. Default 10000.
+    #[arg(long, env = "EVENTS_SSE_MAX_CONNECTIONS", global = true, value_name = "N")]
+    pub sse_max_connections: Option<String>,
+
+    /// Messages a live stream's client may fall behind before it is
+    /// dropped (it resumes with `Last-Event-ID`). Default 1024.
+    #[arg(long, env = "EVENTS_SSE_BUFFER", global = true, value_name = "N")]
+    pub sse_buffer: Option<String>,
+
+    /// Silence after which a live stream sends a keep-alive comment, e.g. 15s.
+    #[arg(long, env = "EVENTS_SSE_KEEPALIVE", global = true, value_name = "DURATION")]
+    pub sse_keepalive: Option<String>,
+
     /// How often the outbox publisher looks for rows written elsewhere, e.g. 500ms.
     #[arg(
         long,
@@ -425,6 +439,51 @@ pub struct TelemetryConfig {
     pub service_name: String,
 }
 
+/// Limits of the live streams (`GET /stream`) of one instance.
+#[derive(Debug, Clone)]
+pub struct LiveConfig {
+    /// Open streams at most (`EVENTS_SSE_MAX_CONNECTIONS`); over it, 503.
+    pub max_connections: usize,
+    /// Messages a connection may fall behind before it is dropped
+    /// (`EVENTS_SSE_BUFFER`).
+    pub buffer: usize,
+    /// A comment line is sent after this long without a message
+    /// (`EVENTS_SSE_KEEPALIVE`).
+    pub keepalive: Duration,
+}
+
+impl Default for LiveConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 10_000,
+            buffer: 1024,
+            keepalive: Duration::from_secs(15),
+        }
+    }
+}
+
+impl LiveConfig {
+    fn load(s: &Settings) -> Result<Self, ConfigError> {
+        let d = Self::default();
+        Ok(Self {
+            max_connections: parse_number(
+                "EVENTS_SSE_MAX_CONNECTIONS",
+                &s.sse_max_connections,
+                d.max_connections,
+                1,
+                1_000_000,
+            )?,
+            buffer: parse_number("EVENTS_SSE_BUFFER", &s.sse_buffer, d.buffer, 1, 1_000_000)?,
+            keepalive: parse_duration_var(
+                "EVENTS_SSE_KEEPALIVE",
+                &s.sse_keepalive,
+                d.keepalive,
+                Duration::from_millis(50),
+            )?,
+        })
+    }
+}
+
 /// The validated configuration of `serve`.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -443,6 +502,7 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     pub actors: crate::actors::ActorConfig,
     pub outbox: crate::actors::outbox::OutboxConfig,
+    pub live: LiveConfig,
     pub dev: bool,
 }
 
@@ -1008,6 +1068,7 @@ impl Config {
                 ..Default::default()
             },
             outbox: outbox_config(s)?,
+            live: LiveConfig::load(s)?,
             dev,
         })
     }

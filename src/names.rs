@@ -39,6 +39,11 @@ impl Subjects {
         format!("{}.out.>", self.prefix)
     }
 
+    /// `{prefix}.out.<tenant_id>.>`: every domain event of one tenant.
+    pub fn tenant_events(&self, tenant_id: &uuid::Uuid) -> String {
+        format!("{}.out.{tenant_id}.>", self.prefix)
+    }
+
     /// `{prefix}.out.<tenant_id>.<type>`: one published domain event.
     pub fn domain_event(&self, tenant_id: &uuid::Uuid, event_type: &str) -> String {
         format!("{}.out.{tenant_id}.{event_type}", self.prefix)

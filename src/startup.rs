@@ -36,6 +36,8 @@ pub enum StartupError {
     Actors(String),
     #[error(transparent)]
     Authz(#[from] crate::authz::access::AccessSetupError),
+    #[error("live updates cannot start: {0}")]
+    Live(#[from] crate::subjects::live::LiveError),
 }
 
 pub use crate::backoff::Backoff;
@@ -132,6 +134,13 @@ impl Application {
                 )
             }
         };
+        let live = crate::subjects::live::LiveFeed::start(
+            async_nats::jetstream::new(nats.clone()),
+            &config.stream.name,
+            subject_names.stream_filter(),
+            config.live.buffer,
+        )
+        .await?;
         let app = App::new(AppParts {
             metrics: metrics.clone(),
             db: db.clone(),
@@ -145,6 +154,7 @@ impl Application {
             request_timeout: config.request_timeout,
             replay_window_secs: Verifier::DEFAULT_WINDOW_SECS,
             role_admin,
+            live: Some(crate::app::live::Live::new(live, config.live.clone())),
         });
         let (nats_tasks, _micro) =
             subjects::endpoints::serve(app.clone(), nats.clone(), &subject_names).await?;
@@ -204,6 +214,15 @@ impl Application {
         let addr = self.http_addr();
         tracing::info!(%addr, subject_prefix = %self.state.config.nats.subject_prefix, "events service is up");
         http::probes::spawn_ready_refresher(self.state.clone());
+        // Open live streams never finish on their own; the server waits for
+        // every response, so they end when shutdown begins.
+        let live = self.state.app.live_feed().cloned();
+        let shutdown = async move {
+            shutdown.await;
+            if let Some(live) = live {
+                live.close();
+            }
+        };
         let served = http::serve(self.listener, self.state.clone(), shutdown).await;
         self.outbox.stop(Some("shutdown".into()));
         self.state.publisher.step_down().await;

@@ -5,6 +5,7 @@
 
 mod admin;
 pub mod fields;
+pub mod live;
 pub mod pipeline;
 pub mod requests;
 pub mod views;
@@ -60,6 +61,10 @@ pub enum Op {
     MembershipList,
     AdminAuditList,
     MeCapabilities,
+    /// `GET /stream`: live updates over HTTP (server-sent events). Not in
+    /// [`Op::ALL`], the operations of the request/reply API: a stream is no
+    /// request/reply exchange, and NATS callers read the stream itself.
+    EventStream,
 }
 
 impl Op {
@@ -110,11 +115,16 @@ impl Op {
             Op::MembershipList => "membership.list",
             Op::AdminAuditList => "admin.audit.list",
             Op::MeCapabilities => "me.capabilities",
+            Op::EventStream => "event.stream",
         }
     }
 
+    /// The operation of that name, [`Op::EventStream`] included.
     pub fn from_name(name: &str) -> Option<Op> {
-        Op::ALL.into_iter().find(|op| op.name() == name)
+        Op::ALL
+            .into_iter()
+            .chain([Op::EventStream])
+            .find(|op| op.name() == name)
     }
 
     /// Where the operation's signed triple is claimed so that a replay of it
@@ -142,7 +152,8 @@ impl Op {
             | Op::AdminRolesList
             | Op::MembershipList
             | Op::AdminAuditList
-            | Op::MeCapabilities => ReplayClaim::Read,
+            | Op::MeCapabilities
+            | Op::EventStream => ReplayClaim::Read,
         }
     }
 
@@ -164,6 +175,7 @@ impl Op {
                     | Op::MembershipList
                     | Op::AdminAuditList
                     | Op::MeCapabilities
+                    | Op::EventStream
             ),
             Transport::Http => matches!(
                 self,
@@ -192,7 +204,7 @@ pub enum ReplayClaim {
 }
 
 /// A successful result.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub enum Reply {
     Json(Value),
     /// A typed view, encoded without building a `Value`.
@@ -202,6 +214,8 @@ pub enum Reply {
         filename: String,
         body: String,
     },
+    /// A live stream, opened, for the HTTP gateway to run.
+    Stream(Box<live::LiveStream>),
 }
 
 impl Reply {
@@ -211,6 +225,7 @@ impl Reply {
             Reply::Json(v) => v,
             Reply::View(view) => serde_json::to_value(view).unwrap_or(Value::Null),
             Reply::Calendar { body, .. } => Value::String(body),
+            Reply::Stream(_) => Value::Null,
         }
     }
 }
@@ -276,6 +291,8 @@ pub struct AppParts {
     pub replay_window_secs: i64,
     /// Where role bindings are granted and revoked (`admin.roles.*`).
     pub role_admin: Arc<dyn crate::authz::RoleAdmin>,
+    /// The feed of live updates (`GET /stream`); none where they are not served.
+    pub live: Option<live::Live>,
 }
 
 #[derive(Clone)]
@@ -297,6 +314,7 @@ struct Inner {
     index: ScopeIndex,
     replay_window_secs: i64,
     roles: crate::authz::RoleAdministration,
+    live: Option<live::Live>,
 }
 
 fn sha256(bytes: &[u8]) -> [u8; 32] {
@@ -320,8 +338,14 @@ impl App {
                 replay: ReplayGuard::new(parts.replay_window_secs, parts.replay_memory),
                 index: ScopeIndex::new(),
                 replay_window_secs: parts.replay_window_secs,
+                live: parts.live,
             }),
         }
+    }
+
+    /// The feed of live updates, where they are served.
+    pub fn live_feed(&self) -> Option<&crate::subjects::live::LiveFeed> {
+        self.inner.live.as_ref().map(|l| &l.feed)
     }
 
     pub fn metrics(&self) -> &Arc<crate::telemetry::metrics::Metrics> {
@@ -365,9 +389,15 @@ impl App {
     async fn claim_shared(&self, op: Op, ctx: &InternalContext, now: i64) -> Result<(), AppError> {
         let key = ReplayKey::of(ctx);
         let replayed = || AppError::from(AuthError::from(UnauthorizedReason::Replayed));
+        // v1 binds no identity: a request replayed elsewhere with other
+        // headers would act as someone else. Its triple is claimed where all
+        // instances see it before anything runs, reads and writes alike: a
+        // write refused before its group commit claimed nothing there.
+        let unbound =
+            ctx.signature_version == SignatureVersion::V1 || self.inner.replay.diverting(now);
         match op.replay_claim() {
             // The group commit claims it, in the transaction of the change.
-            ReplayClaim::InWriteTransaction => Ok(()),
+            ReplayClaim::InWriteTransaction if !unbound => Ok(()),
             ReplayClaim::BeforeRunning => {
                 let expires = self.replay_expiry(ctx);
                 if crate::store::replays::claim(&self.inner.db, key.0, expires).await? {
@@ -376,14 +406,8 @@ impl App {
                     Err(replayed())
                 }
             }
-            ReplayClaim::Read => {
-                // v1 binds no identity: replayed elsewhere with other headers
-                // it would read as someone else.
-                if ctx.signature_version != SignatureVersion::V1
-                    && !self.inner.replay.diverting(now)
-                {
-                    return Ok(());
-                }
+            ReplayClaim::Read if !unbound => Ok(()),
+            ReplayClaim::Read | ReplayClaim::InWriteTransaction => {
                 match self.inner.replay_bucket.claim(&key).await {
                     Ok(Claimed::First) => Ok(()),
                     Ok(Claimed::Replayed) => Err(replayed()),
@@ -481,6 +505,7 @@ impl App {
             Request::MembershipList(filter) => Box::pin(self.membership_list(guard, filter)),
             Request::AdminAuditList(query) => Box::pin(self.audit_list(guard, query)),
             Request::MeCapabilities(scope) => Box::pin(self.capabilities(guard, scope)),
+            Request::EventStream(filter) => Box::pin(self.open_stream(guard, filter)),
         };
         run.await
     }

@@ -90,6 +90,7 @@ pub enum Request {
     AdminAuditList(Checked<AuditQuery>),
     /// What the caller may do at a scope (the tenant when none is given).
     MeCapabilities(Scope),
+    EventStream(StreamFilter),
 }
 
 /// `admin.audit.list`: the tenant asked for (only system admins may name
@@ -148,6 +149,7 @@ impl Request {
             Request::MembershipList(_) => Op::MembershipList,
             Request::AdminAuditList(_) => Op::AdminAuditList,
             Request::MeCapabilities(_) => Op::MeCapabilities,
+            Request::EventStream(_) => Op::EventStream,
         }
     }
 
@@ -206,6 +208,7 @@ impl Request {
             Op::MembershipList => Request::MembershipList(membership_filter(body)),
             Op::AdminAuditList => Request::AdminAuditList(audit_query(body, tenant)),
             Op::MeCapabilities => Request::MeCapabilities(capability_scope(body, tenant)?),
+            Op::EventStream => Request::EventStream(stream_filter(body)?),
         })
     }
 }
@@ -387,6 +390,70 @@ fn list_filter(body: &Value) -> Result<ListFilter, AppError> {
     }
     filter.limit = b.integer(LIMIT, DEFAULT_LIMIT, 1, MAX_LIMIT);
     filter.offset = b.integer(OFFSET, 0, 0, i64::MAX / 2);
+    b.finish()?;
+    Ok(filter)
+}
+
+/// What a live stream (`GET /stream`) shows and where it starts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StreamFilter {
+    pub scope_type: Option<ScopeType>,
+    /// Only with `scope_type`.
+    pub scope_id: Option<String>,
+    pub event: Option<EventId>,
+    /// Resume after this stream sequence (`Last-Event-ID`).
+    pub last_event_id: Option<u64>,
+}
+
+const LAST_EVENT_ID: Key = Key::new("lastEventId", "last_event_id");
+
+fn stream_filter(body: &Value) -> Result<StreamFilter, AppError> {
+    let mut b = Fields::new(body)?;
+    let mut filter = StreamFilter::default();
+    match b.sent(SCOPE_TYPE) {
+        Some(Value::String(s)) if !s.is_empty() => match s.parse::<ScopeType>() {
+            Ok(t) => filter.scope_type = Some(t),
+            Err(e) => {
+                b.fail::<()>(SCOPE_TYPE, e.into_message());
+            }
+        },
+        Some(Value::String(_)) | None => {}
+        Some(_) => {
+            b.fail::<()>(SCOPE_TYPE, MUST_BE_STRING);
+        }
+    }
+    match b.sent(SCOPE_ID) {
+        Some(Value::String(s)) if !s.is_empty() => match ScopeId::parse(s) {
+            Ok(id) if filter.scope_type.is_some() => filter.scope_id = Some(id.into_string()),
+            Ok(_) if b.has_error(SCOPE_TYPE) => {}
+            Ok(_) => {
+                b.fail::<()>(SCOPE_ID, "needs scopeType as well");
+            }
+            Err(e) => {
+                b.fail::<()>(SCOPE_ID, e.into_message());
+            }
+        },
+        Some(Value::String(_)) | None => {}
+        Some(_) => {
+            b.fail::<()>(SCOPE_ID, MUST_BE_STRING);
+        }
+    }
+    match b.sent(EVENT_ID) {
+        Some(Value::String(s)) if !s.is_empty() => match EventId::parse(s) {
+            Ok(id) => filter.event = Some(id),
+            Err(_) => {
+                b.fail::<()>(EVENT_ID, "must be an event id (UUID)");
+            }
+        },
+        Some(Value::String(_)) | None => {}
+        Some(_) => {
+            b.fail::<()>(EVENT_ID, MUST_BE_STRING);
+        }
+    }
+    if b.sent(LAST_EVENT_ID).is_some() {
+        let n = b.integer(LAST_EVENT_ID, 0, 0, i64::MAX);
+        filter.last_event_id = u64::try_from(n).ok();
+    }
     b.finish()?;
     Ok(filter)
 }
@@ -1233,6 +1300,15 @@ mod field_schemas {
         ScopeType::schema()
     }
 
+    pub fn scope_id_text() -> RefOr<Schema> {
+        ScopeId::schema()
+    }
+
+    /// A stream sequence: a non-negative integer.
+    pub fn stream_sequence() -> RefOr<Schema> {
+        integer(0, i64::MAX)
+    }
+
     /// A role by its full or short name, surrounding white space allowed.
     pub fn role() -> RefOr<Schema> {
         let names: Vec<String> = Role::ALL
@@ -1442,6 +1518,26 @@ pub const CAPABILITY_FIELDS: &[FieldSpec] = &[
     ),
 ];
 
+/// The query of `GET /stream`.
+pub const STREAM_FIELDS: &[FieldSpec] = &[
+    FieldSpec::optional(
+        SCOPE_TYPE,
+        fs::scope_type,
+        "Only events of scopes of this type.",
+    ),
+    FieldSpec::optional(
+        SCOPE_ID,
+        fs::scope_id_text,
+        "Only events of this scope (with `scopeType`).",
+    ),
+    FieldSpec::optional(EVENT_ID, fs::uuid_text, "Only this event (it must be visible)."),
+    FieldSpec::optional(
+        LAST_EVENT_ID,
+        fs::stream_sequence,
+        "Resume after this message `id` (the `Last-Event-ID` header does the same).",
+    ),
+];
+
 /// The fields an operation reads beyond its path and its typed body.
 pub fn fields_of(op: Op) -> &'static [FieldSpec] {
     match op {
@@ -1449,6 +1545,7 @@ pub fn fields_of(op: Op) -> &'static [FieldSpec] {
         Op::MembershipList => MEMBERSHIP_LIST_FIELDS,
         Op::AdminAuditList => AUDIT_LIST_FIELDS,
         Op::MeCapabilities => CAPABILITY_FIELDS,
+        Op::EventStream => STREAM_FIELDS,
         Op::EventList => LIST_FIELDS,
         Op::RsvpList => RSVP_LIST_FIELDS,
         Op::AttendanceList => PAGE_FIELDS,

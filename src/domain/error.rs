@@ -42,12 +42,13 @@ pub enum ErrorCode {
     AccessUnavailable,
     PortalUnavailable,
     ServiceUnavailable,
+    TooManyStreams,
     Timeout,
     InternalError,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 29] = [
+    pub const ALL: [ErrorCode; 30] = [
         ErrorCode::MissingRequestId,
         ErrorCode::MissingTenantContext,
         ErrorCode::Unauthorized,
@@ -75,6 +76,7 @@ impl ErrorCode {
         ErrorCode::AccessUnavailable,
         ErrorCode::PortalUnavailable,
         ErrorCode::ServiceUnavailable,
+        ErrorCode::TooManyStreams,
         ErrorCode::Timeout,
         ErrorCode::InternalError,
     ];
@@ -108,6 +110,7 @@ impl ErrorCode {
             ErrorCode::AccessUnavailable => "ACCESS_UNAVAILABLE",
             ErrorCode::PortalUnavailable => "PORTAL_UNAVAILABLE",
             ErrorCode::ServiceUnavailable => "SERVICE_UNAVAILABLE",
+            ErrorCode::TooManyStreams => "TOO_MANY_STREAMS",
             ErrorCode::Timeout => "TIMEOUT",
             ErrorCode::InternalError => "INTERNAL_ERROR",
         }
@@ -142,7 +145,8 @@ impl ErrorCode {
             ErrorCode::ServerError | ErrorCode::InternalError => 500,
             ErrorCode::AccessUnavailable
             | ErrorCode::PortalUnavailable
-            | ErrorCode::ServiceUnavailable => 503,
+            | ErrorCode::ServiceUnavailable
+            | ErrorCode::TooManyStreams => 503,
             ErrorCode::Timeout => 504,
         }
     }
@@ -184,6 +188,7 @@ impl ErrorCode {
             ErrorCode::AccessUnavailable => "Access service unavailable",
             ErrorCode::PortalUnavailable => "Portal service unavailable",
             ErrorCode::ServiceUnavailable => "Service unavailable",
+            ErrorCode::TooManyStreams => "Too many live streams",
             ErrorCode::Timeout => "Timed out",
             ErrorCode::InternalError => "Internal error",
         }

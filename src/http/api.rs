@@ -42,6 +42,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(membership_add, membership_remove, membership_list))
         .routes(routes!(audit_list))
         .routes(routes!(capabilities))
+        .routes(routes!(stream))
 }
 
 /// The error envelope as an HTTP response.
@@ -74,6 +75,18 @@ impl HeaderSource for Headers<'_> {
 
 /// Runs one route's operation through the application's request pipeline.
 async fn run(state: &AppState, op: Op, target: Target, request: Request) -> Response {
+    run_with(state, op, target, request, None).await
+}
+
+/// [`run`], reading the operation's fields from `fields_query` instead of
+/// the query the signature covers.
+async fn run_with(
+    state: &AppState,
+    op: Op,
+    target: Target,
+    request: Request,
+    fields_query: Option<String>,
+) -> Response {
     let (parts, body) = request.into_parts();
     let limit = state.app.max_body_bytes();
     let (bytes, oversized) = match axum::body::to_bytes(body, limit).await {
@@ -101,7 +114,7 @@ async fn run(state: &AppState, op: Op, target: Target, request: Request) -> Resp
             ),
             framing: Framing::Http {
                 target,
-                query: &received.query,
+                query: fields_query.as_deref().unwrap_or(&received.query),
             },
             oversized,
         })
@@ -121,6 +134,7 @@ fn render(op: Op, reply: Reply) -> Response {
         (Op::RsvpSet | Op::RsvpClear | Op::AttendanceMark, _) => no_content(),
         (_, Reply::Json(value)) => (StatusCode::OK, axum::Json(value)).into_response(),
         (_, Reply::View(view)) => (StatusCode::OK, axum::Json(view)).into_response(),
+        (_, Reply::Stream(live)) => crate::http::stream::response(*live),
         (_, Reply::Calendar { filename, body }) => {
             let mut response = (StatusCode::OK, body).into_response();
             let headers = response.headers_mut();
@@ -465,4 +479,52 @@ async fn audit_list(State(state): State<AppState>, request: Request) -> Response
     responses((status = 200, description = "The caller's capabilities")))]
 async fn capabilities(State(state): State<AppState>, request: Request) -> Response {
     run(&state, Op::MeCapabilities, Target::Query, request).await
+}
+
+/// Live updates
+///
+/// Server-sent events, one per domain event the caller may see (visibility
+/// judged when the message is sent): `id` is the stream sequence, `event`
+/// the type, `data` one JSON line `{"type", "eventId", "time", "event"}`
+/// with the caller's view of the event (and `userId`, `status` of an RSVP
+/// change for that user and for the event's managers). A comment
+/// `: keep-alive` comes every 15 s of silence. `Last-Event-ID` (or
+/// `lastEventId`) resumes after that message; a point the stream no longer
+/// holds gets `event: reset` and the stream from now. Not served over NATS:
+/// read the JetStream stream there.
+#[utoipa::path(get, path = "/stream", operation_id = "stream", tag = "events",
+    extensions(("x-nats-operation" = json!("event.stream"))),
+    params(("Last-Event-ID" = Option<String>, Header, description = "Resume after this message id (a stream sequence)")),
+    responses((status = 200, description = "The stream (text/event-stream), open until either side ends it", content_type = "text/event-stream", body = String)))]
+async fn stream(State(state): State<AppState>, request: Request) -> Response {
+    // The header resumes like the query field; the query wins when both are
+    // sent, and the signature covers the query as received.
+    let header = request
+        .headers()
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(str::to_string);
+    let query = request
+        .extensions()
+        .get::<ReceivedTarget>()
+        .map(|t| t.query.clone())
+        .unwrap_or_else(|| request.uri().query().unwrap_or("").to_string());
+    let in_query = url::form_urlencoded::parse(query.as_bytes())
+        .any(|(k, _)| k == "lastEventId" || k == "last_event_id");
+    let fields_query = match header {
+        Some(id) if !in_query => {
+            let extra: String = url::form_urlencoded::Serializer::new(String::new())
+                .append_pair("lastEventId", &id)
+                .finish();
+            Some(if query.is_empty() {
+                extra
+            } else {
+                format!("{query}&{extra}")
+            })
+        }
+        _ => None,
+    };
+    run_with(&state, Op::EventStream, Target::Query, request, fields_query).await
 }

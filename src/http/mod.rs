@@ -7,6 +7,7 @@ mod api;
 mod middleware;
 pub mod openapi;
 pub mod probes;
+mod stream;
 
 use axum::Router;
 use utoipa_axum::router::OpenApiRouter;

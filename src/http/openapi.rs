@@ -340,6 +340,7 @@ pub fn reads_query(op: Op) -> bool {
             | Op::MembershipList
             | Op::AdminAuditList
             | Op::MeCapabilities
+            | Op::EventStream
     )
 }
 

@@ -124,6 +124,14 @@ impl NatsRequest {
         if let Some(id) = &request_id {
             reply_headers.insert("X-Request-Id", id.as_str());
         }
+        // Live streams are HTTP's alone: no NATS subject opens one.
+        let result = match result {
+            Ok(Reply::Stream(_)) => Err(crate::error::AppError::internal(
+                "nats reply",
+                "a live stream cannot be a NATS reply",
+            )),
+            other => other,
+        };
         let (payload, status) = match result {
             Ok(Reply::Json(value)) => {
                 reply_headers.insert("Content-Type", encoding.content_type());
@@ -137,6 +145,7 @@ impl NatsRequest {
                 reply_headers.insert("Content-Type", crate::domain::ics::CONTENT_TYPE);
                 (Bytes::from(body), 200)
             }
+            Ok(Reply::Stream(_)) => (Bytes::new(), 500),
             Err(err) => {
                 reply_headers.insert("Content-Type", encoding.content_type());
                 reply_headers.insert("Nats-Service-Error-Code", err.status().to_string().as_str());

@@ -2,6 +2,7 @@
 //! service registration.
 
 pub mod endpoints;
+pub mod live;
 pub mod micro;
 pub mod replays;
 

@@ -37,6 +37,10 @@ pub struct Metrics {
     pub authz_duration: HistogramVec,
     pub authz_cache: IntCounterVec,
     pub ready: IntGaugeVec,
+    pub sse_connections: IntGauge,
+    pub sse_messages: IntCounter,
+    pub sse_dropped: IntCounter,
+    pub sse_resets: IntCounter,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
@@ -194,6 +198,26 @@ impl Metrics {
                 "events_ready",
                 "1 when the readiness check passed at the last refresh",
                 &["check"],
+            ),
+            sse_connections: int_gauge(
+                &r,
+                "events_sse_connections",
+                "Open live streams (GET /stream)",
+            ),
+            sse_messages: int_counter(
+                &r,
+                "events_sse_messages_total",
+                "Messages sent on live streams",
+            ),
+            sse_dropped: int_counter(
+                &r,
+                "events_sse_dropped_total",
+                "Live streams dropped because their client fell behind",
+            ),
+            sse_resets: int_counter(
+                &r,
+                "events_sse_resets_total",
+                "Live streams resumed from a point the stream no longer holds",
             ),
             registry: r,
         })

@@ -339,6 +339,36 @@ async fn a_v1_read_replayed_with_a_forged_identity_is_refused_on_every_instance(
     }
 }
 
+/// A v1 write refused where it was first sent (here: the caller may not
+/// create in that tenant) claimed nothing in the group commit; replayed to
+/// another instance with a forged identity it must still be refused.
+#[tokio::test]
+async fn a_refused_v1_write_replayed_with_a_forged_identity_is_refused_on_every_instance() {
+    let a = TestApp::spawn().await;
+    let b = a.spawn_sibling(|_| {}).await;
+    let tenant = Uuid::new_v4();
+    let member = identity(tenant, Uuid::new_v4());
+    let body = event_body(tenant, "Forged by replay", "public");
+    let captured = capture(
+        "POST",
+        &format!("{EVENTS}/"),
+        &member,
+        Some(body.to_string().into_bytes()),
+        1,
+    );
+    let first = a.send(&captured).await;
+    assert_eq!(first.status, 403, "a plain member may not create: {}", first.text);
+    let before = fingerprint(&a).await;
+    let forged = captured
+        .with_header("X-User-Id", &Uuid::new_v4().to_string())
+        .with_header("X-Master-Flags", r#"{"system_admin":true}"#);
+    assert_replayed(
+        &b.send(&forged).await,
+        "refused v1 create replayed as a system admin on another instance",
+    );
+    assert_eq!(fingerprint(&a).await, before, "the replay changed something");
+}
+
 /// The nil UUID stands for erased users: it is nobody, and no caller.
 #[tokio::test]
 async fn the_nil_user_is_not_a_caller_on_either_transport() {

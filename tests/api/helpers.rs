@@ -436,6 +436,21 @@ impl PrivateNats {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
+    /// Kills the server (SIGKILL) and starts it again on the same port and
+    /// store: what a crashed and restarted NATS looks like to its clients.
+    pub async fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = std::process::Command::new(nats_server_bin())
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
+            .arg(self._dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("nats-server starts again");
+        self.wait_ready().await;
+    }
+
     /// Waits until the server accepts connections (bounded).
     pub async fn wait_ready(&self) {
         for _ in 0..100 {

@@ -15,6 +15,7 @@ mod helpers;
 mod http_contract;
 mod http_errors;
 mod http_gateway;
+mod live;
 mod nats_behaviour;
 mod nats_hostile;
 mod openapi;
