@@ -119,12 +119,17 @@ impl Op {
         }
     }
 
-    /// The operation of that name, [`Op::EventStream`] included.
+    /// The operations only the HTTP gateway serves.
+    pub const HTTP_ONLY: [Op; 1] = [Op::EventStream];
+
+    /// Every operation of either transport.
+    pub fn every() -> impl Iterator<Item = Op> {
+        Op::ALL.into_iter().chain(Op::HTTP_ONLY)
+    }
+
+    /// The operation of that name, HTTP's own included.
     pub fn from_name(name: &str) -> Option<Op> {
-        Op::ALL
-            .into_iter()
-            .chain([Op::EventStream])
-            .find(|op| op.name() == name)
+        Op::every().find(|op| op.name() == name)
     }
 
     /// Where the operation's signed triple is claimed so that a replay of it

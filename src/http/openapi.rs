@@ -230,6 +230,9 @@ pub fn errors_of(op: Op) -> Vec<ErrorCode> {
         Op::MembershipAdd | Op::MembershipRemove | Op::MembershipList => {
             codes.push(C::MembershipAuthorityIsPortal)
         }
+        // The instance's cap on open streams; the filtered event must be
+        // visible.
+        Op::EventStream => codes.extend([C::TooManyStreams, C::PortalUnavailable, C::NotFound]),
         _ => {}
     }
     codes.sort();
