@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use updspace_events::client::{EventsClient, Identity};
 use uuid::Uuid;
 
-use crate::helpers::{NATS_URL, TempDir, TestApp, admin, identity};
+use crate::helpers::{NATS_URL, TempDir, TestApp, admin, free_port, identity, nats_server_bin};
 use crate::outbox::{Published, read_stream, wait_for_stream};
 
 const INSTALL: &str = "python3 -m pip install -r examples/requirements.txt";
@@ -427,4 +427,146 @@ async fn activity_consumer_says_when_the_stream_is_missing() {
         run.stderr
     );
     assert!(run.items.is_empty());
+}
+
+/// A nats-server running `nats/nats-server.conf` with its users, killed on drop.
+struct ConfiguredNats {
+    child: std::process::Child,
+    url: String,
+    _dir: TempDir,
+}
+
+impl ConfiguredNats {
+    const EVENTS_PASSWORD: &str = "events-pw";
+    const ACTIVITY_PASSWORD: &str = "activity-pw";
+
+    async fn start() -> Self {
+        let dir = TempDir::new();
+        std::fs::create_dir_all(dir.path().join("store")).expect("store dir");
+        let port = free_port();
+        let child = Command::new(nats_server_bin())
+            .arg("-c")
+            .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("nats/nats-server.conf"))
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .args(["-m", &free_port().to_string()])
+            .env("NATS_STORE_DIR", dir.path().join("store"))
+            .env("EVENTS_NATS_PASSWORD", Self::EVENTS_PASSWORD)
+            .env("BFF_NATS_PASSWORD", "bff-pw")
+            .env("ACTIVITY_NATS_PASSWORD", Self::ACTIVITY_PASSWORD)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("nats-server starts");
+        let server = Self {
+            child,
+            url: format!("nats://127.0.0.1:{port}"),
+            _dir: dir,
+        };
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                return server;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("nats-server with nats/nats-server.conf did not start on port {port}");
+    }
+}
+
+impl Drop for ConfiguredNats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn activity_consumer_needs_no_more_than_the_activity_user_may_do() {
+    require_python();
+    let nats = ConfiguredNats::start().await;
+    // The service's user owns the stream and writes the domain events.
+    let events = async_nats::ConnectOptions::with_user_and_password(
+        "events".into(),
+        ConfiguredNats::EVENTS_PASSWORD.into(),
+    )
+    .custom_inbox_prefix("_INBOX_events")
+    .connect(&nats.url)
+    .await
+    .expect("the events user connects");
+    let js = async_nats::jetstream::new(events);
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "EVENTS".into(),
+        subjects: vec!["events.out.>".into()],
+        ..Default::default()
+    })
+    .await
+    .expect("the events user creates EVENTS");
+    let (tenant, event, actor, attendee) = (
+        Uuid::new_v4(),
+        Uuid::new_v4(),
+        Uuid::new_v4(),
+        Uuid::new_v4(),
+    );
+    let data = [
+        (
+            "event.created",
+            json!({"event_id": event, "tenant_id": tenant, "scope_type": "TEAM",
+                   "scope_id": "t1", "title": "Scrim", "visibility": "team",
+                   "actor_user_id": actor}),
+        ),
+        (
+            "event.attendance.marked",
+            json!({"event_id": event, "tenant_id": tenant, "scope_type": "TEAM",
+                   "scope_id": "t1", "visibility": "team", "user_id": attendee,
+                   "marked_by": actor, "actor_user_id": actor}),
+        ),
+    ];
+    for (kind, data) in data {
+        let id = Uuid::new_v4().to_string();
+        let envelope = json!({"specversion": "1.0", "id": id, "source": "updspace/events",
+                              "type": kind, "time": "2026-11-26T10:15:30.250Z",
+                              "subject": event, "tenantid": tenant,
+                              "datacontenttype": "application/msgpack", "data": data});
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", id.as_str());
+        headers.insert("Content-Type", "application/cloudevents+msgpack");
+        js.publish_with_headers(
+            format!("events.out.{tenant}.{kind}"),
+            headers,
+            rmp_serde::to_vec_named(&envelope).expect("msgpack").into(),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("stored");
+    }
+
+    let dir = TempDir::new();
+    let db = dir.path().join("activity.sqlite3");
+    let run = consume(&[
+        "--nats-url",
+        &nats.url,
+        "--user",
+        "activity",
+        "--password",
+        ConfiguredNats::ACTIVITY_PASSWORD,
+        "--inbox-prefix",
+        "_INBOX_activity",
+        "--db",
+        db.to_str().expect("utf-8 path"),
+    ])
+    .await;
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    summary_is(&run, 2, 0);
+    let [created, attended] = &run.items[..] else {
+        panic!("two items: {:?}", run.items);
+    };
+    assert_eq!(created["visibility"], "private");
+    assert_eq!(created["target_user_id"], Value::Null);
+    assert_eq!(attended["visibility"], "private");
+    assert_eq!(attended["title"], "Scrim");
+    assert_eq!(attended["target_user_id"], attendee.to_string());
+    assert_eq!(attended["actor_user_id"], actor.to_string());
 }
