@@ -297,8 +297,8 @@ async def consume(args):
                 if args.once and (await sub.consumer_info()).num_pending == 0:
                     break
                 continue
-            # A stop request lets the batch in hand finish: every message of it
-            # is stored and acked, or left unacked for a later redelivery.
+            # A stop request takes effect between batches: the batch in hand is
+            # stored and acked first.
             for msg in messages:
                 headers = msg.headers or {}
                 try:
@@ -324,8 +324,11 @@ async def consume(args):
         feed.close()
         # Every ack was confirmed by the server (ack_sync): nothing is left to
         # flush, so the connection closes without draining.
-        await sub.unsubscribe()
-        await nc.close()
+        try:
+            await sub.unsubscribe()
+            await nc.close()
+        except nats.errors.Error:
+            pass  # the connection is gone already; nothing is left to send
 
 
 def main():
@@ -349,6 +352,9 @@ def main():
         asyncio.run(consume(args))
     except sqlite3.Error as e:
         fail(f"SQLite {args.db}: {e}", code=1)
+    except nats.errors.Error as e:  # the connection failed while reading
+        fail(f"NATS: {e or type(e).__name__} (unacked messages are redelivered "
+             "to the next run)", code=1)
 
 
 if __name__ == "__main__":
