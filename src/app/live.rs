@@ -4,6 +4,7 @@
 //! sent), so a stream never shows what `event.get` would hide.
 
 use std::any::Any;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -20,7 +21,7 @@ use crate::app::{App, Reply};
 use crate::auth::InternalContext;
 pub use crate::config::LiveConfig;
 use crate::authz::{Guard, Permission, Sight};
-use crate::domain::ErrorCode;
+use crate::domain::{ErrorCode, RsvpStatus};
 use crate::domain::published::RSVP_CHANGED;
 use crate::error::AppError;
 use crate::store::{audit, reads};
@@ -47,7 +48,11 @@ impl Live {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Frame {
     /// `id:`, `event:` and one JSON line of `data:`.
-    Message { id: u64, event: String, data: String },
+    Message {
+        id: u64,
+        event: String,
+        data: Arc<str>,
+    },
     /// The requested point is no longer held: the stream goes on from now,
     /// whose position is `id`.
     Reset { id: u64 },
@@ -167,19 +172,24 @@ impl App {
         })))
     }
 
-    /// The event a message is about, as it is now, looked up once for all
-    /// connections.
-    async fn live_snapshot(&self, message: &LiveMessage) -> Result<Option<Snapshot>, AppError> {
+    /// What every connection needs of a message, worked out once: the event
+    /// as it is now, and the frames rendered so far.
+    async fn shared_of<'m>(&self, message: &'m LiveMessage) -> Result<&'m Shared, AppError> {
         let shared = message
             .shared
             .get_or_try_init(|| async {
                 let snapshot = self
                     .load(message.tenant_id.into(), message.event_id.into())
                     .await?;
-                Ok::<_, AppError>(Arc::new(snapshot) as Arc<dyn Any + Send + Sync>)
+                Ok::<_, AppError>(Arc::new(Shared {
+                    snapshot,
+                    rendered: Default::default(),
+                }) as Arc<dyn Any + Send + Sync>)
             })
             .await?;
-        Ok(shared.downcast_ref::<Option<Snapshot>>().cloned().flatten())
+        shared
+            .downcast_ref::<Shared>()
+            .ok_or_else(|| AppError::internal("live updates", "a message's shared state"))
     }
 
     /// What `message` is for this caller: `None` when it is not theirs to
@@ -196,7 +206,8 @@ impl App {
         {
             return Ok(None);
         }
-        let Some(snapshot) = self.live_snapshot(message).await? else {
+        let shared = self.shared_of(message).await?;
+        let Some(snapshot) = &shared.snapshot else {
             return Ok(None);
         };
         let event = &snapshot.event;
@@ -230,24 +241,57 @@ impl App {
             Some(cached) => cached,
             None => reads::rsvp_of(&self.inner.db, event.id, guard.user()).await?,
         };
-        let mut data = json!({
-            "type": message.event_type,
-            "eventId": message.event_id.to_string(),
-            "time": message.time,
-            "event": EventView::new(snapshot.event.clone(), snapshot.counts, mine),
+        let with_user = message.event_type == RSVP_CHANGED
+            && match message.user_id() {
+                Some(user) => {
+                    user == ctx.user_id || guard.can(Permission::EventManage, &event.scope).await?
+                }
+                None => false,
+            };
+        // Callers differ only in their own RSVP and in whether they may
+        // know who changed one: a frame is rendered once per such variant.
+        let data = shared.render(mine, with_user, || {
+            let mut data = json!({
+                "type": message.event_type,
+                "eventId": message.event_id.to_string(),
+                "time": message.time,
+                "event": EventView::new(snapshot.event.clone(), snapshot.counts, mine),
+            });
+            if with_user {
+                data["userId"] = json!(message.user_id().map(|u| u.to_string()));
+                data["status"] = message.data.get("status").cloned().unwrap_or(Value::Null);
+            }
+            data.to_string()
         });
-        if message.event_type == RSVP_CHANGED
-            && let Some(user) = message.user_id()
-            && (user == ctx.user_id || guard.can(Permission::EventManage, &event.scope).await?)
-        {
-            data["userId"] = json!(user.to_string());
-            data["status"] = message.data.get("status").cloned().unwrap_or(Value::Null);
-        }
         Ok(Some(Frame::Message {
             id: message.seq,
             event: message.event_type.clone(),
-            data: data.to_string(),
+            data,
         }))
+    }
+}
+
+/// A message's state shared by every connection.
+struct Shared {
+    snapshot: Option<Snapshot>,
+    rendered: std::sync::Mutex<HashMap<(Option<RsvpStatus>, bool), Arc<str>>>,
+}
+
+impl Shared {
+    fn render(
+        &self,
+        mine: Option<RsvpStatus>,
+        with_user: bool,
+        build: impl FnOnce() -> String,
+    ) -> Arc<str> {
+        let mut rendered = self
+            .rendered
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        rendered
+            .entry((mine, with_user))
+            .or_insert_with(|| Arc::from(build()))
+            .clone()
     }
 }
 

@@ -49,6 +49,11 @@ pub enum Scenario {
     /// end the stream is checked against the outbox: lost and duplicated
     /// messages.
     Soak,
+    /// `rsvp` over NATS while `--streams` live streams (`GET /stream`, one
+    /// user each) are open on the HTTP gateway: the RSVP rate and latency,
+    /// and how long a change takes to reach the streams (from the message's
+    /// `time` to its arrival).
+    Sse,
 }
 
 impl Scenario {
@@ -65,6 +70,7 @@ impl Scenario {
             Scenario::OutboxLatency => "outbox-latency",
             Scenario::Memory => "memory",
             Scenario::Soak => "soak",
+            Scenario::Sse => "sse",
         }
     }
 }
@@ -148,6 +154,9 @@ pub struct BenchArgs {
     /// The service's process id, to report its RSS (default: found by name).
     #[arg(long)]
     pid: Option<u32>,
+    /// Sse: live streams to hold open during the load.
+    #[arg(long, default_value_t = 1000)]
+    streams: usize,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
@@ -633,6 +642,15 @@ async fn run(settings: &Settings, args: BenchArgs) -> ExitCode {
                 }
             }
         }
+        Scenario::Sse => {
+            match sse(&driver, &admin, member, &args, &secret, warmup, duration).await {
+                Ok(o) => o,
+                Err(e) => {
+                    eprintln!("events-bench: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
         Scenario::OutboxDrain => {
             match outbox_drain(settings, &nats, &nats_config, args.events).await {
                 Ok(o) => o,
@@ -669,6 +687,157 @@ async fn run(settings: &Settings, args: BenchArgs) -> ExitCode {
 /// Mixed load for a long time, with the service's memory over time and,
 /// when asked, periodic faults; then every outbox row of the run's tenant is
 /// looked for in the stream.
+/// Opens one live stream as `who` and records, for each message, the time
+/// from its `time` to its arrival.
+async fn read_stream(
+    client: reqwest::Client,
+    base: String,
+    secret: String,
+    who: Identity,
+    opened: Arc<AtomicU64>,
+    received: Arc<AtomicU64>,
+    latency: Arc<std::sync::Mutex<Histogram<u64>>>,
+    measuring: Arc<AtomicBool>,
+) -> Result<(), String> {
+    let path = "/api/v1/events/stream";
+    let request_id = Uuid::new_v4().to_string();
+    let identity = ContextHeaders {
+        request_id: &request_id,
+        tenant_id: &who.tenant_id,
+        tenant_slug: &who.tenant_slug,
+        user_id: Some(&who.user_id),
+        master_flags: who.master_flags.as_deref(),
+    };
+    let parts = RequestParts::http("GET", path, "", b"");
+    let headers = sign_headers_v2(&secret, &parts, &identity, updspace_events::auth::now_unix());
+    let mut request = client.get(format!("{base}{path}"));
+    for (k, v) in headers {
+        request = request.header(k, v);
+    }
+    let mut response = request.send().await.map_err(|e| e.to_string())?;
+    if response.status().as_u16() != 200 {
+        let status = response.status().as_u16();
+        return Err(format!("{status} {}", response.text().await.unwrap_or_default()));
+    }
+    opened.fetch_add(1, Ordering::Relaxed);
+    let mut buf: Vec<u8> = Vec::new();
+    let mut local = histogram();
+    let mut flushed = Instant::now();
+    while let Ok(Some(chunk)) = response.chunk().await {
+        buf.extend_from_slice(&chunk);
+        while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
+            let block: Vec<u8> = buf.drain(..end + 2).collect();
+            let text = String::from_utf8_lossy(&block);
+            let Some(data) = text.lines().find_map(|l| l.strip_prefix("data: ")) else {
+                continue;
+            };
+            // Only the time is needed: found, not parsed with the rest, so
+            // the reader's own cost stays small beside the service's.
+            let sent = data
+                .split_once("\"time\":\"")
+                .and_then(|(_, rest)| rest.split_once('"'))
+                .and_then(|(t, _)| chrono::DateTime::parse_from_rfc3339(t).ok());
+            if let Some(sent) = sent
+                && measuring.load(Ordering::Relaxed)
+            {
+                let took = chrono::Utc::now().signed_duration_since(sent);
+                let _ = local.record(took.num_microseconds().unwrap_or(0).max(1) as u64);
+                received.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if flushed.elapsed() > Duration::from_millis(500) {
+            if let Ok(mut h) = latency.lock() {
+                let _ = h.add(&local);
+            }
+            local.reset();
+            flushed = Instant::now();
+        }
+    }
+    if let Ok(mut h) = latency.lock() {
+        let _ = h.add(&local);
+    }
+    Ok(())
+}
+
+async fn sse(
+    driver: &Driver,
+    admin: &Identity,
+    member: impl Fn(u64) -> Identity + Send + Sync + 'static,
+    args: &BenchArgs,
+    secret: &str,
+    warmup: Duration,
+    duration: Duration,
+) -> Result<Outcome, String> {
+    eprintln!("  seeding {} events", args.events);
+    let ids = Arc::new(seed(driver, admin, args.events, None).await?);
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let base = args.http_url.trim_end_matches('/').to_string();
+    let (opened, received) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let delivery = Arc::new(std::sync::Mutex::new(histogram()));
+    let measuring = Arc::new(AtomicBool::new(false));
+    let member = Arc::new(member);
+    eprintln!("  opening {} live streams", args.streams);
+    let mut readers = Vec::new();
+    for n in 0..args.streams {
+        readers.push(tokio::spawn(read_stream(
+            client.clone(),
+            base.clone(),
+            secret.to_string(),
+            member(1_000_000 + n as u64),
+            opened.clone(),
+            received.clone(),
+            delivery.clone(),
+            measuring.clone(),
+        )));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while (opened.load(Ordering::Relaxed) as usize) < args.streams && Instant::now() < deadline {
+        if readers.iter().all(|r| r.is_finished()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let open = opened.load(Ordering::Relaxed);
+    if (open as usize) < args.streams {
+        return Err(format!("only {open} of {} live streams opened", args.streams));
+    }
+    let (driver, flag) = (driver.clone(), measuring.clone());
+    let mut outcome = load(args.concurrency, warmup, duration, move |_| {
+        let (driver, ids, member) = (driver.clone(), ids.clone(), member.clone());
+        flag.store(true, Ordering::Relaxed);
+        async move {
+            let id = ids
+                .get(rand::random_range(0..ids.len().max(1)))
+                .cloned()
+                .unwrap_or_default();
+            let user = member(rand::random_range(0..10_000));
+            let status = ["going", "interested", "not_going"][rand::random_range(0..3)];
+            driver
+                .hit("rsvp.set", &user, json!({"eventId": id, "status": status}))
+                .await
+        }
+    })
+    .await;
+    // What was committed during the load reaches the streams shortly after.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for r in &readers {
+        r.abort();
+    }
+    let h = delivery.lock().map(|h| h.clone()).unwrap_or_else(|_| histogram());
+    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    outcome.extra.insert("streams".into(), json!(open));
+    outcome
+        .extra
+        .insert("messages_received".into(), json!(received.load(Ordering::Relaxed)));
+    outcome.extra.insert("delivery_p50_ms".into(), json!(ms(0.5)));
+    outcome.extra.insert("delivery_p99_ms".into(), json!(ms(0.99)));
+    outcome.extra.insert("delivery_max_ms".into(), json!(h.max() as f64 / 1000.0));
+    Ok(outcome)
+}
+
 async fn soak(
     settings: &Settings,
     nats: &async_nats::Client,
