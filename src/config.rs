@@ -439,6 +439,85 @@ pub struct TelemetryConfig {
     pub service_name: String,
 }
 
+/// Scope actors and their registry.
+#[derive(Debug, Clone)]
+pub struct ActorConfig {
+    /// A scope actor idle this long is stopped (its state is in Postgres).
+    pub idle_timeout: Duration,
+    /// How often idle actors are looked for.
+    pub sweep_interval: Duration,
+    /// Above this many live actors, the least recently used are stopped.
+    pub max_live_actors: usize,
+    /// Most commands committed in one transaction.
+    pub max_batch: usize,
+    /// How long a cached event may be served without re-reading it. Changes
+    /// made through any instance invalidate it sooner (see `docs/`).
+    pub cache_ttl: Duration,
+    pub max_cached_events_per_scope: usize,
+    /// Group commits one scope actor may have in flight at once. Postgres
+    /// row locks keep them correct; more than one lets a busy scope use
+    /// more than one connection.
+    pub max_in_flight_batches: usize,
+    /// How long after start-up, and after the last sign of another
+    /// instance, cached reads are checked against Postgres.
+    pub peer_grace: Duration,
+}
+
+impl ActorConfig {
+    /// The sweep interval that goes with an idle timeout: a quarter of it,
+    /// within [50ms, 10s], so an idle actor stops at most ~25% late.
+    pub fn sweep_interval_for(idle_timeout: Duration) -> Duration {
+        (idle_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(10))
+    }
+}
+
+impl Default for ActorConfig {
+    fn default() -> Self {
+        let idle_timeout = Duration::from_secs(120);
+        Self {
+            idle_timeout,
+            sweep_interval: Self::sweep_interval_for(idle_timeout),
+            max_live_actors: 4_096,
+            max_batch: 512,
+            cache_ttl: Duration::from_secs(5),
+            max_cached_events_per_scope: 1_000,
+            max_in_flight_batches: 2,
+            peer_grace: Duration::from_secs(15),
+        }
+    }
+}
+
+/// The outbox publisher.
+#[derive(Debug, Clone)]
+pub struct OutboxConfig {
+    pub batch: i64,
+    /// Rows written by other instances (or before a restart) are found by
+    /// polling at this interval; local commits wake the publisher at once.
+    pub poll_interval: Duration,
+    pub max_attempts: i32,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    pub encoding: Encoding,
+    /// The stream whose duplicate window a retry is weighed against, where
+    /// a row that may have outlived it is looked for, and which is asked
+    /// whether a publish nobody answered was an outage.
+    pub stream: String,
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        Self {
+            batch: 2000,
+            poll_interval: Duration::from_millis(500),
+            max_attempts: 50,
+            backoff_base: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(300),
+            encoding: Encoding::Msgpack,
+            stream: "EVENTS".to_string(),
+        }
+    }
+}
+
 /// Limits of the live streams (`GET /stream`) of one instance.
 #[derive(Debug, Clone)]
 pub struct LiveConfig {
@@ -500,8 +579,8 @@ pub struct Config {
     /// Entries of the per-instance replay memory (EVENTS_REPLAY_MEMORY).
     pub replay_memory: usize,
     pub telemetry: TelemetryConfig,
-    pub actors: crate::actors::ActorConfig,
-    pub outbox: crate::actors::outbox::OutboxConfig,
+    pub actors: ActorConfig,
+    pub outbox: OutboxConfig,
     pub live: LiveConfig,
     pub dev: bool,
 }
@@ -973,8 +1052,8 @@ pub fn retention_days(s: &Settings) -> Result<u32, ConfigError> {
 }
 
 /// The outbox publisher's settings.
-pub fn outbox_config(s: &Settings) -> Result<crate::actors::outbox::OutboxConfig, ConfigError> {
-    Ok(crate::actors::outbox::OutboxConfig {
+pub fn outbox_config(s: &Settings) -> Result<OutboxConfig, ConfigError> {
+    Ok(OutboxConfig {
         poll_interval: parse_duration_var(
             "EVENTS_OUTBOX_POLL_INTERVAL",
             &s.outbox_poll_interval,
@@ -1055,9 +1134,9 @@ impl Config {
                 100_000_000,
             )?,
             telemetry: TelemetryConfig::load(s)?,
-            actors: crate::actors::ActorConfig {
+            actors: ActorConfig {
                 idle_timeout: actor_idle_timeout,
-                sweep_interval: crate::actors::ActorConfig::sweep_interval_for(actor_idle_timeout),
+                sweep_interval: ActorConfig::sweep_interval_for(actor_idle_timeout),
                 max_live_actors: parse_number(
                     "EVENTS_MAX_LIVE_ACTORS",
                     &s.max_live_actors,

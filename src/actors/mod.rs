@@ -6,7 +6,6 @@ pub mod outbox;
 pub mod registry;
 pub mod scope;
 
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -76,52 +75,8 @@ impl Snapshot {
 /// Events with more RSVPs than this are cached without them.
 pub const MAX_CACHED_RSVPS: i64 = 5_000;
 
-#[derive(Debug, Clone)]
-pub struct ActorConfig {
-    /// A scope actor idle this long is stopped (its state is in Postgres).
-    pub idle_timeout: Duration,
-    /// How often idle actors are looked for.
-    pub sweep_interval: Duration,
-    /// Above this many live actors, the least recently used are stopped.
-    pub max_live_actors: usize,
-    /// Most commands committed in one transaction.
-    pub max_batch: usize,
-    /// How long a cached event may be served without re-reading it. Changes
-    /// made through any instance invalidate it sooner (see `docs/`).
-    pub cache_ttl: Duration,
-    pub max_cached_events_per_scope: usize,
-    /// Group commits one scope actor may have in flight at once. Postgres
-    /// row locks keep them correct; more than one lets a busy scope use
-    /// more than one connection.
-    pub max_in_flight_batches: usize,
-    /// How long after start-up, and after the last sign of another
-    /// instance, cached reads are checked against Postgres.
-    pub peer_grace: Duration,
-}
-
-impl ActorConfig {
-    /// The sweep interval that goes with an idle timeout: a quarter of it,
-    /// within [50ms, 10s], so an idle actor stops at most ~25% late.
-    pub fn sweep_interval_for(idle_timeout: Duration) -> Duration {
-        (idle_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(10))
-    }
-}
-
-impl Default for ActorConfig {
-    fn default() -> Self {
-        let idle_timeout = Duration::from_secs(120);
-        Self {
-            idle_timeout,
-            sweep_interval: Self::sweep_interval_for(idle_timeout),
-            max_live_actors: 4_096,
-            max_batch: 512,
-            cache_ttl: Duration::from_secs(5),
-            max_cached_events_per_scope: 1_000,
-            max_in_flight_batches: 2,
-            peer_grace: Duration::from_secs(15),
-        }
-    }
-}
+// The settings live with the rest of the configuration; actors only read them.
+pub use crate::config::ActorConfig;
 
 #[cfg(test)]
 mod tests {

@@ -42,35 +42,7 @@ use crate::domain::format_utc;
 use crate::encoding::Encoding;
 use crate::store::outbox::{self as store, Failure, OutboxRow};
 
-#[derive(Debug, Clone)]
-pub struct OutboxConfig {
-    pub batch: i64,
-    /// Rows written by other instances (or before a restart) are found by
-    /// polling at this interval; local commits wake the publisher at once.
-    pub poll_interval: Duration,
-    pub max_attempts: i32,
-    pub backoff_base: Duration,
-    pub backoff_max: Duration,
-    pub encoding: Encoding,
-    /// The stream whose duplicate window a retry is weighed against, where
-    /// a row that may have outlived it is looked for, and which is asked
-    /// whether a publish nobody answered was an outage.
-    pub stream: String,
-}
-
-impl Default for OutboxConfig {
-    fn default() -> Self {
-        Self {
-            batch: 2000,
-            poll_interval: Duration::from_millis(500),
-            max_attempts: 50,
-            backoff_base: Duration::from_secs(1),
-            backoff_max: Duration::from_secs(300),
-            encoding: Encoding::Msgpack,
-            stream: "EVENTS".to_string(),
-        }
-    }
-}
+pub use crate::config::OutboxConfig;
 
 /// Figures the publisher keeps for metrics and readiness.
 #[derive(Debug, Default)]
