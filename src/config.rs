@@ -293,7 +293,12 @@ pub struct Settings {
 
     /// Live streams (`GET /stream`) one instance serves at most; over it,
     /// 503 `TOO_MANY_STREAMS`. Default 10000.
-    #[arg(long, env = "EVENTS_SSE_MAX_CONNECTIONS", global = true, value_name = "N")]
+    #[arg(
+        long,
+        env = "EVENTS_SSE_MAX_CONNECTIONS",
+        global = true,
+        value_name = "N"
+    )]
     pub sse_max_connections: Option<String>,
 
     /// Messages a live stream's client may fall behind before it is
@@ -302,7 +307,12 @@ pub struct Settings {
     pub sse_buffer: Option<String>,
 
     /// Silence after which a live stream sends a keep-alive comment, e.g. 15s.
-    #[arg(long, env = "EVENTS_SSE_KEEPALIVE", global = true, value_name = "DURATION")]
+    #[arg(
+        long,
+        env = "EVENTS_SSE_KEEPALIVE",
+        global = true,
+        value_name = "DURATION"
+    )]
     pub sse_keepalive: Option<String>,
 
     /// How often the outbox publisher looks for rows written elsewhere, e.g. 500ms.

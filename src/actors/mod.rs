@@ -6,7 +6,6 @@ pub mod outbox;
 pub mod registry;
 pub mod scope;
 
-
 use serde::{Deserialize, Serialize};
 
 use std::collections::HashMap;
@@ -81,6 +80,7 @@ pub use crate::config::ActorConfig;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn sweep_interval_follows_the_idle_timeout() {

@@ -19,10 +19,10 @@ use crate::app::requests::StreamFilter;
 use crate::app::views::EventView;
 use crate::app::{App, Reply};
 use crate::auth::InternalContext;
-pub use crate::config::LiveConfig;
 use crate::authz::{Guard, Permission, Sight};
-use crate::domain::{ErrorCode, RsvpStatus};
+pub use crate::config::LiveConfig;
 use crate::domain::published::RSVP_CHANGED;
+use crate::domain::{ErrorCode, RsvpStatus};
 use crate::error::AppError;
 use crate::store::{audit, reads};
 use crate::subjects::live::{LiveFeed, LiveMessage, Subscription};
@@ -202,7 +202,9 @@ impl App {
         bypass_noted: &mut bool,
     ) -> Result<Option<Frame>, AppError> {
         if message.tenant_id != ctx.tenant_id
-            || filter.event.is_some_and(|id| uuid::Uuid::from(id) != message.event_id)
+            || filter
+                .event
+                .is_some_and(|id| uuid::Uuid::from(id) != message.event_id)
         {
             return Ok(None);
         }
@@ -271,10 +273,14 @@ impl App {
     }
 }
 
+/// What tells one caller's frame of a message from another's: their own
+/// RSVP, and whether they may know who changed one.
+type Variant = (Option<RsvpStatus>, bool);
+
 /// A message's state shared by every connection.
 struct Shared {
     snapshot: Option<Snapshot>,
-    rendered: std::sync::Mutex<HashMap<(Option<RsvpStatus>, bool), Arc<str>>>,
+    rendered: std::sync::Mutex<HashMap<Variant, Arc<str>>>,
 }
 
 impl Shared {

@@ -1530,7 +1530,11 @@ pub const STREAM_FIELDS: &[FieldSpec] = &[
         fs::scope_id_text,
         "Only events of this scope (with `scopeType`).",
     ),
-    FieldSpec::optional(EVENT_ID, fs::uuid_text, "Only this event (it must be visible)."),
+    FieldSpec::optional(
+        EVENT_ID,
+        fs::uuid_text,
+        "Only this event (it must be visible).",
+    ),
     FieldSpec::optional(
         LAST_EVENT_ID,
         fs::stream_sequence,

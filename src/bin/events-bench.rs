@@ -689,16 +689,28 @@ async fn run(settings: &Settings, args: BenchArgs) -> ExitCode {
 /// looked for in the stream.
 /// Opens one live stream as `who` and records, for each message, the time
 /// from its `time` to its arrival.
+/// What the stream readers of the sse scenario count together.
+#[derive(Default)]
+struct StreamTally {
+    opened: AtomicU64,
+    received: AtomicU64,
+    latency: std::sync::Mutex<Option<Histogram<u64>>>,
+    measuring: AtomicBool,
+}
+
 async fn read_stream(
     client: reqwest::Client,
     base: String,
     secret: String,
     who: Identity,
-    opened: Arc<AtomicU64>,
-    received: Arc<AtomicU64>,
-    latency: Arc<std::sync::Mutex<Histogram<u64>>>,
-    measuring: Arc<AtomicBool>,
+    tally: Arc<StreamTally>,
 ) -> Result<(), String> {
+    let StreamTally {
+        opened,
+        received,
+        latency,
+        measuring,
+    } = &*tally;
     let path = "/api/v1/events/stream";
     let request_id = Uuid::new_v4().to_string();
     let identity = ContextHeaders {
@@ -709,7 +721,12 @@ async fn read_stream(
         master_flags: who.master_flags.as_deref(),
     };
     let parts = RequestParts::http("GET", path, "", b"");
-    let headers = sign_headers_v2(&secret, &parts, &identity, updspace_events::auth::now_unix());
+    let headers = sign_headers_v2(
+        &secret,
+        &parts,
+        &identity,
+        updspace_events::auth::now_unix(),
+    );
     let mut request = client.get(format!("{base}{path}"));
     for (k, v) in headers {
         request = request.header(k, v);
@@ -717,7 +734,10 @@ async fn read_stream(
     let mut response = request.send().await.map_err(|e| e.to_string())?;
     if response.status().as_u16() != 200 {
         let status = response.status().as_u16();
-        return Err(format!("{status} {}", response.text().await.unwrap_or_default()));
+        return Err(format!(
+            "{status} {}",
+            response.text().await.unwrap_or_default()
+        ));
     }
     opened.fetch_add(1, Ordering::Relaxed);
     let mut buf: Vec<u8> = Vec::new();
@@ -746,17 +766,19 @@ async fn read_stream(
             }
         }
         if flushed.elapsed() > Duration::from_millis(500) {
-            if let Ok(mut h) = latency.lock() {
-                let _ = h.add(&local);
-            }
+            merge(latency, &local);
             local.reset();
             flushed = Instant::now();
         }
     }
-    if let Ok(mut h) = latency.lock() {
-        let _ = h.add(&local);
-    }
+    merge(latency, &local);
     Ok(())
+}
+
+fn merge(into: &std::sync::Mutex<Option<Histogram<u64>>>, from: &Histogram<u64>) {
+    if let Ok(mut h) = into.lock() {
+        let _ = h.get_or_insert_with(histogram).add(from);
+    }
 }
 
 async fn sse(
@@ -775,9 +797,8 @@ async fn sse(
         .build()
         .map_err(|e| e.to_string())?;
     let base = args.http_url.trim_end_matches('/').to_string();
-    let (opened, received) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let delivery = Arc::new(std::sync::Mutex::new(histogram()));
-    let measuring = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(StreamTally::default());
+    let opened = &tally.opened;
     let member = Arc::new(member);
     eprintln!("  opening {} live streams", args.streams);
     let mut readers = Vec::new();
@@ -787,10 +808,7 @@ async fn sse(
             base.clone(),
             secret.to_string(),
             member(1_000_000 + n as u64),
-            opened.clone(),
-            received.clone(),
-            delivery.clone(),
-            measuring.clone(),
+            tally.clone(),
         )));
     }
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -802,12 +820,15 @@ async fn sse(
     }
     let open = opened.load(Ordering::Relaxed);
     if (open as usize) < args.streams {
-        return Err(format!("only {open} of {} live streams opened", args.streams));
+        return Err(format!(
+            "only {open} of {} live streams opened",
+            args.streams
+        ));
     }
-    let (driver, flag) = (driver.clone(), measuring.clone());
+    let (driver, flag) = (driver.clone(), tally.clone());
     let mut outcome = load(args.concurrency, warmup, duration, move |_| {
         let (driver, ids, member) = (driver.clone(), ids.clone(), member.clone());
-        flag.store(true, Ordering::Relaxed);
+        flag.measuring.store(true, Ordering::Relaxed);
         async move {
             let id = ids
                 .get(rand::random_range(0..ids.len().max(1)))
@@ -826,15 +847,27 @@ async fn sse(
     for r in &readers {
         r.abort();
     }
-    let h = delivery.lock().map(|h| h.clone()).unwrap_or_else(|_| histogram());
+    let h = tally
+        .latency
+        .lock()
+        .ok()
+        .and_then(|h| h.clone())
+        .unwrap_or_else(histogram);
     let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
     outcome.extra.insert("streams".into(), json!(open));
+    outcome.extra.insert(
+        "messages_received".into(),
+        json!(tally.received.load(Ordering::Relaxed)),
+    );
     outcome
         .extra
-        .insert("messages_received".into(), json!(received.load(Ordering::Relaxed)));
-    outcome.extra.insert("delivery_p50_ms".into(), json!(ms(0.5)));
-    outcome.extra.insert("delivery_p99_ms".into(), json!(ms(0.99)));
-    outcome.extra.insert("delivery_max_ms".into(), json!(h.max() as f64 / 1000.0));
+        .insert("delivery_p50_ms".into(), json!(ms(0.5)));
+    outcome
+        .extra
+        .insert("delivery_p99_ms".into(), json!(ms(0.99)));
+    outcome
+        .extra
+        .insert("delivery_max_ms".into(), json!(h.max() as f64 / 1000.0));
     Ok(outcome)
 }
 

@@ -526,5 +526,12 @@ async fn stream(State(state): State<AppState>, request: Request) -> Response {
         }
         _ => None,
     };
-    run_with(&state, Op::EventStream, Target::Query, request, fields_query).await
+    run_with(
+        &state,
+        Op::EventStream,
+        Target::Query,
+        request,
+        fields_query,
+    )
+    .await
 }

@@ -237,9 +237,8 @@ impl LiveFeed {
             .await
             .map_err(|e| LiveError::Stream(e.to_string()))?;
         // Ends at `until`, or when nothing matching is left in the stream.
-        let read = futures::stream::unfold(
-            (messages, false),
-            move |(mut messages, done)| async move {
+        let read =
+            futures::stream::unfold((messages, false), move |(mut messages, done)| async move {
                 if done {
                     return None;
                 }
@@ -271,8 +270,7 @@ impl LiveFeed {
                         return None;
                     }
                 }
-            },
-        );
+            });
         Ok(read.boxed())
     }
 

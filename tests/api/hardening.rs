@@ -357,7 +357,11 @@ async fn a_refused_v1_write_replayed_with_a_forged_identity_is_refused_on_every_
         1,
     );
     let first = a.send(&captured).await;
-    assert_eq!(first.status, 403, "a plain member may not create: {}", first.text);
+    assert_eq!(
+        first.status, 403,
+        "a plain member may not create: {}",
+        first.text
+    );
     let before = fingerprint(&a).await;
     let forged = captured
         .with_header("X-User-Id", &Uuid::new_v4().to_string())
@@ -366,7 +370,11 @@ async fn a_refused_v1_write_replayed_with_a_forged_identity_is_refused_on_every_
         &b.send(&forged).await,
         "refused v1 create replayed as a system admin on another instance",
     );
-    assert_eq!(fingerprint(&a).await, before, "the replay changed something");
+    assert_eq!(
+        fingerprint(&a).await,
+        before,
+        "the replay changed something"
+    );
 }
 
 /// The nil UUID stands for erased users: it is nobody, and no caller.

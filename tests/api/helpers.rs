@@ -442,7 +442,14 @@ impl PrivateNats {
         let _ = self.child.kill();
         let _ = self.child.wait();
         self.child = std::process::Command::new(nats_server_bin())
-            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
             .arg(self._dir.path())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())

@@ -234,7 +234,12 @@ async fn a_stream_shows_each_caller_what_they_may_see_and_nothing_else() {
     let mut as_member = opened(&app, &member, "").await;
     let mut as_stranger = opened(&app, &stranger, "").await;
 
-    let public = create(&app, &boss, event_body(tenant, "TENANT", "", "public", "Open")).await;
+    let public = create(
+        &app,
+        &boss,
+        event_body(tenant, "TENANT", "", "public", "Open"),
+    )
+    .await;
     let ours = create(
         &app,
         &boss,
@@ -349,7 +354,10 @@ async fn a_stream_shows_each_caller_what_they_may_see_and_nothing_else() {
     // Each caller's own view of the event.
     let member_update = member_saw.last().expect("the update");
     assert_eq!(member_update.data["event"]["myRsvp"], json!("going"));
-    assert_eq!(member_update.data["event"]["title"], json!("Open (renamed)"));
+    assert_eq!(
+        member_update.data["event"]["title"],
+        json!("Open (renamed)")
+    );
     assert_eq!(member_update.data["type"], json!("event.updated"));
     let stranger_update = stranger_saw.last().expect("the update");
     assert_eq!(stranger_update.data["event"]["myRsvp"], json!("interested"));
@@ -367,7 +375,12 @@ async fn filters_narrow_a_stream_and_bad_ones_are_refused() {
     let app = TestApp::spawn().await;
     let tenant = Uuid::new_v4();
     let boss = admin(tenant);
-    let public = create(&app, &boss, event_body(tenant, "TENANT", "", "public", "Open")).await;
+    let public = create(
+        &app,
+        &boss,
+        event_body(tenant, "TENANT", "", "public", "Open"),
+    )
+    .await;
     let mut by_scope = opened(&app, &boss, "scopeType=COMMUNITY&scopeId=c-1").await;
     let mut by_event = opened(&app, &boss, &format!("eventId={public}")).await;
     let mut by_type = opened(&app, &boss, "scope_type=TENANT").await;
@@ -422,12 +435,37 @@ async fn filters_narrow_a_stream_and_bad_ones_are_refused() {
     };
     for (who, query, status, code) in [
         (&member, "scopeId=c-1".to_string(), 422, "VALIDATION_ERROR"),
-        (&member, "scopeType=GALAXY".to_string(), 422, "VALIDATION_ERROR"),
-        (&member, "eventId=not-a-uuid".to_string(), 422, "VALIDATION_ERROR"),
-        (&member, "lastEventId=-1".to_string(), 422, "VALIDATION_ERROR"),
-        (&member, "lastEventId=soon".to_string(), 422, "VALIDATION_ERROR"),
+        (
+            &member,
+            "scopeType=GALAXY".to_string(),
+            422,
+            "VALIDATION_ERROR",
+        ),
+        (
+            &member,
+            "eventId=not-a-uuid".to_string(),
+            422,
+            "VALIDATION_ERROR",
+        ),
+        (
+            &member,
+            "lastEventId=-1".to_string(),
+            422,
+            "VALIDATION_ERROR",
+        ),
+        (
+            &member,
+            "lastEventId=soon".to_string(),
+            422,
+            "VALIDATION_ERROR",
+        ),
         (&member, format!("eventId={secret}"), 404, "NOT_FOUND"),
-        (&member, format!("eventId={}", Uuid::new_v4()), 404, "NOT_FOUND"),
+        (
+            &member,
+            format!("eventId={}", Uuid::new_v4()),
+            404,
+            "NOT_FOUND",
+        ),
         (&blocked, String::new(), 403, "FORBIDDEN"),
     ] {
         match open(&app, who, &query, None).await {
@@ -440,15 +478,14 @@ async fn filters_narrow_a_stream_and_bad_ones_are_refused() {
         }
     }
     // Unsigned: refused like any request.
-    let unsigned = app
-        .http
-        .get(app.url(STREAM))
-        .send()
-        .await
-        .expect("sent");
+    let unsigned = app.http.get(app.url(STREAM)).send().await.expect("sent");
     assert_eq!(unsigned.status().as_u16(), 400);
     let refused: Value = unsigned.json().await.expect("an error envelope");
-    assert_eq!(refused["error"]["code"], json!("MISSING_REQUEST_ID"), "{refused}");
+    assert_eq!(
+        refused["error"]["code"],
+        json!("MISSING_REQUEST_ID"),
+        "{refused}"
+    );
 }
 
 #[tokio::test]
@@ -458,7 +495,12 @@ async fn a_stream_resumes_after_its_last_id_with_no_gap_and_no_duplicate() {
     let boss = admin(tenant);
     let mut whole = opened(&app, &boss, "").await;
     let mut first = opened(&app, &boss, "").await;
-    let event = create(&app, &boss, event_body(tenant, "TENANT", "", "public", "Game")).await;
+    let event = create(
+        &app,
+        &boss,
+        event_body(tenant, "TENANT", "", "public", "Game"),
+    )
+    .await;
     for _ in 0..4 {
         rsvp(&app, &identity(tenant, Uuid::new_v4()), &event, "going").await;
     }
@@ -683,7 +725,12 @@ async fn a_stream_goes_on_through_a_nats_restart() {
     let tenant = Uuid::new_v4();
     let boss = admin(tenant);
     let mut sse = opened(&app, &boss, "").await;
-    let before = create(&app, &boss, event_body(tenant, "TENANT", "", "public", "Before")).await;
+    let before = create(
+        &app,
+        &boss,
+        event_body(tenant, "TENANT", "", "public", "Before"),
+    )
+    .await;
     assert_eq!(sse.message().await.event_id(), before);
 
     nats.restart().await;
