@@ -291,6 +291,31 @@ pub struct Settings {
     #[arg(long, env = "EVENTS_REPLAY_MEMORY", global = true, value_name = "N")]
     pub replay_memory: Option<String>,
 
+    /// Base URL of the Activity service (e.g. http://activity:8004/api/v1);
+    /// when set, the Activity bridge delivers every domain event to
+    /// `{url}/events/ingest`.
+    #[arg(long, env = "ACTIVITY_SERVICE_URL", global = true, value_name = "URL")]
+    pub activity_service_url: Option<String>,
+
+    /// Deadline of one delivery to Activity, e.g. 5s.
+    #[arg(
+        long,
+        env = "EVENTS_ACTIVITY_TIMEOUT",
+        global = true,
+        value_name = "DURATION"
+    )]
+    pub activity_timeout: Option<String>,
+
+    /// Longest pause between two attempts to deliver one event to Activity
+    /// (the pause doubles from 250ms up to it), e.g. 30s.
+    #[arg(
+        long,
+        env = "EVENTS_ACTIVITY_RETRY_MAX",
+        global = true,
+        value_name = "DURATION"
+    )]
+    pub activity_retry_max: Option<String>,
+
     /// Live streams (`GET /stream`) one instance serves at most; over it,
     /// 503 `TOO_MANY_STREAMS`. Default 10000.
     #[arg(
@@ -528,6 +553,54 @@ impl Default for OutboxConfig {
     }
 }
 
+/// The Activity bridge: where it delivers, and how patiently.
+#[derive(Debug, Clone)]
+pub struct ActivityConfig {
+    /// `ACTIVITY_SERVICE_URL`; the bridge runs only when it is set.
+    pub url: Option<Url>,
+    pub timeout: Duration,
+    pub retry_min: Duration,
+    pub retry_max: Duration,
+}
+
+impl Default for ActivityConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            timeout: Duration::from_secs(5),
+            retry_min: Duration::from_millis(250),
+            retry_max: Duration::from_secs(30),
+        }
+    }
+}
+
+impl ActivityConfig {
+    pub fn load(s: &Settings) -> Result<Self, ConfigError> {
+        let d = Self::default();
+        let url = match value(&s.activity_service_url) {
+            None => None,
+            Some(text) => Some(parse_http_url("ACTIVITY_SERVICE_URL", text)?),
+        };
+        let retry_max = parse_duration_var(
+            "EVENTS_ACTIVITY_RETRY_MAX",
+            &s.activity_retry_max,
+            d.retry_max,
+            Duration::from_millis(10),
+        )?;
+        Ok(Self {
+            url,
+            timeout: parse_duration_var(
+                "EVENTS_ACTIVITY_TIMEOUT",
+                &s.activity_timeout,
+                d.timeout,
+                Duration::from_millis(100),
+            )?,
+            retry_min: d.retry_min.min(retry_max),
+            retry_max,
+        })
+    }
+}
+
 /// Limits of the live streams (`GET /stream`) of one instance.
 #[derive(Debug, Clone)]
 pub struct LiveConfig {
@@ -592,6 +665,7 @@ pub struct Config {
     pub actors: ActorConfig,
     pub outbox: OutboxConfig,
     pub live: LiveConfig,
+    pub activity: ActivityConfig,
     pub dev: bool,
 }
 
@@ -1158,6 +1232,7 @@ impl Config {
             },
             outbox: outbox_config(s)?,
             live: LiveConfig::load(s)?,
+            activity: ActivityConfig::load(s)?,
             dev,
         })
     }

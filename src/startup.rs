@@ -51,6 +51,8 @@ pub struct Application {
     /// The NATS subscription tasks; aborting them unsubscribes.
     nats_tasks: Vec<tokio::task::JoinHandle<()>>,
     outbox: ractor::ActorRef<OutboxMsg>,
+    /// The Activity bridge, when `ACTIVITY_SERVICE_URL` is set.
+    bridge: Option<std::sync::Arc<crate::actors::bridge::Bridge>>,
 }
 
 impl Application {
@@ -171,6 +173,19 @@ impl Application {
         let outbox = crate::actors::outbox::start_actor(publisher.clone(), outbox_wakeup.clone())
             .await
             .map_err(StartupError::Actors)?;
+        let bridge = crate::actors::bridge::Bridge::new(crate::actors::bridge::BridgeParts {
+            nats: nats.clone(),
+            stream: config.stream.name.clone(),
+            filter: subject_names.stream_filter(),
+            db: db.clone(),
+            lock_options: store::connect_options(&config.database)?,
+            secret: config.hmac.secrets.first().cloned().unwrap_or_default(),
+            config: config.activity.clone(),
+            metrics: metrics.clone(),
+        });
+        if let Some(bridge) = &bridge {
+            bridge.spawn();
+        }
         let listener = TcpListener::bind(config.http_addr)
             .await
             .map_err(|source| StartupError::Bind {
@@ -192,6 +207,7 @@ impl Application {
             listener,
             nats_tasks,
             outbox,
+            bridge,
         })
     }
 
@@ -225,6 +241,9 @@ impl Application {
         };
         let served = http::serve(self.listener, self.state.clone(), shutdown).await;
         self.outbox.stop(Some("shutdown".into()));
+        if let Some(bridge) = &self.bridge {
+            bridge.stop();
+        }
         self.state.publisher.step_down().await;
         // Stop taking requests; the ones already taken finish.
         for task in &self.nats_tasks {

@@ -2,6 +2,7 @@
 //! state and serialising its writes into group commits, and the registry
 //! that activates, passivates and supervises them.
 
+pub mod bridge;
 pub mod outbox;
 pub mod registry;
 pub mod scope;

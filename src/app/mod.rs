@@ -532,6 +532,7 @@ impl App {
             request_id: idempotency_request_id(&ctx.request_id),
             traceparent: traceparent.map(str::to_string),
             tracestate: tracestate.map(str::to_string),
+            tenant_slug: Some(ctx.tenant_slug.clone()).filter(|s| !s.is_empty()),
             replay_key: Some(ReplayKey::of(ctx).0),
             replay_expires_at: self.replay_expiry(ctx),
             audit: guard.take_audit(),

@@ -230,6 +230,26 @@ fn keyed(secret: &[u8]) -> HmacSha256 {
     <HmacSha256 as KeyInit>::new(&key)
 }
 
+/// The URL of a signed call to another service: `base` with `segments` appended (each percent-escaped), and the path its
+/// receiver sees and verifies the signature over: the percent-decoded path.
+pub fn endpoint(base: &url::Url, segments: &[&str]) -> Option<(url::Url, String)> {
+    let mut url = base.clone();
+    url.set_query(None);
+    url.set_fragment(None);
+    {
+        let mut path = url.path_segments_mut().ok()?;
+        path.pop_if_empty();
+        for segment in segments {
+            path.push(segment);
+        }
+    }
+    let signed = percent_encoding::percent_decode_str(url.path())
+        .decode_utf8()
+        .ok()?
+        .into_owned();
+    Some((url, signed))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

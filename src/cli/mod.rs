@@ -1,6 +1,7 @@
 //! The `events-svc` command line.
 
 mod access;
+mod bridge;
 mod import;
 mod ops;
 
@@ -75,6 +76,9 @@ enum Command {
     /// revoke, list (local tables or Access, per EVENTS_AUTHZ; audited).
     #[command(subcommand)]
     Access(access::AccessCommand),
+    /// The Activity bridge: where its consumer stands in the stream.
+    #[command(subcommand)]
+    Bridge(bridge::BridgeCommand),
     /// Bring data over from another system (the Django service) for the cut-over.
     #[command(subcommand)]
     Import(import::ImportCommand),
@@ -241,6 +245,7 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Dsar(args) => ops::dsar(&cli.settings, args).await,
         Command::Access(command) => access::run(&cli.settings, command).await,
         Command::Import(command) => import::run(&cli.settings, command).await,
+        Command::Bridge(command) => bridge::run(&cli.settings, command).await,
     }
 }
 

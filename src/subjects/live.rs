@@ -27,6 +27,8 @@ use crate::encoding::Encoding;
 pub struct LiveMessage {
     /// The JetStream stream sequence: the SSE `id`.
     pub seq: u64,
+    /// The CloudEvent `id` (the outbox row's).
+    pub id: String,
     pub event_type: String,
     pub tenant_id: uuid::Uuid,
     pub event_id: uuid::Uuid,
@@ -53,6 +55,7 @@ impl LiveMessage {
         let uuid = |v: &Value, k: &str| text(v, k).and_then(|s| s.parse::<uuid::Uuid>().ok());
         Some(Self {
             seq,
+            id: text(&envelope, "id")?,
             event_type: text(&envelope, "type")?,
             tenant_id: uuid(&envelope, "tenantid")?,
             event_id: uuid(&envelope, "subject")?,

@@ -41,6 +41,10 @@ pub struct Metrics {
     pub sse_messages: IntCounter,
     pub sse_dropped: IntCounter,
     pub sse_resets: IntCounter,
+    pub activity_delivered: IntCounterVec,
+    pub activity_lag_seconds: Gauge,
+    pub activity_pending: IntGauge,
+    pub activity_leader: IntGauge,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
@@ -218,6 +222,27 @@ impl Metrics {
                 &r,
                 "events_sse_resets_total",
                 "Live streams resumed from a point the stream no longer holds",
+            ),
+            activity_delivered: counter_vec(
+                &r,
+                "events_activity_delivered_total",
+                "Deliveries to Activity by result: ok, rejected (4xx, not retried), retried (5xx or no answer)",
+                &["result"],
+            ),
+            activity_lag_seconds: gauge(
+                &r,
+                "events_activity_lag_seconds",
+                "Age of the domain event the Activity bridge is delivering (0 when caught up)",
+            ),
+            activity_pending: int_gauge(
+                &r,
+                "events_activity_pending",
+                "Domain events the Activity bridge has yet to deliver",
+            ),
+            activity_leader: int_gauge(
+                &r,
+                "events_activity_bridge_leader",
+                "1 on the instance running the Activity bridge",
             ),
             registry: r,
         })

@@ -2,6 +2,7 @@
 //! NATS JetStream. One binary, many modules: it links once.
 
 mod access_mode;
+mod activity_bridge;
 mod activity_consumer;
 mod admin_roles;
 mod authority;

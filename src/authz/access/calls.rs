@@ -5,12 +5,10 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use percent_encoding::percent_decode_str;
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use serde::Serialize;
 use serde_json::Value;
-use url::Url;
 use uuid::Uuid;
 
 use super::stats::{bump, micros};
@@ -150,25 +148,7 @@ pub(super) fn portal_addressable(id: &str) -> bool {
     !(id == "." || id == ".." || id.contains(['/', '\\']))
 }
 
-/// `base` with `segments` appended (each percent-escaped), and the path its
-/// receiver sees and verifies the signature over: the percent-decoded path.
-pub(super) fn endpoint(base: &Url, segments: &[&str]) -> Option<(Url, String)> {
-    let mut url = base.clone();
-    url.set_query(None);
-    url.set_fragment(None);
-    {
-        let mut path = url.path_segments_mut().ok()?;
-        path.pop_if_empty();
-        for segment in segments {
-            path.push(segment);
-        }
-    }
-    let signed = percent_decode_str(url.path())
-        .decode_utf8()
-        .ok()?
-        .into_owned();
-    Some((url, signed))
-}
+pub(super) use crate::auth::hmac::endpoint;
 
 /// Reads at most [`MAX_ANSWER_BYTES`] of a response body.
 pub(super) async fn read_body(response: reqwest::Response) -> Result<Vec<u8>, Failure> {

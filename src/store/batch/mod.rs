@@ -36,6 +36,9 @@ pub struct CommandMeta {
     pub request_id: String,
     pub traceparent: Option<String>,
     pub tracestate: Option<String>,
+    /// The `X-Tenant-Slug` of the request, carried into every domain event
+    /// it causes (`data.tenant_slug`).
+    pub tenant_slug: Option<String>,
     /// The signed request's replay key; refused if already claimed.
     pub replay_key: Option<[u8; 32]>,
     pub replay_expires_at: DateTime<Utc>,
@@ -207,6 +210,7 @@ pub async fn execute(
         write::Trace {
             parent: meta.and_then(|m| m.traceparent.as_deref()),
             state: meta.and_then(|m| m.tracestate.as_deref()),
+            tenant_slug: meta.and_then(|m| m.tenant_slug.as_deref()),
         }
     };
     let effects = write::batch(

@@ -394,6 +394,8 @@ pub(crate) fn write_counters(w: &mut Writes, events: &[&EventChanges]) -> Result
 pub(crate) struct Trace<'a> {
     pub(crate) parent: Option<&'a str>,
     pub(crate) state: Option<&'a str>,
+    /// The slug of the tenant as the request that caused it named it.
+    pub(crate) tenant_slug: Option<&'a str>,
 }
 
 /// One domain event to write to the outbox.
@@ -419,7 +421,22 @@ pub(crate) fn insert_outbox(
         .iter()
         .map(|r| subjects.domain_event(&Uuid::from(r.event.tenant_id), r.event.event_type))
         .collect();
-    let payloads: Vec<&Value> = rows.iter().map(|r| &r.event.data).collect();
+    // Every payload says which tenant slug the change was made under
+    // (`null` for changes no request made), for consumers that address
+    // tenants by slug.
+    let payloads: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            let mut data = r.event.data.clone();
+            if let Value::Object(map) = &mut data {
+                map.insert(
+                    "tenant_slug".into(),
+                    r.trace.tenant_slug.map_or(Value::Null, Value::from),
+                );
+            }
+            data
+        })
+        .collect();
     let traceparents: Vec<Option<&str>> = rows.iter().map(|r| r.trace.parent).collect();
     let tracestates: Vec<Option<&str>> = rows.iter().map(|r| r.trace.state).collect();
     let occurred: Vec<DateTime<Utc>> = rows.iter().map(|r| r.event.occurred_at).collect();
