@@ -36,8 +36,6 @@ pub enum StartupError {
     Actors(String),
     #[error(transparent)]
     Authz(#[from] crate::authz::access::AccessSetupError),
-    #[error("live updates cannot start: {0}")]
-    Live(#[from] crate::subjects::live::LiveError),
 }
 
 pub use crate::backoff::Backoff;
@@ -141,8 +139,7 @@ impl Application {
             &config.stream.name,
             subject_names.stream_filter(),
             config.live.buffer,
-        )
-        .await?;
+        );
         let app = App::new(AppParts {
             metrics: metrics.clone(),
             db: db.clone(),

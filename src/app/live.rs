@@ -117,6 +117,12 @@ impl App {
         if guard.is_blocked() {
             return Err(AppError::Forbidden("Permission denied"));
         }
+        if !live.feed.is_ready() {
+            return Err(AppError::Unavailable {
+                code: ErrorCode::ServiceUnavailable,
+                message: "Live updates are starting; try again shortly".into(),
+            });
+        }
         if let Some(id) = filter.event {
             self.visible(guard, id).await?;
         }

@@ -354,6 +354,7 @@ mod tests {
             ("ACCESS_UNAVAILABLE", 503),
             ("PORTAL_UNAVAILABLE", 503),
             ("SERVICE_UNAVAILABLE", 503),
+            ("TOO_MANY_STREAMS", 503),
             ("TIMEOUT", 504),
             ("INTERNAL_ERROR", 500),
         ];

@@ -108,6 +108,8 @@ struct Inner {
     last: Mutex<u64>,
     closing: Notify,
     closed: std::sync::atomic::AtomicBool,
+    /// The reader knows where the stream ends and is reading from there.
+    ready: std::sync::atomic::AtomicBool,
 }
 
 /// Cheap to clone; every clone is the same feed.
@@ -118,13 +120,10 @@ pub struct LiveFeed {
 
 impl LiveFeed {
     /// Starts the instance's reader. `buffer` is how many messages a
-    /// connection may fall behind before it is dropped.
-    pub async fn start(
-        js: jetstream::Context,
-        stream: &str,
-        filter: String,
-        buffer: usize,
-    ) -> Result<Self, LiveError> {
+    /// connection may fall behind before it is dropped. It never holds
+    /// start-up back: until the stream answers (a cluster electing its
+    /// leader), the feed is not ready and streams are refused with 503.
+    pub fn start(js: jetstream::Context, stream: &str, filter: String, buffer: usize) -> Self {
         let (sender, _) = broadcast::channel(buffer.max(1));
         let feed = Self {
             inner: Arc::new(Inner {
@@ -135,14 +134,16 @@ impl LiveFeed {
                 last: Mutex::new(0),
                 closing: Notify::new(),
                 closed: Default::default(),
+                ready: Default::default(),
             }),
         };
-        // Live from the stream's end now: what came before is history, read
-        // per connection on request.
-        let bounds = feed.bounds().await?;
-        *feed.lock_last() = bounds.last_seq;
         tokio::spawn(feed.clone().run());
-        Ok(feed)
+        feed
+    }
+
+    /// Whether streams can be served (the reader knows its position).
+    pub fn is_ready(&self) -> bool {
+        self.inner.ready.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     fn lock_last(&self) -> std::sync::MutexGuard<'_, u64> {
@@ -285,6 +286,26 @@ impl LiveFeed {
         let fresh = || Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let mut backoff = fresh();
         while !self.is_closed() {
+            if !self.is_ready() {
+                // Live from the stream's end now: what came before is
+                // history, read per connection on request.
+                match self.bounds().await {
+                    Ok(bounds) => {
+                        *self.lock_last() = bounds.last_seq;
+                        self.inner
+                            .ready
+                            .store(true, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "live updates: waiting for the stream");
+                        tokio::select! {
+                            () = tokio::time::sleep(backoff.next_delay()) => {}
+                            () = self.closed() => return,
+                        }
+                        continue;
+                    }
+                }
+            }
             let after = *self.lock_last();
             let started = std::time::Instant::now();
             if let Err(e) = self.read_from(after).await {

@@ -24,6 +24,11 @@ pub fn max_age(window_secs: i64) -> Duration {
     Duration::from_secs(u64::try_from(window_secs.max(0)).unwrap_or(0) * 2 + 60)
 }
 
+/// The bucket could not say whether a key was claimed.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ClaimError(String);
+
 #[derive(Clone)]
 pub struct ReplayBucket {
     store: kv::Store,
@@ -85,8 +90,9 @@ impl ReplayBucket {
             subjects: vec![format!("$KV.{bucket}.>")],
             max_messages_per_subject: 1,
             max_age: max_age(window_secs),
-            // A key holds nothing (its existence is the claim); the limit
-            // counts the headers a conditional write carries.
+            // A key holds its claim's 32-character token (its existence is
+            // the claim); the limit counts the headers a conditional write
+            // carries too.
             max_message_size: 1024,
             storage: jetstream::stream::StorageType::File,
             num_replicas: stream.replicas,
@@ -115,11 +121,26 @@ impl ReplayBucket {
     }
 
     /// Claims `key`; exactly one claim of a key succeeds, on any instance.
-    pub async fn claim(&self, key: &ReplayKey) -> Result<Claimed, kv::CreateError> {
-        match self.store.create(key.short_hex(), Bytes::new()).await {
+    ///
+    /// Each claim writes a value of its own: a create whose answer was lost
+    /// (a stream leader election) is read back by the client, and finding
+    /// its own value there means the claim is ours, not a replay.
+    pub async fn claim(&self, key: &ReplayKey) -> Result<Claimed, ClaimError> {
+        let mine = uuid::Uuid::new_v4().simple().to_string();
+        match self
+            .store
+            .create(key.short_hex(), Bytes::from(mine.clone()))
+            .await
+        {
             Ok(_) => Ok(Claimed::First),
-            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(Claimed::Replayed),
-            Err(e) => Err(e),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                match self.store.get(key.short_hex()).await {
+                    Ok(Some(value)) if value.as_ref() == mine.as_bytes() => Ok(Claimed::First),
+                    Ok(_) => Ok(Claimed::Replayed),
+                    Err(e) => Err(ClaimError(e.to_string())),
+                }
+            }
+            Err(e) => Err(ClaimError(e.to_string())),
         }
     }
 }

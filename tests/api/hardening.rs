@@ -527,6 +527,21 @@ async fn dsar_exports_and_erases_bindings_memberships_and_audit_entries() {
     .await
     .expect("anonymized");
     assert!(anonymized >= 2, "the audit rows are kept, anonymised");
+    // The export and the erase are audited themselves, in the tenant.
+    let dsar_actions: Vec<(String,)> = sqlx::query_as(
+        "SELECT action FROM audit_log WHERE tenant_id = $1 AND action LIKE 'dsar.%' ORDER BY created_at, id",
+    )
+    .bind(tenant)
+    .fetch_all(&app.db)
+    .await
+    .expect("dsar audit rows");
+    assert_eq!(
+        dsar_actions
+            .iter()
+            .map(|a| a.0.as_str())
+            .collect::<Vec<_>>(),
+        ["dsar.exported", "dsar.erased"]
+    );
     // The other tenant's membership is not this erase's to delete.
     let elsewhere: i64 =
         sqlx::query_scalar("SELECT count(*) FROM scope_memberships WHERE user_id = $1")

@@ -49,8 +49,26 @@ fn stream_path(query: &str) -> String {
 }
 
 /// Opens a stream signed as `who` (v2), or answers the refusal's status and
-/// body.
+/// body. A new instance's feed may still be finding the end of the stream
+/// (503 `SERVICE_UNAVAILABLE`): that is waited out.
 async fn open(
+    app: &TestApp,
+    who: &Identity,
+    query: &str,
+    last_event_id: Option<&str>,
+) -> Result<Sse, (u16, Value)> {
+    for _ in 0..100 {
+        match open_once(app, who, query, last_event_id).await {
+            Err((503, body)) if body["error"]["code"] == json!("SERVICE_UNAVAILABLE") => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => return other,
+        }
+    }
+    open_once(app, who, query, last_event_id).await
+}
+
+async fn open_once(
     app: &TestApp,
     who: &Identity,
     query: &str,
