@@ -416,6 +416,19 @@ impl App {
                 match self.inner.replay_bucket.claim(&key).await {
                     Ok(Claimed::First) => Ok(()),
                     Ok(Claimed::Replayed) => Err(replayed()),
+                    // Writes need Postgres only, NATS away or not: without
+                    // the bucket, the triple is claimed in the shared table.
+                    Err(e) if op.is_write() => {
+                        tracing::debug!(error = %e, "replay bucket unavailable; claimed in Postgres");
+                        let expires = self.replay_expiry(ctx);
+                        let claimed = crate::store::replays::claim(
+                            &self.inner.db,
+                            key.before_running().0,
+                            expires,
+                        )
+                        .await?;
+                        if claimed { Ok(()) } else { Err(replayed()) }
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "the replay bucket could not be reached");
                         Err(AppError::Unavailable {

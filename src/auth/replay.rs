@@ -39,6 +39,16 @@ impl ReplayKey {
         Self(hasher.finalize().into())
     }
 
+    /// The key a write's triple is claimed under in the shared table before
+    /// it runs, when the replay bucket cannot be asked: apart from the key
+    /// the write's group commit claims in the same table.
+    pub fn before_running(&self) -> Self {
+        let mut hasher = Sha256::new();
+        hasher.update(b"claimed before running");
+        hasher.update(self.0);
+        Self(hasher.finalize().into())
+    }
+
     /// The first 128 bits, which the per-instance memory keeps.
     fn short(&self) -> Short {
         let mut short = [0u8; 16];

@@ -24,6 +24,10 @@ pub fn max_age(window_secs: i64) -> Duration {
     Duration::from_secs(u64::try_from(window_secs.max(0)).unwrap_or(0) * 2 + 60)
 }
 
+/// How long a claim may wait for the bucket (a stream leader election
+/// lasts seconds; a request should not).
+const CLAIM_WAIT: Duration = Duration::from_secs(1);
+
 /// The bucket could not say whether a key was claimed.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -32,6 +36,7 @@ pub struct ClaimError(String);
 #[derive(Clone)]
 pub struct ReplayBucket {
     store: kv::Store,
+    client: async_nats::Client,
 }
 
 /// The outcome of a claim.
@@ -117,7 +122,10 @@ impl ReplayBucket {
             .get_key_value(bucket)
             .await
             .map_err(|e| failed("cannot be opened as a key-value bucket", &e, true))?;
-        Ok(Self { store })
+        Ok(Self {
+            store,
+            client: client.clone(),
+        })
     }
 
     /// Claims `key`; exactly one claim of a key succeeds, on any instance.
@@ -126,6 +134,19 @@ impl ReplayBucket {
     /// (a stream leader election) is read back by the client, and finding
     /// its own value there means the claim is ours, not a replay.
     pub async fn claim(&self, key: &ReplayKey) -> Result<Claimed, ClaimError> {
+        // A request waits for no reconnect: the caller decides at once what
+        // to do without the bucket.
+        if self.client.connection_state() != async_nats::connection::State::Connected {
+            return Err(ClaimError("not connected to NATS".into()));
+        }
+        let claim = self.claim_connected(key);
+        match tokio::time::timeout(CLAIM_WAIT, claim).await {
+            Ok(claimed) => claimed,
+            Err(_) => Err(ClaimError(format!("no answer within {CLAIM_WAIT:?}"))),
+        }
+    }
+
+    async fn claim_connected(&self, key: &ReplayKey) -> Result<Claimed, ClaimError> {
         let mine = uuid::Uuid::new_v4().simple().to_string();
         match self
             .store
