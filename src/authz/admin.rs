@@ -1,14 +1,16 @@
 //! Role administration: the role catalog and the role bindings of one
-//! tenant, granted and revoked by system admins.
+//! tenant, granted and revoked by its tenant admins (system admins in
+//! every tenant); only a system admin grants or revokes `events.admin`.
 //!
 //! Two backends behind [`RoleAdmin`], one per authorization mode:
 //! [`LocalRoleAdmin`] keeps bindings in our `role_bindings` table (`local`
 //! mode); [`AccessRoleAdmin`] proxies to Access's tenant-admin API
 //! (`access` mode: `/access/admin/roles` and `/access/admin/role-bindings`),
-//! and also seeds our two roles there
-//! ([`AccessRoleAdmin::bootstrap`]). [`RoleAdministration`] wraps either
-//! with the audit log; the admin operations (`admin.roles.*`) and the
-//! `events-svc access` commands both go through it, so they behave alike.
+//! and also seeds our two roles there as system templates
+//! ([`AccessRoleAdmin::bootstrap`], through `/access/roles`).
+//! [`RoleAdministration`] wraps either with the audit log; the admin
+//! operations (`admin.roles.*`) and the `events-svc access` commands both
+//! go through it, so they behave alike.
 //! Each backend forgets the cached permissions of the users it changes.
 //! The contract is `docs/authorization.md` ("Roles and bindings").
 
@@ -625,8 +627,10 @@ pub enum Seeded {
 
 /// Bindings kept by Access, through its tenant-admin API:
 /// `/access/admin/roles` and `/access/admin/role-bindings`, called as the
-/// caller (a system admin: Access lets `system_admin` through its
-/// permission gates), signed like `/access/check`.
+/// caller with their own flags (a tenant admin, whom Access allows
+/// `portal.role_bindings.write` at the tenant, or a system admin, whom
+/// `system_admin` lets through Access's permission gates), signed like
+/// `/access/check`.
 pub struct AccessRoleAdmin {
     access: Arc<AccessAuthorizer>,
     /// Where the audit rows go: Access holds the bindings, so an entry is
@@ -674,7 +678,6 @@ fn missing_role(role: Role) -> AppError {
     )
 }
 
-/// Access answered, but not as its contract says: 503 (fail closed), logged.
 /// `events.admin` has no place in Access: there, a tenant admin is whoever
 /// Access lets write the tenant's role bindings.
 fn not_in_access(role: Role) -> Result<(), AppError> {
@@ -691,6 +694,7 @@ fn not_in_access(role: Role) -> Result<(), AppError> {
     ))
 }
 
+/// Access answered, but not as its contract says: 503 (fail closed), logged.
 fn refused(ctx: &InternalContext, what: &str, status: StatusCode, answer: &Value) -> AppError {
     let excerpt: String = answer.to_string().chars().take(300).collect();
     if status.is_server_error() {
@@ -1084,11 +1088,6 @@ impl AccessRoleAdmin {
         Ok(revoked)
     }
 
-    /// Creates our two roles in Access (`POST /access/admin/roles
-    /// {service, name, permission_keys}`) where `GET /access/admin/roles
-    /// ?service=events` does not show them. Idempotent: a role already there
-    /// is left as it is, and reported as `Differs` when its permissions are
-    /// not ours (never changed silently).
     /// Our roles among Access's system templates (`tenant_id` null): the
     /// roles every tenant sees. `GET /access/roles` answers any caller.
     async fn templates(&self, ctx: &InternalContext) -> Result<Vec<(Role, Value)>, AppError> {
@@ -1119,9 +1118,12 @@ impl AccessRoleAdmin {
             .collect())
     }
 
-    /// Creates our roles once, as system templates every tenant shares
-    /// (`POST /access/roles` with `is_system_template`), and reports each:
-    /// created, present, or present with other permissions (left alone).
+    /// Creates our two roles once, as system templates every tenant shares
+    /// (`POST /access/roles` with `is_system_template`), where
+    /// `GET /access/roles?service=events` does not show them. Idempotent: a
+    /// role already there is left as it is; each is reported as created,
+    /// present, or present with other permissions (`Differs`, never changed
+    /// silently).
     pub async fn bootstrap(&self, ctx: &InternalContext) -> Result<Vec<(Role, Seeded)>, AppError> {
         let mut templates = self.templates(ctx).await?;
         let mut out = Vec::new();

@@ -138,7 +138,13 @@ fn status_description(status: u16) -> &'static str {
         413 => "The body is larger than `EVENTS_MAX_BODY_BYTES` (default 256 KiB)",
         422 => "Schema error; `details.fields` maps camelCase field names to messages",
         500 => "A bug: logged with the request id, no details returned",
-        503 => "An authority or the service itself could not answer; nothing was applied",
+        503 => {
+            "An authority or the service itself could not answer; retry after `Retry-After`. \
+             When a check made before the operation runs could not be made (a permission \
+             or membership asked of Access or Portal, the replay check), nothing was \
+             applied; otherwise (Postgres unreachable, Access failing during role \
+             administration) a write may or may not have been applied, and retrying it is safe"
+        }
         504 => {
             "The request took too long (`EVENTS_REQUEST_TIMEOUT`); a write may have been applied"
         }

@@ -49,7 +49,9 @@ pub struct Erased {
 /// original's summary:
 /// `{service, tenant_id, user_id, mode: "hybrid", erased_at, counts:
 /// {events_anonymized, rsvps_deleted, attendance_deleted,
-/// attendance_marked_by_redacted, outbox_scrubbed}}`.
+/// attendance_marked_by_redacted, outbox_scrubbed, role_bindings_deleted,
+/// memberships_deleted, feed_tokens_deleted, audit_entries_anonymized}}`
+/// (`feed_tokens_deleted` is always 0: no calendar feeds are stored).
 ///
 /// The transaction first locks the `event_counters` rows of every event the
 /// user has anything on, in id order (as the batch writer does, so the two
@@ -76,7 +78,15 @@ pub struct Erased {
 ///   alone. Messages already in the JetStream stream are not covered (they
 ///   expire with the stream's max age), nor is free text the user wrote;
 /// - deletes the user's create idempotency keys (their cached results
-///   carry the user's id). The audit log is kept.
+///   carry the user's id) and the import's record of their rows;
+/// - deletes the user's role bindings (`role_bindings_deleted`) and
+///   community and team memberships (`memberships_deleted`) in the tenant;
+///   those the user granted or added for others stay, with the nil UUID as
+///   `created_by`;
+/// - keeps the audit log, but replaces the user's id by the nil UUID in
+///   the tenant's entries by or about them (actor, target, anywhere in the
+///   details), the erase's own entry included; `audit_entries_anonymized`
+///   counts the entries changed.
 ///
 /// If rows of the user appear on other events while it runs (the user
 /// acting during their own erasure), the transaction is rolled back and
