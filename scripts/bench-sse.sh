@@ -74,13 +74,14 @@ done
 python3 - "$results" "$STREAMS" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-print(f"| run | streams | rsvp/s | rsvp p99 ms | messages delivered | delivery p50 ms | p99 ms | max ms |")
-print("|---|---|---|---|---|---|---|---|")
+print(f"| run | streams | rsvp/s | rsvp p99 ms | messages delivered | streams dropped | delivery p50 ms | p99 ms | max ms |")
+print("|---|---|---|---|---|---|---|---|---|")
 for i, r in enumerate(rows):
     sse = r["scenario"] == "sse"
-    print("| {} | {} | {:,.0f} | {:.1f} | {} | {} | {} | {} |".format(
+    print("| {} | {} | {:,.0f} | {:.1f} | {} | {} | {} | {} | {} |".format(
         i // 2 + 1, r.get("streams", 0) if sse else 0, r["throughput_rps"], r["p99_us"] / 1000,
-        f'{r.get("messages_received", 0):,}' if sse else "", r.get("delivery_p50_ms", "") if sse else "",
+        f'{r.get("messages_received", 0):,}' if sse else "", r.get("streams_dropped", "") if sse else "",
+        r.get("delivery_p50_ms", "") if sse else "",
         r.get("delivery_p99_ms", "") if sse else "", r.get("delivery_max_ms", "") if sse else ""))
 base = [r["throughput_rps"] for r in rows if r["scenario"] == "rsvp"]
 withs = [r["throughput_rps"] for r in rows if r["scenario"] == "sse"]

@@ -844,6 +844,9 @@ async fn sse(
     .await;
     // What was committed during the load reaches the streams shortly after.
     tokio::time::sleep(Duration::from_secs(2)).await;
+    // A reader whose stream ended was dropped by the service (it fell too
+    // far behind); the others are still open.
+    let dropped = readers.iter().filter(|r| r.is_finished()).count();
     for r in &readers {
         r.abort();
     }
@@ -855,6 +858,7 @@ async fn sse(
         .unwrap_or_else(histogram);
     let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
     outcome.extra.insert("streams".into(), json!(open));
+    outcome.extra.insert("streams_dropped".into(), json!(dropped));
     outcome.extra.insert(
         "messages_received".into(),
         json!(tally.received.load(Ordering::Relaxed)),
