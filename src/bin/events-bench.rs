@@ -858,7 +858,9 @@ async fn sse(
         .unwrap_or_else(histogram);
     let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
     outcome.extra.insert("streams".into(), json!(open));
-    outcome.extra.insert("streams_dropped".into(), json!(dropped));
+    outcome
+        .extra
+        .insert("streams_dropped".into(), json!(dropped));
     outcome.extra.insert(
         "messages_received".into(),
         json!(tally.received.load(Ordering::Relaxed)),

@@ -1075,6 +1075,25 @@ async fn access_mode_tenant_admins_are_whom_access_lets_write_bindings() {
     assert_eq!(caps.body["roles"], json!(["member", "events.organizer"]));
     assert_eq!(caps.body["permissions"]["events.event.create"], true);
     assert_eq!(caps.body["tenantAdmin"], false);
+    // Asked again, the roles come from the cache, like decisions.
+    let role_checks = || {
+        fake.calls()
+            .iter()
+            .filter(|c| {
+                c.path.ends_with("/access/check")
+                    && String::from_utf8_lossy(&c.body)
+                        .contains("\"return_effective_permissions\":true")
+            })
+            .count()
+    };
+    let before = role_checks();
+    let again = call(&app, "me.capabilities", &organizer, json!({})).await;
+    assert_eq!(again.body["roles"], caps.body["roles"]);
+    assert_eq!(
+        role_checks(),
+        before,
+        "the roles were asked of Access again"
+    );
     let boss_caps = call(&app, "me.capabilities", &boss, json!({})).await;
     assert_eq!(boss_caps.body["tenantAdmin"], true, "{}", boss_caps.body);
     assert_eq!(boss_caps.body["permissions"]["events.event.create"], false);

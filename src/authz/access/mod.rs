@@ -133,6 +133,15 @@ struct DecisionKey {
     membership_status: Option<String>,
 }
 
+/// What a caller's cached roles depend on.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct RolesKey {
+    tenant: Uuid,
+    user: Uuid,
+    scope: Scope,
+    membership_status: Option<String>,
+}
+
 /// What a cached membership depends on.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct MembershipKey {
@@ -175,6 +184,7 @@ struct Inner {
     portal_stale_max: Duration,
     decisions: TtlCache<DecisionKey, bool>,
     memberships: TtlCache<MembershipKey, bool>,
+    roles: TtlCache<RolesKey, Vec<String>>,
     decision_flights: Flights<DecisionKey, bool>,
     membership_flights: Flights<MembershipKey, bool>,
     stats: AccessStats,
@@ -257,6 +267,7 @@ impl AccessAuthorizer {
                     settings.cache_ttl.max(settings.negative_ttl),
                 ),
                 memberships: TtlCache::new(settings.max_entries, keep),
+                roles: TtlCache::new(settings.max_entries, settings.cache_ttl),
                 decision_flights: Flights::new(),
                 membership_flights: Flights::new(),
                 stats: AccessStats::default(),
@@ -290,12 +301,16 @@ impl AccessAuthorizer {
         self.inner
             .memberships
             .retain(|k| !(k.tenant == tenant && k.user == user));
+        self.inner
+            .roles
+            .retain(|k| !(k.tenant == tenant && k.user == user));
     }
 
     /// Forgets every cached answer.
     pub fn invalidate_all(&self) {
         self.inner.decisions.retain(|_| false);
         self.inner.memberships.retain(|_| false);
+        self.inner.roles.retain(|_| false);
     }
 
     /// One call to Access's API on behalf of `ctx` (its role and
@@ -712,8 +727,33 @@ impl Authorizer for AccessAuthorizer {
 
 impl AccessAuthorizer {
     /// The caller's roles of our service at `scope`, as Access's check
-    /// reports them (`return_effective_permissions`); asked each time.
+    /// reports them (`return_effective_permissions`), cached as long as a
+    /// permission decision.
     async fn effective_roles(
+        &self,
+        ctx: &InternalContext,
+        scope: &Scope,
+        budget: &CallBudget,
+    ) -> Result<Vec<String>, AppError> {
+        let key = RolesKey {
+            tenant: ctx.tenant_id,
+            user: ctx.user_id,
+            scope: scope.clone(),
+            membership_status: ctx.master_flags.membership_status().map(str::to_string),
+        };
+        let cached = self.inner.roles.fresh(&key, std::time::Instant::now());
+        self.inner.observe_cache("roles", cached.is_some());
+        if let Some(roles) = cached {
+            return Ok(roles);
+        }
+        let roles = self.roles_from_access(ctx, scope, budget).await?;
+        self.inner
+            .roles
+            .insert(key, roles.clone(), self.inner.cache_ttl);
+        Ok(roles)
+    }
+
+    async fn roles_from_access(
         &self,
         ctx: &InternalContext,
         scope: &Scope,
