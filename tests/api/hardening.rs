@@ -619,9 +619,21 @@ async fn blocked_callers_get_403_on_events_they_could_see_and_404_on_hidden_ones
                     reply.body
                 );
             }
-            let http = app.bff("GET", &format!("{EVENTS}/{id}"), &who, None).await;
-            assert_eq!(http.status, expected.0, "{flags} HTTP get: {}", http.text);
+            for path in [format!("{EVENTS}/{id}"), format!("{EVENTS}/{id}/ics")] {
+                let http = app.bff("GET", &path, &who, None).await;
+                assert_eq!(
+                    http.status, expected.0,
+                    "{flags} HTTP GET {path}: {}",
+                    http.text
+                );
+            }
         }
+        let http_list = app.bff("GET", &format!("{EVENTS}/"), &who, None).await;
+        assert_eq!(
+            http_list.status, 403,
+            "{flags} HTTP list: {}",
+            http_list.text
+        );
         let list = app
             .client()
             .call("event.list", &who, &json!({}))
