@@ -1775,3 +1775,54 @@ async fn cli_grant_and_revoke_in_local_mode_change_what_the_service_allows() {
     );
     assert!(rows.iter().all(|r| r.1 == Some(Uuid::nil())), "{rows:?}");
 }
+
+/// The comparison of `tenant_admin.rs`, with Access as the authority:
+/// capabilities come from the same authorizer as the operations' checks.
+#[tokio::test]
+async fn access_mode_capabilities_agree_with_what_the_operations_then_allow() {
+    let (state, fake) = fake_access().await;
+    let app = spawn_access_mode(fake.base_url("/api/v1")).await;
+    let tenant = Uuid::new_v4();
+    let t = tenant.to_string();
+    state.seed_roles(tenant);
+    let boss = identity(tenant, Uuid::new_v4());
+    state
+        .tenant_admins
+        .lock()
+        .expect("admins")
+        .push((t.clone(), boss.user_id.clone()));
+    let member = identity(tenant, Uuid::new_v4());
+    let organizer = identity(tenant, Uuid::new_v4());
+    let community_organizer = identity(tenant, Uuid::new_v4());
+    let suspended = Identity {
+        master_flags: Some(r#"{"suspended":true}"#.into()),
+        ..identity(tenant, Uuid::new_v4())
+    };
+    for (who, scope_type, scope_id) in [
+        (&organizer, "TENANT", t.clone()),
+        (&community_organizer, "COMMUNITY", "c5".to_string()),
+    ] {
+        let granted = call(
+            &app,
+            "admin.roles.grant",
+            &admin(tenant),
+            json!({"userId": who.user_id, "role": "organizer", "scopeType": scope_type, "scopeId": scope_id}),
+        )
+        .await;
+        assert_eq!(granted.status, 200, "{}", granted.body);
+    }
+    let system = admin(tenant);
+    for who in [
+        &member,
+        &organizer,
+        &community_organizer,
+        &boss,
+        &system,
+        &suspended,
+    ] {
+        for scope in [("TENANT", t.as_str()), ("COMMUNITY", "c5"), ("TEAM", "t8")] {
+            crate::tenant_admin::capabilities_agree(&app, tenant, who, scope, "admin.roles.list")
+                .await;
+        }
+    }
+}
