@@ -91,11 +91,21 @@ impl Bridge {
     /// The bridge, when `ACTIVITY_SERVICE_URL` is set.
     pub fn new(parts: BridgeParts) -> Option<Arc<Self>> {
         let base = parts.config.url.clone()?;
-        let (url, signed_path) = crate::auth::hmac::endpoint(&base, &["events", "ingest"])?;
-        let http = reqwest::Client::builder()
+        let Some((url, signed_path)) = crate::auth::hmac::endpoint(&base, &["events", "ingest"])
+        else {
+            tracing::error!(url = %base, "Activity bridge: ACTIVITY_SERVICE_URL cannot take a path; the bridge is off");
+            return None;
+        };
+        let http = match reqwest::Client::builder()
             .timeout(parts.config.timeout)
             .build()
-            .ok()?;
+        {
+            Ok(http) => http,
+            Err(e) => {
+                tracing::error!(error = %e, "Activity bridge: no HTTP client; the bridge is off");
+                return None;
+            }
+        };
         Some(Arc::new(Self {
             js: jetstream::new(parts.nats),
             stream: parts.stream,
