@@ -252,7 +252,7 @@ async def bind_consumer(js, args):
              "creates it at start-up; pass --stream to read another one)")
     except nats.errors.NoRespondersError:
         fail(f"JetStream is not enabled on {args.nats_url}")
-    except nats.errors.TimeoutError:
+    except (nats.errors.TimeoutError, asyncio.TimeoutError):
         fail(f"no answer from JetStream about stream {args.stream} (permissions? "
              "the `activity` user needs --inbox-prefix _INBOX_activity)")
     try:
@@ -293,7 +293,9 @@ async def consume(args):
         while not stop.is_set():
             try:
                 messages = await sub.fetch(args.batch, timeout=1 if args.once else 2)
-            except nats.errors.TimeoutError:
+            # nats-py raises its own TimeoutError or asyncio's, depending on
+            # where in the fetch the wait ran out.
+            except (nats.errors.TimeoutError, asyncio.TimeoutError):
                 if args.once and (await sub.consumer_info()).num_pending == 0:
                     break
                 continue
