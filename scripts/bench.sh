@@ -131,7 +131,7 @@ CPU_AFTER=$(cpu_check)
 
 log "writing ${OUT}"
 python3 - "$RESULTS" "$OUT" "$PGB_RANDOM" "$PGB_HOT" "$DURATION" "$CPU_BEFORE" "$CPU_AFTER" <<'PY'
-import json, platform, subprocess, sys, datetime
+import json, os, platform, subprocess, sys, datetime
 
 results_path, out, pgb_random, pgb_hot, duration, cpu_before, cpu_after = sys.argv[1:8]
 rows = [json.loads(l) for l in open(results_path) if l.strip().startswith("{")]
@@ -210,6 +210,10 @@ if soak:
                  f"{soak['requests']:,} requests, {soak['errors']} errors, {soak['faults']} faults injected. "
                  f"Outbox rows of the run: {soak['outbox_rows']:,}; in the stream: {soak['stream_messages']:,}; "
                  f"**lost {soak['lost']}, duplicated {soak['duplicated']}**.\n")
+    if soak.get("faults"):
+        lines.append(f"Each fault ran `{os.environ.get('SOAK_FAULT_CMD', '?')}`, every "
+                     f"{os.environ.get('SOAK_FAULT_EVERY', '60')} s; the errors are the requests "
+                     "answered with an error or not at all while it lasted.\n")
     lines.append("| seconds | RSS MB |")
     lines.append("|---:|---:|")
     for t, mb in soak["rss_samples"]:

@@ -984,6 +984,43 @@ fn service_settings(
     }
 }
 
+/// Opens `GET /stream` on the service as `who` (v2-signed), waiting out the
+/// moment its feed is still finding the end of the stream.
+async fn open_live_stream(
+    addr: std::net::SocketAddr,
+    who: &updspace_events::client::Identity,
+) -> reqwest::Response {
+    let path = "/api/v1/events/stream";
+    let http = reqwest::Client::new();
+    for _ in 0..100 {
+        let request_id = uuid::Uuid::new_v4().to_string();
+        let identity = updspace_events::auth::ContextHeaders {
+            request_id: &request_id,
+            tenant_id: &who.tenant_id,
+            tenant_slug: &who.tenant_slug,
+            user_id: Some(&who.user_id),
+            master_flags: who.master_flags.as_deref(),
+        };
+        let parts = updspace_events::auth::RequestParts::http("GET", path, "", b"");
+        let headers = updspace_events::auth::sign_headers_v2(
+            SECRET,
+            &parts,
+            &identity,
+            updspace_events::auth::now_unix(),
+        );
+        let mut request = http.get(format!("http://{addr}{path}"));
+        for (k, v) in headers {
+            request = request.header(k, v);
+        }
+        let response = request.send().await.expect("the stream request is sent");
+        if response.status().as_u16() == 200 {
+            return response;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the live stream could not be opened");
+}
+
 /// Runs `events-svc call event.get` as `bff` (nothing of this machine's
 /// environment but the settings given); returns its exit code, stdout and
 /// stderr.
@@ -1064,18 +1101,37 @@ async fn service_scenario(db: &str) {
     };
     assert!(message.contains("NATS_INBOX_PREFIX"), "{message}");
 
-    let config = Config::load(&service_settings(
-        &server,
-        &passwords,
-        db,
-        Some("_INBOX_events"),
-    ))
-    .expect("settings load");
+    // A stand-in for Activity: the bridge reads the stream as `events` too.
+    let ingested: std::sync::Arc<std::sync::Mutex<Vec<Value>>> = Default::default();
+    let recorded = ingested.clone();
+    let ingest = axum::Router::new().route(
+        "/api/v1/events/ingest",
+        axum::routing::post(move |body: Bytes| {
+            let recorded = recorded.clone();
+            async move {
+                if let Ok(body) = serde_json::from_slice::<Value>(&body) {
+                    recorded.lock().expect("lock").push(body);
+                }
+                axum::http::StatusCode::CREATED
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the ingest stand-in");
+    let ingest_url = format!("http://{}/api/v1", listener.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, ingest).await;
+    });
+    let mut settings = service_settings(&server, &passwords, db, Some("_INBOX_events"));
+    settings.activity_service_url = Some(ingest_url);
+    let config = Config::load(&settings).expect("settings load");
     let app = timeout(WHOLE_TEST, Application::build(config))
         .await
         .expect("start-up in time")
         .expect("the service creates its stream and starts");
     let service_db = app.state().db.clone();
+    let http_addr = app.http_addr();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let running = tokio::spawn(app.run_until(async {
         let _ = stopped.await;
@@ -1092,6 +1148,8 @@ async fn service_scenario(db: &str) {
         user_id: uuid::Uuid::new_v4().to_string(),
         master_flags: Some(r#"{"system_admin":true}"#.into()),
     };
+    // A live stream, whose feed reads the stream as `events`.
+    let mut live = open_live_stream(http_addr, &admin).await;
     let created = timeout(
         STEP,
         client.call(
@@ -1106,6 +1164,16 @@ async fn service_scenario(db: &str) {
     .expect("bff gets the service's reply");
     assert_eq!(created.status, 200, "{:?}", created.body);
     let id = created.body["id"].as_str().expect("event id").to_string();
+    let mut seen = String::new();
+    let deadline = Instant::now() + STEP + STEP;
+    while !seen.contains(&id) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match timeout(left, live.chunk()).await {
+            Ok(Ok(Some(chunk))) => seen.push_str(&String::from_utf8_lossy(&chunk)),
+            other => panic!("the live stream brought no message ({other:?}): {seen}"),
+        }
+    }
+    assert!(seen.contains("event: event.created"), "{seen}");
     // `events-svc call` as bff: answered with the bff prefix, unanswered
     // without it.
     let get =
@@ -1154,6 +1222,36 @@ async fn service_scenario(db: &str) {
         stored.headers.get("Nats-Msg-Id").map(|v| v.as_str()),
         Some(outbox_id.to_string().as_str())
     );
+
+    // The Activity bridge reads its consumer and acks under these permissions.
+    let deadline = Instant::now() + STEP + STEP;
+    while ingested.lock().expect("lock").is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let delivered = ingested.lock().expect("lock").clone();
+    assert_eq!(delivered.len(), 1, "{delivered:?}");
+    assert_eq!(delivered[0]["event_id"], json!(outbox_id.to_string()));
+    let deadline = Instant::now() + STEP;
+    let acked = loop {
+        let mut consumer = timeout(
+            STEP,
+            stream.get_consumer::<async_nats::jetstream::consumer::pull::Config>("activity-bridge"),
+        )
+        .await
+        .expect("consumer in time")
+        .expect("the bridge created its consumer");
+        let floor = timeout(STEP, consumer.info())
+            .await
+            .expect("info in time")
+            .expect("events may read the bridge's consumer")
+            .ack_floor
+            .stream_sequence;
+        if floor == 1 || Instant::now() > deadline {
+            break floor;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(acked, 1, "the delivery was acked");
 
     // The replay bucket the service created: `events` claims a key once,
     // and a second claim (the read of the existing key) says "replayed".

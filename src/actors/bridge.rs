@@ -381,7 +381,11 @@ impl Bridge {
         }
         match request.body(body.to_vec()).send().await {
             Ok(response) if response.status().is_success() => Answer::Delivered,
-            Ok(response) if response.status().is_client_error() => {
+            // 408 and 429 say "later", not "never".
+            Ok(response)
+                if response.status().is_client_error()
+                    && !matches!(response.status().as_u16(), 408 | 429) =>
+            {
                 let status = response.status().as_u16();
                 let text = response.text().await.unwrap_or_default();
                 Answer::Refused(status, text.chars().take(300).collect())
