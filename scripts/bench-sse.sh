@@ -40,17 +40,7 @@ cleanup() {
     kill "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
     psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS \"${DB}\" WITH (FORCE)" >/dev/null 2>&1 || true
-    python3 - "BENCHSSE$id" <<'PY' || true
-import socket, sys
-s = socket.create_connection(("127.0.0.1", 4222), timeout=5)
-f = s.makefile("rb")
-f.readline()
-s.sendall(b'CONNECT {"verbose":false}\r\nSUB _INBOX.bench 1\r\n'
-          b"PUB $JS.API.STREAM.DELETE.%s _INBOX.bench 0\r\n\r\n" % sys.argv[1].encode())
-while (line := f.readline()) and not line.startswith(b"MSG"):
-    if line.startswith(b"PING"):
-        s.sendall(b"PONG\r\n")
-PY
+    python3 scripts/delete-stream.py "BENCHSSE$id" || true
     rm -f "$log" "$results"
 }
 trap cleanup EXIT

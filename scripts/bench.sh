@@ -39,21 +39,8 @@ export BFF_INTERNAL_HMAC_SECRET="bench-secret-${RUN_ID}" RUST_LOG=warn EVENTS_LO
 export EVENTS_ACTOR_IDLE_TIMEOUT=15s EVENTS_DB_MAX_CONNECTIONS=32
 unset EVENTS_DEV EVENTS_AUTHZ ACCESS_BASE_URL
 
-# Deletes this run's JetStream stream (hundreds of thousands of messages)
-# through the JetStream API, speaking the NATS protocol directly.
-delete_stream() {
-    python3 - "$1" <<'PY' || true
-import socket, sys
-s = socket.create_connection(("127.0.0.1", 4222), timeout=5)
-f = s.makefile("rb")
-f.readline()
-s.sendall(b'CONNECT {"verbose":false}\r\nSUB _INBOX.bench 1\r\n'
-          b"PUB $JS.API.STREAM.DELETE.%s _INBOX.bench 0\r\n\r\n" % sys.argv[1].encode())
-while (line := f.readline()) and not line.startswith(b"MSG"):
-    if line.startswith(b"PING"):
-        s.sendall(b"PONG\r\n")
-PY
-}
+# Deletes this run's JetStream stream (hundreds of thousands of messages).
+delete_stream() { python3 scripts/delete-stream.py "$1" || true; }
 
 cleanup() {
     if [ -n "${SERVICE_PID:-}" ]; then kill "$SERVICE_PID" 2>/dev/null || true; wait "$SERVICE_PID" 2>/dev/null || true; fi

@@ -251,14 +251,8 @@ impl Bridge {
         if let Some((_, pending)) = info {
             self.metrics.activity_pending.set(pending as i64 + 1);
         }
-        let content_type = message
-            .headers
-            .as_ref()
-            .and_then(|h| h.get("Content-Type"))
-            .map(|v| v.as_str().to_string());
         let seq = info.map(|i| i.0).unwrap_or(0);
-        let Some(event) = LiveMessage::decode(seq, content_type.as_deref(), &message.payload)
-        else {
+        let Some(event) = LiveMessage::of(seq, &message) else {
             tracing::warn!(seq, "Activity bridge: not a domain event; skipped");
             self.metrics
                 .activity_delivered

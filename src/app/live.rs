@@ -82,6 +82,8 @@ enum Start {
 /// it writes out.
 pub struct LiveStream {
     app: App,
+    feed: LiveFeed,
+    config: LiveConfig,
     ctx: InternalContext,
     filter: StreamFilter,
     subscription: Subscription,
@@ -141,20 +143,21 @@ impl App {
         let subscription = live.feed.subscribe();
         let start = match filter.last_event_id {
             None => Start::Live,
-            Some(last) if last >= subscription.after => {
-                let bounds = live.feed.bounds().await.map_err(unavailable)?;
-                if last > bounds.last_seq {
-                    // Not a position of this stream (it was recreated, or
-                    // the id is made up).
-                    Start::Reset
-                } else {
-                    Start::Live
-                }
-            }
             Some(last) => {
                 let bounds = live.feed.bounds().await.map_err(unavailable)?;
-                if last + 1 < bounds.first_seq {
+                let caught_up = last >= subscription.after;
+                // Past the stream's end: not a position of this stream (it
+                // was recreated, or the id is made up); before its start:
+                // one it no longer holds.
+                let reset = if caught_up {
+                    last > bounds.last_seq
+                } else {
+                    last + 1 < bounds.first_seq
+                };
+                if reset {
                     Start::Reset
+                } else if caught_up {
+                    Start::Live
                 } else {
                     let subjects = &self.inner.registry.shared().subjects;
                     let filter = subjects.tenant_events(&guard.ctx().tenant_id);
@@ -169,6 +172,8 @@ impl App {
         };
         Ok(Reply::Stream(Box::new(LiveStream {
             app: self.clone(),
+            feed: live.feed.clone(),
+            config: live.config.clone(),
             ctx: guard.ctx().clone(),
             filter,
             subscription,
@@ -319,22 +324,14 @@ impl LiveStream {
     /// How long the transport lets the connection sit idle before it sends
     /// a keep-alive comment.
     pub fn keepalive(&self) -> Duration {
-        self.app
-            .inner
-            .live
-            .as_ref()
-            .map(|l| l.config.keepalive)
-            .unwrap_or(Duration::from_secs(15))
+        self.config.keepalive
     }
 
     /// Writes the stream into `out` until the client goes, the instance
     /// shuts down, or the client falls too far behind (it is dropped then,
     /// and resumes by `Last-Event-ID`).
     pub async fn run(mut self, out: mpsc::Sender<Frame>) {
-        let feed = match &self.app.inner.live {
-            Some(live) => live.feed.clone(),
-            None => return,
-        };
+        let feed = self.feed.clone();
         let metrics = self.app.inner.metrics.clone();
         let mut last_sent = self.subscription.after;
         match std::mem::replace(&mut self.start, Start::Live) {
@@ -401,12 +398,7 @@ impl LiveStream {
 
     /// How many frames may wait for the client before it counts as gone.
     pub fn buffer(&self) -> usize {
-        self.app
-            .inner
-            .live
-            .as_ref()
-            .map(|l| l.config.buffer)
-            .unwrap_or(1024)
+        self.config.buffer
     }
 
     /// Sends what `message` is for this caller; false when the stream must

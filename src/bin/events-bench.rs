@@ -236,20 +236,8 @@ impl Driver {
                     ),
                     other => return Err(format!("{other} is not benchmarked over HTTP")),
                 };
-                let request_id = Uuid::new_v4().to_string();
-                let identity = ContextHeaders {
-                    request_id: &request_id,
-                    tenant_id: &who.tenant_id,
-                    tenant_slug: &who.tenant_slug,
-                    user_id: Some(&who.user_id),
-                    master_flags: who.master_flags.as_deref(),
-                };
                 let parts = RequestParts::http(method, &path, &query, payload.as_bytes());
-                let now = updspace_events::auth::now_unix();
-                let headers = match version {
-                    SignatureVersion::V1 => sign_headers_v1(secret, &parts, &identity, now),
-                    SignatureVersion::V2 => sign_headers_v2(secret, &parts, &identity, now),
-                };
+                let headers = signed_headers(secret, *version, &parts, who);
                 let url = if query.is_empty() {
                     format!("{base}{path}")
                 } else {
@@ -275,6 +263,28 @@ impl Driver {
                 }
             }
         }
+    }
+}
+
+/// The headers of one HTTP request signed as `who`, with a new request id.
+fn signed_headers(
+    secret: &str,
+    version: SignatureVersion,
+    parts: &RequestParts<'_>,
+    who: &Identity,
+) -> Vec<(String, String)> {
+    let request_id = Uuid::new_v4().to_string();
+    let identity = ContextHeaders {
+        request_id: &request_id,
+        tenant_id: &who.tenant_id,
+        tenant_slug: &who.tenant_slug,
+        user_id: Some(&who.user_id),
+        master_flags: who.master_flags.as_deref(),
+    };
+    let now = updspace_events::auth::now_unix();
+    match version {
+        SignatureVersion::V1 => sign_headers_v1(secret, parts, &identity, now),
+        SignatureVersion::V2 => sign_headers_v2(secret, parts, &identity, now),
     }
 }
 
@@ -712,21 +722,8 @@ async fn read_stream(
         measuring,
     } = &*tally;
     let path = "/api/v1/events/stream";
-    let request_id = Uuid::new_v4().to_string();
-    let identity = ContextHeaders {
-        request_id: &request_id,
-        tenant_id: &who.tenant_id,
-        tenant_slug: &who.tenant_slug,
-        user_id: Some(&who.user_id),
-        master_flags: who.master_flags.as_deref(),
-    };
     let parts = RequestParts::http("GET", path, "", b"");
-    let headers = sign_headers_v2(
-        &secret,
-        &parts,
-        &identity,
-        updspace_events::auth::now_unix(),
-    );
+    let headers = signed_headers(&secret, SignatureVersion::V2, &parts, &who);
     let mut request = client.get(format!("{base}{path}"));
     for (k, v) in headers {
         request = request.header(k, v);

@@ -68,6 +68,16 @@ impl LiveMessage {
         })
     }
 
+    /// Decodes a message read from the stream at sequence `seq`.
+    pub fn of(seq: u64, message: &jetstream::Message) -> Option<Self> {
+        let content_type = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("Content-Type"))
+            .map(|v| v.as_str());
+        Self::decode(seq, content_type, &message.payload)
+    }
+
     /// `data.user_id`: the user an RSVP or attendance message is about.
     pub fn user_id(&self) -> Option<uuid::Uuid> {
         self.data
@@ -212,22 +222,7 @@ impl LiveFeed {
         if after >= until {
             return Ok(futures::stream::empty().boxed());
         }
-        let stream = self
-            .inner
-            .js
-            .get_stream(&self.inner.stream)
-            .await
-            .map_err(|e| LiveError::Stream(e.to_string()))?;
-        let mut consumer = stream
-            .create_consumer(OrderedConfig {
-                filter_subject: filter,
-                deliver_policy: DeliverPolicy::ByStartSequence {
-                    start_sequence: after + 1,
-                },
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| LiveError::Stream(e.to_string()))?;
+        let mut consumer = self.ordered(filter, after).await?;
         let pending = consumer
             .info()
             .await
@@ -260,14 +255,7 @@ impl LiveFeed {
                         return None;
                     }
                     let last = seq >= until || pending == 0;
-                    let content_type = message
-                        .headers
-                        .as_ref()
-                        .and_then(|h| h.get("Content-Type"))
-                        .map(|v| v.as_str().to_string());
-                    if let Some(decoded) =
-                        LiveMessage::decode(seq, content_type.as_deref(), &message.payload)
-                    {
+                    if let Some(decoded) = LiveMessage::of(seq, &message) {
                         return Some((Arc::new(decoded), (messages, last)));
                     }
                     if last {
@@ -321,7 +309,12 @@ impl LiveFeed {
         }
     }
 
-    async fn read_from(&self, after: u64) -> Result<(), LiveError> {
+    /// An ordered consumer of `filter` from the message after `after`.
+    async fn ordered(
+        &self,
+        filter: String,
+        after: u64,
+    ) -> Result<jetstream::consumer::Consumer<OrderedConfig>, LiveError> {
         let stream = self
             .inner
             .js
@@ -335,14 +328,18 @@ impl LiveFeed {
                 start_sequence: after + 1,
             }
         };
-        let consumer = stream
+        stream
             .create_consumer(OrderedConfig {
-                filter_subject: self.inner.filter.clone(),
+                filter_subject: filter,
                 deliver_policy,
                 ..Default::default()
             })
             .await
-            .map_err(|e| LiveError::Stream(e.to_string()))?;
+            .map_err(|e| LiveError::Stream(e.to_string()))
+    }
+
+    async fn read_from(&self, after: u64) -> Result<(), LiveError> {
+        let consumer = self.ordered(self.inner.filter.clone(), after).await?;
         let mut messages = consumer
             .messages()
             .await
@@ -359,12 +356,7 @@ impl LiveFeed {
             };
             let Ok(info) = message.info() else { continue };
             let seq = info.stream_sequence;
-            let content_type = message
-                .headers
-                .as_ref()
-                .and_then(|h| h.get("Content-Type"))
-                .map(|v| v.as_str().to_string());
-            let decoded = LiveMessage::decode(seq, content_type.as_deref(), &message.payload);
+            let decoded = LiveMessage::of(seq, &message);
             let mut last = self.lock_last();
             if seq <= *last {
                 continue;
