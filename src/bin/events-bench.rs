@@ -183,6 +183,13 @@ impl Driver {
         }
     }
 
+    /// A random RSVP of `user` on event `id`; true on success.
+    async fn random_rsvp(&self, user: &Identity, id: &str) -> bool {
+        let status = ["going", "interested", "not_going"][rand::random_range(0..3)];
+        self.hit("rsvp.set", user, json!({"eventId": id, "status": status}))
+            .await
+    }
+
     /// Calls an operation; true on success.
     async fn call(&self, op: &str, who: &Identity, body: Value) -> Result<Value, String> {
         match self {
@@ -264,6 +271,13 @@ impl Driver {
             }
         }
     }
+}
+
+/// One of the seeded event ids, at random.
+fn any_of(ids: &[String]) -> String {
+    ids.get(rand::random_range(0..ids.len().max(1)))
+        .cloned()
+        .unwrap_or_default()
 }
 
 /// The headers of one HTTP request signed as `who`, with a new request id.
@@ -553,8 +567,7 @@ async fn run(settings: &Settings, args: BenchArgs) -> ExitCode {
             load(args.concurrency, warmup, duration, move |i| {
                 let (driver, ids, member) = (driver.clone(), ids.clone(), member.clone());
                 async move {
-                    let pick = rand::random_range(0..ids.len().max(1));
-                    let id = ids.get(pick).cloned().unwrap_or_default();
+                    let id = any_of(&ids);
                     let user = member(rand::random_range(0..10_000));
                     let kind = match scenario {
                         Scenario::Mixed => match i % 10 {
@@ -569,13 +582,7 @@ async fn run(settings: &Settings, args: BenchArgs) -> ExitCode {
                     match kind {
                         "get" => driver.hit("event.get", &user, json!({"id": id})).await,
                         "list" => driver.hit("event.list", &user, json!({"limit": 100})).await,
-                        _ => {
-                            let status =
-                                ["going", "interested", "not_going"][rand::random_range(0..3)];
-                            driver
-                                .hit("rsvp.set", &user, json!({"eventId": id, "status": status}))
-                                .await
-                        }
+                        _ => driver.random_rsvp(&user, &id).await,
                     }
                 }
             })
@@ -827,15 +834,8 @@ async fn sse(
         let (driver, ids, member) = (driver.clone(), ids.clone(), member.clone());
         flag.measuring.store(true, Ordering::Relaxed);
         async move {
-            let id = ids
-                .get(rand::random_range(0..ids.len().max(1)))
-                .cloned()
-                .unwrap_or_default();
             let user = member(rand::random_range(0..10_000));
-            let status = ["going", "interested", "not_going"][rand::random_range(0..3)];
-            driver
-                .hit("rsvp.set", &user, json!({"eventId": id, "status": status}))
-                .await
+            driver.random_rsvp(&user, &any_of(&ids)).await
         }
     })
     .await;
@@ -947,18 +947,10 @@ async fn soak(
         move |i| {
             let (driver, ids, member) = (worker_driver.clone(), ids.clone(), member.clone());
             async move {
-                let id = ids
-                    .get(rand::random_range(0..ids.len().max(1)))
-                    .cloned()
-                    .unwrap_or_default();
+                let id = any_of(&ids);
                 let user = member(rand::random_range(0..10_000));
                 match i % 10 {
-                    0 | 1 => {
-                        let status = ["going", "interested", "not_going"][rand::random_range(0..3)];
-                        driver
-                            .hit("rsvp.set", &user, json!({"eventId": id, "status": status}))
-                            .await
-                    }
+                    0 | 1 => driver.random_rsvp(&user, &id).await,
                     2 => driver.hit("event.list", &user, json!({"limit": 100})).await,
                     _ => driver.hit("event.get", &user, json!({"id": id})).await,
                 }

@@ -949,6 +949,20 @@ async fn fake_access() -> (Arc<FakeAccess>, FakeAuthority) {
     (state, fake)
 }
 
+/// A tenant with the roles seeded in Access and one tenant admin (whom
+/// Access lets write the tenant's role bindings).
+fn tenant_with_admin(state: &FakeAccess) -> (Uuid, Identity) {
+    let tenant = Uuid::new_v4();
+    state.seed_roles(tenant);
+    let boss = identity(tenant, Uuid::new_v4());
+    state
+        .tenant_admins
+        .lock()
+        .expect("admins")
+        .push((tenant.to_string(), boss.user_id.clone()));
+    (tenant, boss)
+}
+
 async fn spawn_access_mode(access_base: String) -> TestApp {
     TestApp::spawn_with(move |s| {
         s.authz = Some("access".into());
@@ -971,15 +985,8 @@ fn admin_calls(fake: &FakeAuthority) -> Vec<RecordedCall> {
 async fn access_mode_tenant_admins_are_whom_access_lets_write_bindings() {
     let (state, fake) = fake_access().await;
     let app = spawn_access_mode(fake.base_url("/api/v1")).await;
-    let tenant = Uuid::new_v4();
+    let (tenant, boss) = tenant_with_admin(&state);
     let t = tenant.to_string();
-    state.seed_roles(tenant);
-    let boss = identity(tenant, Uuid::new_v4());
-    state
-        .tenant_admins
-        .lock()
-        .expect("admins")
-        .push((t.clone(), boss.user_id.clone()));
     let member = identity(tenant, Uuid::new_v4());
     let user = Uuid::new_v4();
 
@@ -1782,15 +1789,8 @@ async fn cli_grant_and_revoke_in_local_mode_change_what_the_service_allows() {
 async fn access_mode_capabilities_agree_with_what_the_operations_then_allow() {
     let (state, fake) = fake_access().await;
     let app = spawn_access_mode(fake.base_url("/api/v1")).await;
-    let tenant = Uuid::new_v4();
+    let (tenant, boss) = tenant_with_admin(&state);
     let t = tenant.to_string();
-    state.seed_roles(tenant);
-    let boss = identity(tenant, Uuid::new_v4());
-    state
-        .tenant_admins
-        .lock()
-        .expect("admins")
-        .push((t.clone(), boss.user_id.clone()));
     let member = identity(tenant, Uuid::new_v4());
     let organizer = identity(tenant, Uuid::new_v4());
     let community_organizer = identity(tenant, Uuid::new_v4());
