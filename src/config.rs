@@ -340,6 +340,36 @@ pub struct Settings {
     )]
     pub sse_keepalive: Option<String>,
 
+    /// How far ahead the occurrences of recurring events exist, in days.
+    /// Default 400.
+    #[arg(
+        long,
+        env = "EVENTS_SERIES_HORIZON_DAYS",
+        global = true,
+        value_name = "DAYS"
+    )]
+    pub series_horizon_days: Option<String>,
+
+    /// How often the series extender makes the occurrences that came within
+    /// the horizon, e.g. 1h. Default 1h.
+    #[arg(
+        long,
+        env = "EVENTS_SERIES_EXTEND_INTERVAL",
+        global = true,
+        value_name = "DURATION"
+    )]
+    pub series_extend_interval: Option<String>,
+
+    /// For tests and rehearsals only: the background schedulers act as if
+    /// it were this much later than it is, e.g. 30d. Default 0.
+    #[arg(
+        long,
+        env = "EVENTS_CLOCK_OFFSET",
+        global = true,
+        value_name = "DURATION"
+    )]
+    pub clock_offset: Option<String>,
+
     /// How often the outbox publisher looks for rows written elsewhere, e.g. 500ms.
     #[arg(
         long,
@@ -646,6 +676,68 @@ impl LiveConfig {
     }
 }
 
+/// Recurring events: how far ahead occurrences exist, and the extender.
+#[derive(Debug, Clone, Copy)]
+pub struct SeriesConfig {
+    /// `EVENTS_SERIES_HORIZON_DAYS` and at most 500 occurrences made at once.
+    pub horizon: crate::domain::Horizon,
+    /// `EVENTS_SERIES_EXTEND_INTERVAL`.
+    pub extend_interval: Duration,
+    /// `EVENTS_CLOCK_OFFSET`: added to the time the schedulers go by.
+    pub clock_offset: Duration,
+}
+
+impl Default for SeriesConfig {
+    fn default() -> Self {
+        Self {
+            horizon: crate::domain::Horizon::default(),
+            extend_interval: Duration::from_secs(3600),
+            clock_offset: Duration::ZERO,
+        }
+    }
+}
+
+impl SeriesConfig {
+    fn load(s: &Settings) -> Result<Self, ConfigError> {
+        let d = Self::default();
+        Ok(Self {
+            horizon: crate::domain::Horizon {
+                days: parse_number(
+                    "EVENTS_SERIES_HORIZON_DAYS",
+                    &s.series_horizon_days,
+                    d.horizon.days,
+                    1,
+                    3660,
+                )?,
+                ..d.horizon
+            },
+            extend_interval: parse_duration_var(
+                "EVENTS_SERIES_EXTEND_INTERVAL",
+                &s.series_extend_interval,
+                d.extend_interval,
+                Duration::from_millis(50),
+            )?,
+            clock_offset: parse_duration_var(
+                "EVENTS_CLOCK_OFFSET",
+                &s.clock_offset,
+                d.clock_offset,
+                Duration::ZERO,
+            )?,
+        })
+    }
+
+    /// The time the schedulers go by.
+    pub fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        chrono::Utc::now()
+            + chrono::Duration::from_std(self.clock_offset).unwrap_or(chrono::Duration::zero())
+    }
+
+    /// Occurrences exist up to here.
+    pub fn horizon_end(&self) -> chrono::DateTime<chrono::Utc> {
+        self.now() + chrono::Duration::days(i64::from(self.horizon.days))
+    }
+}
+
 /// The validated configuration of `serve`.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -666,6 +758,7 @@ pub struct Config {
     pub outbox: OutboxConfig,
     pub live: LiveConfig,
     pub activity: ActivityConfig,
+    pub series: SeriesConfig,
     pub dev: bool,
 }
 
@@ -1233,6 +1326,7 @@ impl Config {
             outbox: outbox_config(s)?,
             live: LiveConfig::load(s)?,
             activity: ActivityConfig::load(s)?,
+            series: SeriesConfig::load(s)?,
             dev,
         })
     }

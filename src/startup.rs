@@ -51,6 +51,8 @@ pub struct Application {
     outbox: ractor::ActorRef<OutboxMsg>,
     /// The Activity bridge, when `ACTIVITY_SERVICE_URL` is set.
     bridge: Option<std::sync::Arc<crate::actors::bridge::Bridge>>,
+    /// Makes the occurrences of recurring events as time passes.
+    extender: std::sync::Arc<crate::actors::extender::Extender>,
 }
 
 impl Application {
@@ -154,6 +156,7 @@ impl Application {
             replay_window_secs: Verifier::DEFAULT_WINDOW_SECS,
             role_admin,
             live: Some(crate::app::live::Live::new(live, config.live.clone())),
+            series: config.series,
         });
         let (nats_tasks, _micro) =
             subjects::endpoints::serve(app.clone(), nats.clone(), &subject_names).await?;
@@ -183,6 +186,14 @@ impl Application {
         if let Some(bridge) = &bridge {
             bridge.spawn();
         }
+        let extender = crate::actors::extender::Extender::new(
+            db.clone(),
+            store::connect_options(&config.database)?,
+            subject_names.clone(),
+            config.series,
+            outbox_wakeup.clone(),
+        );
+        extender.spawn();
         let listener = TcpListener::bind(config.http_addr)
             .await
             .map_err(|source| StartupError::Bind {
@@ -205,6 +216,7 @@ impl Application {
             nats_tasks,
             outbox,
             bridge,
+            extender,
         })
     }
 
@@ -241,6 +253,7 @@ impl Application {
         if let Some(bridge) = &self.bridge {
             bridge.stop();
         }
+        self.extender.stop();
         self.state.publisher.step_down().await;
         // Stop taking requests; the ones already taken finish.
         for task in &self.nats_tasks {

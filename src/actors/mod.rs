@@ -3,6 +3,7 @@
 //! that activates, passivates and supervises them.
 
 pub mod bridge;
+pub mod extender;
 pub mod outbox;
 pub mod registry;
 pub mod scope;

@@ -8,6 +8,7 @@ pub mod fields;
 pub mod live;
 pub mod pipeline;
 pub mod requests;
+mod series;
 pub mod views;
 
 use std::collections::HashMap;
@@ -28,7 +29,7 @@ use crate::auth::{
 use crate::authz::{Authorizer, Guard, Permission, Sight};
 use crate::domain::ErrorCode;
 use crate::domain::{
-    CancelReason, EventId, EventPatch, RequestedRsvp, Scope, TenantId, UserId, format_utc, ics,
+    ApplyTo, CancelReason, EventId, EventPatch, RequestedRsvp, Scope, TenantId, UserId, format_utc, ics,
 };
 use crate::store::audit::{self, AuditEntry};
 use crate::store::batch::{CommandMeta, Envelope, WriteCommand, WriteOutcome};
@@ -61,6 +62,8 @@ pub enum Op {
     MembershipList,
     AdminAuditList,
     MeCapabilities,
+    SeriesGet,
+    SeriesIcs,
     /// `GET /stream`: live updates over HTTP (server-sent events). Not in
     /// [`Op::ALL`], the operations of the request/reply API: a stream is no
     /// request/reply exchange, and NATS callers read the stream itself.
@@ -68,7 +71,7 @@ pub enum Op {
 }
 
 impl Op {
-    pub const ALL: [Op; 21] = [
+    pub const ALL: [Op; 23] = [
         Op::EventCreate,
         Op::EventGet,
         Op::EventList,
@@ -90,6 +93,8 @@ impl Op {
         Op::MembershipList,
         Op::AdminAuditList,
         Op::MeCapabilities,
+        Op::SeriesGet,
+        Op::SeriesIcs,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -115,6 +120,8 @@ impl Op {
             Op::MembershipList => "membership.list",
             Op::AdminAuditList => "admin.audit.list",
             Op::MeCapabilities => "me.capabilities",
+            Op::SeriesGet => "series.get",
+            Op::SeriesIcs => "series.ics",
             Op::EventStream => "event.stream",
         }
     }
@@ -158,6 +165,8 @@ impl Op {
             | Op::MembershipList
             | Op::AdminAuditList
             | Op::MeCapabilities
+            | Op::SeriesGet
+            | Op::SeriesIcs
             | Op::EventStream => ReplayClaim::Read,
         }
     }
@@ -298,6 +307,8 @@ pub struct AppParts {
     pub role_admin: Arc<dyn crate::authz::RoleAdmin>,
     /// The feed of live updates (`GET /stream`); none where they are not served.
     pub live: Option<live::Live>,
+    /// How far ahead recurring events have occurrences.
+    pub series: crate::config::SeriesConfig,
 }
 
 #[derive(Clone)]
@@ -320,6 +331,7 @@ struct Inner {
     replay_window_secs: i64,
     roles: crate::authz::RoleAdministration,
     live: Option<live::Live>,
+    series: crate::config::SeriesConfig,
 }
 
 fn sha256(bytes: &[u8]) -> [u8; 32] {
@@ -344,6 +356,7 @@ impl App {
                 index: ScopeIndex::new(),
                 replay_window_secs: parts.replay_window_secs,
                 live: parts.live,
+                series: parts.series,
             }),
         }
     }
@@ -501,8 +514,16 @@ impl App {
             Request::EventCreate(create) => Box::pin(self.create(guard, create, meta)),
             Request::EventGet(id) => Box::pin(self.get(guard, id)),
             Request::EventList(filter) => Box::pin(self.list(guard, filter)),
-            Request::EventUpdate { id, patch } => Box::pin(self.update(guard, id, patch, meta)),
-            Request::EventCancel { id, reason } => Box::pin(self.cancel(guard, id, reason, meta)),
+            Request::EventUpdate {
+                id,
+                patch,
+                apply_to,
+            } => Box::pin(self.update(guard, id, patch, apply_to, meta)),
+            Request::EventCancel {
+                id,
+                reason,
+                apply_to,
+            } => Box::pin(self.cancel(guard, id, reason, apply_to, meta)),
             Request::RsvpSet { id, status } => {
                 Box::pin(self.set_rsvp(guard, id, Some(status), meta))
             }
@@ -524,6 +545,8 @@ impl App {
             Request::AdminAuditList(query) => Box::pin(self.audit_list(guard, query)),
             Request::MeCapabilities(scope) => Box::pin(self.capabilities(guard, scope)),
             Request::EventStream(filter) => Box::pin(self.open_stream(guard, filter)),
+            Request::SeriesGet(id) => Box::pin(self.series_get(guard, id)),
+            Request::SeriesIcs(id) => Box::pin(self.series_ics(guard, id)),
         };
         run.await
     }
@@ -624,8 +647,17 @@ impl App {
         create: CreateEvent,
         meta: &CallMeta,
     ) -> Result<Reply, AppError> {
-        let CreateEvent { new, fingerprint } = create;
+        let CreateEvent {
+            new,
+            recurrence,
+            fingerprint,
+        } = create;
         guard.require(Permission::EventCreate, new.scope()).await?;
+        if let Some(recurrence) = recurrence {
+            return self
+                .create_series(guard, new, recurrence, fingerprint, meta)
+                .await;
+        }
         let meta = self.meta(guard, meta);
         let event = new.into_event(EventId::new_v4(), guard.user(), meta.now);
         let key = ScopeKey::of(&event);
@@ -747,6 +779,7 @@ impl App {
         guard: &Guard<'_>,
         id: EventId,
         patch: Checked<EventPatch>,
+        apply_to: Checked<ApplyTo>,
         meta: &CallMeta,
     ) -> Result<Reply, AppError> {
         let snapshot = self.visible(guard, id).await?;
@@ -754,6 +787,12 @@ impl App {
             .require(Permission::EventManage, &snapshot.event.scope)
             .await?;
         let patch = patch?;
+        let apply_to = apply_to?;
+        if apply_to != ApplyTo::This && snapshot.event.series.is_some() {
+            return self
+                .update_series(guard, &snapshot.event, patch, apply_to, meta)
+                .await;
+        }
         let key = ScopeKey::of(&snapshot.event);
         let outcome = self
             .write(
@@ -786,6 +825,7 @@ impl App {
         guard: &Guard<'_>,
         id: EventId,
         reason: Checked<Option<CancelReason>>,
+        apply_to: Checked<ApplyTo>,
         meta: &CallMeta,
     ) -> Result<Reply, AppError> {
         let snapshot = self.visible(guard, id).await?;
@@ -793,6 +833,12 @@ impl App {
             .require(Permission::EventManage, &snapshot.event.scope)
             .await?;
         let reason = reason?;
+        let apply_to = apply_to?;
+        if apply_to != ApplyTo::This && snapshot.event.series.is_some() {
+            return self
+                .cancel_series(guard, &snapshot.event, reason, apply_to, meta)
+                .await;
+        }
         let key = ScopeKey::of(&snapshot.event);
         let outcome = self
             .write(

@@ -31,6 +31,8 @@ pub enum Target {
     EventQuery(String),
     /// A user id from the path (`userId`).
     User(String),
+    /// A series id from the path (`seriesId`).
+    Series(String),
 }
 
 /// How the body is framed.
@@ -244,6 +246,9 @@ fn http_input(op: Op, target: &Target, query: &str, bytes: &[u8]) -> Result<Valu
         }
         Target::User(uid) => {
             object.insert("userId".into(), Value::String(uid.clone()));
+        }
+        Target::Series(id) => {
+            object.insert("seriesId".into(), Value::String(id.clone()));
         }
     }
     Ok(Value::Object(object))

@@ -26,6 +26,7 @@ use crate::auth::Transport;
 use crate::authz::Role;
 use crate::authz::admin::{self, BindingFilter, BindingSpec, RevokeTarget};
 use crate::domain::{
+    ApplyTo, Recurrence, SeriesId, TimeZone,
     CancelReason, Capacity, DatetimeInput, Description, DomainError, ErrorCode, EventField,
     EventId, EventPatch, GameId, LocationText, LocationUrl, NewEvent, NewEventFields,
     RequestedRsvp, RsvpStatus, Scope, ScopeId, ScopeType, TenantId, Title, Tri, UserId, Visibility,
@@ -52,10 +53,12 @@ pub enum Request {
     EventUpdate {
         id: EventId,
         patch: Checked<EventPatch>,
+        apply_to: Checked<ApplyTo>,
     },
     EventCancel {
         id: EventId,
         reason: Checked<Option<CancelReason>>,
+        apply_to: Checked<ApplyTo>,
     },
     RsvpSet {
         id: EventId,
@@ -91,6 +94,8 @@ pub enum Request {
     /// What the caller may do at a scope (the tenant when none is given).
     MeCapabilities(Scope),
     EventStream(StreamFilter),
+    SeriesGet(SeriesId),
+    SeriesIcs(SeriesId),
 }
 
 /// `admin.audit.list`: the tenant asked for (only system admins may name
@@ -105,6 +110,8 @@ pub struct AuditQuery {
 #[derive(Debug, Clone)]
 pub struct CreateEvent {
     pub new: NewEvent,
+    /// Set for a recurring event.
+    pub recurrence: Option<Recurrence>,
     /// SHA-256 of the body's value: equal bodies hash equally whatever
     /// their key order or encoding on the wire (a retry with the same
     /// request id and another body is a conflict).
@@ -150,6 +157,8 @@ impl Request {
             Request::AdminAuditList(_) => Op::AdminAuditList,
             Request::MeCapabilities(_) => Op::MeCapabilities,
             Request::EventStream(_) => Op::EventStream,
+            Request::SeriesGet(_) => Op::SeriesGet,
+            Request::SeriesIcs(_) => Op::SeriesIcs,
         }
     }
 
@@ -165,19 +174,26 @@ impl Request {
         }
         let fields = Fields::new(body)?;
         Ok(match op {
-            Op::EventCreate => Request::EventCreate(CreateEvent {
-                new: new_event(tenant, body)?,
-                fingerprint: hex::encode(Sha256::digest(body.to_string().as_bytes())),
-            }),
+            Op::EventCreate => {
+                let new = new_event(tenant, body)?;
+                let recurrence = recurrence_of(body, &new)?;
+                Request::EventCreate(CreateEvent {
+                    new,
+                    recurrence,
+                    fingerprint: hex::encode(Sha256::digest(body.to_string().as_bytes())),
+                })
+            }
             Op::EventGet => Request::EventGet(event_id(&fields)?),
             Op::EventList => Request::EventList(list_filter(body)?),
             Op::EventUpdate => Request::EventUpdate {
                 id: event_id(&fields)?,
                 patch: patch(body).map_err(AppError::from),
+                apply_to: apply_to_of(body).map_err(AppError::from),
             },
             Op::EventCancel => Request::EventCancel {
                 id: event_id(&fields)?,
                 reason: cancel_reason_of(body).map_err(AppError::from),
+                apply_to: apply_to_of(body).map_err(AppError::from),
             },
             Op::RsvpSet => Request::RsvpSet {
                 id: event_id(&fields)?,
@@ -209,6 +225,8 @@ impl Request {
             Op::AdminAuditList => Request::AdminAuditList(audit_query(body, tenant)),
             Op::MeCapabilities => Request::MeCapabilities(capability_scope(body, tenant)?),
             Op::EventStream => Request::EventStream(stream_filter(body)?),
+            Op::SeriesGet => Request::SeriesGet(series_id(&fields)?),
+            Op::SeriesIcs => Request::SeriesIcs(series_id(&fields)?),
         })
     }
 }
@@ -232,6 +250,17 @@ const TENANT_ID: Key = Key::new("tenantId", "tenant_id");
 const ACTOR_USER_ID: Key = Key::new("actorUserId", "actor_user_id");
 const TARGET_ID: Key = Key::new("targetId", "target_id");
 const ACTION: Key = Key::word("action");
+
+const SERIES_ID: Key = Key::new("seriesId", "series_id");
+
+/// The targeted series: `id`, else `seriesId` (`series_id`).
+fn series_id(fields: &Fields<'_>) -> Result<SeriesId, AppError> {
+    let invalid = || AppError::rejected(ErrorCode::InvalidSeriesId, "Invalid series id");
+    match fields.sent(ID).or_else(|| fields.sent(SERIES_ID)) {
+        Some(Value::String(s)) => SeriesId::parse(s).map_err(|_| invalid()),
+        _ => Err(invalid()),
+    }
+}
 
 /// The targeted event: `id`, else `eventId` (`event_id`).
 fn event_id(fields: &Fields<'_>) -> Result<EventId, AppError> {
@@ -475,6 +504,9 @@ const LOCATION_URL: Key = key(EventField::LocationUrl);
 const GAME_ID: Key = key(EventField::GameId);
 const VISIBILITY: Key = key(EventField::Visibility);
 const CAPACITY: Key = key(EventField::Capacity);
+const TIME_ZONE: Key = key(EventField::TimeZone);
+const RECURRENCE: Key = Key::word("recurrence");
+const APPLY_TO: Key = Key::new("applyTo", "apply_to");
 
 /// A free-text field where null and `""` both mean empty.
 fn text_or_empty<T: Default>(
@@ -538,6 +570,10 @@ pub fn new_event(tenant: TenantId, body: &Value) -> Result<NewEvent, DomainError
         Raw::Absent | Raw::Null => Some(None),
         Raw::Value(v) => b.capacity(CAPACITY, v).map(Some),
     };
+    let time_zone = match b.raw(TIME_ZONE) {
+        Raw::Absent | Raw::Null => Some(TimeZone::UTC),
+        Raw::Value(v) => b.string(TIME_ZONE, v, TimeZone::parse),
+    };
     if let (Some(visibility), Some(scope_type)) = (visibility, scope_type)
         && !visibility_fits_scope(visibility, scope_type)
     {
@@ -561,6 +597,7 @@ pub fn new_event(tenant: TenantId, body: &Value) -> Result<NewEvent, DomainError
         Some(game_id),
         Some(visibility),
         Some(capacity),
+        Some(time_zone),
     ) = (
         scope,
         title,
@@ -572,6 +609,7 @@ pub fn new_event(tenant: TenantId, body: &Value) -> Result<NewEvent, DomainError
         game_id,
         visibility,
         capacity,
+        time_zone,
     )
     else {
         return Err(DomainError::InvalidBody(NOT_AN_OBJECT.to_owned()));
@@ -588,8 +626,81 @@ pub fn new_event(tenant: TenantId, body: &Value) -> Result<NewEvent, DomainError
         game_id,
         visibility,
         capacity,
+        time_zone,
+        recurrence: None,
     }
     .into_new_event(tenant)
+}
+
+/// The `recurrence` of a create, checked against the event it repeats:
+/// `{rrule, exdates?}`. Errors name `recurrence.rrule` or
+/// `recurrence.exdates`.
+pub fn recurrence_of(body: &Value, new: &NewEvent) -> Result<Option<Recurrence>, DomainError> {
+    let fields = Fields::new(body)?;
+    let value = match fields.sent(RECURRENCE) {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Object(o)) => o,
+        Some(_) => {
+            return Err(DomainError::field(
+                "recurrence",
+                "must be an object {rrule, exdates}",
+            ));
+        }
+    };
+    let rule = match value.get("rrule") {
+        Some(Value::String(s)) => s.as_str(),
+        Some(_) => return Err(DomainError::field("recurrence.rrule", MUST_BE_STRING)),
+        None => return Err(DomainError::field("recurrence.rrule", REQUIRED)),
+    };
+    let exdates = match value.get("exdates") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(items)) => {
+            if items.len() > crate::domain::calendar::MAX_EXDATES {
+                return Err(DomainError::field(
+                    "recurrence.exdates",
+                    format!("at most {} dates", crate::domain::calendar::MAX_EXDATES),
+                ));
+            }
+            let mut out = Vec::with_capacity(items.len());
+            for item in items {
+                let parsed = match item {
+                    Value::String(s) => crate::domain::parse_datetime_str(s).ok(),
+                    _ => None,
+                };
+                match parsed {
+                    Some(at) => out.push(at),
+                    None => {
+                        return Err(DomainError::field(
+                            "recurrence.exdates",
+                            "must be a list of RFC 3339 datetimes",
+                        ));
+                    }
+                }
+            }
+            out
+        }
+        Some(_) => {
+            return Err(DomainError::field(
+                "recurrence.exdates",
+                "must be a list of RFC 3339 datetimes",
+            ));
+        }
+    };
+    Recurrence::parse(rule, exdates, new.starts_at(), new.time_zone())
+        .map(Some)
+        .map_err(|e| DomainError::field(e.field, e.message))
+}
+
+/// `applyTo` of an update or cancel: `this` (default), `following`, `all`.
+pub fn apply_to_of(body: &Value) -> Result<ApplyTo, DomainError> {
+    let fields = Fields::new(body)?;
+    match fields.sent(APPLY_TO) {
+        None | Some(Value::Null) => Ok(ApplyTo::default()),
+        Some(Value::String(s)) => s
+            .parse::<ApplyTo>()
+            .map_err(|e| DomainError::field(APPLY_TO.camel, e.into_message())),
+        Some(_) => Err(DomainError::field(APPLY_TO.camel, MUST_BE_STRING)),
+    }
 }
 
 /// The body of a create, as read: every field checked, then the visibility
@@ -625,6 +736,28 @@ pub struct CreateBody {
     pub visibility: Visibility,
     /// `null` or absent: unlimited.
     pub capacity: Option<Capacity>,
+    /// An IANA zone name (`Europe/Berlin`); absent or `null`: `UTC`. An
+    /// unknown name is refused (422).
+    #[schema(value_type = Option<String>, example = "Europe/Berlin")]
+    pub time_zone: TimeZone,
+    /// Makes the event recurring: every occurrence is an event of its own.
+    /// The reply is the first occurrence.
+    #[schema(required = false)]
+    pub recurrence: Option<RecurrenceBody>,
+}
+
+/// The recurrence of a create.
+#[derive(Debug, Clone, ToSchema)]
+pub struct RecurrenceBody {
+    /// An RFC 5545 RRULE value: `FREQ` (`DAILY`, `WEEKLY`, `MONTHLY`,
+    /// `YEARLY`), `INTERVAL`, `COUNT` (≤ 500) or `UNTIL` (≤ 10 years),
+    /// `BYDAY`, `BYMONTHDAY`, `BYMONTH`, `BYSETPOS`, `WKST`. Expanded in the
+    /// event's `timeZone`, so 18:00 stays 18:00 across daylight saving.
+    #[schema(example = "FREQ=WEEKLY;BYDAY=TU;COUNT=10")]
+    pub rrule: String,
+    /// Instances left out (their starts, RFC 3339), at most 500.
+    #[schema(value_type = Option<Vec<DatetimeInput>>)]
+    pub exdates: Vec<DateTime<Utc>>,
 }
 
 impl CreateBody {
@@ -646,6 +779,7 @@ impl CreateBody {
                 game_id: self.game_id,
                 visibility: self.visibility,
                 capacity: self.capacity,
+                time_zone: self.time_zone,
             },
         )
     }
@@ -739,6 +873,7 @@ pub fn patch(body: &Value) -> Result<EventPatch, DomainError> {
         b.string(VISIBILITY, v, str::parse::<Visibility>)
     });
     patch.capacity = tri(b.raw(CAPACITY), |v| b.capacity(CAPACITY, v));
+    patch.time_zone = tri(b.raw(TIME_ZONE), |v| b.string(TIME_ZONE, v, TimeZone::parse));
 
     b.finish()?;
     Ok(patch.into())
@@ -779,6 +914,13 @@ pub struct PatchBody {
     /// `null`: unlimited. Raising it promotes waitlisted users at once.
     #[schema(value_type = Option<Capacity>)]
     pub capacity: Tri<Capacity>,
+    /// An IANA zone name; `null`: `UTC`. Cannot change for a whole series.
+    #[schema(value_type = Option<String>)]
+    pub time_zone: Tri<TimeZone>,
+    /// For an occurrence of a recurring event: `this` (default), `following`
+    /// (this one and every later one: the series is split here) or `all`.
+    #[schema(value_type = Option<ApplyTo>)]
+    pub apply_to: Tri<ApplyTo>,
 }
 
 impl From<PatchBody> for EventPatch {
@@ -793,6 +935,8 @@ impl From<PatchBody> for EventPatch {
             game_id: b.game_id,
             visibility: b.visibility,
             capacity: b.capacity,
+            time_zone: b.time_zone,
+            series: Default::default(),
         }
     }
 }
@@ -814,14 +958,22 @@ fn cancel_body(body: &Value) -> Result<CancelBody, DomainError> {
         ),
         Some(_) => return Err(DomainError::field("reason", MUST_BE_STRING)),
     };
-    Ok(CancelBody { reason })
+    Ok(CancelBody {
+        reason,
+        apply_to: Tri::Absent,
+    })
 }
 
 /// The optional body of a cancel.
 #[derive(Debug, Clone, ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct CancelBody {
     /// `null`, absent or `""`: no reason.
     pub reason: Option<CancelReason>,
+    /// For an occurrence of a recurring event: `this` (default),
+    /// `following` (this one and every later one) or `all`.
+    #[schema(value_type = Option<ApplyTo>)]
+    pub apply_to: Tri<ApplyTo>,
 }
 
 /// The body of an RSVP.
@@ -1565,7 +1717,9 @@ pub fn fields_of(op: Op) -> &'static [FieldSpec] {
         | Op::AttendanceMark
         | Op::EventIcs
         | Op::DsarExport
-        | Op::DsarErase => &[],
+        | Op::DsarErase
+        | Op::SeriesGet
+        | Op::SeriesIcs => &[],
     }
 }
 
@@ -1986,6 +2140,7 @@ mod tests {
                 "location_url": "https://x.example", "locationText": "Hall",
                 "endsAt": "2026-01-11T00:00:00Z", "startsAt": "2026-01-10T09:00:00Z",
                 "description": "Bring snacks", "title": "Raid night 2",
+                "timeZone": "Europe/Berlin",
             }),
         )
         .unwrap_or_else(|e| panic!("{e:?}"));
@@ -2002,7 +2157,8 @@ mod tests {
                 "location_url",
                 "game_id",
                 "visibility",
-                "capacity"
+                "capacity",
+                "time_zone"
             ]
         );
         assert_eq!(serde_json::to_value(&out.changed).ok(), Some(json!(names)));
@@ -2152,6 +2308,8 @@ mod tests {
             EventField::GameId => a.game_id != b.game_id,
             EventField::Visibility => a.visibility != b.visibility,
             EventField::Capacity => a.capacity != b.capacity,
+            EventField::TimeZone => a.time_zone != b.time_zone,
+            EventField::Series => a.series != b.series,
         }
     }
 

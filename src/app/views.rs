@@ -102,6 +102,17 @@ struct EventRef<'a> {
     /// The caller's own RSVP; `null` when none.
     #[schema(required = true)]
     my_rsvp: Option<RsvpStatus>,
+    /// The IANA zone the event is shown in (`UTC` unless set); the times
+    /// above are UTC instants whatever it is.
+    #[schema(value_type = String, example = "Europe/Berlin")]
+    time_zone: &'static str,
+    /// The series of a recurring event's occurrence; `null` otherwise.
+    #[schema(value_type = Option<String>, format = "uuid", required = true)]
+    series_id: Option<Id>,
+    /// Which instance of its series' rule the occurrence is (the start the
+    /// rule gives it, UTC); `null` when not an occurrence.
+    #[schema(value_type = Option<String>, format = DateTime, required = true)]
+    recurrence_id: Option<Time<'a>>,
 }
 
 impl<'a> EventRef<'a> {
@@ -129,6 +140,9 @@ impl<'a> EventRef<'a> {
             cancel_reason: e.cancel_reason.as_ref().map(|r| r.as_str()),
             rsvp_counts: counts,
             my_rsvp,
+            time_zone: e.time_zone.name(),
+            series_id: e.series.as_ref().map(|l| Id(l.series_id.as_uuid())),
+            recurrence_id: e.series.as_ref().map(|l| Time(&l.recurrence_id)),
         }
     }
 }
@@ -329,7 +343,10 @@ mod tests {
             value["rsvpCounts"],
             json!({"interested": 0, "going": 2, "not_going": 0, "waitlisted": 1})
         );
-        assert_eq!(value.as_object().map(|o| o.len()), Some(22));
+        assert_eq!(value["timeZone"], json!("UTC"));
+        assert_eq!(value["seriesId"], Value::Null);
+        assert_eq!(value["recurrenceId"], Value::Null);
+        assert_eq!(value.as_object().map(|o| o.len()), Some(25));
         // msgpack carries the same map.
         let packed = rmp_serde::to_vec_named(&view).expect("packs");
         let unpacked: Value = rmp_serde::from_slice(&packed).expect("unpacks");

@@ -21,6 +21,7 @@ pub enum ErrorCode {
     Unauthenticated,
     InvalidUserId,
     InvalidEventId,
+    InvalidSeriesId,
     NotFound,
     Forbidden,
     InvalidFrom,
@@ -48,13 +49,14 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 30] = [
+    pub const ALL: [ErrorCode; 31] = [
         ErrorCode::MissingRequestId,
         ErrorCode::MissingTenantContext,
         ErrorCode::Unauthorized,
         ErrorCode::Unauthenticated,
         ErrorCode::InvalidUserId,
         ErrorCode::InvalidEventId,
+        ErrorCode::InvalidSeriesId,
         ErrorCode::NotFound,
         ErrorCode::Forbidden,
         ErrorCode::InvalidFrom,
@@ -89,6 +91,7 @@ impl ErrorCode {
             ErrorCode::Unauthenticated => "UNAUTHENTICATED",
             ErrorCode::InvalidUserId => "INVALID_USER_ID",
             ErrorCode::InvalidEventId => "INVALID_EVENT_ID",
+            ErrorCode::InvalidSeriesId => "INVALID_SERIES_ID",
             ErrorCode::NotFound => "NOT_FOUND",
             ErrorCode::Forbidden => "FORBIDDEN",
             ErrorCode::InvalidFrom => "INVALID_FROM",
@@ -124,6 +127,7 @@ impl ErrorCode {
             | ErrorCode::MissingTenantContext
             | ErrorCode::InvalidUserId
             | ErrorCode::InvalidEventId
+            | ErrorCode::InvalidSeriesId
             | ErrorCode::InvalidFrom
             | ErrorCode::InvalidTo
             | ErrorCode::InvalidTimeRange
@@ -163,6 +167,7 @@ impl ErrorCode {
             ErrorCode::Unauthenticated => "X-User-Id is required",
             ErrorCode::InvalidUserId => "Invalid user id",
             ErrorCode::InvalidEventId => "Invalid event id",
+            ErrorCode::InvalidSeriesId => "Invalid series id",
             ErrorCode::NotFound => "Event not found",
             ErrorCode::Forbidden => "Permission denied",
             ErrorCode::InvalidFrom => "from must be ISO datetime",
@@ -333,6 +338,7 @@ mod tests {
             ("UNAUTHENTICATED", 401),
             ("INVALID_USER_ID", 400),
             ("INVALID_EVENT_ID", 400),
+            ("INVALID_SERIES_ID", 400),
             ("NOT_FOUND", 404),
             ("FORBIDDEN", 403),
             ("INVALID_FROM", 400),

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use crate::domain::calendar::{SeriesLink, TimeZone};
 use crate::domain::error::DomainError;
 use crate::domain::ids::{EventId, TenantId, UserId};
 use crate::domain::time::truncate_to_micros;
@@ -37,10 +38,15 @@ pub enum EventField {
     GameId,
     Visibility,
     Capacity,
+    TimeZone,
+    /// The occurrence moved to another series (a split); never in a
+    /// request body.
+    Series,
 }
 
 impl EventField {
-    pub const ALL: [EventField; 9] = [
+    /// The fields a request may patch.
+    pub const ALL: [EventField; 10] = [
         EventField::Title,
         EventField::Description,
         EventField::StartsAt,
@@ -50,6 +56,7 @@ impl EventField {
         EventField::GameId,
         EventField::Visibility,
         EventField::Capacity,
+        EventField::TimeZone,
     ];
 
     /// The name in domain events (`updated_fields`).
@@ -64,6 +71,8 @@ impl EventField {
             EventField::GameId => "game_id",
             EventField::Visibility => "visibility",
             EventField::Capacity => "capacity",
+            EventField::TimeZone => "time_zone",
+            EventField::Series => "series_id",
         }
     }
 
@@ -79,6 +88,8 @@ impl EventField {
             EventField::GameId => "gameId",
             EventField::Visibility => "visibility",
             EventField::Capacity => "capacity",
+            EventField::TimeZone => "timeZone",
+            EventField::Series => "seriesId",
         }
     }
 }
@@ -121,6 +132,10 @@ pub struct Event {
     pub cancelled_at: Option<DateTime<Utc>>,
     pub cancelled_by: Option<UserId>,
     pub cancel_reason: Option<CancelReason>,
+    /// The zone the event is shown in; the instants above stay UTC.
+    pub time_zone: TimeZone,
+    /// Set on an occurrence of a recurring event.
+    pub series: Option<SeriesLink>,
 }
 
 /// The result of `Event::apply_patch`.
@@ -150,6 +165,23 @@ pub struct CancelOutcome {
 }
 
 impl Event {
+    /// An occurrence of a series: the template's fields at its own times.
+    pub fn occurrence(
+        template: &Event,
+        id: EventId,
+        link: SeriesLink,
+        starts_at: DateTime<Utc>,
+        ends_at: DateTime<Utc>,
+    ) -> Event {
+        Event {
+            id,
+            starts_at,
+            ends_at,
+            series: Some(link),
+            ..template.clone()
+        }
+    }
+
     pub fn scope_type(&self) -> ScopeType {
         self.scope.scope_type()
     }
@@ -256,6 +288,26 @@ impl Event {
             set(EventField::Capacity, capacity != next.capacity);
             next.capacity = capacity;
         }
+        if let Some(zone) = patch.time_zone.resolve(|| TimeZone::UTC) {
+            set(EventField::TimeZone, zone != next.time_zone);
+            next.time_zone = zone;
+        }
+        match patch.series {
+            // Changed on its own: the series must not overwrite it.
+            SeriesEdit::This => {
+                if !changed.is_empty()
+                    && let Some(link) = &mut next.series
+                {
+                    link.exception = true;
+                }
+            }
+            SeriesEdit::Relink(link) => {
+                if next.series != Some(link) {
+                    changed.push(EventField::Series);
+                    next.series = Some(link);
+                }
+            }
+        }
 
         // The original checked the range even when the times were not in the
         // patch; so do we, against the merged values.
@@ -326,6 +378,7 @@ pub struct NewEvent {
     game_id: Option<GameId>,
     visibility: Visibility,
     capacity: Option<Capacity>,
+    time_zone: TimeZone,
 }
 
 const CANNOT_BE_NULL: &str = "cannot be null";
@@ -343,6 +396,7 @@ pub struct NewEventFields {
     pub game_id: Option<GameId>,
     pub visibility: Visibility,
     pub capacity: Option<Capacity>,
+    pub time_zone: TimeZone,
 }
 
 impl NewEvent {
@@ -371,6 +425,7 @@ impl NewEvent {
             game_id: f.game_id,
             visibility: f.visibility,
             capacity: f.capacity,
+            time_zone: f.time_zone,
         })
     }
 
@@ -399,7 +454,13 @@ impl NewEvent {
             cancelled_at: None,
             cancelled_by: None,
             cancel_reason: None,
+            time_zone: self.time_zone,
+            series: None,
         }
+    }
+
+    pub fn time_zone(&self) -> TimeZone {
+        self.time_zone
     }
 
     pub fn tenant_id(&self) -> TenantId {
@@ -508,6 +569,23 @@ pub struct EventPatch {
     pub game_id: Tri<GameId>,
     pub visibility: Tri<Visibility>,
     pub capacity: Tri<Capacity>,
+    /// null → UTC.
+    pub time_zone: Tri<TimeZone>,
+    /// Set by the service, never read from a request.
+    pub series: SeriesEdit,
+}
+
+/// What a patch does to an occurrence's link to its series.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SeriesEdit {
+    /// A change of this occurrence alone: once something changes, it is
+    /// remembered as an exception of its series.
+    #[default]
+    This,
+    /// Part of a change of the series: the occurrence's link becomes this
+    /// one (another series after a split, a moved instance after a
+    /// series-wide move), and it is not made an exception.
+    Relink(SeriesLink),
 }
 
 impl EventPatch {

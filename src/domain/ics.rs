@@ -27,7 +27,9 @@
 
 use chrono::{DateTime, Datelike, Timelike, Utc};
 
+use crate::domain::calendar::TimeZone;
 use crate::domain::event::{Event, EventStatus};
+use crate::domain::series::Series;
 
 /// The `Content-Type` of the document.
 pub const CONTENT_TYPE: &str = "text/calendar; charset=utf-8";
@@ -52,6 +54,7 @@ pub fn render(event: &Event, tenant_slug: &str, now: DateTime<Utc>) -> String {
     doc.line("VERSION:2.0");
     doc.line("PRODID:-//UpdSpace//Events//EN");
     doc.line("CALSCALE:GREGORIAN");
+    vtimezone(&mut doc, event.time_zone, event.starts_at, event.ends_at);
     doc.line("BEGIN:VEVENT");
     doc.line(&format!(
         "UID:{}@{}.updspace",
@@ -59,8 +62,8 @@ pub fn render(event: &Event, tenant_slug: &str, now: DateTime<Utc>) -> String {
         sanitize_slug(tenant_slug)
     ));
     doc.line(&format!("DTSTAMP:{}", ics_utc(now)));
-    doc.line(&format!("DTSTART:{}", ics_utc(event.starts_at)));
-    doc.line(&format!("DTEND:{}", ics_utc(event.ends_at)));
+    doc.line(&zoned("DTSTART", event.time_zone, event.starts_at));
+    doc.line(&zoned("DTEND", event.time_zone, event.ends_at));
     // A stored version below 1 would be a bug elsewhere; clamping keeps the
     // property valid (SEQUENCE is a non-negative integer) rather than
     // publishing a value clients reject.
@@ -93,6 +96,205 @@ pub fn render(event: &Event, tenant_slug: &str, now: DateTime<Utc>) -> String {
     doc.line("END:VEVENT");
     doc.line("END:VCALENDAR");
     doc.out
+}
+
+/// The calendar of a series: one `VEVENT` with `RRULE` (and `EXDATE` for
+/// excluded instances and for instances that have no occurrence any more),
+/// and one `VEVENT` with `RECURRENCE-ID` per occurrence changed or
+/// cancelled on its own. `occurrences` are those the reader may see.
+pub fn render_series(
+    series: &Series,
+    occurrences: &[Event],
+    tenant_slug: &str,
+    now: DateTime<Utc>,
+) -> String {
+    let zone = series.time_zone;
+    let uid = format!("series-{}@{}.updspace", series.id, sanitize_slug(tenant_slug));
+    let last = occurrences
+        .iter()
+        .map(|o| o.ends_at)
+        .max()
+        .unwrap_or(series.dtstart + series.duration)
+        .max(series.materialised_until);
+    let mut doc = Doc::default();
+    doc.line("BEGIN:VCALENDAR");
+    doc.line("VERSION:2.0");
+    doc.line("PRODID:-//UpdSpace//Events//EN");
+    doc.line("CALSCALE:GREGORIAN");
+    vtimezone(&mut doc, zone, series.dtstart, last);
+
+    let template = &series.template;
+    doc.line("BEGIN:VEVENT");
+    doc.line(&format!("UID:{uid}"));
+    doc.line(&format!("DTSTAMP:{}", ics_utc(now)));
+    doc.line(&zoned("DTSTART", zone, series.dtstart));
+    doc.line(&zoned("DTEND", zone, series.dtstart + series.duration));
+    doc.line(&format!("RRULE:{}", series.recurrence.rule()));
+    // Instances already made whose occurrence is gone (cut off by a split,
+    // or hidden from this reader) are excluded too, so a calendar shows
+    // exactly the occurrences there are.
+    let made: std::collections::BTreeSet<DateTime<Utc>> = occurrences
+        .iter()
+        .filter_map(|o| o.series.map(|l| l.recurrence_id))
+        .collect();
+    let mut excluded: Vec<DateTime<Utc>> = series.recurrence.exdates().to_vec();
+    excluded.extend(
+        series
+            .recurrence
+            .instances(series.dtstart, zone, None, Some(series.materialised_until), usize::MAX)
+            .into_iter()
+            .filter(|at| !made.contains(at)),
+    );
+    excluded.sort();
+    excluded.dedup();
+    if !excluded.is_empty() {
+        let values: Vec<String> = excluded.iter().map(|at| zoned_value(zone, *at)).collect();
+        doc.line(&format!("EXDATE{}:{}", tzid(zone), values.join(",")));
+    }
+    doc.line(&format!("SEQUENCE:{}", series.version.saturating_sub(1).max(0)));
+    doc.line(&format!("LAST-MODIFIED:{}", ics_utc(series.updated_at)));
+    doc.line(&format!("CREATED:{}", ics_utc(template.created_at)));
+    doc.line(if series.cancelled {
+        "STATUS:CANCELLED"
+    } else {
+        "STATUS:CONFIRMED"
+    });
+    details(&mut doc, template);
+    doc.line("END:VEVENT");
+
+    for o in occurrences {
+        let Some(link) = o.series else { continue };
+        let overridden = link.exception || (o.is_cancelled() && !series.cancelled);
+        if !overridden {
+            continue;
+        }
+        doc.line("BEGIN:VEVENT");
+        doc.line(&format!("UID:{uid}"));
+        doc.line(&format!("DTSTAMP:{}", ics_utc(now)));
+        doc.line(&zoned("RECURRENCE-ID", zone, link.recurrence_id));
+        doc.line(&zoned("DTSTART", o.time_zone, o.starts_at));
+        doc.line(&zoned("DTEND", o.time_zone, o.ends_at));
+        doc.line(&format!("SEQUENCE:{}", o.version.saturating_sub(1).max(0)));
+        doc.line(&format!("LAST-MODIFIED:{}", ics_utc(o.updated_at)));
+        doc.line(match o.status {
+            EventStatus::Scheduled => "STATUS:CONFIRMED",
+            EventStatus::Cancelled => "STATUS:CANCELLED",
+        });
+        details(&mut doc, o);
+        doc.line("END:VEVENT");
+    }
+    doc.line("END:VCALENDAR");
+    doc.out
+}
+
+/// SUMMARY, DESCRIPTION, LOCATION and URL.
+fn details(doc: &mut Doc, event: &Event) {
+    doc.line(&format!("SUMMARY:{}", escape_text(event.title.as_str())));
+    if !event.description.is_empty() {
+        doc.line(&format!(
+            "DESCRIPTION:{}",
+            escape_text(event.description.as_str())
+        ));
+    }
+    if !event.location_text.is_empty() {
+        doc.line(&format!(
+            "LOCATION:{}",
+            escape_text(event.location_text.as_str())
+        ));
+    }
+    if let Some(url) = event.location_url.as_ref().filter(|u| !u.is_empty()) {
+        doc.line(&format!("URL:{}", uri_value(url.as_str())));
+    }
+}
+
+/// `;TZID=<zone>` unless the zone is UTC.
+fn tzid(zone: TimeZone) -> String {
+    if zone.is_utc() {
+        String::new()
+    } else {
+        format!(";TZID={}", zone.name())
+    }
+}
+
+/// A DATE-TIME value: UTC with `Z`, or the local time in `zone`.
+fn zoned_value(zone: TimeZone, at: DateTime<Utc>) -> String {
+    if zone.is_utc() {
+        ics_utc(at)
+    } else {
+        zone.local(at).format("%Y%m%dT%H%M%S").to_string()
+    }
+}
+
+/// `NAME;TZID=zone:local`, or `NAME:utcZ` for UTC.
+fn zoned(name: &str, zone: TimeZone, at: DateTime<Utc>) -> String {
+    format!("{name}{}:{}", tzid(zone), zoned_value(zone, at))
+}
+
+/// A `VTIMEZONE` for `zone` covering `from` .. `to` (a year either side):
+/// one observance per offset change in that span, found from the tz
+/// database, each with its own `DTSTART` (no rules to interpret), and the
+/// offset in effect before the first change. Nothing for UTC.
+fn vtimezone(doc: &mut Doc, zone: TimeZone, from: DateTime<Utc>, to: DateTime<Utc>) {
+    if zone.is_utc() {
+        return;
+    }
+    let start = from - chrono::Duration::days(366);
+    let end = to.max(from) + chrono::Duration::days(366);
+    let mut changes = Vec::new();
+    let mut day = start;
+    let mut offset = zone.offset_secs(day);
+    let initial = offset;
+    // A change is at most once a day in every zone; look day by day, then
+    // find the second by halving.
+    while day < end {
+        let next = day + chrono::Duration::days(1);
+        let next_offset = zone.offset_secs(next);
+        if next_offset != offset {
+            let (mut lo, mut hi) = (day, next);
+            while hi - lo > chrono::Duration::seconds(1) {
+                let mid = lo + (hi - lo) / 2;
+                if zone.offset_secs(mid) == offset {
+                    lo = mid;
+                } else {
+                    hi = mid;
+                }
+            }
+            changes.push((hi, offset, next_offset));
+            offset = next_offset;
+        }
+        day = next;
+    }
+    doc.line("BEGIN:VTIMEZONE");
+    doc.line(&format!("TZID:{}", zone.name()));
+    let observance = |doc: &mut Doc, at_local: String, from: i32, to: i32, daylight: bool| {
+        let kind = if daylight { "DAYLIGHT" } else { "STANDARD" };
+        doc.line(&format!("BEGIN:{kind}"));
+        doc.line(&format!("DTSTART:{at_local}"));
+        doc.line(&format!("TZOFFSETFROM:{}", utc_offset(from)));
+        doc.line(&format!("TZOFFSETTO:{}", utc_offset(to)));
+        doc.line(&format!("END:{kind}"));
+    };
+    observance(doc, "19700101T000000".into(), initial, initial, false);
+    for (at, before, after) in changes {
+        let local = (at + chrono::Duration::seconds(i64::from(before)))
+            .naive_utc()
+            .format("%Y%m%dT%H%M%S")
+            .to_string();
+        observance(doc, local, before, after, after > before);
+    }
+    doc.line("END:VTIMEZONE");
+}
+
+/// `+HHMM` / `-HHMM` (seconds only when there are any).
+fn utc_offset(secs: i32) -> String {
+    let sign = if secs < 0 { '-' } else { '+' };
+    let a = secs.unsigned_abs();
+    let (h, m, s) = (a / 3600, (a % 3600) / 60, a % 60);
+    if s == 0 {
+        format!("{sign}{h:02}{m:02}")
+    } else {
+        format!("{sign}{h:02}{m:02}{s:02}")
+    }
 }
 
 /// The download name, `event-{id}.ics`.

@@ -108,6 +108,18 @@ uuid_id!(
     "event id"
 );
 
+uuid_id!(
+    /// A recurring event: the rule its occurrences come from.
+    SeriesId,
+    "series id"
+);
+
+impl SeriesId {
+    pub fn new_v4() -> Self {
+        Self(Uuid::new_v4())
+    }
+}
+
 /// What DSAR erase writes in place of an erased user's id in `created_by` and
 /// `marked_by`.
 pub const ANONYMIZED_USER_ID: UserId = UserId::from_uuid(Uuid::nil());

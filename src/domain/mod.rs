@@ -5,20 +5,23 @@
 //! service (HTTP, NATS) and the store build on these types, so a rule is
 //! written once.
 
+pub mod calendar;
 pub mod commands;
 pub mod error;
 pub mod event;
 pub mod ids;
 pub mod rsvp;
+pub mod series;
 pub mod time;
 pub mod values;
 
 pub use error::{DomainError, ErrorCode, UnknownErrorCode};
 pub use event::{
     CancelOutcome, Event, EventField, EventPatch, EventStatus, NewEvent, NewEventFields,
-    PatchOutcome, Tri,
+    PatchOutcome, SeriesEdit, Tri,
 };
-pub use ids::{ANONYMIZED_USER_ID, EventId, InvalidId, TenantId, UserId};
+pub use calendar::{ApplyTo, Horizon, LocalShift, Recurrence, RecurrenceError, SeriesLink, TimeZone};
+pub use ids::{ANONYMIZED_USER_ID, EventId, InvalidId, SeriesId, TenantId, UserId};
 pub use rsvp::{
     RequestedRsvp, RsvpChangeReason, RsvpCounts, RsvpDecision, RsvpStatus, Seats, decide,
     promotions_after_capacity_change,

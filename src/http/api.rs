@@ -34,6 +34,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(rsvp_list))
         .routes(routes!(attendance_mark, attendance_list))
         .routes(routes!(ics))
+        .routes(routes!(series_get))
+        .routes(routes!(series_ics))
         .routes(routes!(cancel))
         .routes(routes!(dsar_export))
         .routes(routes!(dsar_erase))
@@ -353,6 +355,41 @@ async fn ics(
     request: Request,
 ) -> Response {
     run(&state, Op::EventIcs, Target::Event(segment(id)), request).await
+}
+
+/// Get a recurring event's series
+///
+/// The rule, its excluded dates, the zone it is expanded in and every
+/// occurrence the caller may see (`id`, `recurrenceId`, `startsAt`,
+/// `status`), in order. Hidden and missing series are both 404.
+#[utoipa::path(get, path = "/series/{series_id}", operation_id = "getSeries", tag = "events",
+    extensions(("x-nats-operation" = json!("series.get"))),
+    params(("series_id" = inline(String), Path, description = "Not a UUID: 400 `INVALID_SERIES_ID`")),
+    responses((status = 200, description = "The series")))]
+async fn series_get(
+    State(state): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+    request: Request,
+) -> Response {
+    run(&state, Op::SeriesGet, Target::Series(segment(id)), request).await
+}
+
+/// Download a series as iCalendar
+///
+/// One `VEVENT` with `RRULE` and `EXDATE` for the series, plus one with
+/// `RECURRENCE-ID` for each occurrence changed or cancelled on its own; a
+/// `VTIMEZONE` for its zone.
+#[utoipa::path(get, path = "/series/{series_id}/ics", operation_id = "exportSeriesIcs", tag = "events",
+    extensions(("x-nats-operation" = json!("series.ics"))),
+    params(("series_id" = inline(String), Path, description = "Not a UUID: 400 `INVALID_SERIES_ID`")),
+    responses((status = 200, description = "The calendar", content_type = "text/calendar; charset=utf-8", body = String,
+        headers(("Content-Disposition" = String, description = "`attachment; filename=\"series-{id}.ics\"`")))))]
+async fn series_ics(
+    State(state): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+    request: Request,
+) -> Response {
+    run(&state, Op::SeriesIcs, Target::Series(segment(id)), request).await
 }
 
 /// Export a user's data (DSAR)

@@ -217,6 +217,9 @@ pub fn errors_of(op: Op) -> Vec<ErrorCode> {
     if targets_event(op) {
         codes.extend([C::InvalidEventId, C::NotFound]);
     }
+    if matches!(op, Op::SeriesGet | Op::SeriesIcs) {
+        codes.extend([C::InvalidSeriesId, C::NotFound, C::PortalUnavailable]);
+    }
     let has_fields = !requests::fields_of(op).is_empty()
         || matches!(
             op,
@@ -229,6 +232,8 @@ pub fn errors_of(op: Op) -> Vec<ErrorCode> {
         Op::EventList => codes.extend([C::InvalidFrom, C::InvalidTo]),
         Op::EventCreate => codes.extend([C::InvalidTimeRange, C::IdempotencyConflict]),
         Op::EventUpdate => codes.extend([C::InvalidTimeRange, C::NoUpdates, C::EventCancelled]),
+        // A series-wide cancel may find an occurrence cancelled meanwhile.
+        Op::EventCancel => codes.push(C::ValidationError),
         Op::RsvpSet | Op::RsvpClear | Op::AttendanceMark => codes.push(C::EventCancelled),
         // A role missing in Access, or a binding Access refuses.
         Op::AdminRolesGrant | Op::AdminRolesRevoke => codes.push(C::Conflict),

@@ -217,6 +217,8 @@ pub fn event(row: &SourceEvent, fix: bool) -> Result<Mapped, Refused> {
             cancelled_at: None,
             cancelled_by: None,
             cancel_reason: None,
+            time_zone: crate::domain::TimeZone::UTC,
+            series: None,
         },
         fixes,
     })

@@ -373,6 +373,8 @@ fn full_patch(event: &crate::domain::Event) -> EventPatch {
         game_id: opt(event.game_id.clone()),
         visibility: Tri::Set(event.visibility),
         capacity: Tri::Absent,
+        time_zone: Tri::Absent,
+        series: Default::default(),
     }
 }
 

@@ -9,6 +9,7 @@ pub mod outbox;
 pub mod reads;
 pub mod replays;
 pub mod rows;
+pub mod series;
 
 use std::time::Duration;
 

@@ -7,14 +7,15 @@ use uuid::Uuid;
 
 use crate::domain::{
     CancelReason, Capacity, Description, Event, EventStatus, GameId, LocationText, LocationUrl,
-    RsvpCounts, RsvpStatus, Scope, ScopeId, ScopeType, Title, Visibility,
+    RsvpCounts, RsvpStatus, Scope, ScopeId, ScopeType, SeriesLink, TimeZone, Title, Visibility,
 };
 
 /// The column list matching [`EventRow`], for `SELECT {EVENT_COLUMNS} FROM events`.
 pub const EVENT_COLUMNS: &str = "e.id, e.tenant_id, e.scope_type::text AS scope_type, e.scope_id, e.title, \
      e.description, e.starts_at, e.ends_at, e.location_text, e.location_url, e.game_id, \
      e.visibility::text AS visibility, e.status::text AS status, e.capacity, e.created_by, \
-     e.created_at, e.updated_at, e.version, e.cancelled_at, e.cancelled_by, e.cancel_reason";
+     e.created_at, e.updated_at, e.version, e.cancelled_at, e.cancelled_by, e.cancel_reason, \
+     e.time_zone, e.series_id, e.recurrence_id, e.series_exception";
 
 /// The column list matching [`CountsRow`] (from `event_counters c`).
 pub const COUNT_COLUMNS: &str = "COALESCE(c.interested, 0) AS interested, COALESCE(c.going, 0) AS going, \
@@ -44,6 +45,10 @@ pub struct EventRow {
     pub cancelled_at: Option<DateTime<Utc>>,
     pub cancelled_by: Option<Uuid>,
     pub cancel_reason: Option<String>,
+    pub time_zone: String,
+    pub series_id: Option<Uuid>,
+    pub recurrence_id: Option<DateTime<Utc>>,
+    pub series_exception: bool,
 }
 
 #[derive(Debug, Clone, Copy, sqlx::FromRow)]
@@ -137,6 +142,15 @@ impl TryFrom<EventRow> for Event {
                 .map(CancelReason::parse)
                 .transpose()
                 .map_err(|e| bad("cancel_reason")(&e))?,
+            time_zone: TimeZone::parse(&r.time_zone).map_err(|e| bad("time_zone")(&e))?,
+            series: match (r.series_id, r.recurrence_id) {
+                (Some(series_id), Some(recurrence_id)) => Some(SeriesLink {
+                    series_id: series_id.into(),
+                    recurrence_id,
+                    exception: r.series_exception,
+                }),
+                _ => None,
+            },
         })
     }
 }

@@ -42,6 +42,7 @@ pub(super) fn event(capacity: Option<u32>) -> Event {
         game_id: None,
         visibility: Visibility::Public,
         capacity: capacity.map(|n| Capacity::new(i64::from(n)).unwrap_or_else(|e| panic!("{e:?}"))),
+        time_zone: Default::default(),
     };
     NewEvent::new(tenant, fields)
         .unwrap_or_else(|e| panic!("{e:?}"))

@@ -70,7 +70,7 @@ struct KeyRow {
 /// Records the idempotency key of every create before anything is
 /// written. A key another transaction holds makes this one wait for it;
 /// the earlier result (or a conflict, for a different body) is the answer.
-pub(super) async fn claim_idempotency_keys(
+pub(crate) async fn claim_idempotency_keys(
     tx: &mut PgConnection,
     commands: &[Envelope],
     results: &mut [Option<CommandResult>],

@@ -28,9 +28,9 @@ pub(crate) struct Counters {
 
 /// A batch's locked state, and the revision of each event in it.
 #[derive(Debug, Default)]
-pub(super) struct Loaded {
-    pub(super) locked: Locked,
-    pub(super) revisions: HashMap<EventId, i64>,
+pub(crate) struct Loaded {
+    pub(crate) locked: Locked,
+    pub(crate) revisions: HashMap<EventId, i64>,
 }
 
 /// Locks the counter rows of `ids` in the tenant and returns them.
@@ -259,7 +259,7 @@ type KnownRsvps = HashMap<EventId, Arc<HashMap<UserId, RsvpStatus>>>;
 /// the scope actor knows at the locked revision is taken from `known`
 /// instead of being read again, and so are its RSVPs when the actor holds
 /// them all.
-pub(super) async fn for_batch(
+pub(crate) async fn for_batch(
     tx: &mut PgConnection,
     tenant: TenantId,
     commands: &[Command],

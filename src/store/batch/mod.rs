@@ -10,7 +10,7 @@
 //! once; the counter locks serialise their seat decisions, so capacity is
 //! never exceeded.
 
-mod claims;
+pub(crate) mod claims;
 pub(crate) mod load;
 pub(crate) mod write;
 

@@ -18,7 +18,7 @@ use crate::names::Subjects;
 /// A batch's decision, written: places drawn, then every row in one
 /// statement. `trace` gives the trace context of the command (by its index
 /// in the decision) an outbox row comes from.
-pub(super) async fn batch<'c>(
+pub(crate) async fn batch<'c>(
     tx: &mut PgConnection,
     subjects: &Subjects,
     mut events: Vec<EventChanges>,
@@ -158,15 +158,19 @@ pub(crate) fn insert_events(w: &mut Writes, events: &[EventChanges]) -> Result<(
     let sql = format!(
         "INSERT INTO events (id, tenant_id, scope_type, scope_id, title, description, starts_at, ends_at,
                              location_text, location_url, game_id, visibility, status, capacity, created_by,
-                             created_at, updated_at, version)
+                             created_at, updated_at, version, time_zone, series_id, recurrence_id,
+                             series_exception)
          SELECT id, tenant_id, scope_type::scope_type, scope_id, title, description, starts_at, ends_at,
                 location_text, location_url, game_id, visibility::event_visibility, status::event_status,
-                capacity, created_by, created_at, updated_at, version
+                capacity, created_by, created_at, updated_at, version, time_zone, series_id, recurrence_id,
+                series_exception
          FROM UNNEST({}::uuid[], {}::uuid[], {}::text[], {}::text[], {}::text[], {}::text[], {}::timestamptz[],
                      {}::timestamptz[], {}::text[], {}::text[], {}::text[], {}::text[], {}::text[], {}::int[],
-                     {}::uuid[], {}::timestamptz[], {}::timestamptz[], {}::bigint[])
+                     {}::uuid[], {}::timestamptz[], {}::timestamptz[], {}::bigint[], {}::text[], {}::uuid[],
+                     {}::timestamptz[], {}::bool[])
            AS u(id, tenant_id, scope_type, scope_id, title, description, starts_at, ends_at, location_text,
-                location_url, game_id, visibility, status, capacity, created_by, created_at, updated_at, version)",
+                location_url, game_id, visibility, status, capacity, created_by, created_at, updated_at, version,
+                time_zone, series_id, recurrence_id, series_exception)",
         w.p(&c.id)?,
         w.p(&c.tenant_id)?,
         w.p(&c.scope_type)?,
@@ -185,6 +189,10 @@ pub(crate) fn insert_events(w: &mut Writes, events: &[EventChanges]) -> Result<(
         w.p(&c.created_at)?,
         w.p(&c.updated_at)?,
         w.p(&c.version)?,
+        w.p(&c.time_zone)?,
+        w.p(&c.series_id)?,
+        w.p(&c.recurrence_id)?,
+        w.p(&c.series_exception)?,
     );
     w.cte(sql);
     let sql = format!(
@@ -221,12 +229,16 @@ pub(crate) fn update_events(w: &mut Writes, events: &[EventChanges]) -> Result<(
                 ends_at = u.ends_at, location_text = u.location_text, location_url = u.location_url,
                 game_id = u.game_id, visibility = u.visibility::event_visibility, status = u.status::event_status,
                 capacity = u.capacity, updated_at = u.updated_at, version = u.version,
-                cancelled_at = u.cancelled_at, cancelled_by = u.cancelled_by, cancel_reason = u.cancel_reason
+                cancelled_at = u.cancelled_at, cancelled_by = u.cancelled_by, cancel_reason = u.cancel_reason,
+                time_zone = u.time_zone, series_id = u.series_id, recurrence_id = u.recurrence_id,
+                series_exception = u.series_exception
          FROM UNNEST({}::uuid[], {}::text[], {}::text[], {}::timestamptz[], {}::timestamptz[], {}::text[],
                      {}::text[], {}::text[], {}::text[], {}::text[], {}::int[], {}::timestamptz[], {}::bigint[],
-                     {}::timestamptz[], {}::uuid[], {}::text[])
+                     {}::timestamptz[], {}::uuid[], {}::text[], {}::text[], {}::uuid[], {}::timestamptz[],
+                     {}::bool[])
            AS u(id, title, description, starts_at, ends_at, location_text, location_url, game_id, visibility,
-                status, capacity, updated_at, version, cancelled_at, cancelled_by, cancel_reason)
+                status, capacity, updated_at, version, cancelled_at, cancelled_by, cancel_reason, time_zone,
+                series_id, recurrence_id, series_exception)
          WHERE e.id = u.id",
         w.p(&c.id)?,
         w.p(&c.title)?,
@@ -244,6 +256,10 @@ pub(crate) fn update_events(w: &mut Writes, events: &[EventChanges]) -> Result<(
         w.p(&cancelled_at)?,
         w.p(&cancelled_by)?,
         w.p(&cancel_reason)?,
+        w.p(&c.time_zone)?,
+        w.p(&c.series_id)?,
+        w.p(&c.recurrence_id)?,
+        w.p(&c.series_exception)?,
     );
     w.cte(sql);
     Ok(())
@@ -482,6 +498,10 @@ struct EventColumns {
     created_at: Vec<DateTime<Utc>>,
     updated_at: Vec<DateTime<Utc>>,
     version: Vec<i64>,
+    time_zone: Vec<&'static str>,
+    series_id: Vec<Option<Uuid>>,
+    recurrence_id: Vec<Option<DateTime<Utc>>>,
+    series_exception: Vec<bool>,
 }
 
 impl EventColumns {
@@ -529,6 +549,19 @@ impl EventColumns {
             created_at: events.iter().map(|e| e.created_at).collect(),
             updated_at: events.iter().map(|e| e.updated_at).collect(),
             version: events.iter().map(|e| e.version).collect(),
+            time_zone: events.iter().map(|e| e.time_zone.name()).collect(),
+            series_id: events
+                .iter()
+                .map(|e| e.series.map(|l| Uuid::from(l.series_id)))
+                .collect(),
+            recurrence_id: events
+                .iter()
+                .map(|e| e.series.map(|l| l.recurrence_id))
+                .collect(),
+            series_exception: events
+                .iter()
+                .map(|e| e.series.is_some_and(|l| l.exception))
+                .collect(),
         }
     }
 }
