@@ -29,7 +29,8 @@ use crate::auth::{
 use crate::authz::{Authorizer, Guard, Permission, Sight};
 use crate::domain::ErrorCode;
 use crate::domain::{
-    ApplyTo, CancelReason, EventId, EventPatch, RequestedRsvp, Scope, TenantId, UserId, format_utc, ics,
+    ApplyTo, CancelReason, EventId, EventPatch, RequestedRsvp, Scope, TenantId, UserId, format_utc,
+    ics,
 };
 use crate::store::audit::{self, AuditEntry};
 use crate::store::batch::{CommandMeta, Envelope, WriteCommand, WriteOutcome};

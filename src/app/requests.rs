@@ -26,11 +26,11 @@ use crate::auth::Transport;
 use crate::authz::Role;
 use crate::authz::admin::{self, BindingFilter, BindingSpec, RevokeTarget};
 use crate::domain::{
-    ApplyTo, Recurrence, SeriesId, TimeZone,
-    CancelReason, Capacity, DatetimeInput, Description, DomainError, ErrorCode, EventField,
-    EventId, EventPatch, GameId, LocationText, LocationUrl, NewEvent, NewEventFields,
-    RequestedRsvp, RsvpStatus, Scope, ScopeId, ScopeType, TenantId, Title, Tri, UserId, Visibility,
-    parse_datetime_str, visibility_fits_scope, visibility_scope_mismatch,
+    ApplyTo, CancelReason, Capacity, DatetimeInput, Description, DomainError, ErrorCode,
+    EventField, EventId, EventPatch, GameId, LocationText, LocationUrl, NewEvent, NewEventFields,
+    Recurrence, RequestedRsvp, RsvpStatus, Scope, ScopeId, ScopeType, SeriesId, TenantId, TimeZone,
+    Title, Tri, UserId, Visibility, parse_datetime_str, visibility_fits_scope,
+    visibility_scope_mismatch,
 };
 use crate::error::AppError;
 use crate::store::audit::AuditFilter;
@@ -873,7 +873,9 @@ pub fn patch(body: &Value) -> Result<EventPatch, DomainError> {
         b.string(VISIBILITY, v, str::parse::<Visibility>)
     });
     patch.capacity = tri(b.raw(CAPACITY), |v| b.capacity(CAPACITY, v));
-    patch.time_zone = tri(b.raw(TIME_ZONE), |v| b.string(TIME_ZONE, v, TimeZone::parse));
+    patch.time_zone = tri(b.raw(TIME_ZONE), |v| {
+        b.string(TIME_ZONE, v, TimeZone::parse)
+    });
 
     b.finish()?;
     Ok(patch.into())

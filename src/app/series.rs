@@ -15,8 +15,8 @@ use crate::actors::ScopeKey;
 use crate::authz::{Guard, Sight};
 use crate::domain::series::{self as plans, Series};
 use crate::domain::{
-    ApplyTo, CancelReason, DomainError, Event, EventId, EventPatch, NewEvent, Recurrence,
-    SeriesId, Visibility, format_utc, ics,
+    ApplyTo, CancelReason, DomainError, Event, EventId, EventPatch, NewEvent, Recurrence, SeriesId,
+    Visibility, format_utc, ics,
 };
 use crate::store::series::{self, Created, SeriesWritten};
 
@@ -46,11 +46,9 @@ impl App {
             meta.now,
         );
         let Some(head) = made.occurrences.first() else {
-            return Err(DomainError::field(
-                "recurrence.rrule",
-                "the rule gives no occurrence",
-            )
-            .into());
+            return Err(
+                DomainError::field("recurrence.rrule", "the rule gives no occurrence").into(),
+            );
         };
         let result = views::event(head, &Default::default(), None);
         let shared = self.inner.registry.shared().clone();

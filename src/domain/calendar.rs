@@ -63,9 +63,7 @@ impl TimeZone {
             LocalResult::None => {
                 let later = local + Duration::hours(1);
                 match self.0.from_local_datetime(&later) {
-                    LocalResult::Single(t) | LocalResult::Ambiguous(t, _) => {
-                        t.with_timezone(&Utc)
-                    }
+                    LocalResult::Single(t) | LocalResult::Ambiguous(t, _) => t.with_timezone(&Utc),
                     LocalResult::None => local.and_utc(),
                 }
             }
@@ -151,7 +149,15 @@ pub const MAX_UNTIL_YEARS: i64 = 10;
 pub const MAX_INTERVAL: u16 = 1000;
 
 const RULE_PARTS: [&str; 9] = [
-    "FREQ", "INTERVAL", "COUNT", "UNTIL", "BYDAY", "BYMONTHDAY", "BYMONTH", "BYSETPOS", "WKST",
+    "FREQ",
+    "INTERVAL",
+    "COUNT",
+    "UNTIL",
+    "BYDAY",
+    "BYMONTHDAY",
+    "BYMONTH",
+    "BYSETPOS",
+    "WKST",
 ];
 
 /// A validated recurrence: an RRULE and the instances it excludes.
@@ -210,9 +216,7 @@ impl Recurrence {
         let mut seen = Vec::new();
         for part in normalised.split(';') {
             let Some((name, value)) = part.split_once('=') else {
-                return Err(RecurrenceError::rule(format!(
-                    "{part:?} is not NAME=VALUE"
-                )));
+                return Err(RecurrenceError::rule(format!("{part:?} is not NAME=VALUE")));
             };
             if value.is_empty() {
                 return Err(RecurrenceError::rule(format!("{name} has no value")));
@@ -283,7 +287,9 @@ impl Recurrence {
         };
         // Validation by the crate needs the start; its errors are the
         // rule's (BYMONTHDAY=40, an UNTIL the start's zone cannot take).
-        recurrence.set(dtstart, zone).map_err(RecurrenceError::rule)?;
+        recurrence
+            .set(dtstart, zone)
+            .map_err(RecurrenceError::rule)?;
         // RFC 5545 leaves a start the rule does not give undefined; calendar
         // clients disagree on it, so it is refused.
         if recurrence.instances(dtstart, zone, None, None, 1).first() != Some(&dtstart) {
@@ -323,14 +329,12 @@ impl Recurrence {
             .and_then(|(_, v)| v.parse().ok())
     }
 
-    fn set(
-        &self,
-        dtstart: DateTime<Utc>,
-        zone: TimeZone,
-    ) -> Result<rrule::RRuleSet, String> {
+    fn set(&self, dtstart: DateTime<Utc>, zone: TimeZone) -> Result<rrule::RRuleSet, String> {
         let tz = rrule::Tz::Tz(zone.tz());
-        let parsed: rrule::RRule<rrule::Unvalidated> =
-            self.rule.parse().map_err(|e: rrule::RRuleError| e.to_string())?;
+        let parsed: rrule::RRule<rrule::Unvalidated> = self
+            .rule
+            .parse()
+            .map_err(|e: rrule::RRuleError| e.to_string())?;
         let start = dtstart.with_timezone(&tz);
         let set = parsed.build(start).map_err(|e| e.to_string())?;
         Ok(self
@@ -368,13 +372,24 @@ impl Recurrence {
 
     /// How many instances of the rule (excluded ones too, as `COUNT`
     /// counts them) start before `before`.
-    fn instances_before(&self, dtstart: DateTime<Utc>, zone: TimeZone, before: DateTime<Utc>) -> u32 {
+    fn instances_before(
+        &self,
+        dtstart: DateTime<Utc>,
+        zone: TimeZone,
+        before: DateTime<Utc>,
+    ) -> u32 {
         let bare = Recurrence {
             rule: self.rule.clone(),
             exdates: Vec::new(),
         };
         let n = bare
-            .instances(dtstart, zone, None, Some(before - Duration::microseconds(1)), MAX_COUNT as usize + 1)
+            .instances(
+                dtstart,
+                zone,
+                None,
+                Some(before - Duration::microseconds(1)),
+                MAX_COUNT as usize + 1,
+            )
             .len();
         u32::try_from(n).unwrap_or(u32::MAX)
     }
@@ -391,7 +406,12 @@ impl Recurrence {
         parts.push(format!("UNTIL={}", until.format("%Y%m%dT%H%M%SZ")));
         Recurrence {
             rule: parts.join(";"),
-            exdates: self.exdates.iter().copied().filter(|d| *d < before).collect(),
+            exdates: self
+                .exdates
+                .iter()
+                .copied()
+                .filter(|d| *d < before)
+                .collect(),
         }
     }
 
@@ -408,7 +428,9 @@ impl Recurrence {
     ) -> Recurrence {
         let parts: Vec<String> = match self.count() {
             Some(count) => {
-                let left = count.saturating_sub(self.instances_before(dtstart, zone, from)).max(1);
+                let left = count
+                    .saturating_sub(self.instances_before(dtstart, zone, from))
+                    .max(1);
                 self.parts()
                     .map(|(n, v)| {
                         if n == "COUNT" {
@@ -506,7 +528,11 @@ mod tests {
         let got = r.instances(start, berlin, None, None, 10);
         assert_eq!(
             got,
-            vec![at("2026-10-20T16:00:00Z"), at("2026-10-27T17:00:00Z"), at("2026-11-03T17:00:00Z")]
+            vec![
+                at("2026-10-20T16:00:00Z"),
+                at("2026-10-27T17:00:00Z"),
+                at("2026-11-03T17:00:00Z")
+            ]
         );
         assert!(got.iter().all(|t| berlin.local(*t).hour() == 18));
     }
@@ -534,7 +560,13 @@ mod tests {
         ] {
             let e = Recurrence::parse(bad, vec![], start, TimeZone::UTC);
             assert!(
-                matches!(&e, Err(RecurrenceError { field: "recurrence.rrule", .. })),
+                matches!(
+                    &e,
+                    Err(RecurrenceError {
+                        field: "recurrence.rrule",
+                        ..
+                    })
+                ),
                 "{bad:?} gave {e:?}"
             );
         }
@@ -544,8 +576,13 @@ mod tests {
     fn a_rule_cut_and_continued_gives_the_same_instances() {
         let ny = zone("America/New_York");
         let start = at("2027-03-02T23:00:00Z"); // 18:00 EST, DST from 14 March
-        let r = Recurrence::parse("FREQ=WEEKLY;COUNT=6", vec![at("2027-03-16T22:00:00Z")], start, ny)
-            .unwrap_or_else(|e| panic!("{e:?}"));
+        let r = Recurrence::parse(
+            "FREQ=WEEKLY;COUNT=6",
+            vec![at("2027-03-16T22:00:00Z")],
+            start,
+            ny,
+        )
+        .unwrap_or_else(|e| panic!("{e:?}"));
         let all = r.instances(start, ny, None, None, 10);
         assert_eq!(all.len(), 5);
         assert!(all.iter().all(|t| ny.local(*t).hour() == 18));
@@ -560,11 +597,22 @@ mod tests {
     #[test]
     fn a_local_shift_keeps_wall_clock_time() {
         let berlin = zone("Europe/Berlin");
-        let shift = LocalShift::between(berlin, at("2026-10-20T16:00:00Z"), at("2026-10-20T17:00:00Z"));
+        let shift = LocalShift::between(
+            berlin,
+            at("2026-10-20T16:00:00Z"),
+            at("2026-10-20T17:00:00Z"),
+        );
         // 18:00 → 19:00 local, also after the change to winter time.
-        assert_eq!(shift.apply(at("2026-10-27T17:00:00Z")), at("2026-10-27T18:00:00Z"));
+        assert_eq!(
+            shift.apply(at("2026-10-27T17:00:00Z")),
+            at("2026-10-27T18:00:00Z")
+        );
         assert!(!shift.changes_day(at("2026-10-27T17:00:00Z")));
-        let day = LocalShift::between(berlin, at("2026-10-20T16:00:00Z"), at("2026-10-21T16:00:00Z"));
+        let day = LocalShift::between(
+            berlin,
+            at("2026-10-20T16:00:00Z"),
+            at("2026-10-21T16:00:00Z"),
+        );
         assert!(day.changes_day(at("2026-10-20T16:00:00Z")));
     }
 }

@@ -109,7 +109,11 @@ pub fn render_series(
     now: DateTime<Utc>,
 ) -> String {
     let zone = series.time_zone;
-    let uid = format!("series-{}@{}.updspace", series.id, sanitize_slug(tenant_slug));
+    let uid = format!(
+        "series-{}@{}.updspace",
+        series.id,
+        sanitize_slug(tenant_slug)
+    );
     let last = occurrences
         .iter()
         .map(|o| o.ends_at)
@@ -141,7 +145,13 @@ pub fn render_series(
     excluded.extend(
         series
             .recurrence
-            .instances(series.dtstart, zone, None, Some(series.materialised_until), usize::MAX)
+            .instances(
+                series.dtstart,
+                zone,
+                None,
+                Some(series.materialised_until),
+                usize::MAX,
+            )
             .into_iter()
             .filter(|at| !made.contains(at)),
     );
@@ -151,7 +161,10 @@ pub fn render_series(
         let values: Vec<String> = excluded.iter().map(|at| zoned_value(zone, *at)).collect();
         doc.line(&format!("EXDATE{}:{}", tzid(zone), values.join(",")));
     }
-    doc.line(&format!("SEQUENCE:{}", series.version.saturating_sub(1).max(0)));
+    doc.line(&format!(
+        "SEQUENCE:{}",
+        series.version.saturating_sub(1).max(0)
+    ));
     doc.line(&format!("LAST-MODIFIED:{}", ics_utc(series.updated_at)));
     doc.line(&format!("CREATED:{}", ics_utc(template.created_at)));
     doc.line(if series.cancelled {

@@ -15,12 +15,14 @@ pub mod series;
 pub mod time;
 pub mod values;
 
+pub use calendar::{
+    ApplyTo, Horizon, LocalShift, Recurrence, RecurrenceError, SeriesLink, TimeZone,
+};
 pub use error::{DomainError, ErrorCode, UnknownErrorCode};
 pub use event::{
     CancelOutcome, Event, EventField, EventPatch, EventStatus, NewEvent, NewEventFields,
     PatchOutcome, SeriesEdit, Tri,
 };
-pub use calendar::{ApplyTo, Horizon, LocalShift, Recurrence, RecurrenceError, SeriesLink, TimeZone};
 pub use ids::{ANONYMIZED_USER_ID, EventId, InvalidId, SeriesId, TenantId, UserId};
 pub use rsvp::{
     RequestedRsvp, RsvpChangeReason, RsvpCounts, RsvpDecision, RsvpStatus, Seats, decide,

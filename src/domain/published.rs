@@ -46,6 +46,14 @@ fn created_fields(event: &Event) -> Map<String, Value> {
     m.insert("capacity".into(), json!(event.seat_capacity()));
     m.insert("status".into(), json!(event.status.as_str()));
     m.insert("version".into(), json!(event.version));
+    m.insert("time_zone".into(), json!(event.time_zone.name()));
+    if let Some(link) = event.series {
+        m.insert("series_id".into(), json!(link.series_id.to_string()));
+        m.insert(
+            "recurrence_id".into(),
+            json!(format_utc(&link.recurrence_id)),
+        );
+    }
     m
 }
 
@@ -88,6 +96,9 @@ pub fn cancelled(event: &Event) -> Published {
         json!(event.cancel_reason.as_ref().map(|r| r.as_str())),
     );
     m.insert("version".into(), json!(event.version));
+    if let Some(link) = event.series {
+        m.insert("series_id".into(), json!(link.series_id.to_string()));
+    }
     m.insert("actor_user_id".into(), json!(by));
     Published {
         event_type: EVENT_CANCELLED,

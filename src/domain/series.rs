@@ -53,7 +53,12 @@ pub struct Materialised {
 impl Series {
     /// The series a create starts: `first` is the event as created (its
     /// start is the rule's first instance), nothing made yet.
-    pub fn start(id: SeriesId, first: &Event, recurrence: Recurrence, slug: Option<String>) -> Self {
+    pub fn start(
+        id: SeriesId,
+        first: &Event,
+        recurrence: Recurrence,
+        slug: Option<String>,
+    ) -> Self {
         Series {
             id,
             time_zone: first.time_zone,
@@ -73,7 +78,12 @@ impl Series {
     /// Makes the instances after `materialised_until` up to `until`, at most
     /// `max` of them, each an event made from the template at `now`. When
     /// capped, the series has come as far as the last one made.
-    pub fn materialise(&self, until: DateTime<Utc>, max: usize, now: DateTime<Utc>) -> Materialised {
+    pub fn materialise(
+        &self,
+        until: DateTime<Utc>,
+        max: usize,
+        now: DateTime<Utc>,
+    ) -> Materialised {
         let mut next = self.clone();
         if self.complete || until <= self.materialised_until {
             return Materialised {
@@ -237,12 +247,12 @@ pub fn plan_update(
             let mut split = series.touched(now);
             split.id = SeriesId::new_v4();
             split.version = 1;
-            split.recurrence = series.recurrence.from_instance(
-                series.dtstart,
-                zone,
-                anchor_instance,
-                |d| start_shift.apply(d),
-            );
+            split.recurrence =
+                series
+                    .recurrence
+                    .from_instance(series.dtstart, zone, anchor_instance, |d| {
+                        start_shift.apply(d)
+                    });
             split.dtstart = start_shift.apply(anchor_instance);
             (kept, Some(split))
         }
@@ -397,7 +407,11 @@ mod tests {
             },
         )
         .unwrap_or_else(|e| panic!("{e:?}"));
-        new.into_event(EventId::new_v4(), UserId::from_uuid(uuid::Uuid::from_u128(9)), at(starts))
+        new.into_event(
+            EventId::new_v4(),
+            UserId::from_uuid(uuid::Uuid::from_u128(9)),
+            at(starts),
+        )
     }
 
     fn series(rule: &str) -> (Series, Vec<Event>) {
@@ -418,7 +432,9 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{e:?}"));
             let s = Series::start(s.id, &first, rec, None);
             let a = s.materialise(at("2027-06-01T00:00:00Z"), 500, first.created_at);
-            let b = a.series.materialise(at("2027-12-31T00:00:00Z"), 500, first.created_at);
+            let b = a
+                .series
+                .materialise(at("2027-12-31T00:00:00Z"), 500, first.created_at);
             let mut all: Vec<DateTime<Utc>> = a.occurrences.iter().map(|e| e.starts_at).collect();
             all.extend(b.occurrences.iter().map(|e| e.starts_at));
             (b.series, all)
@@ -429,7 +445,11 @@ mod tests {
         again.dedup();
         assert_eq!(again.len(), starts.len());
         // Nothing more to make at the same horizon.
-        assert!(s.materialise(at("2027-12-31T00:00:00Z"), 500, at("2027-01-01T00:00:00Z")).occurrences.is_empty());
+        assert!(
+            s.materialise(at("2027-12-31T00:00:00Z"), 500, at("2027-01-01T00:00:00Z"))
+                .occurrences
+                .is_empty()
+        );
     }
 
     #[test]
@@ -448,14 +468,38 @@ mod tests {
             ..Default::default()
         };
         let by = UserId::from_uuid(uuid::Uuid::from_u128(9));
-        let plan = plan_update(&s, anchor, &made, &patch, ApplyTo::Following, anchor.starts_at, by)
-            .unwrap_or_else(|e| panic!("{e:?}"));
+        let plan = plan_update(
+            &s,
+            anchor,
+            &made,
+            &patch,
+            ApplyTo::Following,
+            anchor.starts_at,
+            by,
+        )
+        .unwrap_or_else(|e| panic!("{e:?}"));
         assert_eq!(plan.commands.len(), 4);
         let split = plan.split_off.unwrap_or_else(|| panic!("no split"));
         assert!(plan.series.complete);
-        assert_eq!(plan.series.recurrence.instances(s.dtstart, berlin(), None, None, 10).len(), 2);
-        assert_eq!(split.recurrence.instances(split.dtstart, berlin(), None, None, 10).len(), 4);
-        let moved = LocalShift::between(berlin(), anchor.starts_at, anchor.starts_at + Duration::hours(1));
+        assert_eq!(
+            plan.series
+                .recurrence
+                .instances(s.dtstart, berlin(), None, None, 10)
+                .len(),
+            2
+        );
+        assert_eq!(
+            split
+                .recurrence
+                .instances(split.dtstart, berlin(), None, None, 10)
+                .len(),
+            4
+        );
+        let moved = LocalShift::between(
+            berlin(),
+            anchor.starts_at,
+            anchor.starts_at + Duration::hours(1),
+        );
         assert_eq!(split.dtstart, moved.apply(anchor.starts_at));
     }
 
@@ -468,7 +512,15 @@ mod tests {
             ..Default::default()
         };
         let by = UserId::from_uuid(uuid::Uuid::from_u128(9));
-        let e = plan_update(&s, &made[1], &made, &patch, ApplyTo::All, made[1].starts_at, by);
+        let e = plan_update(
+            &s,
+            &made[1],
+            &made,
+            &patch,
+            ApplyTo::All,
+            made[1].starts_at,
+            by,
+        );
         assert!(matches!(e, Err(DomainError::Validation { .. })), "{e:?}");
     }
 
@@ -478,7 +530,14 @@ mod tests {
         let plan = plan_cancel(&s, &made[3], &made, None, ApplyTo::All, made[0].starts_at);
         assert_eq!(plan.commands.len(), 5);
         assert!(plan.series.cancelled && plan.series.complete);
-        let plan = plan_cancel(&s, &made[3], &made, None, ApplyTo::Following, made[0].starts_at);
+        let plan = plan_cancel(
+            &s,
+            &made[3],
+            &made,
+            None,
+            ApplyTo::Following,
+            made[0].starts_at,
+        );
         assert_eq!(plan.commands.len(), 2);
         assert!(!plan.series.cancelled && plan.series.complete);
     }

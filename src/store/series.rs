@@ -155,7 +155,8 @@ async fn insert(conn: &mut PgConnection, s: &Series) -> Result<(), sqlx::Error> 
 }
 
 fn capacity(t: &Event) -> Option<i32> {
-    t.seat_capacity().map(|c| i32::try_from(c).unwrap_or(i32::MAX))
+    t.seat_capacity()
+        .map(|c| i32::try_from(c).unwrap_or(i32::MAX))
 }
 
 async fn update(conn: &mut PgConnection, s: &Series) -> Result<(), sqlx::Error> {

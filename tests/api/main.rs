@@ -7,6 +7,7 @@ mod activity_consumer;
 mod admin_roles;
 mod authority;
 mod bench;
+mod calendar;
 mod capacity;
 mod cli;
 mod cli_call;
