@@ -87,6 +87,7 @@ bench rsvp --duration "$DURATION" --concurrency 64 --events 1000
 bench rsvp-hot --duration "$DURATION" --concurrency 64 --capacity 100
 bench mixed --duration "$DURATION" --concurrency 64 --events 1000
 bench create --duration "$DURATION" --concurrency 64
+bench create-series --duration "$DURATION" --concurrency 8 --occurrences 52
 bench get --transport http --duration "$DURATION" --concurrency 64 --events 1000
 # The same over v2: v1 reads are checked in the shared replay bucket, v2
 # reads only by the instance; writes are claimed in Postgres either way.
@@ -182,6 +183,8 @@ for r in rows:
         ratio = f"{t / pgb_hot:.2f} × pgbench hot row"
     if r["scenario"] == "outbox-drain":
         ratio = "messages/s"
+    if r["scenario"] == "create-series":
+        ratio = f"series of {r.get('occurrences_per_series')}: {r.get('occurrences_per_s', 0):,.0f} occurrences/s"
     lines.append(f"| {r['scenario']} | {r['transport']} | {r['requests']:,} | {r['errors']} | {t:,.0f} | "
                  f"{r['p50_us']:,} | {r['p90_us']:,} | {r['p99_us']:,} | {r['max_us']:,} | {r.get('rss_mb') or '?'} | {ratio} |")
 extras = [r for r in rows if r["scenario"] != "soak" and any(k not in ("scenario","transport","concurrency","requests","errors","throughput_rps","p50_us","p90_us","p99_us","max_us","rss_mb","seconds") for k in r)]

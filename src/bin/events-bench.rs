@@ -26,6 +26,9 @@ pub enum Scenario {
     /// Raw NATS request/reply to a trivial responder: the transport ceiling.
     Echo,
     Create,
+    /// Creates weekly series of `--occurrences` occurrences (52: a year of
+    /// game nights), each made in the create's one transaction.
+    CreateSeries,
     Get,
     /// `event.list` with limit 100 over the seeded events.
     List,
@@ -61,6 +64,7 @@ impl Scenario {
         match self {
             Scenario::Echo => "echo",
             Scenario::Create => "create",
+            Scenario::CreateSeries => "create-series",
             Scenario::Get => "get",
             Scenario::List => "list",
             Scenario::Rsvp => "rsvp",
@@ -123,6 +127,9 @@ pub struct BenchArgs {
     /// Events to seed (outbox-drain: rows in the backlog).
     #[arg(long, default_value_t = 1000)]
     events: usize,
+    /// Occurrences per series for create-series.
+    #[arg(long, default_value_t = 52)]
+    occurrences: u32,
     /// Changes per second for outbox-latency.
     #[arg(long, default_value_t = 2000)]
     rate: u64,
@@ -551,6 +558,33 @@ async fn run(settings: &Settings, args: BenchArgs) -> ExitCode {
                 }
             })
             .await
+        }
+        Scenario::CreateSeries => {
+            let (driver, admin) = (driver.clone(), admin.clone());
+            let rule = format!("FREQ=WEEKLY;COUNT={}", args.occurrences);
+            let mut outcome = load(args.concurrency, warmup, duration, move |i| {
+                let (driver, admin, rule) = (driver.clone(), admin.clone(), rule.clone());
+                async move {
+                    // Starting next week, so every occurrence is within the horizon.
+                    let start = chrono::Utc::now() + chrono::Duration::days(7);
+                    let mut body = event_body(&admin.tenant_id, i as usize, Some(20));
+                    body["startsAt"] = json!(start.format("%Y-%m-%dT18:00:00Z").to_string());
+                    body["endsAt"] = json!(start.format("%Y-%m-%dT21:00:00Z").to_string());
+                    body["timeZone"] = json!("Europe/Berlin");
+                    body["recurrence"] = json!({"rrule": rule});
+                    driver.hit("event.create", &admin, body).await
+                }
+            })
+            .await;
+            let per_second = outcome.requests as f64 / outcome.elapsed.as_secs_f64().max(1e-9);
+            outcome
+                .extra
+                .insert("occurrences_per_series".into(), json!(args.occurrences));
+            outcome.extra.insert(
+                "occurrences_per_s".into(),
+                json!((per_second * args.occurrences as f64).round()),
+            );
+            outcome
         }
         Scenario::Get | Scenario::List | Scenario::Rsvp | Scenario::Mixed => {
             eprintln!("  seeding {} events", args.events);

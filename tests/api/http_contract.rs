@@ -362,7 +362,7 @@ fn is_utc_z(s: &str) -> bool {
     base && (b.len() == 20 || (b.len() == 24 && b[19] == b'.'))
 }
 
-const EVENT_KEYS: [&str; 22] = [
+const EVENT_KEYS: [&str; 25] = [
     "id",
     "tenantId",
     "scopeType",
@@ -385,6 +385,9 @@ const EVENT_KEYS: [&str; 22] = [
     "cancelReason",
     "rsvpCounts",
     "myRsvp",
+    "timeZone",
+    "seriesId",
+    "recurrenceId",
 ];
 
 /// The event view contract: every key, camelCase at the top, the four
