@@ -469,6 +469,7 @@ async fn erase_anonymizes_creator_and_deletes_user_rows() {
             "role_bindings_deleted": 0,
             "memberships_deleted": 0,
             "feed_tokens_deleted": 0,
+            "series_anonymized": 0,
             "audit_entries_anonymized": 0,
         })
     );
@@ -775,6 +776,7 @@ async fn erase_of_a_user_without_data_changes_nothing() {
             "role_bindings_deleted": 0,
             "memberships_deleted": 0,
             "feed_tokens_deleted": 0,
+            "series_anonymized": 0,
             "audit_entries_anonymized": 0,
         })
     );

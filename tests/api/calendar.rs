@@ -677,3 +677,35 @@ async fn the_extender_makes_each_occurrence_once_as_time_passes_even_on_two_inst
     // The later occurrences are extended from the template as it is now.
     drop((a, b));
 }
+
+#[tokio::test]
+async fn dsar_exports_and_anonymises_the_series_a_user_created() {
+    let w = world().await;
+    let first = w
+        .ok(
+            "event.create",
+            w.series_body(
+                "2026-10-13T16:00:00Z",
+                "2026-10-13T19:00:00Z",
+                "UTC",
+                "FREQ=DAILY;COUNT=2",
+            ),
+        )
+        .await;
+    let series_id = first["seriesId"].as_str().unwrap_or_default().to_string();
+    let me = json!({"userId": w.org.user_id});
+    let export = w.ok("dsar.export", me.clone()).await;
+    assert_eq!(export["series_created"][0]["series_id"], series_id.as_str());
+    assert_eq!(export["series_created"][0]["rrule"], "FREQ=DAILY;COUNT=2");
+    let erased = w.ok("dsar.erase", me.clone()).await;
+    assert_eq!(erased["counts"]["series_anonymized"], 1, "{erased}");
+    let creator: Uuid =
+        sqlx::query_scalar("SELECT created_by FROM event_series WHERE id = $1::uuid")
+            .bind(&series_id)
+            .fetch_one(&w.app.db)
+            .await
+            .expect("series");
+    assert!(creator.is_nil());
+    let again = w.ok("dsar.export", me).await;
+    assert_eq!(again["series_created"], json!([]));
+}

@@ -1664,6 +1664,7 @@ async fn original_18_dsar_export_returns_the_events_bundle() {
             // Ours, besides the original's.
             "role_bindings",
             "memberships",
+            "series_created",
             "feed_tokens"
         ])
     );

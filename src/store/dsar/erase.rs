@@ -143,6 +143,7 @@ struct Counts {
     role_bindings_deleted: u64,
     memberships_deleted: u64,
     feed_tokens_deleted: u64,
+    series_anonymized: u64,
     audit_entries_anonymized: usize,
 }
 
@@ -162,6 +163,7 @@ fn summary(tenant: TenantId, user: UserId, at: DateTime<Utc>, c: &Counts) -> Val
             "role_bindings_deleted": c.role_bindings_deleted,
             "memberships_deleted": c.memberships_deleted,
             "feed_tokens_deleted": c.feed_tokens_deleted,
+            "series_anonymized": c.series_anonymized,
             "audit_entries_anonymized": c.audit_entries_anonymized,
         },
     })
@@ -356,6 +358,17 @@ async fn erase_in(
     .bind(nil)
     .execute(&mut *tx)
     .await?;
+    // Series the user created stay, without the user's id (occurrences made
+    // later would otherwise name them as their creator).
+    let series_anonymized = sqlx::query(
+        "UPDATE event_series SET created_by = $3 WHERE tenant_id = $1 AND created_by = $2",
+    )
+    .bind(t)
+    .bind(u)
+    .bind(nil)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
     let audit_entries_anonymized = anonymize_audit(tx, t, user).await?;
 
     let counts = Counts {
@@ -367,6 +380,7 @@ async fn erase_in(
         role_bindings_deleted,
         memberships_deleted,
         feed_tokens_deleted: 0,
+        series_anonymized,
         audit_entries_anonymized,
     };
     Ok(Some(Erased {

@@ -65,6 +65,7 @@ pub async fn export(db: &PgPool, tenant: TenantId, user: UserId) -> Result<Value
         "outbox": [],
         "role_bindings": [],
         "memberships": [],
+        "series_created": [],
         // Calendar feed tokens: none are stored by this version.
         "feed_tokens": [],
     });
@@ -79,6 +80,22 @@ pub async fn export(db: &PgPool, tenant: TenantId, user: UserId) -> Result<Value
         "SELECT {EVENT_COLUMNS} FROM events e
          WHERE e.tenant_id = $1 AND e.created_by = $2 ORDER BY e.created_at, e.id"
     )))
+    .bind(t)
+    .bind(u)
+    .fetch_all(&mut *tx)
+    .await?;
+    let series: Vec<(
+        Uuid,
+        String,
+        String,
+        String,
+        String,
+        DateTime<Utc>,
+        DateTime<Utc>,
+    )> = sqlx::query_as(
+        "SELECT id, scope_type::text, scope_id, title, rrule, dtstart, created_at
+             FROM event_series WHERE tenant_id = $1 AND created_by = $2 ORDER BY created_at, id",
+    )
     .bind(t)
     .bind(u)
     .fetch_all(&mut *tx)
@@ -159,6 +176,23 @@ pub async fn export(db: &PgPool, tenant: TenantId, user: UserId) -> Result<Value
         })
         .collect();
     bundle["events_created"] = events.iter().map(event_json).collect();
+    bundle["series_created"] = series
+        .into_iter()
+        .map(
+            |(id, scope_type, scope_id, title, rrule, dtstart, created_at)| {
+                json!({
+                    "series_id": id.to_string(),
+                    "tenant_id": tenant.to_string(),
+                    "scope_type": scope_type,
+                    "scope_id": scope_id,
+                    "title": title,
+                    "rrule": rrule,
+                    "starts_at": format_utc(&dtstart),
+                    "created_at": format_utc(&created_at),
+                })
+            },
+        )
+        .collect();
     bundle["rsvps"] = rsvps
         .into_iter()
         .map(|r| {
