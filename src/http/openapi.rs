@@ -267,6 +267,7 @@ fn json_reply(op: Op) -> Option<(&'static str, RefOr<Schema>)> {
         Op::MembershipList => ("MembershipPage", page_of(membership().into())),
         Op::AdminAuditList => ("AuditPage", page_of(audit_entry())),
         Op::MeCapabilities => ("Capabilities", capabilities()),
+        Op::SeriesGet => ("Series", series()),
         _ => return None,
     })
 }
@@ -933,6 +934,36 @@ fn audit_entry() -> RefOr<Schema> {
             "details",
             ObjectBuilder::new().schema_type(Type::Object).into(),
         ),
+    ])
+    .into()
+}
+
+fn series() -> RefOr<Schema> {
+    let text = || ObjectBuilder::new().schema_type(Type::String);
+    let boolean = || ObjectBuilder::new().schema_type(Type::Boolean);
+    let occurrence = object(vec![
+        ("id", uuid_text().into()),
+        ("recurrenceId", datetime().into()),
+        ("startsAt", datetime().into()),
+        ("endsAt", datetime().into()),
+        ("status", crate::domain::EventStatus::schema()),
+        ("changed", boolean().into()),
+    ]);
+    object(vec![
+        ("seriesId", uuid_text().into()),
+        ("rrule", text().into()),
+        ("exdates", ArrayBuilder::new().items(datetime()).into()),
+        ("timeZone", text().into()),
+        ("title", text().into()),
+        ("startsAt", datetime().into()),
+        (
+            "durationMinutes",
+            ObjectBuilder::new().schema_type(Type::Integer).into(),
+        ),
+        ("cancelled", boolean().into()),
+        ("complete", boolean().into()),
+        ("materialisedUntil", datetime().into()),
+        ("occurrences", ArrayBuilder::new().items(occurrence).into()),
     ])
     .into()
 }

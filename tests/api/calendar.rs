@@ -709,3 +709,70 @@ async fn dsar_exports_and_anonymises_the_series_a_user_created() {
     let again = w.ok("dsar.export", me).await;
     assert_eq!(again["series_created"], json!([]));
 }
+
+/// A recurring create and a change of several occurrences, each replayed to
+/// another instance and to the first: refused, and nothing changes.
+#[tokio::test]
+async fn series_writes_replayed_are_refused_on_every_instance() {
+    let w = world().await;
+    let b = w.app.spawn_sibling(|_| {}).await;
+    let count = |app: &TestApp| {
+        let db = app.db.clone();
+        async move {
+            sqlx::query_as::<_, (i64, i64, i64)>(
+                "SELECT (SELECT count(*) FROM events), (SELECT coalesce(sum(version), 0)::bigint FROM events),
+                        (SELECT count(*) FROM event_series)",
+            )
+            .fetch_one(&db)
+            .await
+            .expect("counts")
+        }
+    };
+    for version in [2u8, 1] {
+        let body = w.series_body(
+            "2026-10-13T16:00:00Z",
+            "2026-10-13T19:00:00Z",
+            "Europe/Berlin",
+            "FREQ=WEEKLY;COUNT=3",
+        );
+        let create = crate::helpers::capture(
+            "POST",
+            "/api/v1/events/",
+            &w.org,
+            Some(body.to_string().into_bytes()),
+            version,
+        );
+        let first = w.app.send(&create).await;
+        assert_eq!(first.status, 200, "v{version}: {}", first.text);
+        let anchor = first.json()["id"].as_str().unwrap_or_default().to_string();
+        let patch = crate::helpers::capture(
+            "PATCH",
+            &format!("/api/v1/events/{anchor}"),
+            &w.org,
+            Some(
+                json!({"title": format!("Renamed v{version}"), "applyTo": "all"})
+                    .to_string()
+                    .into_bytes(),
+            ),
+            version,
+        );
+        assert_eq!(w.app.send(&patch).await.status, 200);
+        let before = count(&w.app).await;
+        for (what, captured) in [("create", &create), ("update all", &patch)] {
+            for target in [&b, &w.app] {
+                let again = target.send(captured).await;
+                assert_eq!(
+                    (again.status, again.json()["error"]["code"].as_str()),
+                    (401, Some("UNAUTHORIZED")),
+                    "v{version} {what} replayed: {}",
+                    again.text
+                );
+            }
+        }
+        assert_eq!(
+            count(&w.app).await,
+            before,
+            "v{version}: a replay changed something"
+        );
+    }
+}
