@@ -336,7 +336,9 @@ impl Recurrence {
             .parse()
             .map_err(|e: rrule::RRuleError| e.to_string())?;
         let start = dtstart.with_timezone(&tz);
-        let set = parsed.build(start).map_err(|e| e.to_string())?;
+        // Limited: a rule that matches nothing (the 30th of February) stops
+        // after the crate's bound on iterations instead of running for ever.
+        let set = parsed.build(start).map_err(|e| e.to_string())?.limit();
         Ok(self
             .exdates
             .iter()
@@ -551,6 +553,7 @@ mod tests {
             "FREQ=DAILY;UNTIL=20200101T000000Z",
             "FREQ=WEEKLY;BYDAY=XX",
             "FREQ=MONTHLY;BYMONTHDAY=40",
+            "FREQ=YEARLY;BYMONTH=2;BYMONTHDAY=30",
             "BYDAY=MO",
             "FREQ=DAILY;FREQ=WEEKLY",
             "FREQ=DAILY\nRRULE:FREQ=DAILY",

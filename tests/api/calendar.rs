@@ -526,6 +526,8 @@ async fn hostile_rules_are_refused_with_422_and_write_nothing() {
         "FREQ=WEEKLY;BYDAY=FR",
         "FREQ=WEEKLY;BYDAY=XX",
         "FREQ=MONTHLY;BYMONTHDAY=99",
+        "FREQ=YEARLY;BYMONTH=2;BYMONTHDAY=30",
+        "FREQ=DAILY;INTERVAL=100000",
         "FREQ=DAILY\r\nRRULE:FREQ=DAILY",
         "not a rule",
         "",
