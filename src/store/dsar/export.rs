@@ -84,17 +84,9 @@ pub async fn export(db: &PgPool, tenant: TenantId, user: UserId) -> Result<Value
     .bind(u)
     .fetch_all(&mut *tx)
     .await?;
-    let series: Vec<(
-        Uuid,
-        String,
-        String,
-        String,
-        String,
-        DateTime<Utc>,
-        DateTime<Utc>,
-    )> = sqlx::query_as(
-        "SELECT id, scope_type::text, scope_id, title, rrule, dtstart, created_at
-             FROM event_series WHERE tenant_id = $1 AND created_by = $2 ORDER BY created_at, id",
+    let series: Vec<SeriesExportRow> = sqlx::query_as(
+        "SELECT id, scope_type::text AS scope_type, scope_id, title, rrule, dtstart, created_at
+         FROM event_series WHERE tenant_id = $1 AND created_by = $2 ORDER BY created_at, id",
     )
     .bind(t)
     .bind(u)
@@ -178,20 +170,18 @@ pub async fn export(db: &PgPool, tenant: TenantId, user: UserId) -> Result<Value
     bundle["events_created"] = events.iter().map(event_json).collect();
     bundle["series_created"] = series
         .into_iter()
-        .map(
-            |(id, scope_type, scope_id, title, rrule, dtstart, created_at)| {
-                json!({
-                    "series_id": id.to_string(),
-                    "tenant_id": tenant.to_string(),
-                    "scope_type": scope_type,
-                    "scope_id": scope_id,
-                    "title": title,
-                    "rrule": rrule,
-                    "starts_at": format_utc(&dtstart),
-                    "created_at": format_utc(&created_at),
-                })
-            },
-        )
+        .map(|s| {
+            json!({
+                "series_id": s.id.to_string(),
+                "tenant_id": tenant.to_string(),
+                "scope_type": s.scope_type,
+                "scope_id": s.scope_id,
+                "title": s.title,
+                "rrule": s.rrule,
+                "starts_at": format_utc(&s.dtstart),
+                "created_at": format_utc(&s.created_at),
+            })
+        })
         .collect();
     bundle["rsvps"] = rsvps
         .into_iter()
@@ -234,6 +224,17 @@ pub async fn export(db: &PgPool, tenant: TenantId, user: UserId) -> Result<Value
         })
         .collect();
     Ok(bundle)
+}
+
+#[derive(sqlx::FromRow)]
+struct SeriesExportRow {
+    id: Uuid,
+    scope_type: String,
+    scope_id: String,
+    title: String,
+    rrule: String,
+    dtstart: DateTime<Utc>,
+    created_at: DateTime<Utc>,
 }
 
 #[derive(sqlx::FromRow)]
