@@ -33,6 +33,8 @@ pub enum ErrorCode {
     InvalidQuery,
     ValidationError,
     EventCancelled,
+    RsvpClosed,
+    NotEnoughSeats,
     IdempotencyConflict,
     Conflict,
     MembershipAuthorityIsPortal,
@@ -48,7 +50,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 30] = [
+    pub const ALL: [ErrorCode; 32] = [
         ErrorCode::MissingRequestId,
         ErrorCode::MissingTenantContext,
         ErrorCode::Unauthorized,
@@ -67,6 +69,8 @@ impl ErrorCode {
         ErrorCode::InvalidQuery,
         ErrorCode::ValidationError,
         ErrorCode::EventCancelled,
+        ErrorCode::RsvpClosed,
+        ErrorCode::NotEnoughSeats,
         ErrorCode::IdempotencyConflict,
         ErrorCode::Conflict,
         ErrorCode::MembershipAuthorityIsPortal,
@@ -101,6 +105,8 @@ impl ErrorCode {
             ErrorCode::InvalidQuery => "INVALID_QUERY",
             ErrorCode::ValidationError => "VALIDATION_ERROR",
             ErrorCode::EventCancelled => "EVENT_CANCELLED",
+            ErrorCode::RsvpClosed => "RSVP_CLOSED",
+            ErrorCode::NotEnoughSeats => "NOT_ENOUGH_SEATS",
             ErrorCode::IdempotencyConflict => "IDEMPOTENCY_CONFLICT",
             ErrorCode::Conflict => "CONFLICT",
             ErrorCode::MembershipAuthorityIsPortal => "MEMBERSHIP_AUTHORITY_IS_PORTAL",
@@ -136,6 +142,8 @@ impl ErrorCode {
             ErrorCode::NotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::EventCancelled
+            | ErrorCode::RsvpClosed
+            | ErrorCode::NotEnoughSeats
             | ErrorCode::IdempotencyConflict
             | ErrorCode::Conflict
             | ErrorCode::MembershipAuthorityIsPortal => 409,
@@ -175,6 +183,8 @@ impl ErrorCode {
             ErrorCode::InvalidQuery => "Invalid query parameters",
             ErrorCode::ValidationError => "Validation failed",
             ErrorCode::EventCancelled => "Event is cancelled",
+            ErrorCode::RsvpClosed => "RSVPs are not taken now",
+            ErrorCode::NotEnoughSeats => "Not enough free seats for the larger party",
             ErrorCode::IdempotencyConflict => {
                 "X-Request-Id was already used for a different request"
             }
@@ -246,6 +256,12 @@ pub enum DomainError {
     NoUpdates,
     #[error("Event is cancelled")]
     EventCancelled,
+    /// An RSVP outside the event's RSVP window.
+    #[error("RSVPs are not taken now")]
+    RsvpClosed,
+    /// More guests on a `going` RSVP than there are free seats for.
+    #[error("Not enough free seats for the larger party")]
+    NotEnoughSeats,
 }
 
 impl DomainError {
@@ -263,6 +279,8 @@ impl DomainError {
             DomainError::InvalidTimeRange => ErrorCode::InvalidTimeRange,
             DomainError::NoUpdates => ErrorCode::NoUpdates,
             DomainError::EventCancelled => ErrorCode::EventCancelled,
+            DomainError::RsvpClosed => ErrorCode::RsvpClosed,
+            DomainError::NotEnoughSeats => ErrorCode::NotEnoughSeats,
         }
     }
 
@@ -289,7 +307,9 @@ impl DomainError {
             }
             DomainError::InvalidTimeRange
             | DomainError::NoUpdates
-            | DomainError::EventCancelled => self.code().default_message().to_owned(),
+            | DomainError::EventCancelled
+            | DomainError::RsvpClosed
+            | DomainError::NotEnoughSeats => self.code().default_message().to_owned(),
         }
     }
 
@@ -345,6 +365,8 @@ mod tests {
             ("INVALID_QUERY", 400),
             ("VALIDATION_ERROR", 422),
             ("EVENT_CANCELLED", 409),
+            ("RSVP_CLOSED", 409),
+            ("NOT_ENOUGH_SEATS", 409),
             ("IDEMPOTENCY_CONFLICT", 409),
             ("CONFLICT", 409),
             ("MEMBERSHIP_AUTHORITY_IS_PORTAL", 409),

@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::domain::error::DomainError;
 use crate::domain::ids::{EventId, TenantId, UserId};
+use crate::domain::rules::{MaxGuests, Reminders, RsvpRules};
 use crate::domain::time::truncate_to_micros;
 use crate::domain::values::{
     CancelReason, Capacity, Description, GameId, LocationText, LocationUrl, Scope, ScopeId,
@@ -37,10 +38,15 @@ pub enum EventField {
     GameId,
     Visibility,
     Capacity,
+    RsvpOpensAt,
+    RsvpClosesAt,
+    MaxGuests,
+    RsvpApproval,
+    Reminders,
 }
 
 impl EventField {
-    pub const ALL: [EventField; 9] = [
+    pub const ALL: [EventField; 14] = [
         EventField::Title,
         EventField::Description,
         EventField::StartsAt,
@@ -50,6 +56,11 @@ impl EventField {
         EventField::GameId,
         EventField::Visibility,
         EventField::Capacity,
+        EventField::RsvpOpensAt,
+        EventField::RsvpClosesAt,
+        EventField::MaxGuests,
+        EventField::RsvpApproval,
+        EventField::Reminders,
     ];
 
     /// The name in domain events (`updated_fields`).
@@ -64,6 +75,11 @@ impl EventField {
             EventField::GameId => "game_id",
             EventField::Visibility => "visibility",
             EventField::Capacity => "capacity",
+            EventField::RsvpOpensAt => "rsvp_opens_at",
+            EventField::RsvpClosesAt => "rsvp_closes_at",
+            EventField::MaxGuests => "max_guests",
+            EventField::RsvpApproval => "rsvp_approval",
+            EventField::Reminders => "reminders",
         }
     }
 
@@ -79,6 +95,11 @@ impl EventField {
             EventField::GameId => "gameId",
             EventField::Visibility => "visibility",
             EventField::Capacity => "capacity",
+            EventField::RsvpOpensAt => "rsvpOpensAt",
+            EventField::RsvpClosesAt => "rsvpClosesAt",
+            EventField::MaxGuests => "maxGuests",
+            EventField::RsvpApproval => "rsvpApproval",
+            EventField::Reminders => "reminders",
         }
     }
 }
@@ -121,6 +142,8 @@ pub struct Event {
     pub cancelled_at: Option<DateTime<Utc>>,
     pub cancelled_by: Option<UserId>,
     pub cancel_reason: Option<CancelReason>,
+    /// The RSVP window, guests, approval and reminders.
+    pub rules: RsvpRules,
 }
 
 /// The result of `Event::apply_patch`.
@@ -256,12 +279,33 @@ impl Event {
             set(EventField::Capacity, capacity != next.capacity);
             next.capacity = capacity;
         }
+        if let Some(opens_at) = patch.rsvp_opens_at.into_option_update() {
+            set(EventField::RsvpOpensAt, opens_at != next.rules.opens_at);
+            next.rules.opens_at = opens_at;
+        }
+        if let Some(closes_at) = patch.rsvp_closes_at.into_option_update() {
+            set(EventField::RsvpClosesAt, closes_at != next.rules.closes_at);
+            next.rules.closes_at = closes_at;
+        }
+        if let Some(max_guests) = patch.max_guests.resolve(MaxGuests::default) {
+            set(EventField::MaxGuests, max_guests != next.rules.max_guests);
+            next.rules.max_guests = max_guests;
+        }
+        if let Tri::Set(approval) = patch.rsvp_approval {
+            set(EventField::RsvpApproval, approval != next.rules.approval);
+            next.rules.approval = approval;
+        }
+        if let Some(reminders) = patch.reminders.resolve(Reminders::none) {
+            set(EventField::Reminders, reminders != next.rules.reminders);
+            next.rules.reminders = reminders;
+        }
 
         // The original checked the range even when the times were not in the
         // patch; so do we, against the merged values.
         if next.starts_at >= next.ends_at {
             return Err(DomainError::InvalidTimeRange);
         }
+        next.rules.check_window(next.ends_at)?;
 
         if changed.is_empty() {
             return Ok(PatchOutcome {
@@ -326,6 +370,9 @@ pub struct NewEvent {
     game_id: Option<GameId>,
     visibility: Visibility,
     capacity: Option<Capacity>,
+    rules: RsvpRules,
+    /// `reminders` was sent (else the service's default applies).
+    reminders_sent: bool,
 }
 
 const CANNOT_BE_NULL: &str = "cannot be null";
@@ -343,6 +390,10 @@ pub struct NewEventFields {
     pub game_id: Option<GameId>,
     pub visibility: Visibility,
     pub capacity: Option<Capacity>,
+    pub rules: RsvpRules,
+    /// `reminders` was sent; when not, [`NewEvent::default_reminders`]
+    /// may set them.
+    pub reminders_sent: bool,
 }
 
 impl NewEvent {
@@ -359,6 +410,7 @@ impl NewEvent {
         if f.starts_at >= f.ends_at {
             return Err(DomainError::InvalidTimeRange);
         }
+        f.rules.check_window(f.ends_at)?;
         Ok(NewEvent {
             tenant_id: tenant,
             scope: f.scope,
@@ -371,7 +423,20 @@ impl NewEvent {
             game_id: f.game_id,
             visibility: f.visibility,
             capacity: f.capacity,
+            rules: f.rules,
+            reminders_sent: f.reminders_sent,
         })
+    }
+
+    /// Gives the event `reminders` unless the request sent its own.
+    pub fn default_reminders(&mut self, reminders: &Reminders) {
+        if !self.reminders_sent {
+            self.rules.reminders = reminders.clone();
+        }
+    }
+
+    pub fn rules(&self) -> &RsvpRules {
+        &self.rules
     }
 
     /// The stored event this request creates: `scheduled`, version 1,
@@ -399,6 +464,7 @@ impl NewEvent {
             cancelled_at: None,
             cancelled_by: None,
             cancel_reason: None,
+            rules: self.rules,
         }
     }
 
@@ -508,6 +574,16 @@ pub struct EventPatch {
     pub game_id: Tri<GameId>,
     pub visibility: Tri<Visibility>,
     pub capacity: Tri<Capacity>,
+    /// null: none (open from creation).
+    pub rsvp_opens_at: Tri<DateTime<Utc>>,
+    /// null: none (closes when the event ends).
+    pub rsvp_closes_at: Tri<DateTime<Utc>>,
+    /// null: 0.
+    pub max_guests: Tri<MaxGuests>,
+    /// null is ignored.
+    pub rsvp_approval: Tri<bool>,
+    /// null: none.
+    pub reminders: Tri<Reminders>,
 }
 
 impl EventPatch {
