@@ -51,6 +51,8 @@ pub struct Application {
     outbox: ractor::ActorRef<OutboxMsg>,
     /// The Activity bridge, when `ACTIVITY_SERVICE_URL` is set.
     bridge: Option<std::sync::Arc<crate::actors::bridge::Bridge>>,
+    /// The reminder scheduler (it schedules while it holds its lock).
+    reminders: std::sync::Arc<crate::actors::reminders::Scheduler>,
 }
 
 impl Application {
@@ -154,6 +156,7 @@ impl Application {
             replay_window_secs: Verifier::DEFAULT_WINDOW_SECS,
             role_admin,
             live: Some(crate::app::live::Live::new(live, config.live.clone())),
+            rsvp: config.rsvp.clone(),
         });
         let (nats_tasks, _micro) =
             subjects::endpoints::serve(app.clone(), nats.clone(), &subject_names).await?;
@@ -183,6 +186,16 @@ impl Application {
         if let Some(bridge) = &bridge {
             bridge.spawn();
         }
+        let reminders =
+            crate::actors::reminders::Scheduler::new(crate::actors::reminders::SchedulerParts {
+                db: db.clone(),
+                lock_options: store::connect_options(&config.database)?,
+                subjects: subject_names.clone(),
+                clock: config.rsvp.clock,
+                poll: config.rsvp.reminder_poll,
+                outbox_wakeup: outbox_wakeup.clone(),
+            });
+        reminders.spawn();
         let listener = TcpListener::bind(config.http_addr)
             .await
             .map_err(|source| StartupError::Bind {
@@ -205,6 +218,7 @@ impl Application {
             nats_tasks,
             outbox,
             bridge,
+            reminders,
         })
     }
 
@@ -241,6 +255,7 @@ impl Application {
         if let Some(bridge) = &self.bridge {
             bridge.stop();
         }
+        self.reminders.stop();
         self.state.publisher.step_down().await;
         // Stop taking requests; the ones already taken finish.
         for task in &self.nats_tasks {

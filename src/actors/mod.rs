@@ -5,6 +5,7 @@
 pub mod bridge;
 pub mod outbox;
 pub mod registry;
+pub mod reminders;
 pub mod scope;
 
 use serde::{Deserialize, Serialize};

@@ -31,6 +31,8 @@ pub enum Target {
     EventQuery(String),
     /// A user id from the path (`userId`).
     User(String),
+    /// An event id and a user id from the path.
+    EventUser(String, String),
 }
 
 /// How the body is framed.
@@ -243,6 +245,11 @@ fn http_input(op: Op, target: &Target, query: &str, bytes: &[u8]) -> Result<Valu
             object.insert("eventId".into(), Value::String(id.clone()));
         }
         Target::User(uid) => {
+            object.insert("userId".into(), Value::String(uid.clone()));
+        }
+        Target::EventUser(id, uid) => {
+            object.insert("id".into(), Value::String(id.clone()));
+            object.insert("eventId".into(), Value::String(id.clone()));
             object.insert("userId".into(), Value::String(uid.clone()));
         }
     }

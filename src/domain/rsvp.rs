@@ -120,7 +120,11 @@ impl Seats {
 /// How many parties at the head of the waitlist (`queue`: their sizes, in
 /// order) the free seats take now: strict FIFO, so counting stops at the
 /// first party that does not fit whole.
-pub fn promotable(capacity: Option<u32>, taken: u32, queue: impl IntoIterator<Item = u32>) -> usize {
+pub fn promotable(
+    capacity: Option<u32>,
+    taken: u32,
+    queue: impl IntoIterator<Item = u32>,
+) -> usize {
     let mut taken = taken;
     let mut n = 0;
     for party in queue {
@@ -278,7 +282,10 @@ mod tests {
                 .map_err(|e| e.into_message()),
             Err("status must be one of: interested, going, not_going".to_owned())
         );
-        assert_eq!("not_going".parse::<RequestedRsvp>(), Ok(RequestedRsvp::NotGoing));
+        assert_eq!(
+            "not_going".parse::<RequestedRsvp>(),
+            Ok(RequestedRsvp::NotGoing)
+        );
         assert!("Going".parse::<RsvpStatus>().is_err());
         assert_eq!(RsvpChangeReason::Promoted.as_str(), "promoted");
         assert_eq!(RsvpChangeReason::Approved.as_str(), "approved");
@@ -290,8 +297,10 @@ mod tests {
                 ..RsvpCounts::default()
             })
             .ok(),
-            Some(serde_json::json!({"interested":0,"going":0,"not_going":0,"waitlisted":0,
-                                    "pending":0,"declined":0}))
+            Some(
+                serde_json::json!({"interested":0,"going":0,"not_going":0,"waitlisted":0,
+                                    "pending":0,"declined":0})
+            )
         );
     }
 

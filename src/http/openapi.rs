@@ -178,6 +178,11 @@ const fn targets_event(op: Op) -> bool {
             | Op::AttendanceMark
             | Op::AttendanceList
             | Op::EventIcs
+            | Op::RsvpApprove
+            | Op::RsvpDecline
+            | Op::EventStats
+            | Op::RsvpExport
+            | Op::AttendanceExport
     )
 }
 
@@ -220,7 +225,13 @@ pub fn errors_of(op: Op) -> Vec<ErrorCode> {
     let has_fields = !requests::fields_of(op).is_empty()
         || matches!(
             op,
-            Op::EventCreate | Op::EventUpdate | Op::EventCancel | Op::RsvpSet | Op::AttendanceMark
+            Op::EventCreate
+                | Op::EventUpdate
+                | Op::EventCancel
+                | Op::RsvpSet
+                | Op::AttendanceMark
+                | Op::RsvpApprove
+                | Op::RsvpDecline
         );
     if has_fields {
         codes.push(C::ValidationError);
@@ -229,7 +240,10 @@ pub fn errors_of(op: Op) -> Vec<ErrorCode> {
         Op::EventList => codes.extend([C::InvalidFrom, C::InvalidTo]),
         Op::EventCreate => codes.extend([C::InvalidTimeRange, C::IdempotencyConflict]),
         Op::EventUpdate => codes.extend([C::InvalidTimeRange, C::NoUpdates, C::EventCancelled]),
-        Op::RsvpSet | Op::RsvpClear | Op::AttendanceMark => codes.push(C::EventCancelled),
+        Op::RsvpSet => codes.extend([C::EventCancelled, C::RsvpClosed, C::NotEnoughSeats]),
+        Op::RsvpClear => codes.extend([C::EventCancelled, C::RsvpClosed]),
+        Op::AttendanceMark => codes.push(C::EventCancelled),
+        Op::RsvpApprove | Op::RsvpDecline => codes.extend([C::EventCancelled, C::InvalidUserId]),
         // A role missing in Access, or a binding Access refuses.
         Op::AdminRolesGrant | Op::AdminRolesRevoke => codes.push(C::Conflict),
         // Memberships are Portal's while Access and Portal are the authority.

@@ -217,6 +217,7 @@ pub fn event(row: &SourceEvent, fix: bool) -> Result<Mapped, Refused> {
             cancelled_at: None,
             cancelled_by: None,
             cancel_reason: None,
+            rules: crate::domain::RsvpRules::default(),
         },
         fixes,
     })
