@@ -2244,6 +2244,8 @@ mod tests {
         let out = apply(
             &e,
             json!({
+                "reminders": [60], "rsvp_approval": true, "maxGuests": 2,
+                "rsvpClosesAt": "2026-01-10T20:00:00Z", "rsvpOpensAt": "2026-01-01T00:00:00Z",
                 "capacity": null, "visibility": "community", "game_id": "dota",
                 "location_url": "https://x.example", "locationText": "Hall",
                 "endsAt": "2026-01-11T00:00:00Z", "startsAt": "2026-01-10T09:00:00Z",
@@ -2264,7 +2266,12 @@ mod tests {
                 "location_url",
                 "game_id",
                 "visibility",
-                "capacity"
+                "capacity",
+                "rsvp_opens_at",
+                "rsvp_closes_at",
+                "max_guests",
+                "rsvp_approval",
+                "reminders"
             ]
         );
         assert_eq!(serde_json::to_value(&out.changed).ok(), Some(json!(names)));
@@ -2414,6 +2421,11 @@ mod tests {
             EventField::GameId => a.game_id != b.game_id,
             EventField::Visibility => a.visibility != b.visibility,
             EventField::Capacity => a.capacity != b.capacity,
+            EventField::RsvpOpensAt => a.rules.opens_at != b.rules.opens_at,
+            EventField::RsvpClosesAt => a.rules.closes_at != b.rules.closes_at,
+            EventField::MaxGuests => a.rules.max_guests != b.rules.max_guests,
+            EventField::RsvpApproval => a.rules.approval != b.rules.approval,
+            EventField::Reminders => a.rules.reminders != b.rules.reminders,
         }
     }
 

@@ -397,9 +397,19 @@ mod tests {
         assert_eq!(value["myRsvp"], json!("going"));
         assert_eq!(
             value["rsvpCounts"],
-            json!({"interested": 0, "going": 2, "not_going": 0, "waitlisted": 1})
+            json!({"interested": 0, "going": 2, "not_going": 0, "waitlisted": 1,
+                   "pending": 0, "declined": 0})
         );
-        assert_eq!(value.as_object().map(|o| o.len()), Some(22));
+        assert_eq!(value.as_object().map(|o| o.len()), Some(29));
+        assert_eq!(
+            value["seats"],
+            json!({"capacity": 3, "taken": 2, "available": 1})
+        );
+        assert_eq!(value["myGuests"], json!(0));
+        assert_eq!(value["maxGuests"], json!(0));
+        assert_eq!(value["rsvpApproval"], json!(false));
+        assert_eq!(value["reminders"], json!([]));
+        assert_eq!(value["rsvpOpensAt"], Value::Null);
         // msgpack carries the same map.
         let packed = rmp_serde::to_vec_named(&view).expect("packs");
         let unpacked: Value = rmp_serde::from_slice(&packed).expect("unpacks");

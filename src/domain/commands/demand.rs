@@ -1,6 +1,6 @@
 //! How much of the waitlist a writer must load before deciding.
 
-use crate::domain::Tri;
+use crate::domain::{RequestedRsvp, Tri};
 
 use super::{Command, CommandKind, EventState};
 
@@ -13,11 +13,14 @@ use super::{Command, CommandKind, EventState};
 /// last promotion the seats taken are at most the largest capacity the
 /// event has during the commands; so there are at most that capacity minus
 /// the seats taken before them, plus the seats the commands free,
-/// promotions. A command frees at most the party it names: its seats
-/// before (1 + its stored guests) and any it took during the commands
-/// (1 + the guests asked for). Besides the parties it promotes, a decision
-/// passes over waitlisted users who left the waitlist by their own command
-/// or a manager's: one per such command, which the `1 +` covers. An
+/// promotions. A command frees at most the party it names: a `going`
+/// request the stored guests it drops, and it counts the guests it asks
+/// for, which a later command may give back; any other answer, a decline
+/// or an erase the whole stored party (1 + its guests): the user was
+/// counted as one seat by whichever command seated them. Besides the
+/// parties it promotes, a decision passes over waitlisted users who left
+/// the waitlist by their own command or a manager's: one per such command,
+/// which the `1 +` covers. An
 /// unlimited capacity, and the waitlisted counter itself, cap it.
 pub fn waitlist_demand(state: &EventState, commands: &[Command]) -> u32 {
     let waitlisted = state.counts.waitlisted;
@@ -42,11 +45,21 @@ pub fn waitlist_demand(state: &EventState, commands: &[Command]) -> u32 {
                 Tri::Null => largest = None,
                 Tri::Set(capacity) => largest = largest.map(|c| c.max(capacity.get())),
             },
-            CommandKind::SetRsvp { user, guests, .. } => {
+            // Asking for `going` frees at most the stored guests it drops;
+            // the guests it asks for are counted here too, for a later
+            // command of the batch that gives them back.
+            CommandKind::SetRsvp {
+                user,
+                requested: Some(RequestedRsvp::Going),
+                guests,
+                ..
+            } => {
                 freed = freed
-                    .saturating_add(2)
                     .saturating_add(stored_guests(user))
                     .saturating_add(*guests);
+            }
+            CommandKind::SetRsvp { user, .. } => {
+                freed = freed.saturating_add(1).saturating_add(stored_guests(user));
             }
             CommandKind::Review { users, .. } => {
                 for user in users {

@@ -42,6 +42,8 @@ pub(super) fn event(capacity: Option<u32>) -> Event {
         game_id: None,
         visibility: Visibility::Public,
         capacity: capacity.map(|n| Capacity::new(i64::from(n)).unwrap_or_else(|e| panic!("{e:?}"))),
+        rules: Default::default(),
+        reminders_sent: false,
     };
     NewEvent::new(tenant, fields)
         .unwrap_or_else(|e| panic!("{e:?}"))
@@ -70,6 +72,8 @@ pub(super) fn rsvp(u: u32, requested: Option<R>) -> Command {
             event_id: event(None).id,
             user: user(u),
             requested,
+            guests: 0,
+            window: true,
         },
     }
 }
@@ -97,10 +101,15 @@ fn with_rsvps(capacity: Option<u32>, going: &[u32], waiting: &[u32]) -> EventSta
             Some(RsvpRow {
                 status: S::Waitlisted,
                 seq: Some(seq),
+                guests: 0,
             }),
         );
         state.counts.add(S::Waitlisted);
-        state.waitlist_head.push(Waiter { user: user(u), seq });
+        state.waitlist_head.push(Waiter {
+            user: user(u),
+            seq,
+            guests: 0,
+        });
     }
     state
 }
