@@ -739,8 +739,8 @@ async fn reminders_are_committed_once_per_going_user_and_offset() {
     // Restarted, past both offsets: the second ones, and the first not again.
     drop(x);
     drop(y);
-    let z = s.app.spawn_sibling(shifted("2h5m")).await;
-    let w = s.app.spawn_sibling(shifted("2h5m")).await;
+    let z = s.app.spawn_sibling(shifted("125m")).await;
+    let w = s.app.spawn_sibling(shifted("125m")).await;
     let sent = wait_for_reminders(&db, 4).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let again = reminders_sent(&db).await;
@@ -807,7 +807,7 @@ async fn a_moved_event_is_rescheduled_and_a_cancelled_one_reminds_no_one() {
     assert_eq!(reminders_sent(&db).await, Vec::new());
     drop(x);
     // Past the new time: the moved event's, once.
-    let y = s.app.spawn_sibling(shifted("4h5m")).await;
+    let y = s.app.spawn_sibling(shifted("245m")).await;
     let sent = wait_for_reminders(&db, 1).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(sent, vec![(moved.clone(), a.user_id.clone(), 60)]);
