@@ -1074,7 +1074,8 @@ pub struct RsvpBody {
     /// event's `maxGuests` (else 422 field `guests`). The party uses
     /// `1 + guests` seats. More guests on a seated party than there are
     /// free seats: 409 `NOT_ENOUGH_SEATS`, the party keeps what it had.
-    #[schema(minimum = 0, maximum = 50, required = false)]
+    /// `null` or absent: 0.
+    #[schema(value_type = Option<u32>, minimum = 0, maximum = 50, required = false)]
     pub guests: u32,
 }
 
