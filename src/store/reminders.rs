@@ -27,15 +27,18 @@ pub async fn sync(
     events: &[EventChanges],
     now: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
+    // An event whose stored row changed has all its reminders rebuilt.
+    let rebuilds = |e: &EventChanges| e.row_changed && !e.is_new;
     let rebuilt: Vec<Uuid> = events
         .iter()
-        .filter(|e| e.row_changed && !e.is_new)
+        .filter(|e| rebuilds(e))
         .map(|e| Uuid::from(e.event.id))
         .collect();
-    let (mut going, mut gone): (Vec<(Uuid, Uuid)>, Vec<(Uuid, Uuid)>) = Default::default();
+    let mut going: Vec<Pair> = Vec::new();
+    let mut gone: Vec<Pair> = Vec::new();
     for e in events
         .iter()
-        .filter(|e| !(e.row_changed && !e.is_new) && !e.event.rules.reminders.is_empty())
+        .filter(|e| !rebuilds(e) && !e.event.rules.reminders.is_empty())
     {
         for (user, row) in &e.rsvps {
             let pair = (Uuid::from(e.event.id), Uuid::from(*user));
@@ -94,6 +97,9 @@ pub async fn sync(
     }
     Ok(())
 }
+
+/// An event and a user.
+type Pair = (Uuid, Uuid);
 
 type DueRow = (
     Uuid,
