@@ -778,6 +778,7 @@ fn dsar_export() -> RefOr<Schema> {
         ("role_bindings", rows()),
         ("memberships", rows()),
         ("feed_tokens", rows()),
+        ("reminders", rows()),
     ])
     .description(Some(
         "A user's data in the caller's tenant, keys snake_case; other users' ids are \

@@ -1688,7 +1688,8 @@ async fn original_18_dsar_export_returns_the_events_bundle() {
             // Ours, besides the original's.
             "role_bindings",
             "memberships",
-            "feed_tokens"
+            "feed_tokens",
+            "reminders"
         ])
     );
     assert_eq!(bundle["service"], "events");

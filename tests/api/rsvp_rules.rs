@@ -1085,3 +1085,41 @@ async fn default_reminders_come_from_the_configuration() {
         assert_eq!(got.body["reminders"], expected);
     }
 }
+
+/// A user's reminders are in their DSAR export, and an erase removes them.
+#[tokio::test]
+async fn dsar_exports_and_erases_reminders() {
+    let s = Setup::start().await;
+    let starts = Utc::now() + chrono::Duration::hours(3);
+    let event = s
+        .create(json!({
+            "startsAt": iso(starts), "endsAt": iso(starts + chrono::Duration::hours(1)),
+            "reminders": [60], "maxGuests": 2,
+        }))
+        .await;
+    let a = s.user();
+    ok(&s.rsvp(&a, &event, "going", 2).await, "a");
+    let export = s
+        .call("dsar.export", &a, json!({"userId": a.user_id}))
+        .await;
+    ok(&export, "export");
+    assert_eq!(export.body["rsvps"][0]["guests"], 2);
+    let reminders = export.body["reminders"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(reminders.len(), 1, "{}", export.body);
+    assert_eq!(reminders[0]["event_id"], json!(event));
+    assert_eq!(reminders[0]["minutes_before"], 60);
+    assert_eq!(reminders[0]["sent_at"], Value::Null);
+    ok(
+        &s.call("dsar.erase", &a, json!({"userId": a.user_id})).await,
+        "erase",
+    );
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM event_reminders WHERE user_id = $1")
+        .bind(Uuid::parse_str(&a.user_id).expect("uuid"))
+        .fetch_one(&s.app.db)
+        .await
+        .expect("count");
+    assert_eq!(left, 0);
+}
