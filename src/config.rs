@@ -291,6 +291,38 @@ pub struct Settings {
     #[arg(long, env = "EVENTS_REPLAY_MEMORY", global = true, value_name = "N")]
     pub replay_memory: Option<String>,
 
+    /// Reminders of an event created without `reminders`, in minutes
+    /// before its start, comma-separated (e.g. `1440,60`). Default: none.
+    #[arg(
+        long,
+        env = "EVENTS_DEFAULT_REMINDERS",
+        global = true,
+        value_name = "MINUTES"
+    )]
+    pub default_reminders: Option<String>,
+
+    /// How often the reminder scheduler looks for reminders due, e.g. 1s.
+    #[arg(
+        long,
+        env = "EVENTS_REMINDER_POLL",
+        global = true,
+        value_name = "DURATION"
+    )]
+    pub reminder_poll: Option<String>,
+
+    /// Shifts the service's clock (RSVP windows, reminders, the times
+    /// changes carry) by this much, e.g. `-90s` or `25h`. For tests and
+    /// rehearsals only; signatures are always checked against the real
+    /// clock. Default 0.
+    #[arg(
+        long,
+        env = "EVENTS_CLOCK_OFFSET",
+        global = true,
+        value_name = "DURATION",
+        allow_hyphen_values = true
+    )]
+    pub clock_offset: Option<String>,
+
     /// Base URL of the Activity service (e.g. http://activity:8004/api/v1);
     /// when set, the Activity bridge delivers every domain event to
     /// `{url}/events/ingest`.
@@ -359,16 +391,6 @@ pub struct Settings {
         value_name = "DURATION"
     )]
     pub series_extend_interval: Option<String>,
-
-    /// For tests and rehearsals only: the background schedulers act as if
-    /// it were this much later than it is, e.g. 30d. Default 0.
-    #[arg(
-        long,
-        env = "EVENTS_CLOCK_OFFSET",
-        global = true,
-        value_name = "DURATION"
-    )]
-    pub clock_offset: Option<String>,
 
     /// How often the outbox publisher looks for rows written elsewhere, e.g. 500ms.
     #[arg(
@@ -683,8 +705,8 @@ pub struct SeriesConfig {
     pub horizon: crate::domain::Horizon,
     /// `EVENTS_SERIES_EXTEND_INTERVAL`.
     pub extend_interval: Duration,
-    /// `EVENTS_CLOCK_OFFSET`: added to the time the schedulers go by.
-    pub clock_offset: Duration,
+    /// The service's clock (`EVENTS_CLOCK_OFFSET`): the extender goes by it.
+    pub clock: Clock,
 }
 
 impl Default for SeriesConfig {
@@ -692,13 +714,57 @@ impl Default for SeriesConfig {
         Self {
             horizon: crate::domain::Horizon::default(),
             extend_interval: Duration::from_secs(3600),
-            clock_offset: Duration::ZERO,
+            clock: Clock::default(),
+        }
+    }
+}
+
+/// The service's clock: the real one, shifted by `EVENTS_CLOCK_OFFSET`.
+/// Every time the service decides by (RSVP windows, reminders due, the
+/// times changes carry) is read from it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Clock {
+    offset: chrono::TimeDelta,
+}
+
+impl Clock {
+    pub fn shifted(offset: chrono::TimeDelta) -> Self {
+        Self { offset }
+    }
+
+    pub fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        chrono::Utc::now() + self.offset
+    }
+
+    pub fn offset(&self) -> chrono::TimeDelta {
+        self.offset
+    }
+}
+
+/// RSVP rules the service applies: default reminders, the scheduler's
+/// pace, the clock.
+#[derive(Debug, Clone)]
+pub struct RsvpConfig {
+    /// `EVENTS_DEFAULT_REMINDERS`.
+    pub default_reminders: crate::domain::Reminders,
+    /// `EVENTS_REMINDER_POLL`.
+    pub reminder_poll: Duration,
+    /// `EVENTS_CLOCK_OFFSET`.
+    pub clock: Clock,
+}
+
+impl Default for RsvpConfig {
+    fn default() -> Self {
+        Self {
+            default_reminders: crate::domain::Reminders::none(),
+            reminder_poll: Duration::from_secs(1),
+            clock: Clock::default(),
         }
     }
 }
 
 impl SeriesConfig {
-    fn load(s: &Settings) -> Result<Self, ConfigError> {
+    fn load(s: &Settings, clock: Clock) -> Result<Self, ConfigError> {
         let d = Self::default();
         Ok(Self {
             horizon: crate::domain::Horizon {
@@ -717,24 +783,72 @@ impl SeriesConfig {
                 d.extend_interval,
                 Duration::from_millis(50),
             )?,
-            clock_offset: parse_duration_var(
-                "EVENTS_CLOCK_OFFSET",
-                &s.clock_offset,
-                d.clock_offset,
-                Duration::ZERO,
-            )?,
+            clock,
         })
     }
 
-    /// The time the schedulers go by.
+    /// The time the extender goes by.
     pub fn now(&self) -> chrono::DateTime<chrono::Utc> {
-        chrono::Utc::now()
-            + chrono::Duration::from_std(self.clock_offset).unwrap_or(chrono::Duration::zero())
+        self.clock.now()
     }
 
     /// Occurrences exist up to here.
     pub fn horizon_end(&self) -> chrono::DateTime<chrono::Utc> {
         self.now() + chrono::Duration::days(i64::from(self.horizon.days))
+    }
+}
+
+impl RsvpConfig {
+    fn load(s: &Settings) -> Result<Self, ConfigError> {
+        let d = Self::default();
+        let default_reminders = match value(&s.default_reminders) {
+            None => d.default_reminders,
+            Some(text) => {
+                let minutes: Result<Vec<i64>, _> = text
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|m| !m.is_empty())
+                    .map(str::parse::<i64>)
+                    .collect();
+                let minutes = minutes.map_err(|_| {
+                    ConfigError::new(
+                        "EVENTS_DEFAULT_REMINDERS",
+                        format!("'{text}' is not a comma-separated list of minutes, e.g. 1440,60"),
+                    )
+                })?;
+                crate::domain::Reminders::new(&minutes)
+                    .map_err(|e| ConfigError::new("EVENTS_DEFAULT_REMINDERS", e.into_message()))?
+            }
+        };
+        let reminder_poll = parse_duration_var(
+            "EVENTS_REMINDER_POLL",
+            &s.reminder_poll,
+            d.reminder_poll,
+            Duration::from_millis(10),
+        )?;
+        let clock = match value(&s.clock_offset) {
+            None => d.clock,
+            Some(text) => {
+                let (negative, magnitude) = match text.strip_prefix('-') {
+                    Some(rest) => (true, rest),
+                    None => (false, text.strip_prefix('+').unwrap_or(text)),
+                };
+                let offset = parse_duration(magnitude)
+                    .and_then(|d| chrono::TimeDelta::from_std(d).ok())
+                    .ok_or_else(|| {
+                        ConfigError::new(
+                            "EVENTS_CLOCK_OFFSET",
+                            format!("'{text}' is not a duration such as -90s or 25h"),
+                        )
+                    })?;
+                Clock::shifted(if negative { -offset } else { offset })
+            }
+        };
+        Ok(Self {
+            default_reminders,
+            reminder_poll,
+            clock,
+        })
     }
 }
 
@@ -759,6 +873,7 @@ pub struct Config {
     pub live: LiveConfig,
     pub activity: ActivityConfig,
     pub series: SeriesConfig,
+    pub rsvp: RsvpConfig,
     pub dev: bool,
 }
 
@@ -1326,7 +1441,8 @@ impl Config {
             outbox: outbox_config(s)?,
             live: LiveConfig::load(s)?,
             activity: ActivityConfig::load(s)?,
-            series: SeriesConfig::load(s)?,
+            series: SeriesConfig::load(s, RsvpConfig::load(s)?.clock)?,
+            rsvp: RsvpConfig::load(s)?,
             dev,
         })
     }

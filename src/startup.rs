@@ -53,6 +53,8 @@ pub struct Application {
     bridge: Option<std::sync::Arc<crate::actors::bridge::Bridge>>,
     /// Makes the occurrences of recurring events as time passes.
     extender: std::sync::Arc<crate::actors::extender::Extender>,
+    /// The reminder scheduler (it schedules while it holds its lock).
+    reminders: std::sync::Arc<crate::actors::reminders::Scheduler>,
 }
 
 impl Application {
@@ -157,6 +159,7 @@ impl Application {
             role_admin,
             live: Some(crate::app::live::Live::new(live, config.live.clone())),
             series: config.series,
+            rsvp: config.rsvp.clone(),
         });
         let (nats_tasks, _micro) =
             subjects::endpoints::serve(app.clone(), nats.clone(), &subject_names).await?;
@@ -194,6 +197,16 @@ impl Application {
             outbox_wakeup.clone(),
         );
         extender.spawn();
+        let reminders =
+            crate::actors::reminders::Scheduler::new(crate::actors::reminders::SchedulerParts {
+                db: db.clone(),
+                lock_options: store::connect_options(&config.database)?,
+                subjects: subject_names.clone(),
+                clock: config.rsvp.clock,
+                poll: config.rsvp.reminder_poll,
+                outbox_wakeup: outbox_wakeup.clone(),
+            });
+        reminders.spawn();
         let listener = TcpListener::bind(config.http_addr)
             .await
             .map_err(|source| StartupError::Bind {
@@ -217,6 +230,7 @@ impl Application {
             outbox,
             bridge,
             extender,
+            reminders,
         })
     }
 
@@ -254,6 +268,7 @@ impl Application {
             bridge.stop();
         }
         self.extender.stop();
+        self.reminders.stop();
         self.state.publisher.step_down().await;
         // Stop taking requests; the ones already taken finish.
         for task in &self.nats_tasks {

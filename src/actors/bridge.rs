@@ -26,7 +26,7 @@ use url::Url;
 
 use crate::backoff::Backoff;
 use crate::config::ActivityConfig;
-use crate::domain::published::{ATTENDANCE_MARKED, RSVP_CHANGED};
+use crate::domain::published::{ATTENDANCE_MARKED, REMINDER_DUE, RSVP_CHANGED};
 use crate::subjects::live::LiveMessage;
 use crate::telemetry::metrics::Metrics;
 
@@ -261,6 +261,12 @@ impl Bridge {
             let _ = message.ack_with(AckKind::Term).await;
             return;
         };
+        // A reminder is a notification for one user, not an activity of
+        // the feed.
+        if event.event_type == REMINDER_DUE {
+            let _ = message.ack().await;
+            return;
+        }
         let body = self.ingest_body(&event).await;
         let mut backoff = Backoff::new(self.config.retry_min, self.config.retry_max);
         loop {

@@ -138,7 +138,7 @@ impl Extender {
                     *id,
                     until,
                     self.config.horizon.max_occurrences,
-                    chrono::Utc::now(),
+                    self.config.now(),
                 )
                 .await?;
                 if let Some(written) = written {

@@ -6,6 +6,7 @@ pub mod bridge;
 pub mod extender;
 pub mod outbox;
 pub mod registry;
+pub mod reminders;
 pub mod scope;
 
 use serde::{Deserialize, Serialize};

@@ -21,7 +21,7 @@ use crate::app::{App, Reply};
 use crate::auth::InternalContext;
 use crate::authz::{Guard, Permission, Sight};
 pub use crate::config::LiveConfig;
-use crate::domain::published::RSVP_CHANGED;
+use crate::domain::published::{REMINDER_DUE, RSVP_CHANGED};
 use crate::domain::{ErrorCode, RsvpStatus};
 use crate::error::AppError;
 use crate::store::{audit, reads};
@@ -248,6 +248,10 @@ impl App {
             *bypass_noted = true;
         }
         if sight != Sight::Visible {
+            return Ok(None);
+        }
+        // A reminder is for the user it names alone.
+        if message.event_type == REMINDER_DUE && message.user_id() != Some(ctx.user_id) {
             return Ok(None);
         }
         let mine = match snapshot.rsvp_of(&guard.user()) {

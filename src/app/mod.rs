@@ -29,14 +29,13 @@ use crate::auth::{
 use crate::authz::{Authorizer, Guard, Permission, Sight};
 use crate::domain::ErrorCode;
 use crate::domain::{
-    ApplyTo, CancelReason, EventId, EventPatch, RequestedRsvp, Scope, TenantId, UserId, format_utc,
-    ics,
+    ApplyTo, CancelReason, EventId, EventPatch, Scope, TenantId, UserId, format_utc, ics,
 };
 use crate::store::audit::{self, AuditEntry};
 use crate::store::batch::{CommandMeta, Envelope, WriteCommand, WriteOutcome};
 use crate::store::reads::{self, Audience};
 use crate::subjects::replays::{Claimed, ReplayBucket};
-use requests::{Checked, CreateEvent, PageQuery, Request, RsvpQuery};
+use requests::{Checked, CreateEvent, PageQuery, Request, RsvpBody, RsvpQuery};
 use views::{EventView, RsvpView, View};
 
 /// Every operation of the API, by its NATS name.
@@ -65,14 +64,23 @@ pub enum Op {
     MeCapabilities,
     SeriesGet,
     SeriesIcs,
+    RsvpApprove,
+    RsvpDecline,
+    EventStats,
     /// `GET /stream`: live updates over HTTP (server-sent events). Not in
     /// [`Op::ALL`], the operations of the request/reply API: a stream is no
     /// request/reply exchange, and NATS callers read the stream itself.
     EventStream,
+    /// `GET /{id}/rsvps.csv` and `GET /{id}/attendance.csv`: the listings
+    /// as CSV, streamed. HTTP only, like the live stream: a download of
+    /// any size is no request/reply exchange (NATS callers page the
+    /// listings).
+    RsvpExport,
+    AttendanceExport,
 }
 
 impl Op {
-    pub const ALL: [Op; 23] = [
+    pub const ALL: [Op; 26] = [
         Op::EventCreate,
         Op::EventGet,
         Op::EventList,
@@ -96,6 +104,9 @@ impl Op {
         Op::MeCapabilities,
         Op::SeriesGet,
         Op::SeriesIcs,
+        Op::RsvpApprove,
+        Op::RsvpDecline,
+        Op::EventStats,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -123,12 +134,17 @@ impl Op {
             Op::MeCapabilities => "me.capabilities",
             Op::SeriesGet => "series.get",
             Op::SeriesIcs => "series.ics",
+            Op::RsvpApprove => "rsvp.approve",
+            Op::RsvpDecline => "rsvp.decline",
+            Op::EventStats => "event.stats",
             Op::EventStream => "event.stream",
+            Op::RsvpExport => "rsvp.export",
+            Op::AttendanceExport => "attendance.export",
         }
     }
 
     /// The operations only the HTTP gateway serves.
-    pub const HTTP_ONLY: [Op; 1] = [Op::EventStream];
+    pub const HTTP_ONLY: [Op; 3] = [Op::EventStream, Op::RsvpExport, Op::AttendanceExport];
 
     /// Every operation of either transport.
     pub fn every() -> impl Iterator<Item = Op> {
@@ -150,6 +166,8 @@ impl Op {
             | Op::EventCancel
             | Op::RsvpSet
             | Op::RsvpClear
+            | Op::RsvpApprove
+            | Op::RsvpDecline
             | Op::AttendanceMark => ReplayClaim::InWriteTransaction,
             Op::DsarErase
             | Op::AdminRolesGrant
@@ -168,7 +186,10 @@ impl Op {
             | Op::MeCapabilities
             | Op::SeriesGet
             | Op::SeriesIcs
-            | Op::EventStream => ReplayClaim::Read,
+            | Op::EventStats
+            | Op::EventStream
+            | Op::RsvpExport
+            | Op::AttendanceExport => ReplayClaim::Read,
         }
     }
 
@@ -231,6 +252,22 @@ pub enum Reply {
     },
     /// A live stream, opened, for the HTTP gateway to run.
     Stream(Box<live::LiveStream>),
+    /// A CSV download, streamed by the HTTP gateway.
+    Csv(Box<CsvExport>),
+}
+
+/// A CSV document produced while it is sent.
+pub struct CsvExport {
+    pub filename: String,
+    pub body: futures::stream::BoxStream<'static, Result<bytes::Bytes, std::io::Error>>,
+}
+
+impl std::fmt::Debug for CsvExport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CsvExport")
+            .field("filename", &self.filename)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Reply {
@@ -240,7 +277,7 @@ impl Reply {
             Reply::Json(v) => v,
             Reply::View(view) => serde_json::to_value(view).unwrap_or(Value::Null),
             Reply::Calendar { body, .. } => Value::String(body),
-            Reply::Stream(_) => Value::Null,
+            Reply::Stream(_) | Reply::Csv(_) => Value::Null,
         }
     }
 }
@@ -310,6 +347,8 @@ pub struct AppParts {
     pub live: Option<live::Live>,
     /// How far ahead recurring events have occurrences.
     pub series: crate::config::SeriesConfig,
+    /// Default reminders and the clock.
+    pub rsvp: crate::config::RsvpConfig,
 }
 
 #[derive(Clone)]
@@ -333,6 +372,7 @@ struct Inner {
     roles: crate::authz::RoleAdministration,
     live: Option<live::Live>,
     series: crate::config::SeriesConfig,
+    rsvp: crate::config::RsvpConfig,
 }
 
 fn sha256(bytes: &[u8]) -> [u8; 32] {
@@ -358,6 +398,7 @@ impl App {
                 replay_window_secs: parts.replay_window_secs,
                 live: parts.live,
                 series: parts.series,
+                rsvp: parts.rsvp,
             }),
         }
     }
@@ -525,10 +566,18 @@ impl App {
                 reason,
                 apply_to,
             } => Box::pin(self.cancel(guard, id, reason, apply_to, meta)),
-            Request::RsvpSet { id, status } => {
-                Box::pin(self.set_rsvp(guard, id, Some(status), meta))
-            }
+            Request::RsvpSet { id, rsvp } => Box::pin(self.set_rsvp(guard, id, Some(rsvp), meta)),
             Request::RsvpClear(id) => Box::pin(self.set_rsvp(guard, id, None, meta)),
+            Request::RsvpReview { id, approve, users } => {
+                Box::pin(self.review(guard, id, approve, users, meta))
+            }
+            Request::EventStats(id) => Box::pin(self.stats(guard, id)),
+            Request::RsvpExport(id) => {
+                Box::pin(self.export(guard, id, crate::store::exports::Listing::Rsvps))
+            }
+            Request::AttendanceExport(id) => {
+                Box::pin(self.export(guard, id, crate::store::exports::Listing::Attendance))
+            }
             Request::RsvpList { id, query } => Box::pin(self.rsvp_list(guard, id, query)),
             Request::AttendanceMark { id, user } => {
                 Box::pin(self.mark_attendance(guard, id, user, meta))
@@ -554,7 +603,7 @@ impl App {
 
     fn meta(&self, guard: &Guard<'_>, meta: &CallMeta) -> CommandMeta {
         let ctx = guard.ctx();
-        let now = Utc::now();
+        let now = self.inner.rsvp.clock.now();
         // Trace context is the caller's to send and ours to carry into the
         // outbox and stream headers: a malformed or oversized one is dropped
         // (W3C: then tracestate goes too), never stored or fatal.
@@ -649,10 +698,11 @@ impl App {
         meta: &CallMeta,
     ) -> Result<Reply, AppError> {
         let CreateEvent {
-            new,
+            mut new,
             recurrence,
             fingerprint,
         } = create;
+        new.default_reminders(&self.inner.rsvp.default_reminders);
         guard.require(Permission::EventCreate, new.scope()).await?;
         if let Some(recurrence) = recurrence {
             return self
@@ -694,15 +744,19 @@ impl App {
 
     async fn get(&self, guard: &Guard<'_>, id: EventId) -> Result<Reply, AppError> {
         let snapshot = self.visible(guard, id).await?;
-        let mine = match snapshot.rsvp_of(&guard.user()) {
-            Some(cached) => cached,
-            None => reads::rsvp_of(&self.inner.db, id, guard.user()).await?,
+        // The cache knows statuses, not guests: a party's guests are read
+        // where the event can have any.
+        let guests_possible =
+            snapshot.event.rules.max_guests.get() > 0 || snapshot.counts.guests > 0;
+        let (mine, guests) = match snapshot.rsvp_of(&guard.user()) {
+            Some(cached) if !(guests_possible && cached.is_some_and(|s| s.is_party())) => {
+                (cached, 0)
+            }
+            _ => reads::party_of(&self.inner.db, id, guard.user()).await?,
         };
-        Ok(Reply::View(View::Event(EventView::new(
-            snapshot.event,
-            snapshot.counts,
-            mine,
-        ))))
+        Ok(Reply::View(View::Event(
+            EventView::new(snapshot.event, snapshot.counts, mine).with_guests(guests),
+        )))
     }
 
     async fn list(&self, guard: &Guard<'_>, filter: reads::ListFilter) -> Result<Reply, AppError> {
@@ -766,7 +820,7 @@ impl App {
         let (rows, total) = reads::list(&self.inner.db, tenant, user, &filter, &audience).await?;
         let items = rows
             .into_iter()
-            .map(|(e, c, mine)| EventView::new(Arc::new(e), c, mine))
+            .map(|(e, c, mine, guests)| EventView::new(Arc::new(e), c, mine).with_guests(guests))
             .collect();
         let mut page = views::Page::new(items, total, filter.limit, filter.offset);
         if partial {
@@ -807,12 +861,10 @@ impl App {
             .await?;
         match outcome {
             WriteOutcome::Updated { event, counts, .. } => {
-                let mine = reads::rsvp_of(&self.inner.db, id, guard.user()).await?;
-                Ok(Reply::View(View::Event(EventView::new(
-                    Arc::new(event),
-                    counts,
-                    mine,
-                ))))
+                let (mine, guests) = reads::party_of(&self.inner.db, id, guard.user()).await?;
+                Ok(Reply::View(View::Event(
+                    EventView::new(Arc::new(event), counts, mine).with_guests(guests),
+                )))
             }
             other => Err(AppError::internal(
                 "update",
@@ -853,12 +905,10 @@ impl App {
             .await?;
         match outcome {
             WriteOutcome::Cancelled { event, counts, .. } => {
-                let mine = reads::rsvp_of(&self.inner.db, id, guard.user()).await?;
-                Ok(Reply::View(View::Event(EventView::new(
-                    Arc::new(event),
-                    counts,
-                    mine,
-                ))))
+                let (mine, guests) = reads::party_of(&self.inner.db, id, guard.user()).await?;
+                Ok(Reply::View(View::Event(
+                    EventView::new(Arc::new(event), counts, mine).with_guests(guests),
+                )))
             }
             other => Err(AppError::internal(
                 "cancel",
@@ -871,7 +921,7 @@ impl App {
         &self,
         guard: &Guard<'_>,
         id: EventId,
-        status: Option<Checked<RequestedRsvp>>,
+        rsvp: Option<Checked<RsvpBody>>,
         meta: &CallMeta,
     ) -> Result<Reply, AppError> {
         let snapshot = self.visible(guard, id).await?;
@@ -879,7 +929,7 @@ impl App {
             .require(Permission::RsvpSet, &snapshot.event.scope)
             .await?;
         // `None`: a clear.
-        let requested = status.transpose()?;
+        let body = rsvp.transpose()?;
         let key = ScopeKey::of(&snapshot.event);
         let outcome = self
             .write(
@@ -887,14 +937,21 @@ impl App {
                 self.meta(guard, meta),
                 WriteCommand::SetRsvp {
                     event_id: id,
-                    requested,
+                    requested: body.map(|b| b.status),
+                    guests: body.map_or(0, |b| b.guests),
                 },
             )
             .await?;
         match outcome {
-            WriteOutcome::Rsvp { counts, status, .. } => {
-                Ok(Reply::View(View::Rsvp(RsvpView::new(id, counts, status))))
-            }
+            WriteOutcome::Rsvp {
+                event,
+                counts,
+                status,
+                guests,
+                ..
+            } => Ok(Reply::View(View::Rsvp(RsvpView::new(
+                &event, counts, status, guests,
+            )))),
             other => Err(AppError::internal(
                 "rsvp",
                 format!("unexpected outcome {other:?}"),
@@ -962,6 +1019,7 @@ impl App {
                 json!({
                     "userId": r.user_id.to_string(),
                     "status": r.status,
+                    "guests": r.guests,
                     "updatedAt": format_utc(&r.updated_at),
                     "waitlistPosition": r.waitlist_position,
                 })
@@ -996,6 +1054,115 @@ impl App {
             })
             .collect();
         Ok(Reply::Json(views::page(items, total, limit, offset)))
+    }
+
+    /// `rsvp.approve` / `rsvp.decline`: for whoever may manage the event.
+    async fn review(
+        &self,
+        guard: &Guard<'_>,
+        id: EventId,
+        approve: bool,
+        users: Checked<Vec<UserId>>,
+        meta: &CallMeta,
+    ) -> Result<Reply, AppError> {
+        let snapshot = self.visible(guard, id).await?;
+        guard
+            .require(Permission::EventManage, &snapshot.event.scope)
+            .await?;
+        let users = users?;
+        let key = ScopeKey::of(&snapshot.event);
+        let outcome = self
+            .write(
+                &key,
+                self.meta(guard, meta),
+                WriteCommand::Review {
+                    event_id: id,
+                    users,
+                    approve,
+                },
+            )
+            .await?;
+        match outcome {
+            WriteOutcome::Reviewed {
+                event,
+                counts,
+                results,
+            } => {
+                let results: Vec<Value> = results
+                    .iter()
+                    .map(|r| {
+                        json!({
+                            "userId": r.user.to_string(),
+                            "status": r.status.map(|s| s.as_str()),
+                            "changed": r.changed,
+                        })
+                    })
+                    .collect();
+                Ok(Reply::Json(json!({
+                    "eventId": id.to_string(),
+                    "results": results,
+                    "rsvpCounts": views::counts(&counts),
+                    "seats": views::SeatsView::of(event.seat_capacity(), &counts),
+                })))
+            }
+            other => Err(AppError::internal(
+                "review",
+                format!("unexpected outcome {other:?}"),
+            )),
+        }
+    }
+
+    /// `event.stats`: the counters as stored, for managers.
+    async fn stats(&self, guard: &Guard<'_>, id: EventId) -> Result<Reply, AppError> {
+        let snapshot = self.visible(guard, id).await?;
+        guard
+            .require(Permission::EventManage, &snapshot.event.scope)
+            .await?;
+        let (counts, attended) = reads::stats(&self.inner.db, id).await?;
+        let rate = if counts.going == 0 {
+            0.0
+        } else {
+            (f64::from(attended) / f64::from(counts.going)).min(1.0)
+        };
+        Ok(Reply::Json(json!({
+            "eventId": id.to_string(),
+            "rsvpCounts": views::counts(&counts),
+            "seats": views::SeatsView::of(snapshot.event.seat_capacity(), &counts),
+            "waitlistLength": counts.waitlisted,
+            "attended": attended,
+            "attendanceRate": rate,
+        })))
+    }
+
+    /// The RSVPs or the attendance as CSV: for managers (attendance also
+    /// for those who mark it, as its listing).
+    async fn export(
+        &self,
+        guard: &Guard<'_>,
+        id: EventId,
+        listing: crate::store::exports::Listing,
+    ) -> Result<Reply, AppError> {
+        use crate::store::exports::Listing;
+        let snapshot = self.visible(guard, id).await?;
+        let scope = &snapshot.event.scope;
+        let allowed = match listing {
+            Listing::Rsvps => guard.can(Permission::EventManage, scope).await?,
+            Listing::Attendance => {
+                guard.can(Permission::EventManage, scope).await?
+                    || guard.can(Permission::AttendanceMark, scope).await?
+            }
+        };
+        if !allowed {
+            return Err(AppError::Forbidden("Permission denied"));
+        }
+        let name = match listing {
+            Listing::Rsvps => "rsvps",
+            Listing::Attendance => "attendance",
+        };
+        Ok(Reply::Csv(Box::new(CsvExport {
+            filename: format!("event-{id}-{name}.csv"),
+            body: crate::store::exports::stream(self.inner.db.clone(), listing, id),
+        })))
     }
 
     async fn ics(&self, guard: &Guard<'_>, id: EventId) -> Result<Reply, AppError> {

@@ -33,6 +33,8 @@ pub enum Target {
     User(String),
     /// A series id from the path (`seriesId`).
     Series(String),
+    /// An event id and a user id from the path.
+    EventUser(String, String),
 }
 
 /// How the body is framed.
@@ -249,6 +251,11 @@ fn http_input(op: Op, target: &Target, query: &str, bytes: &[u8]) -> Result<Valu
         }
         Target::Series(id) => {
             object.insert("seriesId".into(), Value::String(id.clone()));
+        }
+        Target::EventUser(id, uid) => {
+            object.insert("id".into(), Value::String(id.clone()));
+            object.insert("eventId".into(), Value::String(id.clone()));
+            object.insert("userId".into(), Value::String(uid.clone()));
         }
     }
     Ok(Value::Object(object))

@@ -27,10 +27,10 @@ use crate::authz::Role;
 use crate::authz::admin::{self, BindingFilter, BindingSpec, RevokeTarget};
 use crate::domain::{
     ApplyTo, CancelReason, Capacity, DatetimeInput, Description, DomainError, ErrorCode,
-    EventField, EventId, EventPatch, GameId, LocationText, LocationUrl, NewEvent, NewEventFields,
-    Recurrence, RequestedRsvp, RsvpStatus, Scope, ScopeId, ScopeType, SeriesId, TenantId, TimeZone,
-    Title, Tri, UserId, Visibility, parse_datetime_str, visibility_fits_scope,
-    visibility_scope_mismatch,
+    EventField, EventId, EventPatch, GameId, LocationText, LocationUrl, MaxGuests, NewEvent,
+    NewEventFields, Recurrence, Reminders, RequestedRsvp, RsvpRules, RsvpStatus, Scope, ScopeId,
+    ScopeType, SeriesId, TenantId, TimeZone, Title, Tri, UserId, Visibility, parse_datetime_str,
+    visibility_fits_scope, visibility_scope_mismatch,
 };
 use crate::error::AppError;
 use crate::store::audit::AuditFilter;
@@ -62,9 +62,20 @@ pub enum Request {
     },
     RsvpSet {
         id: EventId,
-        status: Checked<RequestedRsvp>,
+        rsvp: Checked<RsvpBody>,
     },
     RsvpClear(EventId),
+    /// `rsvp.approve` (`approve`) and `rsvp.decline`.
+    RsvpReview {
+        id: EventId,
+        approve: bool,
+        users: Checked<Vec<UserId>>,
+    },
+    EventStats(EventId),
+    /// The RSVPs as CSV (HTTP only).
+    RsvpExport(EventId),
+    /// The attendance as CSV (HTTP only).
+    AttendanceExport(EventId),
     RsvpList {
         id: EventId,
         query: Checked<RsvpQuery>,
@@ -142,6 +153,11 @@ impl Request {
             Request::EventCancel { .. } => Op::EventCancel,
             Request::RsvpSet { .. } => Op::RsvpSet,
             Request::RsvpClear(_) => Op::RsvpClear,
+            Request::RsvpReview { approve: true, .. } => Op::RsvpApprove,
+            Request::RsvpReview { approve: false, .. } => Op::RsvpDecline,
+            Request::EventStats(_) => Op::EventStats,
+            Request::RsvpExport(_) => Op::RsvpExport,
+            Request::AttendanceExport(_) => Op::AttendanceExport,
             Request::RsvpList { .. } => Op::RsvpList,
             Request::AttendanceMark { .. } => Op::AttendanceMark,
             Request::AttendanceList { .. } => Op::AttendanceList,
@@ -197,9 +213,17 @@ impl Request {
             },
             Op::RsvpSet => Request::RsvpSet {
                 id: event_id(&fields)?,
-                status: requested_rsvp(&fields).map(|b| b.status),
+                rsvp: requested_rsvp(&fields),
             },
             Op::RsvpClear => Request::RsvpClear(event_id(&fields)?),
+            Op::RsvpApprove | Op::RsvpDecline => Request::RsvpReview {
+                id: event_id(&fields)?,
+                approve: op == Op::RsvpApprove,
+                users: review_users(&fields),
+            },
+            Op::EventStats => Request::EventStats(event_id(&fields)?),
+            Op::RsvpExport => Request::RsvpExport(event_id(&fields)?),
+            Op::AttendanceExport => Request::AttendanceExport(event_id(&fields)?),
             Op::RsvpList => Request::RsvpList {
                 id: event_id(&fields)?,
                 query: rsvp_query(body),
@@ -284,19 +308,64 @@ fn user_id(fields: &Fields<'_>, message: &'static str) -> Result<UserId, AppErro
     }
 }
 
-/// The body of `rsvp.set`.
+/// The body of `rsvp.set`: `status`, and `guests` (only with `going`).
 fn requested_rsvp(fields: &Fields<'_>) -> Result<RsvpBody, AppError> {
-    match fields.sent(STATUS) {
-        Some(Value::String(s)) => {
-            s.parse()
-                .map(|status| RsvpBody { status })
-                .map_err(|e: crate::domain::FieldError| {
-                    DomainError::field("status", e.into_message()).into()
-                })
-        }
-        None => Err(DomainError::field("status", REQUIRED).into()),
-        Some(_) => Err(DomainError::field("status", MUST_BE_STRING).into()),
+    let status: RequestedRsvp = match fields.sent(STATUS) {
+        Some(Value::String(s)) => s.parse().map_err(|e: crate::domain::FieldError| {
+            AppError::from(DomainError::field("status", e.into_message()))
+        })?,
+        None => return Err(DomainError::field("status", REQUIRED).into()),
+        Some(_) => return Err(DomainError::field("status", MUST_BE_STRING).into()),
+    };
+    let max = crate::domain::rules::MAX_GUESTS;
+    let guests = match fields.sent(GUESTS) {
+        None => 0,
+        Some(v) => match whole_number(v).map(u32::try_from) {
+            Some(Ok(n)) if n <= max => n,
+            _ => {
+                return Err(DomainError::field(
+                    "guests",
+                    format!("must be an integer between 0 and {max}"),
+                )
+                .into());
+            }
+        },
+    };
+    if guests > 0 && status != RequestedRsvp::Going {
+        return Err(DomainError::field("guests", "guests come with status going only").into());
     }
+    Ok(RsvpBody { status, guests })
+}
+
+/// The users of `rsvp.approve` and `rsvp.decline`: `userIds` (a list of
+/// 1..=500 UUIDs), else `userId`.
+fn review_users(fields: &Fields<'_>) -> Checked<Vec<UserId>> {
+    if let Some(list) = fields.sent(USER_IDS) {
+        let invalid = || {
+            AppError::from(DomainError::field(
+                USER_IDS.camel,
+                format!("must be a list of 1 to {MAX_REVIEW_USERS} user ids (UUIDs)"),
+            ))
+        };
+        let Value::Array(items) = list else {
+            return Err(invalid());
+        };
+        if items.is_empty() || items.len() > MAX_REVIEW_USERS {
+            return Err(invalid());
+        }
+        let mut users = Vec::with_capacity(items.len());
+        for item in items {
+            let user = match item {
+                Value::String(s) => UserId::parse(s).map_err(|_| invalid())?,
+                _ => return Err(invalid()),
+            };
+            if !users.contains(&user) {
+                users.push(user);
+            }
+        }
+        return Ok(users);
+    }
+    user_id(fields, "Invalid user id").map(|u| vec![u])
 }
 
 fn page(fields: &mut Fields<'_>) -> PageQuery {
@@ -507,6 +576,75 @@ const CAPACITY: Key = key(EventField::Capacity);
 const TIME_ZONE: Key = key(EventField::TimeZone);
 const RECURRENCE: Key = Key::word("recurrence");
 const APPLY_TO: Key = Key::new("applyTo", "apply_to");
+const RSVP_OPENS_AT: Key = key(EventField::RsvpOpensAt);
+const RSVP_CLOSES_AT: Key = key(EventField::RsvpClosesAt);
+const MAX_GUESTS: Key = key(EventField::MaxGuests);
+const RSVP_APPROVAL: Key = key(EventField::RsvpApproval);
+const REMINDERS: Key = key(EventField::Reminders);
+const GUESTS: Key = Key::word("guests");
+const USER_IDS: Key = Key::new("userIds", "user_ids");
+
+/// Most users one approval or decline may name.
+pub const MAX_REVIEW_USERS: usize = 500;
+
+/// A whole number (`5.0` counts, `5.5` does not), as i64.
+fn whole_number(value: &Value) -> Option<i64> {
+    let Value::Number(n) = value else {
+        return None;
+    };
+    if let Some(i) = n.as_i64() {
+        return Some(i);
+    }
+    if n.is_u64() {
+        return Some(i64::MAX);
+    }
+    n.as_f64()
+        .filter(|f| f.fract() == 0.0 && f.abs() < 1e15)
+        .map(|f| f as i64)
+}
+
+fn max_guests_of(b: &mut Fields<'_>, value: &Value) -> Option<MaxGuests> {
+    let parsed = whole_number(value).map(MaxGuests::new);
+    match parsed {
+        Some(Ok(m)) => Some(m),
+        Some(Err(e)) => b.fail(MAX_GUESTS, e.into_message()),
+        None => b.fail(
+            MAX_GUESTS,
+            format!(
+                "must be an integer between 0 and {}",
+                crate::domain::rules::MAX_GUESTS
+            ),
+        ),
+    }
+}
+
+fn approval_of(b: &mut Fields<'_>, value: &Value) -> Option<bool> {
+    match value {
+        Value::Bool(v) => Some(*v),
+        _ => b.fail(RSVP_APPROVAL, "must be a boolean"),
+    }
+}
+
+fn reminders_of(b: &mut Fields<'_>, value: &Value) -> Option<Reminders> {
+    const SHAPE: &str = "must be a list of minutes before the start, e.g. [1440, 60]";
+    let Value::Array(items) = value else {
+        return b.fail(REMINDERS, SHAPE);
+    };
+    if items.len() > 64 {
+        return b.fail(REMINDERS, SHAPE);
+    }
+    let mut minutes = Vec::with_capacity(items.len());
+    for item in items {
+        match whole_number(item) {
+            Some(m) => minutes.push(m),
+            None => return b.fail(REMINDERS, SHAPE),
+        }
+    }
+    match Reminders::new(&minutes) {
+        Ok(r) => Some(r),
+        Err(e) => b.fail(REMINDERS, e.into_message()),
+    }
+}
 
 /// A free-text field where null and `""` both mean empty.
 fn text_or_empty<T: Default>(
@@ -574,6 +712,27 @@ pub fn new_event(tenant: TenantId, body: &Value) -> Result<NewEvent, DomainError
         Raw::Absent | Raw::Null => Some(TimeZone::UTC),
         Raw::Value(v) => b.string(TIME_ZONE, v, TimeZone::parse),
     };
+    let rsvp_opens_at = match b.raw(RSVP_OPENS_AT) {
+        Raw::Absent | Raw::Null => Some(None),
+        Raw::Value(v) => b.datetime(RSVP_OPENS_AT, v).map(Some),
+    };
+    let rsvp_closes_at = match b.raw(RSVP_CLOSES_AT) {
+        Raw::Absent | Raw::Null => Some(None),
+        Raw::Value(v) => b.datetime(RSVP_CLOSES_AT, v).map(Some),
+    };
+    let max_guests = match b.raw(MAX_GUESTS) {
+        Raw::Absent | Raw::Null => Some(MaxGuests::default()),
+        Raw::Value(v) => max_guests_of(&mut b, v),
+    };
+    let rsvp_approval = match b.raw(RSVP_APPROVAL) {
+        Raw::Absent | Raw::Null => Some(false),
+        Raw::Value(v) => approval_of(&mut b, v),
+    };
+    let reminders_sent = b.present(REMINDERS);
+    let reminders = match b.raw(REMINDERS) {
+        Raw::Absent | Raw::Null => Some(Reminders::none()),
+        Raw::Value(v) => reminders_of(&mut b, v),
+    };
     if let (Some(visibility), Some(scope_type)) = (visibility, scope_type)
         && !visibility_fits_scope(visibility, scope_type)
     {
@@ -598,6 +757,11 @@ pub fn new_event(tenant: TenantId, body: &Value) -> Result<NewEvent, DomainError
         Some(visibility),
         Some(capacity),
         Some(time_zone),
+        Some(rsvp_opens_at),
+        Some(rsvp_closes_at),
+        Some(max_guests),
+        Some(rsvp_approval),
+        Some(reminders),
     ) = (
         scope,
         title,
@@ -610,6 +774,11 @@ pub fn new_event(tenant: TenantId, body: &Value) -> Result<NewEvent, DomainError
         visibility,
         capacity,
         time_zone,
+        rsvp_opens_at,
+        rsvp_closes_at,
+        max_guests,
+        rsvp_approval,
+        reminders,
     )
     else {
         return Err(DomainError::InvalidBody(NOT_AN_OBJECT.to_owned()));
@@ -628,6 +797,12 @@ pub fn new_event(tenant: TenantId, body: &Value) -> Result<NewEvent, DomainError
         capacity,
         time_zone,
         recurrence: None,
+        rsvp_opens_at,
+        rsvp_closes_at,
+        max_guests: max_guests.get(),
+        rsvp_approval,
+        reminders: reminders.minutes().to_vec(),
+        reminders_sent,
     }
     .into_new_event(tenant)
 }
@@ -736,6 +911,29 @@ pub struct CreateBody {
     pub visibility: Visibility,
     /// `null` or absent: unlimited.
     pub capacity: Option<Capacity>,
+    /// RSVPs are taken from this time on; `null` or absent: from now. Must
+    /// be before `rsvpClosesAt` (or `endsAt`), else 422.
+    #[schema(value_type = Option<DatetimeInput>)]
+    pub rsvp_opens_at: Option<DateTime<Utc>>,
+    /// RSVPs are taken until (excluding) this time; `null` or absent: until
+    /// the event ends. Must not be after `endsAt`, else 422.
+    #[schema(value_type = Option<DatetimeInput>)]
+    pub rsvp_closes_at: Option<DateTime<Utc>>,
+    /// Guests each going user may bring (0..=50); `null` or absent: 0.
+    #[schema(minimum = 0, maximum = 50, required = false)]
+    pub max_guests: u32,
+    /// `going` becomes `pending` until a manager approves it; `null` or
+    /// absent: false.
+    #[schema(required = false)]
+    pub rsvp_approval: bool,
+    /// Minutes before the start at which each going user is reminded
+    /// (`event.reminder.due`): at most 5, each 1..=43200; absent: the
+    /// service's default (`EVENTS_DEFAULT_REMINDERS`), `null`: none.
+    #[schema(value_type = Option<Vec<u32>>, max_items = 5, required = false)]
+    pub reminders: Vec<u32>,
+    #[serde(skip)]
+    #[schema(ignore)]
+    pub reminders_sent: bool,
     /// An IANA zone name (`Europe/Berlin`); absent or `null`: `UTC`. An
     /// unknown name is refused (422).
     #[schema(value_type = Option<String>, example = "Europe/Berlin")]
@@ -780,6 +978,22 @@ impl CreateBody {
                 visibility: self.visibility,
                 capacity: self.capacity,
                 time_zone: self.time_zone,
+                rules: RsvpRules {
+                    opens_at: self.rsvp_opens_at,
+                    closes_at: self.rsvp_closes_at,
+                    max_guests: MaxGuests::new(i64::from(self.max_guests))
+                        .map_err(|e| DomainError::field(MAX_GUESTS.camel, e.into_message()))?,
+                    approval: self.rsvp_approval,
+                    reminders: Reminders::new(
+                        &self
+                            .reminders
+                            .iter()
+                            .map(|m| i64::from(*m))
+                            .collect::<Vec<_>>(),
+                    )
+                    .map_err(|e| DomainError::field(REMINDERS.camel, e.into_message()))?,
+                },
+                reminders_sent: self.reminders_sent,
             },
         )
     }
@@ -876,6 +1090,11 @@ pub fn patch(body: &Value) -> Result<EventPatch, DomainError> {
     patch.time_zone = tri(b.raw(TIME_ZONE), |v| {
         b.string(TIME_ZONE, v, TimeZone::parse)
     });
+    patch.rsvp_opens_at = tri(b.raw(RSVP_OPENS_AT), |v| b.datetime(RSVP_OPENS_AT, v));
+    patch.rsvp_closes_at = tri(b.raw(RSVP_CLOSES_AT), |v| b.datetime(RSVP_CLOSES_AT, v));
+    patch.max_guests = tri(b.raw(MAX_GUESTS), |v| max_guests_of(&mut b, v));
+    patch.rsvp_approval = tri(b.raw(RSVP_APPROVAL), |v| approval_of(&mut b, v));
+    patch.reminders = tri(b.raw(REMINDERS), |v| reminders_of(&mut b, v));
 
     b.finish()?;
     Ok(patch.into())
@@ -923,6 +1142,22 @@ pub struct PatchBody {
     /// (this one and every later one: the series is split here) or `all`.
     #[schema(value_type = Option<ApplyTo>)]
     pub apply_to: Tri<ApplyTo>,
+    /// `null`: RSVPs open from creation. The window must fit the merged
+    /// times (else 422).
+    #[schema(value_type = Option<DatetimeInput>)]
+    pub rsvp_opens_at: Tri<DateTime<Utc>>,
+    /// `null`: RSVPs close when the event ends.
+    #[schema(value_type = Option<DatetimeInput>)]
+    pub rsvp_closes_at: Tri<DateTime<Utc>>,
+    /// `null`: 0. Parties already larger keep their guests.
+    #[schema(value_type = Option<u32>, minimum = 0, maximum = 50)]
+    pub max_guests: Tri<MaxGuests>,
+    /// `null` is ignored. Turning it off leaves pending RSVPs pending.
+    #[schema(value_type = Option<bool>)]
+    pub rsvp_approval: Tri<bool>,
+    /// `null`: none. Reminders not sent yet are scheduled again.
+    #[schema(value_type = Option<Vec<u32>>, max_items = 5)]
+    pub reminders: Tri<Reminders>,
 }
 
 impl From<PatchBody> for EventPatch {
@@ -939,6 +1174,11 @@ impl From<PatchBody> for EventPatch {
             capacity: b.capacity,
             time_zone: b.time_zone,
             series: Default::default(),
+            rsvp_opens_at: b.rsvp_opens_at,
+            rsvp_closes_at: b.rsvp_closes_at,
+            max_guests: b.max_guests,
+            rsvp_approval: b.rsvp_approval,
+            reminders: b.reminders,
         }
     }
 }
@@ -981,7 +1221,25 @@ pub struct CancelBody {
 /// The body of an RSVP.
 #[derive(Debug, Clone, Copy, ToSchema)]
 pub struct RsvpBody {
+    /// With approval on, `going` is stored as `pending`; on a full event
+    /// (or one with a waitlist) as `waitlisted`.
     pub status: RequestedRsvp,
+    /// Guests the user brings, with `going` only (else 422): 0 up to the
+    /// event's `maxGuests` (else 422 field `guests`). The party uses
+    /// `1 + guests` seats. More guests on a seated party than there are
+    /// free seats: 409 `NOT_ENOUGH_SEATS`, the party keeps what it had.
+    /// `null` or absent: 0.
+    #[schema(value_type = Option<u32>, minimum = 0, maximum = 50, required = false)]
+    pub guests: u32,
+}
+
+/// The body of `rsvp.approve` and `rsvp.decline` over HTTP in bulk.
+#[derive(Debug, Clone, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReviewBody {
+    /// 1 to 500 user ids, decided in one transaction, in this order.
+    #[schema(value_type = Vec<String>, min_items = 1, max_items = 500)]
+    pub user_ids: Vec<UserId>,
 }
 
 /// The body of an attendance mark (`userId` or `user_id`).
@@ -1722,6 +1980,11 @@ pub fn fields_of(op: Op) -> &'static [FieldSpec] {
         | Op::DsarErase
         | Op::SeriesGet
         | Op::SeriesIcs => &[],
+        Op::RsvpApprove
+        | Op::RsvpDecline
+        | Op::EventStats
+        | Op::RsvpExport
+        | Op::AttendanceExport => &[],
     }
 }
 
@@ -2138,6 +2401,8 @@ mod tests {
         let out = apply(
             &e,
             json!({
+                "reminders": [60], "rsvp_approval": true, "maxGuests": 2,
+                "rsvpClosesAt": "2026-01-10T20:00:00Z", "rsvpOpensAt": "2026-01-01T00:00:00Z",
                 "capacity": null, "visibility": "community", "game_id": "dota",
                 "location_url": "https://x.example", "locationText": "Hall",
                 "endsAt": "2026-01-11T00:00:00Z", "startsAt": "2026-01-10T09:00:00Z",
@@ -2160,6 +2425,11 @@ mod tests {
                 "game_id",
                 "visibility",
                 "capacity",
+                "rsvp_opens_at",
+                "rsvp_closes_at",
+                "max_guests",
+                "rsvp_approval",
+                "reminders",
                 "time_zone"
             ]
         );
@@ -2312,6 +2582,11 @@ mod tests {
             EventField::Capacity => a.capacity != b.capacity,
             EventField::TimeZone => a.time_zone != b.time_zone,
             EventField::Series => a.series != b.series,
+            EventField::RsvpOpensAt => a.rules.opens_at != b.rules.opens_at,
+            EventField::RsvpClosesAt => a.rules.closes_at != b.rules.closes_at,
+            EventField::MaxGuests => a.rules.max_guests != b.rules.max_guests,
+            EventField::RsvpApproval => a.rules.approval != b.rules.approval,
+            EventField::Reminders => a.rules.reminders != b.rules.reminders,
         }
     }
 

@@ -97,8 +97,26 @@ struct EventRef<'a> {
     cancelled_at: Option<Time<'a>>,
     #[schema(value_type = Option<String>, required = true)]
     cancel_reason: Option<&'a str>,
+    /// People per status (a party counts once, guests not counted).
     #[schema(value_type = RsvpCounts)]
     rsvp_counts: &'a RsvpCounts,
+    /// Seats, guests included.
+    seats: SeatsView,
+    /// RSVPs are taken from this time; `null`: from creation.
+    #[schema(value_type = Option<String>, format = DateTime, required = true)]
+    rsvp_opens_at: Option<Time<'a>>,
+    /// RSVPs are taken until (excluding) this time; `null`: until `endsAt`.
+    #[schema(value_type = Option<String>, format = DateTime, required = true)]
+    rsvp_closes_at: Option<Time<'a>>,
+    /// Guests each going user may bring.
+    #[schema(minimum = 0, maximum = 50)]
+    max_guests: u32,
+    /// Whether `going` waits for a manager's approval (`pending`).
+    rsvp_approval: bool,
+    /// Minutes before the start at which going users are reminded,
+    /// earliest first.
+    #[schema(value_type = Vec<u32>)]
+    reminders: &'a [u32],
     /// The caller's own RSVP; `null` when none.
     #[schema(required = true)]
     my_rsvp: Option<RsvpStatus>,
@@ -113,10 +131,43 @@ struct EventRef<'a> {
     /// rule gives it, UTC); `null` when not an occurrence.
     #[schema(value_type = Option<String>, format = DateTime, required = true)]
     recurrence_id: Option<Time<'a>>,
+    /// The guests the caller brings (0 without a party).
+    #[schema(minimum = 0)]
+    my_guests: u32,
+}
+
+/// The seats of an event, guests included.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+pub struct SeatsView {
+    /// `null`: unlimited.
+    #[schema(required = true)]
+    pub capacity: Option<u32>,
+    /// Seats taken by going parties (each user and their guests).
+    pub taken: u32,
+    /// Seats free; `null` when unlimited; 0 when capacity was lowered below
+    /// the seats taken.
+    #[schema(required = true)]
+    pub available: Option<u32>,
+}
+
+impl SeatsView {
+    pub fn of(capacity: Option<u32>, counts: &RsvpCounts) -> Self {
+        let seats = counts.seats(capacity);
+        Self {
+            capacity,
+            taken: seats.taken,
+            available: seats.free(),
+        }
+    }
 }
 
 impl<'a> EventRef<'a> {
-    fn new(e: &'a Event, counts: &'a RsvpCounts, my_rsvp: Option<RsvpStatus>) -> Self {
+    fn new(
+        e: &'a Event,
+        counts: &'a RsvpCounts,
+        my_rsvp: Option<RsvpStatus>,
+        my_guests: u32,
+    ) -> Self {
         Self {
             id: Id(e.id.as_uuid()),
             tenant_id: Id(e.tenant_id.as_uuid()),
@@ -139,10 +190,17 @@ impl<'a> EventRef<'a> {
             cancelled_at: e.cancelled_at.as_ref().map(Time),
             cancel_reason: e.cancel_reason.as_ref().map(|r| r.as_str()),
             rsvp_counts: counts,
+            seats: SeatsView::of(e.seat_capacity(), counts),
+            rsvp_opens_at: e.rules.opens_at.as_ref().map(Time),
+            rsvp_closes_at: e.rules.closes_at.as_ref().map(Time),
+            max_guests: e.rules.max_guests.get(),
+            rsvp_approval: e.rules.approval,
+            reminders: e.rules.reminders.minutes(),
             my_rsvp,
             time_zone: e.time_zone.name(),
             series_id: e.series.as_ref().map(|l| Id(l.series_id.as_uuid())),
             recurrence_id: e.series.as_ref().map(|l| Time(&l.recurrence_id)),
+            my_guests,
         }
     }
 }
@@ -156,7 +214,7 @@ impl utoipa::PartialSchema for RsvpCounts {
                 .minimum(Some(0))
         };
         let mut object = utoipa::openapi::ObjectBuilder::new().description(Some(
-            "RSVP counters; every key always present, snake_case (`waitlisted` is new).",
+            "RSVP counters, in people (a party counts once); every key always present, snake_case (`waitlisted`, `pending` and `declined` are new).",
         ));
         for status in RsvpStatus::ALL {
             object = object
@@ -175,6 +233,7 @@ pub struct EventView {
     pub event: Arc<Event>,
     pub counts: RsvpCounts,
     pub my_rsvp: Option<RsvpStatus>,
+    pub my_guests: u32,
 }
 
 impl EventView {
@@ -183,7 +242,14 @@ impl EventView {
             event,
             counts,
             my_rsvp,
+            my_guests: 0,
         }
+    }
+
+    /// The view with the caller's guests.
+    pub fn with_guests(mut self, guests: u32) -> Self {
+        self.my_guests = guests;
+        self
     }
 }
 
@@ -211,13 +277,13 @@ impl ToSchema for EventView {
 
 impl Serialize for EventView {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        EventRef::new(&self.event, &self.counts, self.my_rsvp).serialize(s)
+        EventRef::new(&self.event, &self.counts, self.my_rsvp, self.my_guests).serialize(s)
     }
 }
 
 /// The event view as a JSON value (kept where a result is stored).
 pub fn event(e: &Event, c: &RsvpCounts, my_rsvp: Option<RsvpStatus>) -> Value {
-    serde_json::to_value(EventRef::new(e, c, my_rsvp)).unwrap_or(Value::Null)
+    serde_json::to_value(EventRef::new(e, c, my_rsvp, 0)).unwrap_or(Value::Null)
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -269,7 +335,9 @@ pub struct RsvpView {
     pub event_id: EventId,
     pub status: Option<&'static str>,
     pub rsvp_counts: RsvpCounts,
+    pub seats: SeatsView,
     pub my_rsvp: Option<&'static str>,
+    pub my_guests: u32,
 }
 
 fn shown<S: Serializer>(id: &EventId, s: S) -> Result<S::Ok, S::Error> {
@@ -277,12 +345,14 @@ fn shown<S: Serializer>(id: &EventId, s: S) -> Result<S::Ok, S::Error> {
 }
 
 impl RsvpView {
-    pub fn new(event_id: EventId, counts: RsvpCounts, status: Option<RsvpStatus>) -> Self {
+    pub fn new(event: &Event, counts: RsvpCounts, status: Option<RsvpStatus>, guests: u32) -> Self {
         Self {
-            event_id,
+            event_id: event.id,
             status: status.map(|s| s.as_str()),
             rsvp_counts: counts,
+            seats: SeatsView::of(event.seat_capacity(), &counts),
             my_rsvp: status.map(|s| s.as_str()),
+            my_guests: guests,
         }
     }
 }
@@ -341,12 +411,22 @@ mod tests {
         assert_eq!(value["myRsvp"], json!("going"));
         assert_eq!(
             value["rsvpCounts"],
-            json!({"interested": 0, "going": 2, "not_going": 0, "waitlisted": 1})
+            json!({"interested": 0, "going": 2, "not_going": 0, "waitlisted": 1,
+                   "pending": 0, "declined": 0})
         );
         assert_eq!(value["timeZone"], json!("UTC"));
         assert_eq!(value["seriesId"], Value::Null);
         assert_eq!(value["recurrenceId"], Value::Null);
-        assert_eq!(value.as_object().map(|o| o.len()), Some(25));
+        assert_eq!(value.as_object().map(|o| o.len()), Some(32));
+        assert_eq!(
+            value["seats"],
+            json!({"capacity": 3, "taken": 2, "available": 1})
+        );
+        assert_eq!(value["myGuests"], json!(0));
+        assert_eq!(value["maxGuests"], json!(0));
+        assert_eq!(value["rsvpApproval"], json!(false));
+        assert_eq!(value["reminders"], json!([]));
+        assert_eq!(value["rsvpOpensAt"], Value::Null);
         // msgpack carries the same map.
         let packed = rmp_serde::to_vec_named(&view).expect("packs");
         let unpacked: Value = rmp_serde::from_slice(&packed).expect("unpacks");

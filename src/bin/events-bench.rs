@@ -142,6 +142,15 @@ pub struct BenchArgs {
     /// Capacity of the event in rsvp-hot.
     #[arg(long, default_value_t = 100)]
     capacity: u32,
+    /// rsvp-hot: the event's `maxGuests`; each user brings the same number
+    /// of guests every time (0 to this, by user), so a party's seats never
+    /// change under the load.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=50))]
+    guests: u32,
+    /// rsvp-hot: the event takes RSVPs with approval; one request in eight
+    /// is then a manager approving a random user.
+    #[arg(long)]
+    approval: bool,
     /// Soak: seconds between two RSS samples.
     #[arg(long, default_value_t = 10)]
     sample: u64,
@@ -631,25 +640,44 @@ async fn run(settings: &Settings, args: BenchArgs) -> ExitCode {
                 }
             };
             let id = ids.first().cloned().unwrap_or_default();
-            let (driver2, id2) = (driver.clone(), id.clone());
+            if args.guests > 0 || args.approval {
+                let rules =
+                    json!({"id": id, "maxGuests": args.guests, "rsvpApproval": args.approval});
+                if let Err(e) = driver.call("event.update", &admin, rules).await {
+                    eprintln!("events-bench: setting the RSVP rules failed: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+            let (driver2, id2, admin2) = (driver.clone(), id.clone(), admin.clone());
+            let (max_guests, approval) = (args.guests, args.approval);
             let member = Arc::new(member);
-            let mut outcome = load(args.concurrency, warmup, duration, move |_| {
-                let (driver, id, member) = (driver2.clone(), id2.clone(), member.clone());
+            let mut outcome = load(args.concurrency, warmup, duration, move |i| {
+                let (driver, id, member, admin) =
+                    (driver2.clone(), id2.clone(), member.clone(), admin2.clone());
                 async move {
-                    let user = member(rand::random_range(0..20_000));
-                    let status = if rand::random_range(0..4) == 0 {
-                        "not_going"
+                    let k = rand::random_range(0..20_000u32);
+                    let user = member(u64::from(k));
+                    if approval && i % 8 == 7 {
+                        let body = json!({"eventId": id, "userId": user.user_id});
+                        return driver.hit("rsvp.approve", &admin, body).await;
+                    }
+                    let body = if rand::random_range(0..4) == 0 {
+                        json!({"eventId": id, "status": "not_going"})
                     } else {
-                        "going"
+                        json!({"eventId": id, "status": "going", "guests": k % (max_guests + 1)})
                     };
-                    driver
-                        .hit("rsvp.set", &user, json!({"eventId": id, "status": status}))
-                        .await
+                    driver.hit("rsvp.set", &user, body).await
                 }
             })
             .await;
             if let Ok(view) = driver.call("event.get", &admin, json!({"id": id})).await {
-                let going = view["rsvpCounts"]["going"].as_u64().unwrap_or(0);
+                let going = view["seats"]["taken"].as_u64().unwrap_or(0);
+                outcome
+                    .extra
+                    .insert("parties_going".into(), view["rsvpCounts"]["going"].clone());
+                outcome
+                    .extra
+                    .insert("pending".into(), view["rsvpCounts"]["pending"].clone());
                 outcome.extra.insert("going".into(), json!(going));
                 outcome.extra.insert(
                     "waitlisted".into(),

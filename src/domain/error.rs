@@ -34,6 +34,8 @@ pub enum ErrorCode {
     InvalidQuery,
     ValidationError,
     EventCancelled,
+    RsvpClosed,
+    NotEnoughSeats,
     IdempotencyConflict,
     Conflict,
     MembershipAuthorityIsPortal,
@@ -49,7 +51,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 31] = [
+    pub const ALL: [ErrorCode; 33] = [
         ErrorCode::MissingRequestId,
         ErrorCode::MissingTenantContext,
         ErrorCode::Unauthorized,
@@ -69,6 +71,8 @@ impl ErrorCode {
         ErrorCode::InvalidQuery,
         ErrorCode::ValidationError,
         ErrorCode::EventCancelled,
+        ErrorCode::RsvpClosed,
+        ErrorCode::NotEnoughSeats,
         ErrorCode::IdempotencyConflict,
         ErrorCode::Conflict,
         ErrorCode::MembershipAuthorityIsPortal,
@@ -104,6 +108,8 @@ impl ErrorCode {
             ErrorCode::InvalidQuery => "INVALID_QUERY",
             ErrorCode::ValidationError => "VALIDATION_ERROR",
             ErrorCode::EventCancelled => "EVENT_CANCELLED",
+            ErrorCode::RsvpClosed => "RSVP_CLOSED",
+            ErrorCode::NotEnoughSeats => "NOT_ENOUGH_SEATS",
             ErrorCode::IdempotencyConflict => "IDEMPOTENCY_CONFLICT",
             ErrorCode::Conflict => "CONFLICT",
             ErrorCode::MembershipAuthorityIsPortal => "MEMBERSHIP_AUTHORITY_IS_PORTAL",
@@ -140,6 +146,8 @@ impl ErrorCode {
             ErrorCode::NotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::EventCancelled
+            | ErrorCode::RsvpClosed
+            | ErrorCode::NotEnoughSeats
             | ErrorCode::IdempotencyConflict
             | ErrorCode::Conflict
             | ErrorCode::MembershipAuthorityIsPortal => 409,
@@ -180,6 +188,8 @@ impl ErrorCode {
             ErrorCode::InvalidQuery => "Invalid query parameters",
             ErrorCode::ValidationError => "Validation failed",
             ErrorCode::EventCancelled => "Event is cancelled",
+            ErrorCode::RsvpClosed => "RSVPs are not taken now",
+            ErrorCode::NotEnoughSeats => "Not enough free seats for the larger party",
             ErrorCode::IdempotencyConflict => {
                 "X-Request-Id was already used for a different request"
             }
@@ -251,6 +261,12 @@ pub enum DomainError {
     NoUpdates,
     #[error("Event is cancelled")]
     EventCancelled,
+    /// An RSVP outside the event's RSVP window.
+    #[error("RSVPs are not taken now")]
+    RsvpClosed,
+    /// More guests on a `going` RSVP than there are free seats for.
+    #[error("Not enough free seats for the larger party")]
+    NotEnoughSeats,
 }
 
 impl DomainError {
@@ -268,6 +284,8 @@ impl DomainError {
             DomainError::InvalidTimeRange => ErrorCode::InvalidTimeRange,
             DomainError::NoUpdates => ErrorCode::NoUpdates,
             DomainError::EventCancelled => ErrorCode::EventCancelled,
+            DomainError::RsvpClosed => ErrorCode::RsvpClosed,
+            DomainError::NotEnoughSeats => ErrorCode::NotEnoughSeats,
         }
     }
 
@@ -294,7 +312,9 @@ impl DomainError {
             }
             DomainError::InvalidTimeRange
             | DomainError::NoUpdates
-            | DomainError::EventCancelled => self.code().default_message().to_owned(),
+            | DomainError::EventCancelled
+            | DomainError::RsvpClosed
+            | DomainError::NotEnoughSeats => self.code().default_message().to_owned(),
         }
     }
 
@@ -351,6 +371,8 @@ mod tests {
             ("INVALID_QUERY", 400),
             ("VALIDATION_ERROR", 422),
             ("EVENT_CANCELLED", 409),
+            ("RSVP_CLOSED", 409),
+            ("NOT_ENOUGH_SEATS", 409),
             ("IDEMPOTENCY_CONFLICT", 409),
             ("CONFLICT", 409),
             ("MEMBERSHIP_AUTHORITY_IS_PORTAL", 409),

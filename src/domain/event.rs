@@ -9,6 +9,7 @@ use serde::Serialize;
 use crate::domain::calendar::{SeriesLink, TimeZone};
 use crate::domain::error::DomainError;
 use crate::domain::ids::{EventId, TenantId, UserId};
+use crate::domain::rules::{MaxGuests, Reminders, RsvpRules};
 use crate::domain::time::truncate_to_micros;
 use crate::domain::values::{
     CancelReason, Capacity, Description, GameId, LocationText, LocationUrl, Scope, ScopeId,
@@ -38,6 +39,11 @@ pub enum EventField {
     GameId,
     Visibility,
     Capacity,
+    RsvpOpensAt,
+    RsvpClosesAt,
+    MaxGuests,
+    RsvpApproval,
+    Reminders,
     TimeZone,
     /// The occurrence moved to another series (a split); never in a
     /// request body.
@@ -46,7 +52,7 @@ pub enum EventField {
 
 impl EventField {
     /// The fields a request may patch.
-    pub const ALL: [EventField; 10] = [
+    pub const ALL: [EventField; 15] = [
         EventField::Title,
         EventField::Description,
         EventField::StartsAt,
@@ -56,6 +62,11 @@ impl EventField {
         EventField::GameId,
         EventField::Visibility,
         EventField::Capacity,
+        EventField::RsvpOpensAt,
+        EventField::RsvpClosesAt,
+        EventField::MaxGuests,
+        EventField::RsvpApproval,
+        EventField::Reminders,
         EventField::TimeZone,
     ];
 
@@ -71,6 +82,11 @@ impl EventField {
             EventField::GameId => "game_id",
             EventField::Visibility => "visibility",
             EventField::Capacity => "capacity",
+            EventField::RsvpOpensAt => "rsvp_opens_at",
+            EventField::RsvpClosesAt => "rsvp_closes_at",
+            EventField::MaxGuests => "max_guests",
+            EventField::RsvpApproval => "rsvp_approval",
+            EventField::Reminders => "reminders",
             EventField::TimeZone => "time_zone",
             EventField::Series => "series_id",
         }
@@ -88,6 +104,11 @@ impl EventField {
             EventField::GameId => "gameId",
             EventField::Visibility => "visibility",
             EventField::Capacity => "capacity",
+            EventField::RsvpOpensAt => "rsvpOpensAt",
+            EventField::RsvpClosesAt => "rsvpClosesAt",
+            EventField::MaxGuests => "maxGuests",
+            EventField::RsvpApproval => "rsvpApproval",
+            EventField::Reminders => "reminders",
             EventField::TimeZone => "timeZone",
             EventField::Series => "seriesId",
         }
@@ -136,6 +157,8 @@ pub struct Event {
     pub time_zone: TimeZone,
     /// Set on an occurrence of a recurring event.
     pub series: Option<SeriesLink>,
+    /// The RSVP window, guests, approval and reminders.
+    pub rules: RsvpRules,
 }
 
 /// The result of `Event::apply_patch`.
@@ -173,11 +196,17 @@ impl Event {
         starts_at: DateTime<Utc>,
         ends_at: DateTime<Utc>,
     ) -> Event {
+        // The RSVP window keeps its distance from the start.
+        let moved = starts_at - template.starts_at;
+        let mut rules = template.rules.clone();
+        rules.opens_at = rules.opens_at.map(|t| t + moved);
+        rules.closes_at = rules.closes_at.map(|t| t + moved);
         Event {
             id,
             starts_at,
             ends_at,
             series: Some(link),
+            rules,
             ..template.clone()
         }
     }
@@ -288,6 +317,26 @@ impl Event {
             set(EventField::Capacity, capacity != next.capacity);
             next.capacity = capacity;
         }
+        if let Some(opens_at) = patch.rsvp_opens_at.into_option_update() {
+            set(EventField::RsvpOpensAt, opens_at != next.rules.opens_at);
+            next.rules.opens_at = opens_at;
+        }
+        if let Some(closes_at) = patch.rsvp_closes_at.into_option_update() {
+            set(EventField::RsvpClosesAt, closes_at != next.rules.closes_at);
+            next.rules.closes_at = closes_at;
+        }
+        if let Some(max_guests) = patch.max_guests.resolve(MaxGuests::default) {
+            set(EventField::MaxGuests, max_guests != next.rules.max_guests);
+            next.rules.max_guests = max_guests;
+        }
+        if let Tri::Set(approval) = patch.rsvp_approval {
+            set(EventField::RsvpApproval, approval != next.rules.approval);
+            next.rules.approval = approval;
+        }
+        if let Some(reminders) = patch.reminders.resolve(Reminders::none) {
+            set(EventField::Reminders, reminders != next.rules.reminders);
+            next.rules.reminders = reminders;
+        }
         if let Some(zone) = patch.time_zone.resolve(|| TimeZone::UTC) {
             set(EventField::TimeZone, zone != next.time_zone);
             next.time_zone = zone;
@@ -314,6 +363,7 @@ impl Event {
         if next.starts_at >= next.ends_at {
             return Err(DomainError::InvalidTimeRange);
         }
+        next.rules.check_window(next.ends_at)?;
 
         if changed.is_empty() {
             return Ok(PatchOutcome {
@@ -379,6 +429,9 @@ pub struct NewEvent {
     visibility: Visibility,
     capacity: Option<Capacity>,
     time_zone: TimeZone,
+    rules: RsvpRules,
+    /// `reminders` was sent (else the service's default applies).
+    reminders_sent: bool,
 }
 
 const CANNOT_BE_NULL: &str = "cannot be null";
@@ -397,6 +450,10 @@ pub struct NewEventFields {
     pub visibility: Visibility,
     pub capacity: Option<Capacity>,
     pub time_zone: TimeZone,
+    pub rules: RsvpRules,
+    /// `reminders` was sent; when not, [`NewEvent::default_reminders`]
+    /// may set them.
+    pub reminders_sent: bool,
 }
 
 impl NewEvent {
@@ -413,6 +470,7 @@ impl NewEvent {
         if f.starts_at >= f.ends_at {
             return Err(DomainError::InvalidTimeRange);
         }
+        f.rules.check_window(f.ends_at)?;
         Ok(NewEvent {
             tenant_id: tenant,
             scope: f.scope,
@@ -426,7 +484,20 @@ impl NewEvent {
             visibility: f.visibility,
             capacity: f.capacity,
             time_zone: f.time_zone,
+            rules: f.rules,
+            reminders_sent: f.reminders_sent,
         })
+    }
+
+    /// Gives the event `reminders` unless the request sent its own.
+    pub fn default_reminders(&mut self, reminders: &Reminders) {
+        if !self.reminders_sent {
+            self.rules.reminders = reminders.clone();
+        }
+    }
+
+    pub fn rules(&self) -> &RsvpRules {
+        &self.rules
     }
 
     /// The stored event this request creates: `scheduled`, version 1,
@@ -456,6 +527,7 @@ impl NewEvent {
             cancel_reason: None,
             time_zone: self.time_zone,
             series: None,
+            rules: self.rules,
         }
     }
 
@@ -569,6 +641,16 @@ pub struct EventPatch {
     pub game_id: Tri<GameId>,
     pub visibility: Tri<Visibility>,
     pub capacity: Tri<Capacity>,
+    /// null: none (open from creation).
+    pub rsvp_opens_at: Tri<DateTime<Utc>>,
+    /// null: none (closes when the event ends).
+    pub rsvp_closes_at: Tri<DateTime<Utc>>,
+    /// null: 0.
+    pub max_guests: Tri<MaxGuests>,
+    /// null is ignored.
+    pub rsvp_approval: Tri<bool>,
+    /// null: none.
+    pub reminders: Tri<Reminders>,
     /// null → UTC.
     pub time_zone: Tri<TimeZone>,
     /// Set by the service, never read from a request.

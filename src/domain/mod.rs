@@ -11,6 +11,7 @@ pub mod error;
 pub mod event;
 pub mod ids;
 pub mod rsvp;
+pub mod rules;
 pub mod series;
 pub mod time;
 pub mod values;
@@ -24,10 +25,8 @@ pub use event::{
     PatchOutcome, SeriesEdit, Tri,
 };
 pub use ids::{ANONYMIZED_USER_ID, EventId, InvalidId, SeriesId, TenantId, UserId};
-pub use rsvp::{
-    RequestedRsvp, RsvpChangeReason, RsvpCounts, RsvpDecision, RsvpStatus, Seats, decide,
-    promotions_after_capacity_change,
-};
+pub use rsvp::{RequestedRsvp, RsvpChangeReason, RsvpCounts, RsvpStatus, Seats, promotable};
+pub use rules::{MaxGuests, Reminders, RsvpRules};
 pub use time::{
     DatetimeInput, UtcDisplay, format_utc, parse_datetime, parse_datetime_str, truncate_to_micros,
     utc_str,

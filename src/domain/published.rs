@@ -15,6 +15,7 @@ pub const EVENT_UPDATED: &str = "event.updated";
 pub const EVENT_CANCELLED: &str = "event.cancelled";
 pub const RSVP_CHANGED: &str = "event.rsvp.changed";
 pub const ATTENDANCE_MARKED: &str = "event.attendance.marked";
+pub const REMINDER_DUE: &str = "event.reminder.due";
 
 /// One domain event, ready to be written to the outbox.
 #[derive(Debug, Clone, PartialEq)]
@@ -54,6 +55,18 @@ fn created_fields(event: &Event) -> Map<String, Value> {
             json!(format_utc(&link.recurrence_id)),
         );
     }
+    let rules = &event.rules;
+    m.insert(
+        "rsvp_opens_at".into(),
+        json!(rules.opens_at.as_ref().map(format_utc)),
+    );
+    m.insert(
+        "rsvp_closes_at".into(),
+        json!(rules.closes_at.as_ref().map(format_utc)),
+    );
+    m.insert("max_guests".into(), json!(rules.max_guests.get()));
+    m.insert("rsvp_approval".into(), json!(rules.approval));
+    m.insert("reminders".into(), json!(rules.reminders.minutes()));
     m
 }
 
@@ -109,30 +122,75 @@ pub fn cancelled(event: &Event) -> Published {
     }
 }
 
-pub fn rsvp_changed(
-    event: &Event,
-    user: UserId,
-    status: Option<RsvpStatus>,
-    previous: Option<RsvpStatus>,
-    reason: RsvpChangeReason,
-    at: DateTime<Utc>,
-) -> Published {
+/// One RSVP change, as `event.rsvp.changed` carries it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RsvpChange {
+    pub user: UserId,
+    pub status: Option<RsvpStatus>,
+    pub previous: Option<RsvpStatus>,
+    /// The user's guests afterwards (0 unless the status keeps a party).
+    pub guests: u32,
+    pub reason: RsvpChangeReason,
+    /// Who made the change: the user, or the manager who approved or
+    /// declined it.
+    pub actor: UserId,
+    pub at: DateTime<Utc>,
+}
+
+pub fn rsvp_changed(event: &Event, c: &RsvpChange) -> Published {
     let mut m = base(event);
-    m.insert("user_id".into(), json!(user.to_string()));
-    m.insert("status".into(), json!(status.map(|s| s.as_str())));
+    m.insert("user_id".into(), json!(c.user.to_string()));
+    m.insert("status".into(), json!(c.status.map(|s| s.as_str())));
     m.insert(
         "previous_status".into(),
-        json!(previous.map(|s| s.as_str())),
+        json!(c.previous.map(|s| s.as_str())),
     );
-    m.insert("reason".into(), json!(reason.as_str()));
-    m.insert("updated_at".into(), json!(format_utc(&at)));
-    m.insert("actor_user_id".into(), json!(user.to_string()));
+    m.insert("guests".into(), json!(c.guests));
+    m.insert("reason".into(), json!(c.reason.as_str()));
+    m.insert("updated_at".into(), json!(format_utc(&c.at)));
+    m.insert("actor_user_id".into(), json!(c.actor.to_string()));
     Published {
         event_type: RSVP_CHANGED,
         tenant_id: event.tenant_id,
         event_id: event.id,
-        occurred_at: at,
+        occurred_at: c.at,
         data: Value::Object(m),
+    }
+}
+
+/// A reminder that the event starts in `minutes_before` minutes, for one
+/// going user, committed when it is due.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReminderDue {
+    pub event_id: EventId,
+    pub tenant_id: TenantId,
+    pub user_id: UserId,
+    pub scope_type: String,
+    pub scope_id: String,
+    pub title: String,
+    pub starts_at: DateTime<Utc>,
+    pub minutes_before: u32,
+    pub due_at: DateTime<Utc>,
+}
+
+pub fn reminder_due(r: &ReminderDue) -> Published {
+    let data = json!({
+        "event_id": r.event_id.to_string(),
+        "tenant_id": r.tenant_id.to_string(),
+        "scope_type": r.scope_type,
+        "scope_id": r.scope_id,
+        "title": r.title,
+        "user_id": r.user_id.to_string(),
+        "starts_at": format_utc(&r.starts_at),
+        "minutes_before": r.minutes_before,
+        "due_at": format_utc(&r.due_at),
+    });
+    Published {
+        event_type: REMINDER_DUE,
+        tenant_id: r.tenant_id,
+        event_id: r.event_id,
+        occurred_at: r.due_at,
+        data,
     }
 }
 

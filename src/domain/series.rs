@@ -404,6 +404,8 @@ mod tests {
                 visibility: Default::default(),
                 capacity: None,
                 time_zone: berlin(),
+                rules: Default::default(),
+                reminders_sent: false,
             },
         )
         .unwrap_or_else(|e| panic!("{e:?}"));

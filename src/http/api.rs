@@ -20,7 +20,9 @@ use axum::response::{IntoResponse, Response};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::app::requests::{AttendanceBody, CancelBody, CreateBody, PatchBody, RsvpBody};
+use crate::app::requests::{
+    AttendanceBody, CancelBody, CreateBody, PatchBody, ReviewBody, RsvpBody,
+};
 use crate::app::views::{EventView, Page};
 use crate::domain::{EventId, UserId};
 
@@ -32,6 +34,13 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(get_event, update))
         .routes(routes!(rsvp_set, rsvp_clear))
         .routes(routes!(rsvp_list))
+        .routes(routes!(rsvp_approve))
+        .routes(routes!(rsvp_decline))
+        .routes(routes!(rsvp_approve_many))
+        .routes(routes!(rsvp_decline_many))
+        .routes(routes!(stats))
+        .routes(routes!(rsvps_csv))
+        .routes(routes!(attendance_csv))
         .routes(routes!(attendance_mark, attendance_list))
         .routes(routes!(ics))
         .routes(routes!(series_get))
@@ -137,6 +146,21 @@ fn render(op: Op, reply: Reply) -> Response {
         (_, Reply::Json(value)) => (StatusCode::OK, axum::Json(value)).into_response(),
         (_, Reply::View(view)) => (StatusCode::OK, axum::Json(view)).into_response(),
         (_, Reply::Stream(live)) => crate::http::stream::response(*live),
+        (_, Reply::Csv(export)) => {
+            let mut response =
+                (StatusCode::OK, axum::body::Body::from_stream(export.body)).into_response();
+            let headers = response.headers_mut();
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/csv; charset=utf-8; header=present"),
+            );
+            if let Ok(v) =
+                HeaderValue::from_str(&format!("attachment; filename=\"{}\"", export.filename))
+            {
+                headers.insert(header::CONTENT_DISPOSITION, v);
+            }
+            response
+        }
         (_, Reply::Calendar { filename, body }) => {
             let mut response = (StatusCode::OK, body).into_response();
             let headers = response.headers_mut();
@@ -161,6 +185,12 @@ fn render(op: Op, reply: Reply) -> Response {
 fn segment(path: Result<Path<String>, PathRejection>) -> String {
     path.map(|Path(s)| s)
         .unwrap_or_else(|_| "\u{FFFD}".to_string())
+}
+
+/// Two path segments, as [`segment`].
+fn segments(path: Result<Path<(String, String)>, PathRejection>) -> (String, String) {
+    path.map(|Path(s)| s)
+        .unwrap_or_else(|_| ("\u{FFFD}".to_string(), "\u{FFFD}".to_string()))
 }
 
 /// List events
@@ -292,6 +322,136 @@ async fn rsvp_list(
         &state,
         Op::RsvpList,
         Target::EventQuery(segment(id)),
+        request,
+    )
+    .await
+}
+
+/// Approve an RSVP
+///
+/// Needs `events.event.manage`. A `pending` (or `declined`) RSVP becomes
+/// `going`, or `waitlisted` at the end of the queue when the party does not
+/// fit or others wait; any other RSVP is left as it is (`changed: false`).
+#[utoipa::path(post, path = "/{event_id}/rsvps/{user_id}/approve", operation_id = "approveRsvp", tag = "rsvp",
+    extensions(("x-nats-operation" = json!("rsvp.approve"))),
+    params(("event_id" = inline(EventId), Path, description = "Not a UUID: 400 `INVALID_EVENT_ID`"),
+           ("user_id" = inline(UserId), Path, description = "Whose RSVP; not a UUID: 400 `INVALID_USER_ID`")),
+    responses((status = 200, description = "What became of the RSVP, and the event's counters")))]
+async fn rsvp_approve(
+    State(state): State<AppState>,
+    ids: Result<Path<(String, String)>, PathRejection>,
+    request: Request,
+) -> Response {
+    let (id, uid) = segments(ids);
+    run(&state, Op::RsvpApprove, Target::EventUser(id, uid), request).await
+}
+
+/// Decline an RSVP
+///
+/// Needs `events.event.manage`. A `pending`, `going` or `waitlisted` RSVP
+/// becomes `declined` (seats it held go to the waitlist); asking for
+/// `going` again leaves it declined.
+#[utoipa::path(post, path = "/{event_id}/rsvps/{user_id}/decline", operation_id = "declineRsvp", tag = "rsvp",
+    extensions(("x-nats-operation" = json!("rsvp.decline"))),
+    params(("event_id" = inline(EventId), Path, description = "Not a UUID: 400 `INVALID_EVENT_ID`"),
+           ("user_id" = inline(UserId), Path, description = "Whose RSVP; not a UUID: 400 `INVALID_USER_ID`")),
+    responses((status = 200, description = "What became of the RSVP, and the event's counters")))]
+async fn rsvp_decline(
+    State(state): State<AppState>,
+    ids: Result<Path<(String, String)>, PathRejection>,
+    request: Request,
+) -> Response {
+    let (id, uid) = segments(ids);
+    run(&state, Op::RsvpDecline, Target::EventUser(id, uid), request).await
+}
+
+/// Approve RSVPs in bulk
+///
+/// As approving one, for up to 500 users (`userIds`), in one transaction,
+/// in the order given.
+#[utoipa::path(post, path = "/{event_id}/rsvps/approve", operation_id = "approveRsvps", tag = "rsvp",
+    extensions(("x-nats-operation" = json!("rsvp.approve"))),
+    params(("event_id" = inline(EventId), Path, description = "Not a UUID: 400 `INVALID_EVENT_ID`")),
+    request_body = ReviewBody,
+    responses((status = 200, description = "What became of each RSVP, and the event's counters")))]
+async fn rsvp_approve_many(
+    State(state): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+    request: Request,
+) -> Response {
+    run(&state, Op::RsvpApprove, Target::Event(segment(id)), request).await
+}
+
+/// Decline RSVPs in bulk
+///
+/// As declining one, for up to 500 users (`userIds`), in one transaction.
+#[utoipa::path(post, path = "/{event_id}/rsvps/decline", operation_id = "declineRsvps", tag = "rsvp",
+    extensions(("x-nats-operation" = json!("rsvp.decline"))),
+    params(("event_id" = inline(EventId), Path, description = "Not a UUID: 400 `INVALID_EVENT_ID`")),
+    request_body = ReviewBody,
+    responses((status = 200, description = "What became of each RSVP, and the event's counters")))]
+async fn rsvp_decline_many(
+    State(state): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+    request: Request,
+) -> Response {
+    run(&state, Op::RsvpDecline, Target::Event(segment(id)), request).await
+}
+
+/// An event's RSVP statistics
+///
+/// Needs `events.event.manage`: `{eventId, rsvpCounts, seats,
+/// waitlistLength, attended, attendanceRate}`, where `attendanceRate` is
+/// attended / going (0 to 1; 0 when nobody is going).
+#[utoipa::path(get, path = "/{event_id}/stats", operation_id = "eventStats", tag = "events",
+    extensions(("x-nats-operation" = json!("event.stats"))),
+    params(("event_id" = inline(EventId), Path, description = "Not a UUID: 400 `INVALID_EVENT_ID`")),
+    responses((status = 200, description = "The statistics")))]
+async fn stats(
+    State(state): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+    request: Request,
+) -> Response {
+    run(&state, Op::EventStats, Target::Event(segment(id)), request).await
+}
+
+/// Export the RSVPs as CSV
+///
+/// Needs `events.event.manage`. RFC 4180 (CRLF, a header line), in the
+/// order of the RSVP listing, streamed: `user_id, status, guests,
+/// waitlist_position, created_at, updated_at`. HTTP only.
+#[utoipa::path(get, path = "/{event_id}/rsvps.csv", operation_id = "exportRsvps", tag = "rsvp",
+    extensions(("x-nats-operation" = json!("rsvp.export"))),
+    params(("event_id" = inline(EventId), Path, description = "Not a UUID: 400 `INVALID_EVENT_ID`")),
+    responses((status = 200, description = "The RSVPs", content_type = "text/csv", body = String,
+        headers(("Content-Disposition" = String, description = "`attachment; filename=\"event-{id}-rsvps.csv\"`")))))]
+async fn rsvps_csv(
+    State(state): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+    request: Request,
+) -> Response {
+    run(&state, Op::RsvpExport, Target::Event(segment(id)), request).await
+}
+
+/// Export the attendance as CSV
+///
+/// Needs `events.event.manage` or `events.attendance.mark`. RFC 4180, in
+/// the order of the attendance listing, streamed: `user_id, marked_by,
+/// marked_at`. HTTP only.
+#[utoipa::path(get, path = "/{event_id}/attendance.csv", operation_id = "exportAttendance", tag = "attendance",
+    extensions(("x-nats-operation" = json!("attendance.export"))),
+    params(("event_id" = inline(EventId), Path, description = "Not a UUID: 400 `INVALID_EVENT_ID`")),
+    responses((status = 200, description = "The attendance", content_type = "text/csv", body = String,
+        headers(("Content-Disposition" = String, description = "`attachment; filename=\"event-{id}-attendance.csv\"`")))))]
+async fn attendance_csv(
+    State(state): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+    request: Request,
+) -> Response {
+    run(
+        &state,
+        Op::AttendanceExport,
+        Target::Event(segment(id)),
         request,
     )
     .await

@@ -178,6 +178,11 @@ const fn targets_event(op: Op) -> bool {
             | Op::AttendanceMark
             | Op::AttendanceList
             | Op::EventIcs
+            | Op::RsvpApprove
+            | Op::RsvpDecline
+            | Op::EventStats
+            | Op::RsvpExport
+            | Op::AttendanceExport
     )
 }
 
@@ -223,7 +228,13 @@ pub fn errors_of(op: Op) -> Vec<ErrorCode> {
     let has_fields = !requests::fields_of(op).is_empty()
         || matches!(
             op,
-            Op::EventCreate | Op::EventUpdate | Op::EventCancel | Op::RsvpSet | Op::AttendanceMark
+            Op::EventCreate
+                | Op::EventUpdate
+                | Op::EventCancel
+                | Op::RsvpSet
+                | Op::AttendanceMark
+                | Op::RsvpApprove
+                | Op::RsvpDecline
         );
     if has_fields {
         codes.push(C::ValidationError);
@@ -234,7 +245,10 @@ pub fn errors_of(op: Op) -> Vec<ErrorCode> {
         Op::EventUpdate => codes.extend([C::InvalidTimeRange, C::NoUpdates, C::EventCancelled]),
         // A series-wide cancel may find an occurrence cancelled meanwhile.
         Op::EventCancel => codes.push(C::ValidationError),
-        Op::RsvpSet | Op::RsvpClear | Op::AttendanceMark => codes.push(C::EventCancelled),
+        Op::RsvpSet => codes.extend([C::EventCancelled, C::RsvpClosed, C::NotEnoughSeats]),
+        Op::RsvpClear => codes.extend([C::EventCancelled, C::RsvpClosed]),
+        Op::AttendanceMark => codes.push(C::EventCancelled),
+        Op::RsvpApprove | Op::RsvpDecline => codes.extend([C::EventCancelled, C::InvalidUserId]),
         // A role missing in Access, or a binding Access refuses.
         Op::AdminRolesGrant | Op::AdminRolesRevoke => codes.push(C::Conflict),
         // Memberships are Portal's while Access and Portal are the authority.
@@ -770,6 +784,7 @@ fn dsar_export() -> RefOr<Schema> {
         ("role_bindings", rows()),
         ("memberships", rows()),
         ("feed_tokens", rows()),
+        ("reminders", rows()),
     ])
     .description(Some(
         "A user's data in the caller's tenant, keys snake_case; other users' ids are \

@@ -219,6 +219,7 @@ pub fn event(row: &SourceEvent, fix: bool) -> Result<Mapped, Refused> {
             cancel_reason: None,
             time_zone: crate::domain::TimeZone::UTC,
             series: None,
+            rules: crate::domain::RsvpRules::default(),
         },
         fixes,
     })

@@ -372,9 +372,8 @@ fn full_patch(event: &crate::domain::Event) -> EventPatch {
         location_url: opt(event.location_url.clone()),
         game_id: opt(event.game_id.clone()),
         visibility: Tri::Set(event.visibility),
-        capacity: Tri::Absent,
-        time_zone: Tri::Absent,
-        series: Default::default(),
+        // Ours alone, like capacity: the RSVP rules.
+        ..EventPatch::default()
     }
 }
 
@@ -423,6 +422,9 @@ async fn rsvps_batch(
                 event_id: EventId::from(row.event_id),
                 user: UserId::from(row.user_id),
                 requested: Some(requested),
+                guests: 0,
+                // History: it happened, whenever it happened.
+                window: false,
             },
         };
         let entry = Entry {

@@ -3,10 +3,12 @@
 pub mod audit;
 pub mod batch;
 pub mod dsar;
+pub mod exports;
 pub mod imports;
 pub mod memberships;
 pub mod outbox;
 pub mod reads;
+pub mod reminders;
 pub mod replays;
 pub mod rows;
 pub mod series;

@@ -71,6 +71,47 @@ pub async fn all_rsvps(
     ))
 }
 
+/// The caller's own RSVP on one event, with their guests.
+pub async fn party_of(
+    db: &PgPool,
+    event: EventId,
+    user: UserId,
+) -> Result<(Option<RsvpStatus>, u32), AppError> {
+    let row: Option<(String, i32)> = sqlx::query_as(
+        "SELECT status::text, guests FROM event_rsvps WHERE event_id = $1 AND user_id = $2",
+    )
+    .bind(Uuid::from(event))
+    .bind(Uuid::from(user))
+    .fetch_optional(db)
+    .await?;
+    Ok(match row {
+        Some((status, guests)) => (
+            parse_rsvp_status(&status),
+            u32::try_from(guests).unwrap_or(0),
+        ),
+        None => (None, 0),
+    })
+}
+
+/// An event's counters as stored, with its attendance count.
+pub async fn stats(db: &PgPool, event: EventId) -> Result<(RsvpCounts, u32), AppError> {
+    let sql = format!(
+        "SELECT {COUNT_COLUMNS}, COALESCE(c.attended, 0) AS attended
+         FROM (SELECT $1::uuid AS id) e LEFT JOIN event_counters c ON c.event_id = e.id"
+    );
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        #[sqlx(flatten)]
+        counts: CountsRow,
+        attended: i32,
+    }
+    let row: Row = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(Uuid::from(event))
+        .fetch_one(db)
+        .await?;
+    Ok((row.counts.into(), u32::try_from(row.attended).unwrap_or(0)))
+}
+
 /// The caller's own RSVP on one event.
 pub async fn rsvp_of(
     db: &PgPool,
@@ -242,8 +283,8 @@ pub async fn gated_scopes(
         .collect())
 }
 
-/// One listed event: the event, its counters and the viewer's RSVP.
-pub type ListedEvent = (Event, RsvpCounts, Option<RsvpStatus>);
+/// One listed event: the event, its counters, the viewer's RSVP and guests.
+pub type ListedEvent = (Event, RsvpCounts, Option<RsvpStatus>, u32);
 
 #[derive(sqlx::FromRow)]
 struct ListedRow {
@@ -252,6 +293,7 @@ struct ListedRow {
     #[sqlx(flatten)]
     counts: CountsRow,
     my_rsvp: Option<String>,
+    my_guests: Option<i32>,
     total_count: i64,
 }
 
@@ -274,7 +316,11 @@ pub async fn list(
     ));
     page.push_bind(Uuid::from(viewer));
     page.push(
-        ") AS my_rsvp FROM (SELECT e.id, e.starts_at, count(*) OVER () AS total_count FROM events e",
+        ") AS my_rsvp, (SELECT r.guests FROM event_rsvps r WHERE r.event_id = e.id AND r.user_id = ",
+    );
+    page.push_bind(Uuid::from(viewer));
+    page.push(
+        ") AS my_guests FROM (SELECT e.id, e.starts_at, count(*) OVER () AS total_count FROM events e",
     );
     push_filters(&mut page, tenant, viewer, f);
     push_audience(&mut page, tenant, audience);
@@ -303,9 +349,10 @@ pub async fn list(
         .into_iter()
         .map(|row| {
             let mine = row.my_rsvp.as_deref().and_then(parse_rsvp_status);
+            let guests = row.my_guests.map_or(0, |g| u32::try_from(g).unwrap_or(0));
             let counts = row.counts.into();
             Event::try_from(row.event)
-                .map(|event| (event, counts, mine))
+                .map(|event| (event, counts, mine, guests))
                 .map_err(|e| AppError::internal("stored event", e))
         })
         .collect::<Result<Vec<_>, _>>()?;
@@ -317,6 +364,7 @@ pub async fn list(
 pub struct RsvpEntry {
     pub user_id: Uuid,
     pub status: String,
+    pub guests: i32,
     pub updated_at: DateTime<Utc>,
     pub waitlist_position: Option<i64>,
 }
@@ -337,8 +385,8 @@ pub async fn rsvps(
     .fetch_one(db)
     .await?;
     let rows = sqlx::query_as(
-        "SELECT user_id, status::text AS status, updated_at, waitlist_position FROM (
-             SELECT user_id, status, updated_at, created_at,
+        "SELECT user_id, status::text AS status, guests, updated_at, waitlist_position FROM (
+             SELECT user_id, status, guests, updated_at, created_at,
                     CASE WHEN status = 'waitlisted'
                          THEN row_number() OVER (PARTITION BY status = 'waitlisted' ORDER BY waitlist_seq)
                     END AS waitlist_position

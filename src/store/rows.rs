@@ -7,7 +7,8 @@ use uuid::Uuid;
 
 use crate::domain::{
     CancelReason, Capacity, Description, Event, EventStatus, GameId, LocationText, LocationUrl,
-    RsvpCounts, RsvpStatus, Scope, ScopeId, ScopeType, SeriesLink, TimeZone, Title, Visibility,
+    MaxGuests, Reminders, RsvpCounts, RsvpRules, RsvpStatus, Scope, ScopeId, ScopeType, SeriesLink,
+    TimeZone, Title, Visibility,
 };
 
 /// The column list matching [`EventRow`], for `SELECT {EVENT_COLUMNS} FROM events`.
@@ -15,12 +16,14 @@ pub const EVENT_COLUMNS: &str = "e.id, e.tenant_id, e.scope_type::text AS scope_
      e.description, e.starts_at, e.ends_at, e.location_text, e.location_url, e.game_id, \
      e.visibility::text AS visibility, e.status::text AS status, e.capacity, e.created_by, \
      e.created_at, e.updated_at, e.version, e.cancelled_at, e.cancelled_by, e.cancel_reason, \
-     e.time_zone, e.series_id, e.recurrence_id, e.series_exception";
+     e.time_zone, e.series_id, e.recurrence_id, e.series_exception, \
+     e.rsvp_opens_at, e.rsvp_closes_at, e.max_guests, e.rsvp_approval, e.reminders";
 
 /// The column list matching [`CountsRow`] (from `event_counters c`).
 pub const COUNT_COLUMNS: &str = "COALESCE(c.interested, 0) AS interested, COALESCE(c.going, 0) AS going, \
      COALESCE(c.not_going, 0) AS not_going, COALESCE(c.waitlisted, 0) AS waitlisted, \
-     COALESCE(c.revision, 0) AS revision";
+     COALESCE(c.pending, 0) AS pending, COALESCE(c.declined, 0) AS declined, \
+     COALESCE(c.guests, 0) AS guests, COALESCE(c.revision, 0) AS revision";
 
 #[derive(Debug, sqlx::FromRow)]
 pub struct EventRow {
@@ -49,6 +52,11 @@ pub struct EventRow {
     pub series_id: Option<Uuid>,
     pub recurrence_id: Option<DateTime<Utc>>,
     pub series_exception: bool,
+    pub rsvp_opens_at: Option<DateTime<Utc>>,
+    pub rsvp_closes_at: Option<DateTime<Utc>>,
+    pub max_guests: i32,
+    pub rsvp_approval: bool,
+    pub reminders: Vec<i32>,
 }
 
 #[derive(Debug, Clone, Copy, sqlx::FromRow)]
@@ -57,6 +65,9 @@ pub struct CountsRow {
     pub going: i32,
     pub not_going: i32,
     pub waitlisted: i32,
+    pub pending: i32,
+    pub declined: i32,
+    pub guests: i32,
     pub revision: i64,
 }
 
@@ -68,6 +79,9 @@ impl From<CountsRow> for RsvpCounts {
             going: n(r.going),
             not_going: n(r.not_going),
             waitlisted: n(r.waitlisted),
+            pending: n(r.pending),
+            declined: n(r.declined),
+            guests: n(r.guests),
         }
     }
 }
@@ -150,6 +164,20 @@ impl TryFrom<EventRow> for Event {
                     exception: r.series_exception,
                 }),
                 _ => None,
+            },
+            rules: RsvpRules {
+                opens_at: r.rsvp_opens_at,
+                closes_at: r.rsvp_closes_at,
+                max_guests: MaxGuests::new(i64::from(r.max_guests))
+                    .map_err(|e| bad("max_guests")(&e))?,
+                approval: r.rsvp_approval,
+                reminders: Reminders::new(
+                    &r.reminders
+                        .iter()
+                        .map(|m| i64::from(*m))
+                        .collect::<Vec<_>>(),
+                )
+                .map_err(|e| bad("reminders")(&e))?,
             },
         })
     }

@@ -34,6 +34,7 @@ const SERIES_COLUMNS: &str = "s.id, s.tenant_id, s.scope_type::text AS scope_typ
      s.capacity, s.created_by, s.created_at, s.updated_at, s.version, NULL::timestamptz AS cancelled_at, \
      NULL::uuid AS cancelled_by, NULL::text AS cancel_reason, s.time_zone, NULL::uuid AS series_id, \
      NULL::timestamptz AS recurrence_id, false AS series_exception, \
+     s.rsvp_opens_at, s.rsvp_closes_at, s.max_guests, s.rsvp_approval, s.reminders, \
      s.rrule, s.exdates, s.duration_secs, s.materialised_until, s.complete, s.cancelled, s.tenant_slug";
 
 #[derive(sqlx::FromRow)]
@@ -121,9 +122,10 @@ async fn insert(conn: &mut PgConnection, s: &Series) -> Result<(), sqlx::Error> 
     sqlx::query(
         "INSERT INTO event_series (id, tenant_id, scope_type, scope_id, rrule, exdates, time_zone, dtstart,
              duration_secs, title, description, location_text, location_url, game_id, visibility, capacity,
-             materialised_until, complete, cancelled, version, tenant_slug, created_by, created_at, updated_at)
+             materialised_until, complete, cancelled, version, tenant_slug, created_by, created_at, updated_at,
+             rsvp_opens_at, rsvp_closes_at, max_guests, rsvp_approval, reminders)
          VALUES ($1, $2, $3::scope_type, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15::event_visibility,
-             $16, $17, $18, $19, $20, $21, $22, $23, $24)",
+             $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29)",
     )
     .bind(Uuid::from(s.id))
     .bind(Uuid::from(t.tenant_id))
@@ -149,9 +151,27 @@ async fn insert(conn: &mut PgConnection, s: &Series) -> Result<(), sqlx::Error> 
     .bind(Uuid::from(t.created_by))
     .bind(t.created_at)
     .bind(s.updated_at)
+    .bind(t.rules.opens_at)
+    .bind(t.rules.closes_at)
+    .bind(max_guests(t))
+    .bind(t.rules.approval)
+    .bind(reminders(t))
     .execute(&mut *conn)
     .await?;
     Ok(())
+}
+
+fn max_guests(t: &Event) -> i32 {
+    i32::try_from(t.rules.max_guests.get()).unwrap_or(0)
+}
+
+fn reminders(t: &Event) -> Vec<i32> {
+    t.rules
+        .reminders
+        .minutes()
+        .iter()
+        .map(|m| i32::try_from(*m).unwrap_or(i32::MAX))
+        .collect()
 }
 
 fn capacity(t: &Event) -> Option<i32> {
@@ -165,7 +185,8 @@ async fn update(conn: &mut PgConnection, s: &Series) -> Result<(), sqlx::Error> 
         "UPDATE event_series SET rrule = $2, exdates = $3, dtstart = $4, duration_secs = $5, title = $6,
              description = $7, location_text = $8, location_url = $9, game_id = $10,
              visibility = $11::event_visibility, capacity = $12, materialised_until = $13, complete = $14,
-             cancelled = $15, version = $16, updated_at = $17
+             cancelled = $15, version = $16, updated_at = $17, rsvp_opens_at = $18, rsvp_closes_at = $19,
+             max_guests = $20, rsvp_approval = $21, reminders = $22
          WHERE id = $1",
     )
     .bind(Uuid::from(s.id))
@@ -185,6 +206,11 @@ async fn update(conn: &mut PgConnection, s: &Series) -> Result<(), sqlx::Error> 
     .bind(s.cancelled)
     .bind(s.version)
     .bind(s.updated_at)
+    .bind(t.rules.opens_at)
+    .bind(t.rules.closes_at)
+    .bind(max_guests(t))
+    .bind(t.rules.approval)
+    .bind(reminders(t))
     .execute(&mut *conn)
     .await?;
     Ok(())
@@ -287,6 +313,7 @@ async fn decide_and_write(
         &decision.published,
         |_| trace,
         &loaded.revisions,
+        now,
     )
     .await?;
     Ok(SeriesWritten { events, effects })

@@ -126,9 +126,9 @@ impl NatsRequest {
         }
         // Live streams are HTTP's alone: no NATS subject opens one.
         let result = match result {
-            Ok(Reply::Stream(_)) => Err(crate::error::AppError::internal(
+            Ok(Reply::Stream(_) | Reply::Csv(_)) => Err(crate::error::AppError::internal(
                 "nats reply",
-                "a live stream cannot be a NATS reply",
+                "a live stream or an export cannot be a NATS reply",
             )),
             other => other,
         };
@@ -145,7 +145,7 @@ impl NatsRequest {
                 reply_headers.insert("Content-Type", crate::domain::ics::CONTENT_TYPE);
                 (Bytes::from(body), 200)
             }
-            Ok(Reply::Stream(_)) => (Bytes::new(), 500),
+            Ok(Reply::Stream(_) | Reply::Csv(_)) => (Bytes::new(), 500),
             Err(err) => {
                 reply_headers.insert("Content-Type", encoding.content_type());
                 reply_headers.insert("Nats-Service-Error-Code", err.status().to_string().as_str());

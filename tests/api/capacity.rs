@@ -1003,6 +1003,7 @@ async fn a_group_commit_reads_again_what_changed_behind_the_cache() {
         command: WriteCommand::SetRsvp {
             event_id,
             requested: Some(RequestedRsvp::Going),
+            guests: 0,
         },
     };
     let subjects = updspace_events::subjects::Subjects::new(app.isolation.prefix.clone());
@@ -1082,6 +1083,7 @@ async fn a_group_commit_promotes_past_a_waiter_who_left_in_it() {
         command: WriteCommand::SetRsvp {
             event_id,
             requested,
+            guests: 0,
         },
     };
     let commands = [

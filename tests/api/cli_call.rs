@@ -132,7 +132,7 @@ async fn call_creates_gets_rsvps_lists_and_exports_an_event() {
     assert_eq!(page["items"][0]["myRsvp"], "going");
     assert_eq!(
         page["items"][0]["rsvpCounts"],
-        json!({"interested": 0, "going": 1, "not_going": 0, "waitlisted": 1})
+        json!({"interested": 0, "going": 1, "not_going": 0, "waitlisted": 1, "pending": 0, "declined": 0})
     );
 
     // The calendar is printed raw, not as a JSON string.

@@ -182,6 +182,29 @@ async fn write_case(app: &TestApp, op: Op, tenant: Uuid, who: &Identity) -> Writ
                 body: Some(body),
             }
         }
+        Op::RsvpApprove | Op::RsvpDecline => {
+            let mut body = event_body(tenant, "Replay target", "public");
+            body["rsvpApproval"] = json!(op == Op::RsvpApprove);
+            let id = create(app, who, body).await;
+            let user = Uuid::new_v4();
+            nats(
+                app,
+                "rsvp.set",
+                &identity(tenant, user),
+                json!({"eventId": id, "status": "going"}),
+            )
+            .await;
+            let verb = if op == Op::RsvpApprove {
+                "approve"
+            } else {
+                "decline"
+            };
+            WriteCase {
+                method: "POST",
+                path: format!("{EVENTS}/{id}/rsvps/{user}/{verb}"),
+                body: None,
+            }
+        }
         other => panic!(
             "{} changes state: give it a replay case here, so that the test proves a replay of it is refused",
             other.name()

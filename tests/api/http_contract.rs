@@ -362,7 +362,7 @@ fn is_utc_z(s: &str) -> bool {
     base && (b.len() == 20 || (b.len() == 24 && b[19] == b'.'))
 }
 
-const EVENT_KEYS: [&str; 25] = [
+const EVENT_KEYS: [&str; 32] = [
     "id",
     "tenantId",
     "scopeType",
@@ -384,13 +384,20 @@ const EVENT_KEYS: [&str; 25] = [
     "cancelledAt",
     "cancelReason",
     "rsvpCounts",
+    "seats",
+    "rsvpOpensAt",
+    "rsvpClosesAt",
+    "maxGuests",
+    "rsvpApproval",
+    "reminders",
     "myRsvp",
     "timeZone",
     "seriesId",
     "recurrenceId",
+    "myGuests",
 ];
 
-/// The event view contract: every key, camelCase at the top, the four
+/// The event view contract: every key, camelCase at the top, the six
 /// snake_case counters, datetimes in UTC with `Z`.
 fn check_view(view: &Value) {
     assert_eq!(keys(view), set(&EVENT_KEYS), "{view}");
@@ -400,10 +407,24 @@ fn check_view(view: &Value) {
     );
     assert_eq!(
         keys(&view["rsvpCounts"]),
-        set(&["interested", "going", "not_going", "waitlisted"]),
+        set(&[
+            "interested",
+            "going",
+            "not_going",
+            "waitlisted",
+            "pending",
+            "declined"
+        ]),
         "{view}"
     );
-    for k in ["interested", "going", "not_going", "waitlisted"] {
+    for k in [
+        "interested",
+        "going",
+        "not_going",
+        "waitlisted",
+        "pending",
+        "declined",
+    ] {
         assert!(view["rsvpCounts"][k].is_u64(), "{k}: {view}");
     }
     for k in ["startsAt", "endsAt", "createdAt", "updatedAt"] {
@@ -597,7 +618,7 @@ async fn the_event_view_is_camel_case_with_utc_datetimes_and_additive_fields() {
     assert_eq!(view["myRsvp"], Value::Null);
     assert_eq!(
         view["rsvpCounts"],
-        json!({"interested": 0, "going": 0, "not_going": 0, "waitlisted": 0})
+        json!({"interested": 0, "going": 0, "not_going": 0, "waitlisted": 0, "pending": 0, "declined": 0})
     );
     assert_eq!(view["updatedAt"], view["createdAt"]);
     let id = id_of(&view);
@@ -864,7 +885,7 @@ async fn rsvp_waitlist_and_attendance_listings_have_the_documented_shapes() {
     assert_eq!(view["myRsvp"], "waitlisted");
     assert_eq!(
         view["rsvpCounts"],
-        json!({"interested": 0, "going": 1, "not_going": 0, "waitlisted": 1})
+        json!({"interested": 0, "going": 1, "not_going": 0, "waitlisted": 1, "pending": 0, "declined": 0})
     );
 
     let rsvps = app
@@ -877,7 +898,13 @@ async fn rsvp_waitlist_and_attendance_listings_have_the_documented_shapes() {
     for item in items {
         assert_eq!(
             keys(item),
-            set(&["userId", "status", "updatedAt", "waitlistPosition"]),
+            set(&[
+                "userId",
+                "status",
+                "guests",
+                "updatedAt",
+                "waitlistPosition"
+            ]),
             "{item}"
         );
         assert!(is_utc_z(item["updatedAt"].as_str().unwrap_or("")), "{item}");
@@ -1539,7 +1566,7 @@ async fn original_11_rsvp_flow() {
     assert_eq!(page["items"][0]["myRsvp"], "going");
     assert_eq!(
         page["items"][0]["rsvpCounts"],
-        json!({"interested": 0, "going": 1, "not_going": 0, "waitlisted": 0})
+        json!({"interested": 0, "going": 1, "not_going": 0, "waitlisted": 0, "pending": 0, "declined": 0})
     );
 }
 
@@ -1665,7 +1692,8 @@ async fn original_18_dsar_export_returns_the_events_bundle() {
             "role_bindings",
             "memberships",
             "series_created",
-            "feed_tokens"
+            "feed_tokens",
+            "reminders"
         ])
     );
     assert_eq!(bundle["service"], "events");

@@ -25,6 +25,7 @@ mod openapi;
 mod ops;
 mod outbox;
 mod probes;
+mod rsvp_rules;
 mod scaling;
 mod schema;
 mod schemathesis;

@@ -221,7 +221,7 @@ async fn create_normalises_times_to_utc_and_fills_defaults() {
     assert_eq!(v["myRsvp"], Value::Null);
     assert_eq!(
         v["rsvpCounts"],
-        json!({"interested": 0, "going": 0, "not_going": 0, "waitlisted": 0})
+        json!({"interested": 0, "going": 0, "not_going": 0, "waitlisted": 0, "pending": 0, "declined": 0})
     );
     let created_at = v["createdAt"].as_str().expect("createdAt");
     assert!(created_at.ends_with('Z'), "{created_at}");
@@ -1345,8 +1345,9 @@ async fn rsvp_changes_write_one_row_each_and_repeats_write_nothing() {
     let r = w.rsvp(&me, &id, "going").await;
     assert_eq!(
         r.body,
-        json!({"eventId": id, "status": "going", "myRsvp": "going",
-               "rsvpCounts": {"interested": 0, "going": 1, "not_going": 0, "waitlisted": 0}})
+        json!({"eventId": id, "status": "going", "myRsvp": "going", "myGuests": 0,
+               "rsvpCounts": {"interested": 0, "going": 1, "not_going": 0, "waitlisted": 0, "pending": 0, "declined": 0},
+               "seats": {"capacity": null, "taken": 1, "available": null}})
     );
     let updated_at: chrono::DateTime<chrono::Utc> =
         sqlx::query_scalar("SELECT updated_at FROM event_rsvps")
@@ -1447,7 +1448,7 @@ async fn waitlist_is_fifo_and_promotes_on_leave() {
     assert_eq!(rc.body["status"], "waitlisted");
     assert_eq!(
         rc.body["rsvpCounts"],
-        json!({"interested": 0, "going": 1, "not_going": 0, "waitlisted": 2})
+        json!({"interested": 0, "going": 1, "not_going": 0, "waitlisted": 2, "pending": 0, "declined": 0})
     );
     // Asking again keeps the place.
     assert_eq!(w.rsvp(&b, &id, "going").await.body["status"], "waitlisted");
@@ -1567,7 +1568,7 @@ async fn clearing_a_waitlisted_rsvp_promotes_no_one() {
     assert_eq!(r.body["status"], Value::Null);
     assert_eq!(
         r.body["rsvpCounts"],
-        json!({"interested": 0, "going": 1, "not_going": 0, "waitlisted": 0})
+        json!({"interested": 0, "going": 1, "not_going": 0, "waitlisted": 0, "pending": 0, "declined": 0})
     );
     assert_eq!(w.count("outbox").await, rows + 1);
     let last = w
@@ -1629,7 +1630,13 @@ async fn rsvp_list_is_for_managers_with_waitlist_positions() {
     for item in items {
         assert_eq!(
             keys(item),
-            ["status", "updatedAt", "userId", "waitlistPosition"]
+            [
+                "guests",
+                "status",
+                "updatedAt",
+                "userId",
+                "waitlistPosition"
+            ]
         );
     }
 
@@ -1998,7 +2005,7 @@ async fn srv_ping_info_and_stats_answer_with_all_endpoints() {
     let stats: Value = serde_json::from_slice(&stats.payload).expect("stats json");
     assert_eq!(stats["name"], "events");
     let endpoints = stats["endpoints"].as_array().expect("endpoints");
-    assert_eq!(endpoints.len(), 23, "{stats}");
+    assert_eq!(endpoints.len(), 26, "{stats}");
     let mut subjects: Vec<String> = endpoints
         .iter()
         .map(|e| e["subject"].as_str().expect("subject").to_string())
@@ -2028,6 +2035,9 @@ async fn srv_ping_info_and_stats_answer_with_all_endpoints() {
         "me.capabilities",
         "series.get",
         "series.ics",
+        "rsvp.approve",
+        "rsvp.decline",
+        "event.stats",
     ]
     .iter()
     .map(|op| format!("{}.v1.{op}", w.app.isolation.prefix))
@@ -2078,7 +2088,7 @@ async fn concurrent_rsvps_never_overfill_and_queue_everyone_else() {
     let got = w.get(&w.org, &id).await;
     assert_eq!(
         got.body["rsvpCounts"],
-        json!({"interested": 0, "going": 5, "not_going": 0, "waitlisted": 15})
+        json!({"interested": 0, "going": 5, "not_going": 0, "waitlisted": 15, "pending": 0, "declined": 0})
     );
     let rows: Vec<(String, i64)> =
         sqlx::query_as("SELECT status::text, count(*) FROM event_rsvps GROUP BY 1 ORDER BY 1")

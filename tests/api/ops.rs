@@ -55,7 +55,7 @@ async fn create_get_rsvp_list_round_trip() {
     assert_eq!(b.body["status"], "waitlisted");
     assert_eq!(
         b.body["rsvpCounts"],
-        json!({"interested": 0, "going": 1, "not_going": 0, "waitlisted": 1})
+        json!({"interested": 0, "going": 1, "not_going": 0, "waitlisted": 1, "pending": 0, "declined": 0})
     );
 
     // Alice leaves: Bob is promoted in the same transaction.

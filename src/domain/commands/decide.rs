@@ -4,26 +4,26 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 
-use crate::domain::published::{self, Published};
-use crate::domain::{
-    DomainError, EventId, RsvpChangeReason, RsvpStatus, UserId, decide as decide_rsvp,
-    promotions_after_capacity_change,
-};
+use crate::domain::published::{self, Published, RsvpChange};
+use crate::domain::{DomainError, EventId, RequestedRsvp, RsvpChangeReason, RsvpStatus, UserId};
 
 use super::state::Working;
 use super::{
-    Command, CommandKind, Decision, Emitted, Locked, Mark, Outcome, Refusal, RsvpRow, Verdict,
+    Command, CommandKind, Decision, Emitted, Locked, Mark, Outcome, Refusal, Reviewed, RsvpRow,
+    Verdict,
 };
 
 /// Decides `commands` in order on `locked`: what each one does, the rows
 /// to write and the domain events to publish.
 ///
-/// Seats follow [`crate::domain::rsvp`]: a seat freed (someone leaves
-/// `going`, capacity is raised or removed) goes at once to the earliest
-/// waitlisted user: first those waitlisted before these commands, by their
-/// place, then those who joined during them, in the order they joined. A
-/// user who joined and then changed their answer again is not waiting any
-/// more. A command that changes nothing writes and publishes nothing.
+/// Seats follow [`crate::domain::rsvp`]: seats freed (someone leaves
+/// `going` or brings fewer guests, capacity is raised or removed) go at
+/// once to the waitlist in strict FIFO order, the head party first and
+/// only when all of it fits: first those waitlisted before these commands,
+/// by their place, then those who joined during them, in the order they
+/// joined. A user who joined and then changed their answer again is not
+/// waiting any more. A command that changes nothing writes and publishes
+/// nothing.
 pub fn decide(locked: Locked, commands: &[Command]) -> Decision {
     let mut batch = Batch {
         events: locked
@@ -69,6 +69,44 @@ impl Out<'_> {
     }
 }
 
+/// Where a party asking for `going` goes, given its current row (`None`:
+/// leave it as it is).
+fn going_row(
+    working: &Working,
+    current: Option<RsvpRow>,
+    guests: u32,
+) -> Result<Option<RsvpRow>, DomainError> {
+    let rules = &working.state.event.rules;
+    let seats = working
+        .state
+        .counts
+        .seats(working.state.event.seat_capacity());
+    let keep_place = |row: RsvpRow| (row.guests != guests).then_some(RsvpRow { guests, ..row });
+    Ok(match current {
+        Some(row) if row.status == RsvpStatus::Going => {
+            if guests > row.guests {
+                // More seats for a seated party: only from seats nobody
+                // waits for; else it keeps what it has.
+                let extra = guests - row.guests;
+                if seats.waiting > 0 || !seats.fits(extra) {
+                    return Err(DomainError::NotEnoughSeats);
+                }
+            }
+            keep_place(row)
+        }
+        Some(row) if matches!(row.status, RsvpStatus::Waitlisted | RsvpStatus::Pending) => {
+            keep_place(row)
+        }
+        // A declined request stays declined until a manager says otherwise.
+        Some(row) if row.status == RsvpStatus::Declined => None,
+        _ if rules.approval => Some(RsvpRow::party(RsvpStatus::Pending, guests)),
+        _ => Some(RsvpRow::party(
+            seats.place(guests.saturating_add(1)),
+            guests,
+        )),
+    })
+}
+
 impl Batch {
     fn apply(&mut self, index: usize, command: &Command) -> Verdict {
         let mut out = Out {
@@ -98,7 +136,6 @@ impl Batch {
                     .map_err(Refusal::Domain)?;
                 let changed = patched.is_changed();
                 if changed {
-                    let before = working.state.event.seat_capacity();
                     working.state.event = patched.event;
                     working.row_changed = true;
                     out.emit(published::updated(
@@ -106,16 +143,8 @@ impl Batch {
                         &patched.changed,
                         actor,
                     ));
-                    let after = working.state.event.seat_capacity();
-                    if after != before {
-                        let seats = working.state.counts.seats(before);
-                        promote(
-                            working,
-                            promotions_after_capacity_change(&seats, after),
-                            at,
-                            &mut out,
-                        );
-                    }
+                    // A raised or removed capacity seats the waitlist.
+                    settle(working, at, &mut out);
                 }
                 Ok(Outcome::Updated {
                     event: working.state.event.clone(),
@@ -137,20 +166,46 @@ impl Batch {
                 })
             }
             CommandKind::SetRsvp {
-                user, requested, ..
+                user,
+                requested,
+                guests,
+                window,
+                ..
             } => {
-                if working.state.event.is_cancelled() {
+                let event = &working.state.event;
+                if event.is_cancelled() {
                     return Err(Refusal::Domain(DomainError::EventCancelled));
                 }
+                if *window && !event.rules.is_open(at, event.ends_at) {
+                    return Err(Refusal::Domain(DomainError::RsvpClosed));
+                }
+                let guests = if *requested == Some(RequestedRsvp::Going) {
+                    *guests
+                } else {
+                    0
+                };
+                let max = event.rules.max_guests.get();
+                if guests > max {
+                    return Err(Refusal::Domain(DomainError::field(
+                        "guests",
+                        format!("must be at most {max} (the event's maxGuests)"),
+                    )));
+                }
                 let user = *user;
-                let current = working.rsvp(user).map(|r| r.status);
-                let seats = working
-                    .state
-                    .counts
-                    .seats(working.state.event.seat_capacity());
-                let decision = decide_rsvp(current, *requested, &seats);
-                if decision.changed {
-                    working.set_rsvp(user, decision.new_status.map(RsvpRow::new));
+                let current = working.rsvp(user);
+                let target = match requested {
+                    None => current.map(|_| None),
+                    Some(RequestedRsvp::Going) => going_row(working, current, guests)
+                        .map_err(Refusal::Domain)?
+                        .map(Some),
+                    Some(other) => {
+                        let row = RsvpRow::new(RsvpStatus::from(*other));
+                        (current.map(|c| c.status) != Some(row.status)).then_some(Some(row))
+                    }
+                };
+                let changed = target.is_some();
+                if let Some(row) = target {
+                    working.set_rsvp(user, row);
                     let reason = if requested.is_none() {
                         RsvpChangeReason::Cleared
                     } else {
@@ -158,19 +213,85 @@ impl Batch {
                     };
                     out.emit(published::rsvp_changed(
                         &working.state.event,
-                        user,
-                        decision.new_status,
-                        current,
-                        reason,
-                        at,
+                        &RsvpChange {
+                            user,
+                            status: row.map(|r| r.status),
+                            previous: current.map(|r| r.status),
+                            guests: row.map_or(0, |r| r.guests),
+                            reason,
+                            actor: user,
+                            at,
+                        },
                     ));
-                    promote(working, decision.promotions, at, &mut out);
+                    settle(working, at, &mut out);
                 }
+                let now = working.rsvp(user);
                 Ok(Outcome::Rsvp {
                     event: working.state.event.clone(),
                     counts: working.state.counts,
-                    status: decision.new_status,
-                    changed: decision.changed,
+                    status: now.map(|r| r.status),
+                    guests: now.map_or(0, |r| r.guests),
+                    changed,
+                })
+            }
+            CommandKind::Review { users, approve, .. } => {
+                if working.state.event.is_cancelled() {
+                    return Err(Refusal::Domain(DomainError::EventCancelled));
+                }
+                let mut results = Vec::with_capacity(users.len());
+                for &user in users {
+                    let current = working.rsvp(user);
+                    let target = match current {
+                        Some(row)
+                            if *approve
+                                && matches!(
+                                    row.status,
+                                    RsvpStatus::Pending | RsvpStatus::Declined
+                                ) =>
+                        {
+                            let seats = working
+                                .state
+                                .counts
+                                .seats(working.state.event.seat_capacity());
+                            let status = seats.place(row.seats());
+                            Some(RsvpRow::party(status, row.guests))
+                        }
+                        Some(row) if !*approve && row.status.is_party() => {
+                            Some(RsvpRow::new(RsvpStatus::Declined))
+                        }
+                        _ => None,
+                    };
+                    if let Some(row) = target {
+                        working.set_rsvp(user, Some(row));
+                        let reason = if *approve {
+                            RsvpChangeReason::Approved
+                        } else {
+                            RsvpChangeReason::Declined
+                        };
+                        out.emit(published::rsvp_changed(
+                            &working.state.event,
+                            &RsvpChange {
+                                user,
+                                status: Some(row.status),
+                                previous: current.map(|r| r.status),
+                                guests: row.guests,
+                                reason,
+                                actor,
+                                at,
+                            },
+                        ));
+                        settle(working, at, &mut out);
+                    }
+                    results.push(Reviewed {
+                        user,
+                        status: working.rsvp(user).map(|r| r.status),
+                        changed: target.is_some(),
+                    });
+                }
+                Ok(Outcome::Reviewed {
+                    event: working.state.event.clone(),
+                    counts: working.state.counts,
+                    results,
                 })
             }
             CommandKind::MarkAttendance { user, .. } => {
@@ -204,15 +325,10 @@ impl Batch {
                 let user = *user;
                 let removed = working.rsvp(user).map(|r| r.status);
                 if removed.is_some() {
-                    let seats = working
-                        .state
-                        .counts
-                        .seats(working.state.event.seat_capacity());
-                    let freed = decide_rsvp(removed, None, &seats).promotions;
                     working.set_rsvp(user, None);
                     // A cancelled event seats no one, erase or not.
                     if !working.state.event.is_cancelled() {
-                        promote(working, freed, at, &mut out);
+                        settle(working, at, &mut out);
                     }
                 }
                 let marked = working.mark(user).is_some();
@@ -230,50 +346,65 @@ impl Batch {
     }
 }
 
-/// Moves the `count` earliest waitlisted users of the event to `going`.
-fn promote(working: &mut Working, count: u32, at: DateTime<Utc>, out: &mut Out<'_>) {
-    let count = count as usize;
-    if count == 0 {
-        return;
-    }
-    // Users waitlisted before these commands come first (their places are
-    // older than any drawn now), unless a command moved them already: what
-    // the commands did is the truth, the loaded head only where they did
-    // nothing.
-    let mut chosen: Vec<(UserId, RsvpRow)> = Vec::with_capacity(count);
-    for waiter in &working.state.waitlist_head {
-        if chosen.len() >= count {
-            break;
-        }
-        let row = RsvpRow {
+/// The party at the head of the waitlist now, with its row: those
+/// waitlisted before these commands first (by place; passed over for good
+/// once promoted or gone), then those who joined during them. `None` when
+/// nobody waits, or when the loaded head ran out before the stored queue
+/// (never, with [`super::waitlist_demand`] of them loaded: then promotion
+/// stops rather than let a later joiner overtake).
+fn head(working: &mut Working) -> Option<(UserId, RsvpRow)> {
+    while let Some(waiter) = working
+        .state
+        .waitlist_head
+        .get(working.head_cursor)
+        .copied()
+    {
+        let loaded = RsvpRow {
             status: RsvpStatus::Waitlisted,
             seq: Some(waiter.seq),
+            guests: waiter.guests,
         };
-        let still_waiting = match working.state.rsvps.get(&waiter.user) {
-            None => true,
-            Some(current) => *current == Some(row),
+        // What the commands did is the truth, the loaded head only where
+        // they did nothing.
+        let row = match working.state.rsvps.get(&waiter.user) {
+            None => Some(loaded),
+            Some(current) => {
+                current.filter(|r| r.status == RsvpStatus::Waitlisted && r.seq == Some(waiter.seq))
+            }
         };
-        if still_waiting {
-            chosen.push((waiter.user, row));
+        match row {
+            Some(row) => return Some((waiter.user, row)),
+            None => working.head_cursor += 1,
         }
     }
-    for user in &working.joins {
-        if chosen.len() >= count {
-            break;
-        }
-        chosen.push((*user, RsvpRow::new(RsvpStatus::Waitlisted)));
+    if (working.state.waitlist_head.len() as u64) < u64::from(working.stored_waiting) {
+        return None;
     }
-    for (user, row) in chosen {
+    let user = *working.joins.front()?;
+    working.rsvp(user).map(|row| (user, row))
+}
+
+/// Seats waitlisted parties, strict FIFO, while the head fits whole.
+fn settle(working: &mut Working, at: DateTime<Utc>, out: &mut Out<'_>) {
+    let capacity = working.state.event.seat_capacity();
+    while let Some((user, row)) = head(working) {
+        if !working.state.counts.seats(capacity).fits(row.seats()) {
+            return;
+        }
         // Counted as waitlisted already: the counters move it to `going`.
         working.state.rsvps.entry(user).or_insert(Some(row));
-        working.set_rsvp(user, Some(RsvpRow::new(RsvpStatus::Going)));
+        working.set_rsvp(user, Some(RsvpRow::party(RsvpStatus::Going, row.guests)));
         out.emit(published::rsvp_changed(
             &working.state.event,
-            user,
-            Some(RsvpStatus::Going),
-            Some(RsvpStatus::Waitlisted),
-            RsvpChangeReason::Promoted,
-            at,
+            &RsvpChange {
+                user,
+                status: Some(RsvpStatus::Going),
+                previous: Some(RsvpStatus::Waitlisted),
+                guests: row.guests,
+                reason: RsvpChangeReason::Promoted,
+                actor: user,
+                at,
+            },
         ));
     }
 }

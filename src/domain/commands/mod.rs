@@ -60,11 +60,26 @@ pub enum CommandKind {
         event_id: EventId,
         reason: Option<CancelReason>,
     },
-    /// `requested: None` clears the user's RSVP.
+    /// `requested: None` clears the user's RSVP. `guests` go with
+    /// `going` only (0 otherwise). `window`: refused outside the event's
+    /// RSVP window (a request); history brought over from another system
+    /// is not.
     SetRsvp {
         event_id: EventId,
         user: UserId,
         requested: Option<RequestedRsvp>,
+        guests: u32,
+        window: bool,
+    },
+    /// A manager's answer to RSVPs awaiting approval: `approve` places
+    /// each `pending` (or `declined`) party like a new `going` (seated, or
+    /// at the end of the waitlist); otherwise each `pending`, `going` or
+    /// `waitlisted` user becomes `declined`. Users in another state are
+    /// left as they are. One command, however many users.
+    Review {
+        event_id: EventId,
+        users: Vec<UserId>,
+        approve: bool,
     },
     MarkAttendance {
         event_id: EventId,
@@ -86,6 +101,7 @@ impl CommandKind {
             CommandKind::Update { event_id, .. }
             | CommandKind::Cancel { event_id, .. }
             | CommandKind::SetRsvp { event_id, .. }
+            | CommandKind::Review { event_id, .. }
             | CommandKind::MarkAttendance { event_id, .. }
             | CommandKind::EraseUser { event_id, .. } => *event_id,
         }
@@ -114,7 +130,15 @@ pub enum Outcome {
         counts: RsvpCounts,
         /// The user's status afterwards.
         status: Option<RsvpStatus>,
+        /// The user's guests afterwards.
+        guests: u32,
         changed: bool,
+    },
+    Reviewed {
+        event: Event,
+        counts: RsvpCounts,
+        /// One per user named, in order.
+        results: Vec<Reviewed>,
     },
     Attendance {
         event: Event,
@@ -131,6 +155,15 @@ pub enum Outcome {
         /// Whether an attendance mark was removed.
         attendance: bool,
     },
+}
+
+/// What a review did to one user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reviewed {
+    pub user: UserId,
+    /// The user's status afterwards (`None`: they have no RSVP).
+    pub status: Option<RsvpStatus>,
+    pub changed: bool,
 }
 
 /// Why a command was refused. A refused command changes nothing.

@@ -14,11 +14,18 @@ use crate::domain::published::{EVENT_CANCELLED, EVENT_UPDATED, RSVP_CHANGED};
 use crate::domain::{EventPatch, RequestedRsvp as R, RsvpStatus as S, Tri};
 
 const USERS: u32 = 8;
+/// The event's `maxGuests`.
+const MAX_GUESTS: u32 = 3;
 
 #[derive(Debug, Clone)]
 enum Op {
-    Rsvp(u32, Option<R>),
+    /// A user's answer, with guests (kept only with `going`).
+    Rsvp(u32, Option<R>, u32),
     Capacity(Option<u32>),
+    /// Approval turned on or off.
+    Approval(bool),
+    /// A manager approves (`true`) or declines these users.
+    Review(Vec<u32>, bool),
     /// A patch that changes nothing.
     SameTitle,
     Mark(u32),
@@ -39,8 +46,12 @@ fn requested() -> impl Strategy<Value = Option<R>> {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        40 => (0..USERS, requested()).prop_map(|(u, r)| Op::Rsvp(u, r)),
-        6 => prop::option::of(1u32..7).prop_map(Op::Capacity),
+        40 => (0..USERS, requested(), prop_oneof![3 => Just(0u32), 1 => 1u32..=MAX_GUESTS])
+            .prop_map(|(u, r, g)| Op::Rsvp(u, r, g)),
+        6 => prop::option::of(1u32..9).prop_map(Op::Capacity),
+        2 => any::<bool>().prop_map(Op::Approval),
+        4 => (prop::collection::vec(0..USERS, 1..4), any::<bool>())
+            .prop_map(|(users, approve)| Op::Review(users, approve)),
         2 => Just(Op::SameTitle),
         3 => (0..USERS).prop_map(Op::Mark),
         3 => (0..USERS).prop_map(Op::Erase),
@@ -55,8 +66,28 @@ fn batches() -> impl Strategy<Value = Vec<Vec<Op>>> {
 fn command(op: &Op, minute: i64) -> Command {
     let id = event(None).id;
     let mut command = match op {
-        Op::Rsvp(u, requested) => rsvp(*u, *requested),
+        Op::Rsvp(u, requested, guests) => {
+            let mut c = rsvp(*u, *requested);
+            if let CommandKind::SetRsvp { guests: g, .. } = &mut c.kind
+                && *requested == Some(R::Going)
+            {
+                *g = *guests;
+            }
+            c
+        }
         Op::Capacity(to) => by_organiser(capacity_patch(*to)),
+        Op::Approval(on) => by_organiser(CommandKind::Update {
+            event_id: id,
+            patch: Box::new(EventPatch {
+                rsvp_approval: Tri::Set(*on),
+                ..EventPatch::default()
+            }),
+        }),
+        Op::Review(users, approve) => by_organiser(CommandKind::Review {
+            event_id: id,
+            users: users.iter().map(|u| user(*u)).collect(),
+            approve: *approve,
+        }),
         Op::SameTitle => by_organiser(CommandKind::Update {
             event_id: id,
             patch: Box::new(EventPatch {
@@ -94,8 +125,11 @@ struct Store {
 
 impl Store {
     fn new(capacity: Option<u32>) -> Self {
+        let mut event = event(capacity);
+        event.rules.max_guests = crate::domain::MaxGuests::new(i64::from(MAX_GUESTS))
+            .unwrap_or_else(|e| panic!("{e:?}"));
         Self {
-            event: event(capacity),
+            event,
             counts: RsvpCounts::default(),
             attended: 0,
             rows: BTreeMap::new(),
@@ -110,20 +144,25 @@ impl Store {
         let mut state = EventState::new(self.event.clone(), self.counts);
         state.attended = self.attended;
         for c in commands {
-            match c.kind {
+            match &c.kind {
                 CommandKind::SetRsvp { user, .. } => {
-                    state.rsvps.insert(user, self.rows.get(&user).copied());
+                    state.rsvps.insert(*user, self.rows.get(user).copied());
+                }
+                CommandKind::Review { users, .. } => {
+                    for user in users {
+                        state.rsvps.insert(*user, self.rows.get(user).copied());
+                    }
                 }
                 CommandKind::MarkAttendance { user, .. } => {
                     state
                         .attendance
-                        .insert(user, self.marks.get(&user).copied());
+                        .insert(*user, self.marks.get(user).copied());
                 }
                 CommandKind::EraseUser { user, .. } => {
-                    state.rsvps.insert(user, self.rows.get(&user).copied());
+                    state.rsvps.insert(*user, self.rows.get(user).copied());
                     state
                         .attendance
-                        .insert(user, self.marks.get(&user).copied());
+                        .insert(*user, self.marks.get(user).copied());
                 }
                 _ => {}
             }
@@ -146,7 +185,11 @@ impl Store {
             .rows
             .iter()
             .filter_map(|(user, row)| match (row.status, row.seq) {
-                (S::Waitlisted, Some(seq)) => Some(Waiter { user: *user, seq }),
+                (S::Waitlisted, Some(seq)) => Some(Waiter {
+                    user: *user,
+                    seq,
+                    guests: row.guests,
+                }),
                 _ => None,
             })
             .collect();
@@ -195,18 +238,22 @@ impl Store {
 #[derive(Debug)]
 struct Watch {
     capacity: Option<u32>,
+    /// Seats taken (guests included).
     going: u32,
     /// Waitlisted users in the order they joined.
     queue: VecDeque<UserId>,
+    /// Each user's party size (1 + guests) as last published.
+    party: BTreeMap<UserId, u32>,
 }
 
 impl Watch {
     fn leave(&mut self, user: UserId, previous: Option<S>) -> Result<(), String> {
         match previous {
             Some(S::Going) => {
+                let party = self.party.get(&user).copied().unwrap_or(1);
                 self.going = self
                     .going
-                    .checked_sub(1)
+                    .checked_sub(party)
                     .ok_or("more left than were going")?;
             }
             Some(S::Waitlisted) => {
@@ -233,6 +280,12 @@ impl Watch {
                     .and_then(|u| UserId::parse(u).ok())
                     .ok_or("an RSVP event without a user")?;
                 let (now, before) = (status(&d["status"]), status(&d["previous_status"]));
+                let guests = d["guests"]
+                    .as_u64()
+                    .and_then(|g| u32::try_from(g).ok())
+                    .ok_or("an RSVP event without guests")?;
+                // A waiting party changing its guests keeps its place.
+                let keeps_place = before == Some(S::Waitlisted) && now == Some(S::Waitlisted);
                 if d["reason"] == "promoted" {
                     if self.queue.front() != Some(&user) {
                         return Err(format!("promoted {user}, not the head {:?}", self.queue));
@@ -241,11 +294,21 @@ impl Watch {
                         return Err(format!("a promotion from {before:?} to {now:?}"));
                     }
                 }
+                if keeps_place {
+                    self.party.insert(user, 1 + guests);
+                    return Ok(());
+                }
+                let taken_before = self.going;
                 self.leave(user, before)?;
+                self.party.insert(user, 1 + guests);
                 match now {
                     Some(S::Going) => {
-                        self.going += 1;
-                        if self.capacity.is_some_and(|c| self.going > c) {
+                        self.going += 1 + guests;
+                        // Seats only grow into free ones (capacity lowered
+                        // below the seats taken keeps who is seated).
+                        if self.going > taken_before
+                            && self.capacity.is_some_and(|c| self.going > c)
+                        {
                             return Err(format!(
                                 "seated {user}: {} going, capacity {:?}",
                                 self.going, self.capacity
@@ -270,6 +333,7 @@ fn run(capacity: Option<u32>, batches: &[Vec<Op>], doubled: bool) -> Result<Stor
         capacity,
         going: 0,
         queue: VecDeque::new(),
+        party: BTreeMap::new(),
     };
     for (b, ops) in batches.iter().enumerate() {
         let minute = i64::try_from(b).map_err(|e| e.to_string())?;
@@ -334,6 +398,7 @@ fn repeat_changed_nothing(outcome: &Verdict, decision: &Decision, i: usize) -> R
             rsvp, attendance, ..
         }) => rsvp.is_none() && !attendance,
         Ok(Outcome::Created { .. }) => false,
+        Ok(Outcome::Reviewed { results, .. }) => results.iter().all(|r| !r.changed),
         Err(_) => true,
     };
     if !unchanged {
@@ -345,7 +410,13 @@ fn repeat_changed_nothing(outcome: &Verdict, decision: &Decision, i: usize) -> R
 }
 
 fn check_store(store: &Store, watch: &Watch) -> Result<(), String> {
-    let recount: RsvpCounts = store.rows.values().map(|r| r.status).collect();
+    let mut recount = RsvpCounts::default();
+    for row in store.rows.values() {
+        recount.transition_party(None, Some((row.status, row.guests)));
+        if !row.status.is_party() && row.guests != 0 {
+            return Err(format!("guests kept on {row:?}"));
+        }
+    }
     if recount != store.counts {
         return Err(format!(
             "counters {:?} != recount {recount:?}",
@@ -359,10 +430,11 @@ fn check_store(store: &Store, watch: &Watch) -> Result<(), String> {
             store.marks.len()
         ));
     }
-    if watch.going != store.counts.going {
+    if watch.going != store.counts.taken() {
         return Err(format!(
-            "the stream says {} going, the store {}",
-            watch.going, store.counts.going
+            "the stream says {} seats taken, the store {}",
+            watch.going,
+            store.counts.taken()
         ));
     }
     let by_place: Vec<UserId> = store.queue().iter().map(|w| w.user).collect();
@@ -375,17 +447,19 @@ fn check_store(store: &Store, watch: &Watch) -> Result<(), String> {
     if store.event.seat_capacity() != watch.capacity {
         return Err("the stream lost a capacity change".to_owned());
     }
-    // Promotions are immediate: no one waits while a seat is free (an erase
-    // on a cancelled event seats no one, so a cancelled event is exempt).
-    if !store.event.is_cancelled() && store.counts.waitlisted > 0 {
-        match store.event.seat_capacity() {
-            Some(c) if store.counts.going >= c => {}
-            other => {
-                return Err(format!(
-                    "{} waiting with {} going and capacity {other:?}",
-                    store.counts.waitlisted, store.counts.going
-                ));
-            }
+    // Promotions are immediate: the head of the waitlist waits only while
+    // its whole party does not fit (an erase on a cancelled event seats no
+    // one, so a cancelled event is exempt).
+    if !store.event.is_cancelled()
+        && let Some(head) = store.queue().first()
+    {
+        let seats = store.counts.seats(store.event.seat_capacity());
+        if seats.fits(head.guests + 1) {
+            return Err(format!(
+                "{} waiting, the head's party of {} fits in {seats:?}",
+                store.counts.waitlisted,
+                head.guests + 1
+            ));
         }
     }
     Ok(())

@@ -61,19 +61,38 @@ pub struct RsvpRow {
     pub status: RsvpStatus,
     /// The place in the waitlist (only for `waitlisted`; lower is earlier).
     pub seq: Option<i64>,
+    /// The guests the user brings (kept while the status is a party's:
+    /// `going`, `waitlisted`, `pending`; 0 otherwise).
+    pub guests: u32,
 }
 
 impl RsvpRow {
     pub fn new(status: RsvpStatus) -> Self {
-        Self { status, seq: None }
+        Self::party(status, 0)
+    }
+
+    /// A row of `status` with `guests` (dropped unless the status keeps a
+    /// party).
+    pub fn party(status: RsvpStatus, guests: u32) -> Self {
+        Self {
+            status,
+            seq: None,
+            guests: if status.is_party() { guests } else { 0 },
+        }
+    }
+
+    /// Seats the party uses when `going`.
+    pub fn seats(&self) -> u32 {
+        self.guests.saturating_add(1)
     }
 }
 
-/// A waitlisted user and their place.
+/// A waitlisted user, their place and their guests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Waiter {
     pub user: UserId,
     pub seq: i64,
+    pub guests: u32,
 }
 
 /// Who marked a user as attended, and when.
@@ -94,11 +113,18 @@ pub(super) struct Working {
     /// Users who joined the waitlist during this decision, in order.
     pub(super) joins: VecDeque<UserId>,
     dirty_attendance: Vec<UserId>,
+    /// Waitlisted when loaded: the loaded head is the whole queue when it
+    /// is this long.
+    pub(super) stored_waiting: u32,
+    /// How many of the loaded head were passed over (promoted or gone).
+    pub(super) head_cursor: usize,
 }
 
 impl Working {
     pub(super) fn loaded(state: EventState) -> Self {
         Self {
+            stored_waiting: state.counts.waitlisted,
+            head_cursor: 0,
             state,
             is_new: false,
             row_changed: false,
@@ -127,17 +153,24 @@ impl Working {
     /// step with it.
     pub(super) fn set_rsvp(&mut self, user: UserId, row: Option<RsvpRow>) {
         let previous = self.state.rsvps.insert(user, row).flatten();
-        self.state
-            .counts
-            .transition(previous.map(|r| r.status), row.map(|r| r.status));
+        self.state.counts.transition_party(
+            previous.map(|r| (r.status, r.guests)),
+            row.map(|r| (r.status, r.guests)),
+        );
         self.counters_changed = true;
         if !self.dirty_rsvps.contains(&user) {
             self.dirty_rsvps.push(user);
         }
-        if previous.is_some_and(|p| p.status == RsvpStatus::Waitlisted) {
+        let was_waiting = previous.is_some_and(|p| p.status == RsvpStatus::Waitlisted);
+        let waits = row.is_some_and(|r| r.status == RsvpStatus::Waitlisted);
+        // A waiting party that only changes its guests keeps its place.
+        if was_waiting && waits {
+            return;
+        }
+        if was_waiting {
             self.joins.retain(|u| *u != user);
         }
-        if row.is_some_and(|r| r.status == RsvpStatus::Waitlisted && r.seq.is_none()) {
+        if waits && row.is_some_and(|r| r.seq.is_none()) {
             self.joins.push_back(user);
         }
     }

@@ -43,6 +43,8 @@ pub(super) fn event(capacity: Option<u32>) -> Event {
         visibility: Visibility::Public,
         capacity: capacity.map(|n| Capacity::new(i64::from(n)).unwrap_or_else(|e| panic!("{e:?}"))),
         time_zone: Default::default(),
+        rules: Default::default(),
+        reminders_sent: false,
     };
     NewEvent::new(tenant, fields)
         .unwrap_or_else(|e| panic!("{e:?}"))
@@ -71,6 +73,8 @@ pub(super) fn rsvp(u: u32, requested: Option<R>) -> Command {
             event_id: event(None).id,
             user: user(u),
             requested,
+            guests: 0,
+            window: true,
         },
     }
 }
@@ -98,10 +102,15 @@ fn with_rsvps(capacity: Option<u32>, going: &[u32], waiting: &[u32]) -> EventSta
             Some(RsvpRow {
                 status: S::Waitlisted,
                 seq: Some(seq),
+                guests: 0,
             }),
         );
         state.counts.add(S::Waitlisted);
-        state.waitlist_head.push(Waiter { user: user(u), seq });
+        state.waitlist_head.push(Waiter {
+            user: user(u),
+            seq,
+            guests: 0,
+        });
     }
     state
 }
@@ -717,4 +726,163 @@ fn demand_counts_leavers_and_the_largest_capacity() {
     // An unlimited event with a queue seats all of it at the first change.
     full.event.capacity = None;
     assert_eq!(waitlist_demand(&full, &[rsvp(9, Some(R::Going))]), 6);
+}
+
+fn going_with(u: u32, guests: u32) -> Command {
+    let mut c = rsvp(u, Some(R::Going));
+    if let CommandKind::SetRsvp { guests: g, .. } = &mut c.kind {
+        *g = guests;
+    }
+    c
+}
+
+fn review(users: &[u32], approve: bool) -> Command {
+    by_organiser(CommandKind::Review {
+        event_id: event(None).id,
+        users: users.iter().map(|u| user(*u)).collect(),
+        approve,
+    })
+}
+
+fn rules(state: &mut EventState, max_guests: u32, approval: bool) {
+    state.event.rules.max_guests =
+        crate::domain::MaxGuests::new(i64::from(max_guests)).unwrap_or_else(|e| panic!("{e:?}"));
+    state.event.rules.approval = approval;
+}
+
+fn refusal(d: &Decision, i: usize) -> Option<ErrorCode> {
+    match &d.outcomes[i] {
+        Err(Refusal::Domain(e)) => Some(e.code()),
+        _ => None,
+    }
+}
+
+#[test]
+fn rsvps_outside_the_window_are_refused_but_history_is_not() {
+    let mut state = with_rsvps(Some(5), &[1], &[]);
+    state.event.rules.opens_at = Some(at(10));
+    state.event.rules.closes_at = Some(at(20));
+    let mut early = rsvp(2, Some(R::Going));
+    early.at = at(10) - Duration::microseconds(1);
+    let mut first = rsvp(3, Some(R::Going));
+    first.at = at(10);
+    let mut last = rsvp(4, Some(R::Going));
+    last.at = at(20) - Duration::microseconds(1);
+    let mut late_clear = rsvp(1, None);
+    late_clear.at = at(20);
+    let mut history = rsvp(5, Some(R::Going));
+    history.at = at(30);
+    if let CommandKind::SetRsvp { window, .. } = &mut history.kind {
+        *window = false;
+    }
+    let d = decide(locked(state), &[early, first, last, late_clear, history]);
+    assert_eq!(refusal(&d, 0), Some(ErrorCode::RsvpClosed));
+    assert!(d.outcomes[1].is_ok() && d.outcomes[2].is_ok());
+    assert_eq!(refusal(&d, 3), Some(ErrorCode::RsvpClosed));
+    assert!(d.outcomes[4].is_ok(), "{:?}", d.outcomes[4]);
+    assert_eq!(only(&d).counts.going, 4);
+}
+
+#[test]
+fn a_party_waits_whole_and_nobody_jumps_it() {
+    let mut state = with_rsvps(Some(4), &[1, 2], &[]);
+    rules(&mut state, 3, false);
+    // 2 seats free: a party of 3 waits, the single behind it waits too.
+    let d = decide(
+        locked(state),
+        &[going_with(3, 2), going_with(4, 0), rsvp(1, None)],
+    );
+    let events = rsvp_events(&d);
+    assert_eq!(events[0].1, "waitlisted");
+    assert_eq!(events[1].1, "waitlisted");
+    // User 1 leaves: 3 free, the party of 3 is seated, user 4 still waits.
+    assert_eq!(events[3], promoted(3));
+    assert_eq!(events.len(), 4);
+    let e = only(&d);
+    assert_eq!(
+        (e.counts.going, e.counts.guests, e.counts.waitlisted),
+        (2, 2, 1)
+    );
+}
+
+#[test]
+fn more_guests_need_free_seats_and_fewer_give_them_back() {
+    let mut state = with_rsvps(Some(3), &[1], &[]);
+    rules(&mut state, 5, false);
+    let d = decide(
+        locked(state),
+        &[
+            going_with(1, 2),
+            going_with(1, 3),
+            going_with(1, 0),
+            going_with(1, 6),
+        ],
+    );
+    assert!(d.outcomes[0].is_ok());
+    assert_eq!(refusal(&d, 1), Some(ErrorCode::NotEnoughSeats));
+    assert!(d.outcomes[2].is_ok());
+    assert_eq!(refusal(&d, 3), Some(ErrorCode::ValidationError));
+    assert_eq!(only(&d).counts.taken(), 1);
+    assert_eq!(row(&d, 1), Some(Some(RsvpRow::new(S::Going))));
+}
+
+#[test]
+fn approval_holds_going_until_a_manager_answers() {
+    let mut state = with_rsvps(Some(2), &[1], &[]);
+    rules(&mut state, 2, true);
+    let d = decide(
+        locked(state),
+        &[
+            going_with(2, 1),
+            going_with(3, 0),
+            review(&[2], true),
+            review(&[3], true),
+            review(&[4], true),
+            review(&[1], false),
+            going_with(1, 0),
+        ],
+    );
+    let events = rsvp_events(&d);
+    assert_eq!(events[0].1, "pending");
+    assert_eq!(events[1].1, "pending");
+    // 1 seat free for a party of 2: approved onto the waitlist.
+    assert_eq!(
+        (events[2].1.as_str(), events[2].3.as_str()),
+        ("waitlisted", "approved")
+    );
+    assert_eq!(
+        (events[3].1.as_str(), events[3].3.as_str()),
+        ("waitlisted", "approved")
+    );
+    // Declining user 1 frees their seat: user 2's party (2) fits, then 3 waits.
+    assert_eq!(
+        (events[4].1.as_str(), events[4].3.as_str()),
+        ("declined", "declined")
+    );
+    assert_eq!(events[5], promoted(2));
+    assert_eq!(events.len(), 6, "{events:?}");
+    match &d.outcomes[4] {
+        Ok(Outcome::Reviewed { results, .. }) => {
+            assert_eq!(results.len(), 1);
+            assert!(!results[0].changed && results[0].status.is_none());
+        }
+        other => panic!("{other:?}"),
+    }
+    // A declined user asking again stays declined.
+    match &d.outcomes[6] {
+        Ok(Outcome::Rsvp {
+            status, changed, ..
+        }) => assert_eq!((*status, *changed), (Some(S::Declined), false)),
+        other => panic!("{other:?}"),
+    }
+    let e = only(&d);
+    assert_eq!(
+        (
+            e.counts.going,
+            e.counts.guests,
+            e.counts.waitlisted,
+            e.counts.declined
+        ),
+        (1, 1, 1, 1)
+    );
 }

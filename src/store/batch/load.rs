@@ -45,8 +45,10 @@ pub(crate) async fn lock_counters(
     tenant: TenantId,
     ids: &[Uuid],
 ) -> Result<BTreeMap<EventId, Counters>, sqlx::Error> {
-    let rows: Vec<(Uuid, i32, i32, i32, i32, i32, i64)> = sqlx::query_as(
-        "SELECT event_id, interested, going, not_going, waitlisted, attended, revision
+    type Row = (Uuid, i32, i32, i32, i32, i32, i32, i32, i32, i64);
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT event_id, interested, going, not_going, waitlisted, pending, declined, guests,
+                attended, revision
          FROM event_counters WHERE event_id = ANY($1) AND tenant_id = $2
          ORDER BY event_id FOR UPDATE",
     )
@@ -57,12 +59,15 @@ pub(crate) async fn lock_counters(
     let n = |v: i32| u32::try_from(v).unwrap_or(0);
     Ok(rows
         .into_iter()
-        .map(|(id, i, g, no, w, a, revision)| {
+        .map(|(id, i, g, no, w, p, d, guests, a, revision)| {
             let counts = RsvpCounts {
                 interested: n(i),
                 going: n(g),
                 not_going: n(no),
                 waitlisted: n(w),
+                pending: n(p),
+                declined: n(d),
+                guests: n(guests),
             };
             let counters = Counters {
                 counts,
@@ -111,8 +116,8 @@ pub(crate) async fn rsvps(
     if pairs.is_empty() {
         return Ok(());
     }
-    let rows: Vec<(Uuid, Uuid, String, Option<i64>)> = sqlx::query_as(
-        "SELECT r.event_id, r.user_id, r.status::text, r.waitlist_seq FROM event_rsvps r
+    let rows: Vec<(Uuid, Uuid, String, Option<i64>, i32)> = sqlx::query_as(
+        "SELECT r.event_id, r.user_id, r.status::text, r.waitlist_seq, r.guests FROM event_rsvps r
          JOIN UNNEST($1::uuid[], $2::uuid[]) AS q(event_id, user_id)
            ON r.event_id = q.event_id AND r.user_id = q.user_id",
     )
@@ -125,14 +130,20 @@ pub(crate) async fn rsvps(
             state.rsvps.entry(*user).or_insert(None);
         }
     }
-    for (event, user, status, seq) in rows {
+    for (event, user, status, seq, guests) in rows {
         if let (Some(state), Some(status)) = (
             locked.events.get_mut(&EventId::from(event)),
             parse_rsvp_status(&status),
         ) {
-            state
-                .rsvps
-                .insert(UserId::from(user), Some(RsvpRow { status, seq }));
+            let guests = u32::try_from(guests).unwrap_or(0);
+            state.rsvps.insert(
+                UserId::from(user),
+                Some(RsvpRow {
+                    status,
+                    seq,
+                    guests,
+                }),
+            );
         }
     }
     Ok(())
@@ -196,11 +207,11 @@ pub(crate) async fn waitlist_heads(
     if wanted.is_empty() {
         return Ok(());
     }
-    let rows: Vec<(Uuid, Uuid, i64)> = sqlx::query_as(
-        "SELECT w.event_id, r.user_id, r.waitlist_seq
+    let rows: Vec<(Uuid, Uuid, i64, i32)> = sqlx::query_as(
+        "SELECT w.event_id, r.user_id, r.waitlist_seq, r.guests
          FROM UNNEST($1::uuid[], $2::bigint[]) AS w(event_id, n)
          CROSS JOIN LATERAL (
-             SELECT user_id, waitlist_seq FROM event_rsvps
+             SELECT user_id, waitlist_seq, guests FROM event_rsvps
              WHERE event_id = w.event_id AND status = 'waitlisted'
              ORDER BY waitlist_seq LIMIT w.n) r
          ORDER BY w.event_id, r.waitlist_seq",
@@ -209,11 +220,12 @@ pub(crate) async fn waitlist_heads(
     .bind(wanted.iter().map(|w| w.1).collect::<Vec<_>>())
     .fetch_all(&mut *tx)
     .await?;
-    for (event, user, seq) in rows {
+    for (event, user, seq, guests) in rows {
         if let Some(state) = locked.events.get_mut(&EventId::from(event)) {
             state.waitlist_head.push(Waiter {
                 user: UserId::from(user),
                 seq,
+                guests: u32::try_from(guests).unwrap_or(0),
             });
         }
     }
@@ -235,6 +247,11 @@ pub(crate) fn named_rows(commands: &[Command]) -> Named {
     for command in commands {
         match command.kind {
             CommandKind::SetRsvp { event_id, user, .. } => named.rsvps.push((event_id, user)),
+            CommandKind::Review {
+                event_id,
+                ref users,
+                ..
+            } => named.rsvps.extend(users.iter().map(|u| (event_id, *u))),
             CommandKind::MarkAttendance { event_id, user } => {
                 named.attendance.push((event_id, user));
             }
@@ -300,11 +317,11 @@ pub(crate) async fn for_batch(
     let named = named_rows(commands);
     let mut unanswered = Vec::new();
     for (event_id, user) in named.rsvps {
-        // From the actor's complete map, unless the user is waitlisted:
-        // the map does not hold their place in the queue.
+        // From the actor's complete map, unless the user has a party: the
+        // map holds neither their guests nor their place in the queue.
         let cached = maps.get(&event_id).map(|m| m.get(&user).copied());
         match (cached, loaded.locked.events.get_mut(&event_id)) {
-            (Some(status), Some(state)) if status != Some(RsvpStatus::Waitlisted) => {
+            (Some(status), Some(state)) if !status.is_some_and(RsvpStatus::is_party) => {
                 state.rsvps.entry(user).or_insert(status.map(RsvpRow::new));
             }
             _ => unanswered.push((event_id, user)),

@@ -65,10 +65,17 @@ pub enum WriteCommand {
         event_id: EventId,
         reason: Option<CancelReason>,
     },
-    /// `None` clears the actor's RSVP.
+    /// `None` clears the actor's RSVP; `guests` go with `going`.
     SetRsvp {
         event_id: EventId,
         requested: Option<RequestedRsvp>,
+        guests: u32,
+    },
+    /// A manager approves (or declines) these users' RSVPs.
+    Review {
+        event_id: EventId,
+        users: Vec<UserId>,
+        approve: bool,
     },
     MarkAttendance {
         event_id: EventId,
@@ -83,6 +90,7 @@ impl WriteCommand {
             WriteCommand::Update { event_id, .. }
             | WriteCommand::Cancel { event_id, .. }
             | WriteCommand::SetRsvp { event_id, .. }
+            | WriteCommand::Review { event_id, .. }
             | WriteCommand::MarkAttendance { event_id, .. } => Some(*event_id),
         }
     }
@@ -118,7 +126,13 @@ pub enum WriteOutcome {
         event: Event,
         counts: RsvpCounts,
         status: Option<RsvpStatus>,
+        guests: u32,
         changed: bool,
+    },
+    Reviewed {
+        event: Event,
+        counts: RsvpCounts,
+        results: Vec<commands::Reviewed>,
     },
     Attendance {
         event: Event,
@@ -213,6 +227,7 @@ pub async fn execute(
             tenant_slug: meta.and_then(|m| m.tenant_slug.as_deref()),
         }
     };
+    let now = commands.first().map_or_else(Utc::now, |c| c.meta.now);
     let effects = write::batch(
         &mut tx,
         subjects,
@@ -220,6 +235,7 @@ pub async fn execute(
         &decision.published,
         trace,
         &loaded.revisions,
+        now,
     )
     .await?;
     let owed: Vec<crate::store::audit::AuditEntry> = commands
@@ -256,6 +272,7 @@ pub async fn apply_history(
         &[],
         |_| write::Trace::default(),
         &loaded.revisions,
+        Utc::now(),
     )
     .await?;
     Ok((decision.outcomes, effects))
@@ -279,10 +296,22 @@ fn command(envelope: &Envelope) -> Command {
         WriteCommand::SetRsvp {
             event_id,
             requested,
+            guests,
         } => CommandKind::SetRsvp {
             event_id: *event_id,
             user: meta.actor,
             requested: *requested,
+            guests: *guests,
+            window: true,
+        },
+        WriteCommand::Review {
+            event_id,
+            users,
+            approve,
+        } => CommandKind::Review {
+            event_id: *event_id,
+            users: users.clone(),
+            approve: *approve,
         },
         WriteCommand::MarkAttendance { event_id, user } => CommandKind::MarkAttendance {
             event_id: *event_id,
@@ -322,12 +351,23 @@ fn result(verdict: Verdict) -> CommandResult {
             event,
             counts,
             status,
+            guests,
             changed,
         }) => Ok(WriteOutcome::Rsvp {
             event,
             counts,
             status,
+            guests,
             changed,
+        }),
+        Ok(Outcome::Reviewed {
+            event,
+            counts,
+            results,
+        }) => Ok(WriteOutcome::Reviewed {
+            event,
+            counts,
+            results,
         }),
         Ok(Outcome::Attendance {
             event,

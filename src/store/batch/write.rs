@@ -25,6 +25,7 @@ pub(crate) async fn batch<'c>(
     published: &[Emitted],
     trace: impl Fn(usize) -> Trace<'c>,
     revisions: &HashMap<EventId, i64>,
+    now: DateTime<Utc>,
 ) -> Result<BatchEffects, sqlx::Error> {
     draw_waitlist_places(tx, &mut events).await?;
     let mut w = Writes::default();
@@ -47,6 +48,8 @@ pub(crate) async fn batch<'c>(
         .collect();
     let outbox_rows = insert_outbox(&mut w, subjects, &rows)?;
     w.execute(tx).await?;
+    // After the rows above, which it reads.
+    crate::store::reminders::sync(tx, &events, now).await?;
 
     let changed = events
         .into_iter()
@@ -159,18 +162,22 @@ pub(crate) fn insert_events(w: &mut Writes, events: &[EventChanges]) -> Result<(
         "INSERT INTO events (id, tenant_id, scope_type, scope_id, title, description, starts_at, ends_at,
                              location_text, location_url, game_id, visibility, status, capacity, created_by,
                              created_at, updated_at, version, time_zone, series_id, recurrence_id,
-                             series_exception)
+                             series_exception, rsvp_opens_at, rsvp_closes_at, max_guests,
+                             rsvp_approval, reminders)
          SELECT id, tenant_id, scope_type::scope_type, scope_id, title, description, starts_at, ends_at,
                 location_text, location_url, game_id, visibility::event_visibility, status::event_status,
                 capacity, created_by, created_at, updated_at, version, time_zone, series_id, recurrence_id,
-                series_exception
+                series_exception, rsvp_opens_at, rsvp_closes_at, max_guests,
+                rsvp_approval, ARRAY(SELECT jsonb_array_elements_text(reminders)::int)
          FROM UNNEST({}::uuid[], {}::uuid[], {}::text[], {}::text[], {}::text[], {}::text[], {}::timestamptz[],
                      {}::timestamptz[], {}::text[], {}::text[], {}::text[], {}::text[], {}::text[], {}::int[],
                      {}::uuid[], {}::timestamptz[], {}::timestamptz[], {}::bigint[], {}::text[], {}::uuid[],
-                     {}::timestamptz[], {}::bool[])
+                     {}::timestamptz[], {}::bool[], {}::timestamptz[],
+                     {}::timestamptz[], {}::int[], {}::bool[], {}::jsonb[])
            AS u(id, tenant_id, scope_type, scope_id, title, description, starts_at, ends_at, location_text,
                 location_url, game_id, visibility, status, capacity, created_by, created_at, updated_at, version,
-                time_zone, series_id, recurrence_id, series_exception)",
+                time_zone, series_id, recurrence_id, series_exception,
+                rsvp_opens_at, rsvp_closes_at, max_guests, rsvp_approval, reminders)",
         w.p(&c.id)?,
         w.p(&c.tenant_id)?,
         w.p(&c.scope_type)?,
@@ -193,6 +200,11 @@ pub(crate) fn insert_events(w: &mut Writes, events: &[EventChanges]) -> Result<(
         w.p(&c.series_id)?,
         w.p(&c.recurrence_id)?,
         w.p(&c.series_exception)?,
+        w.p(&c.rsvp_opens_at)?,
+        w.p(&c.rsvp_closes_at)?,
+        w.p(&c.max_guests)?,
+        w.p(&c.rsvp_approval)?,
+        w.p(&c.reminders)?,
     );
     w.cte(sql);
     let sql = format!(
@@ -231,14 +243,19 @@ pub(crate) fn update_events(w: &mut Writes, events: &[EventChanges]) -> Result<(
                 capacity = u.capacity, updated_at = u.updated_at, version = u.version,
                 cancelled_at = u.cancelled_at, cancelled_by = u.cancelled_by, cancel_reason = u.cancel_reason,
                 time_zone = u.time_zone, series_id = u.series_id, recurrence_id = u.recurrence_id,
-                series_exception = u.series_exception
+                series_exception = u.series_exception,
+                rsvp_opens_at = u.rsvp_opens_at, rsvp_closes_at = u.rsvp_closes_at, max_guests = u.max_guests,
+                rsvp_approval = u.rsvp_approval,
+                reminders = ARRAY(SELECT jsonb_array_elements_text(u.reminders)::int)
          FROM UNNEST({}::uuid[], {}::text[], {}::text[], {}::timestamptz[], {}::timestamptz[], {}::text[],
                      {}::text[], {}::text[], {}::text[], {}::text[], {}::int[], {}::timestamptz[], {}::bigint[],
                      {}::timestamptz[], {}::uuid[], {}::text[], {}::text[], {}::uuid[], {}::timestamptz[],
-                     {}::bool[])
+                     {}::bool[], {}::timestamptz[], {}::timestamptz[], {}::int[],
+                     {}::bool[], {}::jsonb[])
            AS u(id, title, description, starts_at, ends_at, location_text, location_url, game_id, visibility,
                 status, capacity, updated_at, version, cancelled_at, cancelled_by, cancel_reason, time_zone,
-                series_id, recurrence_id, series_exception)
+                series_id, recurrence_id, series_exception,
+                rsvp_opens_at, rsvp_closes_at, max_guests, rsvp_approval, reminders)
          WHERE e.id = u.id",
         w.p(&c.id)?,
         w.p(&c.title)?,
@@ -260,6 +277,11 @@ pub(crate) fn update_events(w: &mut Writes, events: &[EventChanges]) -> Result<(
         w.p(&c.series_id)?,
         w.p(&c.recurrence_id)?,
         w.p(&c.series_exception)?,
+        w.p(&c.rsvp_opens_at)?,
+        w.p(&c.rsvp_closes_at)?,
+        w.p(&c.max_guests)?,
+        w.p(&c.rsvp_approval)?,
+        w.p(&c.reminders)?,
     );
     w.cte(sql);
     Ok(())
@@ -273,6 +295,7 @@ struct RsvpColumns {
     tenant: Vec<Uuid>,
     status: Vec<&'static str>,
     seq: Vec<Option<i64>>,
+    guests: Vec<i32>,
 }
 
 /// Column vectors of attendance rows, for UNNEST.
@@ -298,6 +321,7 @@ pub(crate) fn write_rsvps(w: &mut Writes, events: &[EventChanges]) -> Result<(),
                     upsert.tenant.push(Uuid::from(e.event.tenant_id));
                     upsert.status.push(row.status.as_str());
                     upsert.seq.push(row.seq);
+                    upsert.guests.push(i32::try_from(row.guests).unwrap_or(0));
                 }
                 None => {
                     delete.0.push(Uuid::from(e.event.id));
@@ -308,16 +332,20 @@ pub(crate) fn write_rsvps(w: &mut Writes, events: &[EventChanges]) -> Result<(),
     }
     if !upsert.event.is_empty() {
         let sql = format!(
-            "INSERT INTO event_rsvps (event_id, user_id, tenant_id, status, waitlist_seq, created_at, updated_at)
-             SELECT e, u, t, s::rsvp_status, q, now(), now()
-             FROM UNNEST({}::uuid[], {}::uuid[], {}::uuid[], {}::text[], {}::bigint[]) AS x(e, u, t, s, q)
+            "INSERT INTO event_rsvps (event_id, user_id, tenant_id, status, waitlist_seq, guests, created_at,
+                                      updated_at)
+             SELECT e, u, t, s::rsvp_status, q, g, now(), now()
+             FROM UNNEST({}::uuid[], {}::uuid[], {}::uuid[], {}::text[], {}::bigint[], {}::int[])
+               AS x(e, u, t, s, q, g)
              ON CONFLICT (event_id, user_id) DO UPDATE
-                 SET status = EXCLUDED.status, waitlist_seq = EXCLUDED.waitlist_seq, updated_at = now()",
+                 SET status = EXCLUDED.status, waitlist_seq = EXCLUDED.waitlist_seq, guests = EXCLUDED.guests,
+                     updated_at = now()",
             w.p(upsert.event)?,
             w.p(upsert.user)?,
             w.p(upsert.tenant)?,
             w.p(upsert.status)?,
             w.p(upsert.seq)?,
+            w.p(upsert.guests)?,
         );
         w.cte(sql);
     }
@@ -390,8 +418,11 @@ pub(crate) fn write_counters(w: &mut Writes, events: &[&EventChanges]) -> Result
     let n = |v: u32| i32::try_from(v).unwrap_or(i32::MAX);
     let sql = format!(
         "UPDATE event_counters c SET interested = u.i, going = u.g, not_going = u.n, waitlisted = u.w,
+                pending = u.p, declined = u.d, guests = u.gu,
                 attended = c.attended + u.a, revision = c.revision + 1, updated_at = now()
-         FROM UNNEST({}::uuid[], {}::int[], {}::int[], {}::int[], {}::int[], {}::int[]) AS u(id, i, g, n, w, a)
+         FROM UNNEST({}::uuid[], {}::int[], {}::int[], {}::int[], {}::int[], {}::int[], {}::int[], {}::int[],
+                     {}::int[])
+           AS u(id, i, g, n, w, a, p, d, gu)
          WHERE c.event_id = u.id",
         w.p(events.iter().map(|e| Uuid::from(e.event.id)).collect::<Vec<_>>())?,
         w.p(events.iter().map(|e| n(e.counts.interested)).collect::<Vec<_>>())?,
@@ -399,6 +430,9 @@ pub(crate) fn write_counters(w: &mut Writes, events: &[&EventChanges]) -> Result
         w.p(events.iter().map(|e| n(e.counts.not_going)).collect::<Vec<_>>())?,
         w.p(events.iter().map(|e| n(e.counts.waitlisted)).collect::<Vec<_>>())?,
         w.p(events.iter().map(|e| e.attended_delta).collect::<Vec<_>>())?,
+        w.p(events.iter().map(|e| n(e.counts.pending)).collect::<Vec<_>>())?,
+        w.p(events.iter().map(|e| n(e.counts.declined)).collect::<Vec<_>>())?,
+        w.p(events.iter().map(|e| n(e.counts.guests)).collect::<Vec<_>>())?,
     );
     w.cte(sql);
     Ok(())
@@ -502,6 +536,13 @@ struct EventColumns {
     series_id: Vec<Option<Uuid>>,
     recurrence_id: Vec<Option<DateTime<Utc>>>,
     series_exception: Vec<bool>,
+    rsvp_opens_at: Vec<Option<DateTime<Utc>>>,
+    rsvp_closes_at: Vec<Option<DateTime<Utc>>>,
+    max_guests: Vec<i32>,
+    rsvp_approval: Vec<bool>,
+    /// Each event's reminders as a JSON array (UNNEST cannot take an
+    /// array of arrays of different lengths).
+    reminders: Vec<Value>,
 }
 
 impl EventColumns {
@@ -561,6 +602,17 @@ impl EventColumns {
             series_exception: events
                 .iter()
                 .map(|e| e.series.is_some_and(|l| l.exception))
+                .collect(),
+            rsvp_opens_at: events.iter().map(|e| e.rules.opens_at).collect(),
+            rsvp_closes_at: events.iter().map(|e| e.rules.closes_at).collect(),
+            max_guests: events
+                .iter()
+                .map(|e| i32::try_from(e.rules.max_guests.get()).unwrap_or(0))
+                .collect(),
+            rsvp_approval: events.iter().map(|e| e.rules.approval).collect(),
+            reminders: events
+                .iter()
+                .map(|e| Value::from(e.rules.reminders.minutes().to_vec()))
                 .collect(),
         }
     }

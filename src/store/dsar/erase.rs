@@ -277,6 +277,8 @@ async fn erase_in(
         .collect();
     let outbox_rows = write::insert_outbox(&mut w, subjects, &rows)?;
     w.execute(tx).await?;
+    // The promoted get their reminders; the user's go below.
+    crate::store::reminders::sync(tx, &decision.events, now).await?;
 
     // Events that could not be decided (a row that does not validate) must
     // not keep the user or block the erase: their rows go, and their
@@ -315,6 +317,12 @@ async fn erase_in(
         return Ok(None);
     }
 
+    // Reminders name the user too, sent or not.
+    sqlx::query("DELETE FROM event_reminders WHERE tenant_id = $1 AND user_id = $2")
+        .bind(t)
+        .bind(u)
+        .execute(&mut *tx)
+        .await?;
     sqlx::query("DELETE FROM idempotency_keys WHERE tenant_id = $1 AND user_id = $2")
         .bind(t)
         .bind(u)

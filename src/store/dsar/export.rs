@@ -32,7 +32,7 @@ const USER_ID_KEYS: [&str; 6] = [
 ///   columns such as `cancelled_by` could carry another user's id);
 /// - `rsvps` and `attendance` entries have no integer `id` (our rows are
 ///   keyed by event and user): `rsvps` = `{event_id, tenant_id, user_id,
-///   status, created_at, updated_at}` (`status` may be `waitlisted`;
+///   status, guests, created_at, updated_at}` (`status` may be `waitlisted`, `pending` or `declined`;
 ///   `created_at` is when the user first answered), ordered by
 ///   `updated_at, event_id`; `attendance` = `{event_id, tenant_id,
 ///   user_id, marked_by, marked_at}`, ordered by `marked_at, event_id,
@@ -68,6 +68,7 @@ pub async fn export(db: &PgPool, tenant: TenantId, user: UserId) -> Result<Value
         "series_created": [],
         // Calendar feed tokens: none are stored by this version.
         "feed_tokens": [],
+        "reminders": [],
     });
     if user.is_anonymized() {
         return Ok(bundle);
@@ -93,8 +94,17 @@ pub async fn export(db: &PgPool, tenant: TenantId, user: UserId) -> Result<Value
     .fetch_all(&mut *tx)
     .await?;
     let rsvps: Vec<RsvpExportRow> = sqlx::query_as(
-        "SELECT event_id, tenant_id, user_id, status::text AS status, created_at, updated_at
+        "SELECT event_id, tenant_id, user_id, status::text AS status, guests, created_at, updated_at
          FROM event_rsvps WHERE tenant_id = $1 AND user_id = $2 ORDER BY updated_at, event_id",
+    )
+    .bind(t)
+    .bind(u)
+    .fetch_all(&mut *tx)
+    .await?;
+    type ReminderLine = (Uuid, i32, DateTime<Utc>, Option<DateTime<Utc>>);
+    let reminders: Vec<ReminderLine> = sqlx::query_as(
+        "SELECT event_id, minutes_before, due_at, sent_at FROM event_reminders
+         WHERE tenant_id = $1 AND user_id = $2 ORDER BY due_at, event_id, minutes_before",
     )
     .bind(t)
     .bind(u)
@@ -191,8 +201,20 @@ pub async fn export(db: &PgPool, tenant: TenantId, user: UserId) -> Result<Value
                 "tenant_id": r.tenant_id.to_string(),
                 "user_id": r.user_id.to_string(),
                 "status": r.status,
+                "guests": r.guests,
                 "created_at": format_utc(&r.created_at),
                 "updated_at": format_utc(&r.updated_at),
+            })
+        })
+        .collect();
+    bundle["reminders"] = reminders
+        .into_iter()
+        .map(|(event_id, minutes, due_at, sent_at)| {
+            json!({
+                "event_id": event_id.to_string(),
+                "minutes_before": minutes,
+                "due_at": format_utc(&due_at),
+                "sent_at": sent_at.as_ref().map(format_utc),
             })
         })
         .collect();
@@ -243,6 +265,7 @@ struct RsvpExportRow {
     tenant_id: Uuid,
     user_id: Uuid,
     status: String,
+    guests: i32,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
 }
