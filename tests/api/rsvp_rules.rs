@@ -1125,3 +1125,34 @@ async fn dsar_exports_and_erases_reminders() {
         .expect("count");
     assert_eq!(left, 0);
 }
+
+/// A seated party asking for more guests than there are free seats is
+/// refused and keeps its seats; fewer guests give seats to the waitlist.
+#[tokio::test]
+async fn changing_guests_is_decided_under_the_lock() {
+    let s = Setup::start().await;
+    let event = s.create(json!({"capacity": 3, "maxGuests": 2})).await;
+    let (a, b, c) = (s.user(), s.user(), s.user());
+    ok(&s.rsvp(&a, &event, "going", 1).await, "a with one guest");
+    ok(&s.rsvp(&b, &event, "going", 0).await, "b");
+    let waiting = s.rsvp(&c, &event, "going", 0).await;
+    assert_eq!(waiting.body["myRsvp"], "waitlisted");
+    let more = s.rsvp(&a, &event, "going", 2).await;
+    refused(&more, 409, "NOT_ENOUGH_SEATS", "a asks for a second guest");
+    let stored = parties(&s.app.db, &event).await;
+    let a_id: Uuid = a.user_id.parse().expect("uuid");
+    assert_eq!((stored[&a_id].0.as_str(), stored[&a_id].1), ("going", 1));
+    let fewer = s.rsvp(&a, &event, "going", 0).await;
+    ok(&fewer, "a comes alone");
+    assert_eq!(fewer.body["myGuests"], 0);
+    assert_eq!(
+        fewer.body["seats"],
+        json!({"capacity": 3, "taken": 3, "available": 0})
+    );
+    let got = s.call("event.get", &c, json!({"id": event})).await;
+    assert_eq!(
+        got.body["myRsvp"], "going",
+        "the seat a gave back went to c"
+    );
+    assert_counters_match(&s.app.db, &event).await;
+}
