@@ -148,7 +148,10 @@ pub fn spawn_housekeeping(db: PgPool) {
                 return;
             }
             let result = sqlx::query(
-                "WITH a AS (DELETE FROM request_replays WHERE expires_at < now())
+                "WITH a AS (DELETE FROM request_replays WHERE expires_at < now()),
+                      -- Reminders of events over for a day: none can be due again.
+                      b AS (DELETE FROM event_reminders r USING events e
+                            WHERE e.id = r.event_id AND e.ends_at < now() - interval '1 day')
                  DELETE FROM idempotency_keys WHERE expires_at < now()",
             )
             .execute(&db)
