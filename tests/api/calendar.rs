@@ -268,8 +268,8 @@ async fn changes_to_this_following_and_all_occurrences_keep_their_rsvps() {
         .ok(
             "event.create",
             w.series_body(
-                "2026-10-13T16:00:00Z",
-                "2026-10-13T19:00:00Z",
+                "2027-10-12T16:00:00Z",
+                "2027-10-12T19:00:00Z",
                 "Europe/Berlin",
                 "FREQ=WEEKLY;COUNT=6",
             ),
@@ -302,8 +302,8 @@ async fn changes_to_this_following_and_all_occurrences_keep_their_rsvps() {
     let moved = w
         .ok(
             "event.update",
-            json!({"id": ids[3], "startsAt": "2026-11-03T18:00:00Z",
-                   "endsAt": "2026-11-03T21:00:00Z", "applyTo": "following"}),
+            json!({"id": ids[3], "startsAt": "2027-11-02T18:00:00Z",
+                   "endsAt": "2027-11-02T21:00:00Z", "applyTo": "following"}),
         )
         .await;
     let split_id = moved["seriesId"].as_str().unwrap_or_default().to_string();
@@ -343,7 +343,7 @@ async fn changes_to_this_following_and_all_occurrences_keep_their_rsvps() {
 
     // A change of several occurrences cannot move them to another day or zone.
     for bad in [
-        json!({"id": ids[4], "startsAt": "2026-11-11T18:00:00Z", "endsAt": "2026-11-11T21:00:00Z", "applyTo": "all"}),
+        json!({"id": ids[4], "startsAt": "2027-11-10T18:00:00Z", "endsAt": "2027-11-10T21:00:00Z", "applyTo": "all"}),
         json!({"id": ids[4], "timeZone": "UTC", "applyTo": "following"}),
         json!({"id": ids[4], "title": "x", "applyTo": "sometimes"}),
     ] {
