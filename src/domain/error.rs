@@ -43,12 +43,13 @@ pub enum ErrorCode {
     PortalUnavailable,
     ServiceUnavailable,
     TooManyStreams,
+    RateLimited,
     Timeout,
     InternalError,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 30] = [
+    pub const ALL: [ErrorCode; 31] = [
         ErrorCode::MissingRequestId,
         ErrorCode::MissingTenantContext,
         ErrorCode::Unauthorized,
@@ -77,6 +78,7 @@ impl ErrorCode {
         ErrorCode::PortalUnavailable,
         ErrorCode::ServiceUnavailable,
         ErrorCode::TooManyStreams,
+        ErrorCode::RateLimited,
         ErrorCode::Timeout,
         ErrorCode::InternalError,
     ];
@@ -111,6 +113,7 @@ impl ErrorCode {
             ErrorCode::PortalUnavailable => "PORTAL_UNAVAILABLE",
             ErrorCode::ServiceUnavailable => "SERVICE_UNAVAILABLE",
             ErrorCode::TooManyStreams => "TOO_MANY_STREAMS",
+            ErrorCode::RateLimited => "RATE_LIMITED",
             ErrorCode::Timeout => "TIMEOUT",
             ErrorCode::InternalError => "INTERNAL_ERROR",
         }
@@ -142,6 +145,7 @@ impl ErrorCode {
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::UnsupportedMediaType => 415,
             ErrorCode::ValidationError => 422,
+            ErrorCode::RateLimited => 429,
             ErrorCode::ServerError | ErrorCode::InternalError => 500,
             ErrorCode::AccessUnavailable
             | ErrorCode::PortalUnavailable
@@ -189,6 +193,7 @@ impl ErrorCode {
             ErrorCode::PortalUnavailable => "Portal service unavailable",
             ErrorCode::ServiceUnavailable => "Service unavailable",
             ErrorCode::TooManyStreams => "Too many live streams",
+            ErrorCode::RateLimited => "Too many requests",
             ErrorCode::Timeout => "Timed out",
             ErrorCode::InternalError => "Internal error",
         }
@@ -355,6 +360,7 @@ mod tests {
             ("PORTAL_UNAVAILABLE", 503),
             ("SERVICE_UNAVAILABLE", 503),
             ("TOO_MANY_STREAMS", 503),
+            ("RATE_LIMITED", 429),
             ("TIMEOUT", 504),
             ("INTERNAL_ERROR", 500),
         ];

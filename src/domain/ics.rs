@@ -48,17 +48,45 @@ const FALLBACK_SLUG: &str = "tenant";
 /// `UID` (see the module documentation).
 pub fn render(event: &Event, tenant_slug: &str, now: DateTime<Utc>) -> String {
     let mut doc = Doc::default();
+    preamble(&mut doc);
+    vevent(&mut doc, event, &sanitize_slug(tenant_slug), now);
+    doc.line("END:VCALENDAR");
+    doc.out
+}
+
+/// The name calendar clients show for a subscribed feed.
+pub const FEED_NAME: &str = "UpdSpace Events";
+
+/// A subscribable feed: one `VEVENT` per event, each exactly as the
+/// single-event export writes it (same `UID`, `SEQUENCE`, `STATUS`), in
+/// the order given. `DTSTAMP` is each event's `updated_at` (RFC 5545
+/// §3.8.7.2: without `METHOD`, the time the information was last revised),
+/// so the document depends on the events alone and an unchanged feed is
+/// byte-identical, which is what its `ETag` relies on.
+pub fn render_feed(events: &[Event], tenant_slug: &str) -> String {
+    let slug = sanitize_slug(tenant_slug);
+    let mut doc = Doc::default();
+    preamble(&mut doc);
+    doc.line(&format!("X-WR-CALNAME:{}", escape_text(FEED_NAME)));
+    for event in events {
+        vevent(&mut doc, event, &slug, event.updated_at);
+    }
+    doc.line("END:VCALENDAR");
+    doc.out
+}
+
+fn preamble(doc: &mut Doc) {
     doc.line("BEGIN:VCALENDAR");
     doc.line("VERSION:2.0");
     doc.line("PRODID:-//UpdSpace//Events//EN");
     doc.line("CALSCALE:GREGORIAN");
+}
+
+/// One event's `VEVENT`; `slug` is already sanitised.
+fn vevent(doc: &mut Doc, event: &Event, slug: &str, dtstamp: DateTime<Utc>) {
     doc.line("BEGIN:VEVENT");
-    doc.line(&format!(
-        "UID:{}@{}.updspace",
-        event.id,
-        sanitize_slug(tenant_slug)
-    ));
-    doc.line(&format!("DTSTAMP:{}", ics_utc(now)));
+    doc.line(&format!("UID:{}@{}.updspace", event.id, slug));
+    doc.line(&format!("DTSTAMP:{}", ics_utc(dtstamp)));
     doc.line(&format!("DTSTART:{}", ics_utc(event.starts_at)));
     doc.line(&format!("DTEND:{}", ics_utc(event.ends_at)));
     // A stored version below 1 would be a bug elsewhere; clamping keeps the
@@ -91,8 +119,6 @@ pub fn render(event: &Event, tenant_slug: &str, now: DateTime<Utc>) -> String {
         doc.line(&format!("URL:{}", uri_value(url.as_str())));
     }
     doc.line("END:VEVENT");
-    doc.line("END:VCALENDAR");
-    doc.out
 }
 
 /// The download name, `event-{id}.ics`.

@@ -88,7 +88,7 @@ async fn run_with(
     fields_query: Option<String>,
 ) -> Response {
     let (parts, body) = request.into_parts();
-    let limit = state.app.max_body_bytes();
+    let limit = op.max_body_bytes(state.app.max_body_bytes());
     let (bytes, oversized) = match axum::body::to_bytes(body, limit).await {
         Ok(bytes) => (bytes, false),
         Err(_) => (Default::default(), true),

@@ -3,6 +3,8 @@
 pub mod audit;
 pub mod batch;
 pub mod dsar;
+pub mod feeds;
+pub mod ics_imports;
 pub mod imports;
 pub mod memberships;
 pub mod outbox;
