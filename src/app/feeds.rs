@@ -162,9 +162,10 @@ fn feed_json(feed: &Feed) -> Value {
 
 /// Whether an `If-None-Match` value names `etag` (a list, `*`, weak tags).
 fn matches_etag(if_none_match: &str, etag: &str) -> bool {
-    if_none_match.split(',').map(str::trim).any(|tag| {
-        tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == etag
-    })
+    if_none_match
+        .split(',')
+        .map(str::trim)
+        .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == etag)
 }
 
 impl App {
@@ -241,7 +242,9 @@ impl App {
         let tenant = guard.tenant();
         let feed = feeds::get(&self.inner.db, tenant, id)
             .await?
-            .ok_or_else(|| AppError::rejected(crate::domain::ErrorCode::NotFound, "Feed not found"))?;
+            .ok_or_else(|| {
+                AppError::rejected(crate::domain::ErrorCode::NotFound, "Feed not found")
+            })?;
         let own = feed.owner == guard.user();
         if !own && !guard.is_tenant_admin().await? {
             return Err(AppError::rejected(
@@ -395,7 +398,10 @@ mod tests {
         let b = new_token();
         assert_ne!(a, b);
         assert_eq!(a.len(), TOKEN_CHARS);
-        assert!(a.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'));
+        assert!(
+            a.bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+        );
     }
 
     #[test]
@@ -407,7 +413,11 @@ mod tests {
         assert!(state.take(&key, t0).is_ok());
         let wait = state.take(&key, t0);
         assert_eq!(wait, Err(30));
-        assert!(state.take(&key, t0 + std::time::Duration::from_secs(31)).is_ok());
+        assert!(
+            state
+                .take(&key, t0 + std::time::Duration::from_secs(31))
+                .is_ok()
+        );
         assert!(state.take(&[8u8; 32], t0).is_ok());
     }
 

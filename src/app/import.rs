@@ -76,10 +76,7 @@ fn patch_of(imported: &Imported, visibility: Visibility) -> EventPatch {
         starts_at: Tri::Set(imported.starts_at),
         ends_at: Tri::Set(imported.ends_at),
         location_text: Tri::Set(imported.location_text.clone()),
-        location_url: imported
-            .location_url
-            .clone()
-            .map_or(Tri::Null, Tri::Set),
+        location_url: imported.location_url.clone().map_or(Tri::Null, Tri::Set),
         game_id: Tri::Absent,
         visibility: Tri::Set(visibility),
         capacity: Tri::Absent,
@@ -102,7 +99,10 @@ impl App {
         if ics.len() > ics_import::MAX_BYTES {
             return Err(AppError::rejected(
                 ErrorCode::PayloadTooLarge,
-                format!("The calendar is larger than {} bytes", ics_import::MAX_BYTES),
+                format!(
+                    "The calendar is larger than {} bytes",
+                    ics_import::MAX_BYTES
+                ),
             ));
         }
         let items = tokio::task::spawn_blocking(move || ics_import::read(&ics))
@@ -187,10 +187,7 @@ impl App {
                         (k.event, false)
                     }
                     None => {
-                        let new = NewEvent::new(
-                            tenant,
-                            new_fields(imported, &scope, visibility),
-                        );
+                        let new = NewEvent::new(tenant, new_fields(imported, &scope, visibility));
                         let new = match new {
                             Ok(new) => new,
                             Err(e) => {
@@ -198,11 +195,8 @@ impl App {
                                 continue;
                             }
                         };
-                        let event = new.into_event(
-                            EventId::new_v4(),
-                            command_meta.actor,
-                            command_meta.now,
-                        );
+                        let event =
+                            new.into_event(EventId::new_v4(), command_meta.actor, command_meta.now);
                         let id = event.id;
                         commands.push(command(CommandKind::Create {
                             event: Box::new(event),
@@ -294,10 +288,7 @@ impl App {
         main: Option<&Verdict>,
         cancel: Option<&Verdict>,
     ) {
-        let newly_cancelled = matches!(
-            cancel,
-            Some(Ok(Outcome::Cancelled { already: false, .. }))
-        );
+        let newly_cancelled = matches!(cancel, Some(Ok(Outcome::Cancelled { already: false, .. })));
         match main {
             Some(Ok(Outcome::Created { .. })) => {
                 tally.created += 1;

@@ -1169,9 +1169,7 @@ fn feed_spec(body: &Value, tenant: TenantId) -> Checked<FeedSpec> {
             Err(e) => b.fail(SCOPE_ID, e.into_message()),
         },
         (Some(_), None) if !b.has_error(SCOPE_ID) => b.fail(SCOPE_ID, "needs scopeType as well"),
-        (None, Some(_)) if !b.has_error(SCOPE_TYPE) => {
-            b.fail(SCOPE_TYPE, "needs scopeId as well")
-        }
+        (None, Some(_)) if !b.has_error(SCOPE_TYPE) => b.fail(SCOPE_TYPE, "needs scopeId as well"),
         _ => None,
     };
     let my_rsvp = match b.sent(MY_RSVP) {

@@ -192,7 +192,10 @@ fn scan(text: &str) -> Result<Structure, Refused> {
             logical_lines.push(n);
             let upper = line.trim_end().to_ascii_uppercase();
             if !seen_calendar && upper != "BEGIN:VCALENDAR" {
-                return Err(malformed(n, "the calendar must start with BEGIN:VCALENDAR".into()));
+                return Err(malformed(
+                    n,
+                    "the calendar must start with BEGIN:VCALENDAR".into(),
+                ));
             }
             if let Some(name) = upper.strip_prefix("BEGIN:") {
                 if stack.is_empty() && seen_calendar {
@@ -276,14 +279,20 @@ impl Zone {
         // calendar clients do; an ambiguous one is its first occurrence.
         let first = |r: chrono::LocalResult<DateTime<Utc>>| r.earliest();
         match self {
-            Zone::Iana(tz) => first(tz.from_local_datetime(&local).map(|d| d.with_timezone(&Utc)))
-                .or_else(|| {
-                    first(
-                        tz.from_local_datetime(&(local + Duration::hours(1)))
-                            .map(|d| d.with_timezone(&Utc)),
-                    )
-                }),
-            Zone::Fixed(off) => first(off.from_local_datetime(&local).map(|d| d.with_timezone(&Utc))),
+            Zone::Iana(tz) => first(
+                tz.from_local_datetime(&local)
+                    .map(|d| d.with_timezone(&Utc)),
+            )
+            .or_else(|| {
+                first(
+                    tz.from_local_datetime(&(local + Duration::hours(1)))
+                        .map(|d| d.with_timezone(&Utc)),
+                )
+            }),
+            Zone::Fixed(off) => first(
+                off.from_local_datetime(&local)
+                    .map(|d| d.with_timezone(&Utc)),
+            ),
         }
     }
 }
@@ -558,8 +567,7 @@ fn item(
     };
     let outcome = if uid.is_empty() {
         Err("the VEVENT has no UID".to_string())
-    } else if uid.chars().count() > MAX_UID_CHARS || recurrence_id.chars().count() > MAX_UID_CHARS
-    {
+    } else if uid.chars().count() > MAX_UID_CHARS || recurrence_id.chars().count() > MAX_UID_CHARS {
         Err(format!("UID longer than {MAX_UID_CHARS} characters"))
     } else if prop(event, "RRULE").is_some()
         || prop(event, "RDATE").is_some()
@@ -615,8 +623,9 @@ fn imported(event: &Component<'_>, zones: &HashMap<String, Zone>) -> Result<Impo
     let title = Title::parse(title).map_err(|e| e.into_message())?;
     let description = Description::parse(at_most(&text("DESCRIPTION"), Description::MAX_CHARS))
         .map_err(|e| e.into_message())?;
-    let location_text = LocationText::parse(at_most(text("LOCATION").trim(), LocationText::MAX_CHARS))
-        .map_err(|e| e.into_message())?;
+    let location_text =
+        LocationText::parse(at_most(text("LOCATION").trim(), LocationText::MAX_CHARS))
+            .map_err(|e| e.into_message())?;
     let location_url = prop(event, "URL").and_then(|p| LocationUrl::parse(p.val.as_str()).ok());
     let cancelled = prop(event, "STATUS")
         .is_some_and(|p| p.val.as_str().trim().eq_ignore_ascii_case("CANCELLED"));
@@ -642,7 +651,10 @@ mod tests {
     fn one(body: &str) -> Item {
         let items = read(&doc(body)).unwrap_or_else(|e| panic!("{e:?}"));
         assert_eq!(items.len(), 1, "{items:?}");
-        items.into_iter().next().unwrap_or_else(|| panic!("one item"))
+        items
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| panic!("one item"))
     }
 
     #[test]
@@ -707,7 +719,11 @@ mod tests {
         assert_eq!(reasons[0], RECURRING_SKIPPED);
         assert_eq!(reasons[1], RECURRING_SKIPPED);
         assert_eq!(items[1].recurrence_id, "20300117T180000Z");
-        assert!(reasons[2].contains("not a valid date-time"), "{}", reasons[2]);
+        assert!(
+            reasons[2].contains("not a valid date-time"),
+            "{}",
+            reasons[2]
+        );
         assert_eq!(reasons[3], "the VEVENT has no UID");
         assert_eq!(
             items.iter().map(|i| i.line).collect::<Vec<_>>(),
@@ -731,12 +747,15 @@ mod tests {
             refused("BEGIN:VCALENDAR\r\nSUMMARY:a\u{1}b\r\nEND:VCALENDAR\r\n"),
             2
         );
-        let deep = format!(
-            "BEGIN:VCALENDAR\r\n{}",
-            "BEGIN:X\r\n".repeat(100_000)
+        let deep = format!("BEGIN:VCALENDAR\r\n{}", "BEGIN:X\r\n".repeat(100_000));
+        assert!(matches!(
+            read(&deep),
+            Err(Refused::Malformed { .. }) | Err(Refused::TooLarge(_))
+        ));
+        assert_eq!(
+            refused("BEGIN:VCALENDAR\r\nBROKEN LINE\r\nEND:VCALENDAR\r\n"),
+            2
         );
-        assert!(matches!(read(&deep), Err(Refused::Malformed { .. }) | Err(Refused::TooLarge(_))));
-        assert_eq!(refused("BEGIN:VCALENDAR\r\nBROKEN LINE\r\nEND:VCALENDAR\r\n"), 2);
     }
 
     #[test]

@@ -239,6 +239,10 @@ pub fn errors_of(op: Op) -> Vec<ErrorCode> {
         // The instance's cap on open streams; the filtered event must be
         // visible.
         Op::EventStream => codes.extend([C::TooManyStreams, C::PortalUnavailable, C::NotFound]),
+        // Feeds and imports are written to Postgres directly.
+        Op::FeedCreate | Op::FeedList => codes.push(C::ServiceUnavailable),
+        Op::FeedRevoke => codes.extend([C::ServiceUnavailable, C::NotFound, C::ValidationError]),
+        Op::EventImport => codes.extend([C::ServiceUnavailable, C::ValidationError]),
         _ => {}
     }
     codes.sort();
@@ -350,6 +354,7 @@ pub fn reads_query(op: Op) -> bool {
             | Op::AdminAuditList
             | Op::MeCapabilities
             | Op::EventStream
+            | Op::EventImport
     )
 }
 
@@ -371,7 +376,11 @@ fn signed(operation: &mut Operation, op: Op, replies: &mut BTreeMap<String, RefO
     }
     if matches!(
         op,
-        Op::AdminRolesGrant | Op::AdminRolesRevoke | Op::MembershipAdd | Op::MembershipRemove
+        Op::AdminRolesGrant
+            | Op::AdminRolesRevoke
+            | Op::MembershipAdd
+            | Op::MembershipRemove
+            | Op::FeedCreate
     ) {
         operation.request_body = Some(RefOr::T(
             RequestBodyBuilder::new()
@@ -554,6 +563,11 @@ fn tags() -> Vec<Tag> {
              memberships (embedded mode), the audit log; for tenant admins",
         ),
         ("me", "What the caller may do, for the web app's gating"),
+        (
+            "feeds",
+            "Subscribable calendar feeds: made, listed and revoked signed; read by calendar apps \
+             with the token alone",
+        ),
         ("meta", "Unsigned service endpoints"),
     ]
     .into_iter()

@@ -78,7 +78,11 @@ pub async fn create(
     .bind(&token_hash[..])
     .bind(&feed.tenant_slug)
     .bind(feed.scope.as_ref().map(|s| s.scope_type().as_str()))
-    .bind(feed.scope.as_ref().map(|s| s.scope_id().as_str().to_string()))
+    .bind(
+        feed.scope
+            .as_ref()
+            .map(|s| s.scope_id().as_str().to_string()),
+    )
     .bind(feed.my_rsvp.map(|s| s.as_str()))
     .bind(feed.created_at)
     .execute(&mut *tx)

@@ -65,7 +65,7 @@ pub async fn export(db: &PgPool, tenant: TenantId, user: UserId) -> Result<Value
         "outbox": [],
         "role_bindings": [],
         "memberships": [],
-        // Calendar feed tokens: none are stored by this version.
+        // Calendar feeds, without their token hashes.
         "feed_tokens": [],
     });
     if user.is_anonymized() {
@@ -129,8 +129,36 @@ pub async fn export(db: &PgPool, tenant: TenantId, user: UserId) -> Result<Value
     .bind(u)
     .fetch_all(&mut *tx)
     .await?;
+    let feeds: Vec<(
+        Uuid,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        DateTime<Utc>,
+    )> = sqlx::query_as(
+        "SELECT id, scope_type::text, scope_id, my_rsvp::text, created_at FROM feed_tokens
+             WHERE tenant_id = $1 AND owner_id = $2 ORDER BY created_at, id",
+    )
+    .bind(t)
+    .bind(u)
+    .fetch_all(&mut *tx)
+    .await?;
     tx.commit().await?;
 
+    bundle["feed_tokens"] = feeds
+        .into_iter()
+        .map(|(id, scope_type, scope_id, my_rsvp, created_at)| {
+            json!({
+                "id": id.to_string(),
+                "tenant_id": tenant.to_string(),
+                "user_id": user.to_string(),
+                "scope_type": scope_type,
+                "scope_id": scope_id,
+                "my_rsvp": my_rsvp,
+                "created_at": format_utc(&created_at),
+            })
+        })
+        .collect();
     bundle["role_bindings"] = bindings
         .into_iter()
         .map(|(id, role, scope_type, scope_id, created_by, created_at)| {
