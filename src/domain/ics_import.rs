@@ -137,14 +137,28 @@ pub fn read(text: &str) -> Result<Vec<Item>, Refused> {
         .filter(|e| prop(e, "RRULE").is_some() || prop(e, "RDATE").is_some())
         .filter_map(|e| prop(e, "UID").map(|p| p.val.as_str().trim().to_string()))
         .collect();
-    Ok(events
+    // The parser keeps values as slices of the unfolded text where it can:
+    // their offset gives their line.
+    let starts: Vec<usize> = std::iter::once(0)
+        .chain(unfolded.match_indices('\n').map(|(i, _)| i + 1))
+        .collect();
+    let base = unfolded.as_ptr() as usize;
+    let line_of = |value: &str| -> Option<usize> {
+        let at = (value.as_ptr() as usize).checked_sub(base)?;
+        if at > unfolded.len() {
+            return None;
+        }
+        let logical = starts.partition_point(|s| *s <= at).saturating_sub(1);
+        structure.logical_lines.get(logical).copied()
+    };
+    events
         .iter()
         .enumerate()
         .map(|(i, event)| {
             let line = structure.vevent_lines.get(i).copied().unwrap_or(0);
-            item(event, line, &zones, &recurring)
+            item(event, line, &zones, &recurring, &line_of)
         })
-        .collect())
+        .collect()
 }
 
 /// What the scan of the physical lines found.
@@ -467,7 +481,28 @@ impl When {
     }
 }
 
-fn when(p: &Property<'_>, zones: &HashMap<String, Zone>) -> Result<When, String> {
+/// What is wrong with a VEVENT: a value that is not what its type must be
+/// (the whole calendar is refused, at that line), or a VEVENT we cannot
+/// import (skipped with the reason).
+#[derive(Debug)]
+enum Issue {
+    Malformed(String),
+    Skip(String),
+}
+
+impl From<String> for Issue {
+    fn from(s: String) -> Self {
+        Issue::Skip(s)
+    }
+}
+
+impl From<&str> for Issue {
+    fn from(s: &str) -> Self {
+        Issue::Skip(s.to_string())
+    }
+}
+
+fn when(p: &Property<'_>, zones: &HashMap<String, Zone>) -> Result<When, Issue> {
     let name = p.name.as_str().to_ascii_uppercase();
     let value = p.val.as_str().trim();
     let is_date = param(p, "VALUE").is_some_and(|v| v.eq_ignore_ascii_case("DATE"))
@@ -475,14 +510,14 @@ fn when(p: &Property<'_>, zones: &HashMap<String, Zone>) -> Result<When, String>
     if is_date {
         return NaiveDate::parse_from_str(value, "%Y%m%d")
             .map(When::Date)
-            .map_err(|_| format!("{name} {value:?} is not a valid date"));
+            .map_err(|_| Issue::Malformed(format!("{name} {value:?} is not a valid date")));
     }
     let (local, utc) = match value.strip_suffix(['Z', 'z']) {
         Some(v) => (v, true),
         None => (value, false),
     };
     let naive = NaiveDateTime::parse_from_str(local, "%Y%m%dT%H%M%S")
-        .map_err(|_| format!("{name} {value:?} is not a valid date-time"))?;
+        .map_err(|_| Issue::Malformed(format!("{name} {value:?} is not a valid date-time")))?;
     if utc {
         return Ok(When::Instant(naive.and_utc()));
     }
@@ -494,10 +529,10 @@ fn when(p: &Property<'_>, zones: &HashMap<String, Zone>) -> Result<When, String>
                 .get(id)
                 .copied()
                 .or_else(|| zone_by_name(id))
-                .ok_or_else(|| format!("unknown time zone {id:?} in {name}"))?;
+                .ok_or_else(|| Issue::Skip(format!("unknown time zone {id:?} in {name}")))?;
             zone.instant(naive)
                 .map(When::Instant)
-                .ok_or_else(|| format!("{name} {value:?} does not exist in {id}"))
+                .ok_or_else(|| Issue::Skip(format!("{name} {value:?} does not exist in {id}")))
         }
     }
 }
@@ -553,7 +588,8 @@ fn item(
     line: usize,
     zones: &HashMap<String, Zone>,
     recurring: &std::collections::HashSet<String>,
-) -> Item {
+    line_of: &dyn Fn(&str) -> Option<usize>,
+) -> Result<Item, Refused> {
     let uid = prop(event, "UID")
         .map(|p| p.val.as_str().trim().to_string())
         .unwrap_or_default();
@@ -575,38 +611,65 @@ fn item(
     {
         Err(RECURRING_SKIPPED.to_string())
     } else {
-        imported(event, zones)
+        match imported(event, zones, line_of) {
+            Ok(imported) => Ok(imported),
+            Err(Ok(reason)) => Err(reason),
+            Err(Err((message, at))) => {
+                return Err(Refused::Malformed {
+                    line: at.unwrap_or(line),
+                    message,
+                });
+            }
+        }
     };
-    Item {
+    Ok(Item {
         uid,
         recurrence_id,
         line,
         outcome,
-    }
+    })
 }
 
-fn imported(event: &Component<'_>, zones: &HashMap<String, Zone>) -> Result<Imported, String> {
-    let start = prop(event, "DTSTART").ok_or("the VEVENT has no DTSTART")?;
-    let start = when(start, zones)?;
+/// A malformed value, at the line of its property when the parser kept it
+/// as a slice of the document.
+type Located = (String, Option<usize>);
+
+fn imported(
+    event: &Component<'_>,
+    zones: &HashMap<String, Zone>,
+    line_of: &dyn Fn(&str) -> Option<usize>,
+) -> Result<Imported, Result<String, Located>> {
+    let at = |p: &Property<'_>, issue: Issue| match issue {
+        Issue::Skip(reason) => Ok(reason),
+        Issue::Malformed(message) => Err((message, line_of(p.val.as_str()))),
+    };
+    let start = prop(event, "DTSTART").ok_or(Ok("the VEVENT has no DTSTART".to_string()))?;
+    let start = when(start, zones).map_err(|i| at(start, i))?;
     let end = match (prop(event, "DTEND"), prop(event, "DURATION")) {
-        (Some(end), _) => when(end, zones)?.instant(),
+        (Some(end), _) => when(end, zones).map_err(|i| at(end, i))?.instant(),
         (None, Some(d)) => {
-            let d = duration(d.val.as_str())
-                .ok_or_else(|| format!("DURATION {:?} is not a duration", d.val.as_str()))?;
+            let d = duration(d.val.as_str()).ok_or_else(|| {
+                at(
+                    d,
+                    Issue::Malformed(format!("DURATION {:?} is not a duration", d.val.as_str())),
+                )
+            })?;
             start
                 .instant()
                 .checked_add_signed(d)
-                .ok_or("DURATION is out of range")?
+                .ok_or(Ok("DURATION is out of range".to_string()))?
         }
         // RFC 5545 §3.6.1: an all-day event without an end lasts the day.
         (None, None) => match start {
             When::Date(_) => start.instant() + Duration::days(1),
-            When::Instant(_) => return Err("the VEVENT has neither DTEND nor DURATION".into()),
+            When::Instant(_) => {
+                return Err(Ok("the VEVENT has neither DTEND nor DURATION".into()));
+            }
         },
     };
     let starts_at = start.instant();
     if starts_at >= end {
-        return Err("the VEVENT must start before it ends".into());
+        return Err(Ok("the VEVENT must start before it ends".into()));
     }
     let text = |name: &str| {
         prop(event, name)
@@ -620,12 +683,12 @@ fn imported(event: &Component<'_>, zones: &HashMap<String, Zone>) -> Result<Impo
     } else {
         at_most(summary, Title::MAX_CHARS)
     };
-    let title = Title::parse(title).map_err(|e| e.into_message())?;
+    let title = Title::parse(title).map_err(|e| Ok(e.into_message()))?;
     let description = Description::parse(at_most(&text("DESCRIPTION"), Description::MAX_CHARS))
-        .map_err(|e| e.into_message())?;
+        .map_err(|e| Ok(e.into_message()))?;
     let location_text =
         LocationText::parse(at_most(text("LOCATION").trim(), LocationText::MAX_CHARS))
-            .map_err(|e| e.into_message())?;
+            .map_err(|e| Ok(e.into_message()))?;
     let location_url = prop(event, "URL").and_then(|p| LocationUrl::parse(p.val.as_str()).ok());
     let cancelled = prop(event, "STATUS")
         .is_some_and(|p| p.val.as_str().trim().eq_ignore_ascii_case("CANCELLED"));
@@ -708,7 +771,7 @@ mod tests {
              RRULE:FREQ=WEEKLY\r\nEND:VEVENT\r\n\
              BEGIN:VEVENT\r\nUID:r\r\nRECURRENCE-ID:20300117T180000Z\r\n\
              DTSTART:20300117T190000Z\r\nDTEND:20300117T200000Z\r\nEND:VEVENT\r\n\
-             BEGIN:VEVENT\r\nUID:bad\r\nDTSTART:20301310T180000Z\r\nDTEND:20300110T190000Z\r\nEND:VEVENT\r\n\
+             BEGIN:VEVENT\r\nUID:bad\r\nDTSTART:20300110T180000Z\r\nDTEND:20300110T170000Z\r\nEND:VEVENT\r\n\
              BEGIN:VEVENT\r\nDTSTART:20300110T180000Z\r\nEND:VEVENT\r\n",
         ))
         .unwrap_or_else(|e| panic!("{e:?}"));
@@ -719,11 +782,7 @@ mod tests {
         assert_eq!(reasons[0], RECURRING_SKIPPED);
         assert_eq!(reasons[1], RECURRING_SKIPPED);
         assert_eq!(items[1].recurrence_id, "20300117T180000Z");
-        assert!(
-            reasons[2].contains("not a valid date-time"),
-            "{}",
-            reasons[2]
-        );
+        assert_eq!(reasons[2], "the VEVENT must start before it ends");
         assert_eq!(reasons[3], "the VEVENT has no UID");
         assert_eq!(
             items.iter().map(|i| i.line).collect::<Vec<_>>(),
