@@ -205,7 +205,9 @@ impl App {
                     }
                 };
                 let first = commands.len() - 1;
-                if imported.cancelled {
+                // A new event is written as created first; a cancel of it
+                // is decided after that commit step (see below).
+                if imported.cancelled && !creates {
                     commands.push(command(CommandKind::Cancel {
                         event_id: event,
                         reason: None,
@@ -220,7 +222,7 @@ impl App {
                     cancelled: imported.cancelled,
                     creates,
                     first,
-                    cancel: imported.cancelled,
+                    cancel: imported.cancelled && !creates,
                 });
             }
             if commands.is_empty() {
@@ -229,12 +231,42 @@ impl App {
             let (verdicts, effects) =
                 apply_imported(&mut tx, &shared.subjects, tenant, &commands, &trace).await?;
             changed_ids.extend(effects.changed.iter().map(|c| c.event.id));
-            for plan in plans {
+            // VEVENTs new here and cancelled in the calendar: created
+            // above, cancelled now, in the same transaction.
+            let late: Vec<usize> = plans
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| {
+                    p.creates
+                        && p.cancelled
+                        && matches!(verdicts.get(p.first), Some(Ok(Outcome::Created { .. })))
+                })
+                .map(|(i, _)| i)
+                .collect();
+            let mut late_verdicts: HashMap<usize, Verdict> = HashMap::new();
+            if !late.is_empty() {
+                let cancels: Vec<Command> = late
+                    .iter()
+                    .map(|i| Command {
+                        actor: command_meta.actor,
+                        at: command_meta.now,
+                        kind: CommandKind::Cancel {
+                            event_id: plans[*i].event,
+                            reason: None,
+                        },
+                    })
+                    .collect();
+                let (verdicts, effects) =
+                    apply_imported(&mut tx, &shared.subjects, tenant, &cancels, &trace).await?;
+                changed_ids.extend(effects.changed.iter().map(|c| c.event.id));
+                late_verdicts.extend(late.into_iter().zip(verdicts));
+            }
+            for (i, plan) in plans.into_iter().enumerate() {
                 let main = verdicts.get(plan.first);
                 let cancel = if plan.cancel {
                     verdicts.get(plan.first + 1)
                 } else {
-                    None
+                    late_verdicts.get(&i)
                 };
                 self.count(&mut tally, &mut recorded, plan, main, cancel);
             }
