@@ -269,11 +269,12 @@ fn import_input(query: &str, bytes: &[u8]) -> Result<Value, AppError> {
             message: "the calendar is not UTF-8".into(),
         }
     })?;
-    if text.trim().is_empty() {
-        return Ok(Value::Null);
-    }
     let mut object = Map::new();
     merge_query(&mut object, query);
-    object.insert("ics".into(), Value::String(text.to_string()));
+    // No calendar at all is reported with the query's field errors
+    // (`ics`: field required).
+    if !text.trim().is_empty() {
+        object.insert("ics".into(), Value::String(text.to_string()));
+    }
     Ok(Value::Object(object))
 }

@@ -1159,13 +1159,10 @@ fn audit_query(body: &Value, tenant: TenantId) -> Result<AuditQuery, AppError> {
 /// and an optional RSVP status.
 fn feed_spec(body: &Value, tenant: TenantId) -> Checked<FeedSpec> {
     let mut b = Fields::new(body)?;
-    let (scope_type, scope_id) = scope_fields(&mut b);
+    let (scope_type, scope_id) = scoped_fields(&mut b);
     let scope = match (scope_type, scope_id) {
-        (Some(t), Some(id)) => match ScopeId::parse(&id) {
-            Ok(id) => match Scope::new(tenant, t, id) {
-                Ok(scope) => Some(scope),
-                Err(e) => b.fail(SCOPE_ID, e.into_message()),
-            },
+        (Some(t), Some(id)) => match Scope::new(tenant, t, id) {
+            Ok(scope) => Some(scope),
             Err(e) => b.fail(SCOPE_ID, e.into_message()),
         },
         (Some(_), None) if !b.has_error(SCOPE_ID) => b.fail(SCOPE_ID, "needs scopeType as well"),
@@ -1182,6 +1179,19 @@ fn feed_spec(body: &Value, tenant: TenantId) -> Checked<FeedSpec> {
     };
     b.finish()?;
     Ok(FeedSpec { scope, my_rsvp })
+}
+
+/// `scopeType` and `scopeId`, each checked on its own.
+fn scoped_fields(b: &mut Fields<'_>) -> (Option<ScopeType>, Option<ScopeId>) {
+    let (scope_type, scope_id) = scope_fields(b);
+    let scope_id = match scope_id {
+        Some(id) => match ScopeId::parse(&id) {
+            Ok(id) => Some(id),
+            Err(e) => b.fail(SCOPE_ID, e.into_message()),
+        },
+        None => None,
+    };
+    (scope_type, scope_id)
 }
 
 /// The `id` of `feed.revoke`: a UUID.
@@ -1208,13 +1218,10 @@ fn import_spec(body: &Value, tenant: TenantId) -> Result<ImportSpec, AppError> {
         Raw::Null => b.fail(ICS, CANNOT_BE_NULL),
         Raw::Absent => b.fail(ICS, REQUIRED),
     };
-    let (scope_type, scope_id) = scope_fields(&mut b);
+    let (scope_type, scope_id) = scoped_fields(&mut b);
     let scope = match (scope_type, scope_id) {
-        (Some(t), Some(id)) => match ScopeId::parse(&id) {
-            Ok(id) => match Scope::new(tenant, t, id) {
-                Ok(scope) => Some(scope),
-                Err(e) => b.fail(SCOPE_ID, e.into_message()),
-            },
+        (Some(t), Some(id)) => match Scope::new(tenant, t, id) {
+            Ok(scope) => Some(scope),
             Err(e) => b.fail(SCOPE_ID, e.into_message()),
         },
         (t, id) => {

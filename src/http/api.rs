@@ -586,7 +586,7 @@ async fn feed_revoke(
 /// `If-None-Match` → 304. Unknown or revoked tokens, and owners who are
 /// suspended or banned, are 404; too many requests for one token are 429
 /// with `Retry-After`.
-#[utoipa::path(get, path = "/feeds/{feed_id}", operation_id = "feedCalendar", tag = "feeds",
+#[utoipa::path(get, path = "/feeds/{feed_id}", operation_id = "feedCalendar", tag = "feeds", security(()),
     params(("feed_id" = String, Path, description = "`<token>.ics`"),
            ("If-None-Match" = Option<String>, Header, description = "The `ETag` of a copy the client holds")),
     responses(

@@ -157,8 +157,10 @@ fn status_description(status: u16) -> &'static str {
 /// document does not list; `UNSUPPORTED_MEDIA_TYPE` is NATS's (HTTP reads
 /// JSON whatever the `Content-Type`); `SERVER_ERROR` needs a service
 /// without a secret, which does not start; `INVALID_QUERY` is kept for
-/// compatibility and never produced.
-pub const NOT_FROM_OPERATIONS: [ErrorCode; 4] = [
+/// compatibility and never produced; `RATE_LIMITED` is the unsigned
+/// calendar feed's (`GET /feeds/<token>.ics`), which is no operation.
+pub const NOT_FROM_OPERATIONS: [ErrorCode; 5] = [
+    ErrorCode::RateLimited,
     ErrorCode::MethodNotAllowed,
     ErrorCode::UnsupportedMediaType,
     ErrorCode::ServerError,
