@@ -602,12 +602,38 @@ async fn feed_calendar(
     file: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
 ) -> Response {
+    let started = std::time::Instant::now();
     let file = segment(file);
     let if_none_match = headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok());
     let request_id = headers.get("x-request-id").and_then(|v| v.to_str().ok());
-    match state.app.feed_calendar(&file, if_none_match).await {
+    let answer = state.app.feed_calendar(&file, if_none_match).await;
+    let code = answer.as_ref().err().map(|e| e.code().as_str());
+    let response = feed_response(answer, request_id);
+    // The token is never logged: it is the credential.
+    crate::telemetry::finish_request(
+        state.app.metrics(),
+        &crate::telemetry::RequestRecord {
+            transport: "http",
+            op: "feed.calendar",
+            request_id,
+            tenant_id: None,
+            user_id: None,
+            status: response.status().as_u16(),
+            code,
+            took: started.elapsed(),
+            write: false,
+        },
+    );
+    response
+}
+
+fn feed_response(
+    answer: Result<crate::app::feeds::FeedAnswer, AppError>,
+    request_id: Option<&str>,
+) -> Response {
+    match answer {
         Ok(crate::app::feeds::FeedAnswer::NotModified { etag }) => {
             let mut response = StatusCode::NOT_MODIFIED.into_response();
             if let Ok(v) = HeaderValue::from_str(&etag) {

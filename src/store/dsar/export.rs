@@ -11,6 +11,15 @@ use crate::domain::{ANONYMIZED_USER_ID, TenantId, UserId, format_utc};
 use crate::error::AppError;
 use crate::store::rows::{EVENT_COLUMNS, EventRow};
 
+/// A calendar feed of the subject: id, scope type and id, RSVP filter, creation.
+type FeedRow = (
+    Uuid,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    DateTime<Utc>,
+);
+
 /// Payload keys that carry a user id.
 const USER_ID_KEYS: [&str; 6] = [
     "created_by",
@@ -129,13 +138,7 @@ pub async fn export(db: &PgPool, tenant: TenantId, user: UserId) -> Result<Value
     .bind(u)
     .fetch_all(&mut *tx)
     .await?;
-    let feeds: Vec<(
-        Uuid,
-        Option<String>,
-        Option<String>,
-        Option<String>,
-        DateTime<Utc>,
-    )> = sqlx::query_as(
+    let feeds: Vec<FeedRow> = sqlx::query_as(
         "SELECT id, scope_type::text, scope_id, my_rsvp::text, created_at FROM feed_tokens
              WHERE tenant_id = $1 AND owner_id = $2 ORDER BY created_at, id",
     )
