@@ -569,7 +569,7 @@ async fn feed_list(State(state): State<AppState>, request: Request) -> Response 
 #[utoipa::path(delete, path = "/feeds/{feed_id}", operation_id = "revokeFeed", tag = "feeds",
     extensions(("x-nats-operation" = json!("feed.revoke"))),
     params(("feed_id" = String, Path, description = "The feed's id (a UUID)")),
-    responses((status = 200, description = "`revoked`: 1, or 0 when it was already gone")))]
+    responses((status = 200, description = "`{\"revoked\": 1}`; no such feed (or another's): 404")))]
 async fn feed_revoke(
     State(state): State<AppState>,
     id: Result<Path<String>, PathRejection>,
