@@ -126,7 +126,7 @@ pub fn read(text: &str) -> Result<Vec<Item>, Refused> {
             message: "no VCALENDAR".into(),
         });
     };
-    let zones = time_zones(calendar);
+    let zones = time_zones(calendar, chrono::Datelike::year(&Utc::now()));
     let events: Vec<&icalendar::parser::Component<'_>> = calendar
         .components
         .iter()
@@ -312,7 +312,7 @@ impl Zone {
 }
 
 /// The VTIMEZONEs of the document that name a zone we can use, by TZID.
-fn time_zones(calendar: &Component<'_>) -> HashMap<String, Zone> {
+fn time_zones(calendar: &Component<'_>, year: i32) -> HashMap<String, Zone> {
     let mut zones = HashMap::new();
     for tz in calendar
         .components
@@ -341,9 +341,76 @@ fn time_zones(calendar: &Component<'_>) -> HashMap<String, Zone> {
             && let Some(off) = prop(standard[0], "TZOFFSETTO").and_then(|p| offset(p.val.as_str()))
         {
             zones.insert(id, Zone::Fixed(off));
+            continue;
+        }
+        // With daylight saving time: the IANA zone whose offsets and
+        // switch months are the VTIMEZONE's (this year's rules).
+        let summer = parts
+            .iter()
+            .find(|p| p.name.as_str().eq_ignore_ascii_case("DAYLIGHT"));
+        if let (Some(summer), [winter]) = (summer, standard.as_slice())
+            && let Some(zone) = matching_zone(winter, summer, year)
+        {
+            zones.insert(id, Zone::Iana(zone));
         }
     }
     zones
+}
+
+/// The month a STANDARD or DAYLIGHT part starts in: its `RRULE`'s
+/// `BYMONTH`, else its `DTSTART`'s month.
+fn switch_month(part: &Component<'_>) -> Option<u32> {
+    let by_month = prop(part, "RRULE").and_then(|r| {
+        r.val.as_str().split(';').find_map(|kv| {
+            let (k, v) = kv.split_once('=')?;
+            k.eq_ignore_ascii_case("BYMONTH")
+                .then(|| v.trim().parse::<u32>().ok())
+                .flatten()
+        })
+    });
+    by_month
+        .or_else(|| {
+            prop(part, "DTSTART").and_then(|d| d.val.as_str().get(4..6)?.parse::<u32>().ok())
+        })
+        .filter(|m| (1..=12).contains(m))
+}
+
+/// The first IANA zone (in the database's order) that, in `year`, is at
+/// the winter offset before the summer month and at the summer offset
+/// after it, and back at the winter offset after the winter month.
+fn matching_zone(
+    winter: &Component<'_>,
+    summer: &Component<'_>,
+    year: i32,
+) -> Option<chrono_tz::Tz> {
+    use chrono::Offset;
+    let winter_off = offset(prop(winter, "TZOFFSETTO")?.val.as_str())?.local_minus_utc();
+    let summer_off = offset(prop(summer, "TZOFFSETTO")?.val.as_str())?.local_minus_utc();
+    let (to_summer, to_winter) = (switch_month(summer)?, switch_month(winter)?);
+    if winter_off == summer_off {
+        return None;
+    }
+    // Midnight UTC on the first of a month (month 13 is next January).
+    let first = |month: u32| {
+        let (y, m) = if month > 12 {
+            (year + 1, month - 12)
+        } else {
+            (year, month)
+        };
+        NaiveDate::from_ymd_opt(y, m, 1).map(|d| d.and_time(chrono::NaiveTime::MIN))
+    };
+    let checks = [
+        (first(to_summer)?, winter_off),
+        (first(to_summer + 1)?, summer_off),
+        (first(to_winter)?, summer_off),
+        (first(to_winter + 1)?, winter_off),
+    ];
+    chrono_tz::TZ_VARIANTS.iter().copied().find(|tz| {
+        !tz.name().starts_with("Etc/")
+            && checks
+                .iter()
+                .all(|(at, want)| tz.offset_from_utc_datetime(at).fix().local_minus_utc() == *want)
+    })
 }
 
 /// An IANA name (also behind a `/mozilla.org/…/` style prefix) or a
@@ -762,6 +829,32 @@ mod tests {
         let ev = it.outcome.unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(ev.starts_at.to_rfc3339(), "2030-01-10T06:30:00+00:00");
         assert_eq!(ev.title.as_str(), "Untitled event");
+    }
+
+    #[test]
+    fn an_unknown_zone_with_dst_is_matched_by_its_offsets_and_months() {
+        let it = one("BEGIN:VTIMEZONE\r\nTZID:Mitteleuropa (custom)\r\n\
+             BEGIN:STANDARD\r\nDTSTART:16011028T030000\r\nRRULE:FREQ=YEARLY;BYDAY=-1SU;BYMONTH=10\r\n\
+             TZOFFSETFROM:+0200\r\nTZOFFSETTO:+0100\r\nEND:STANDARD\r\n\
+             BEGIN:DAYLIGHT\r\nDTSTART:16010325T020000\r\nRRULE:FREQ=YEARLY;BYDAY=-1SU;BYMONTH=3\r\n\
+             TZOFFSETFROM:+0100\r\nTZOFFSETTO:+0200\r\nEND:DAYLIGHT\r\nEND:VTIMEZONE\r\n\
+             BEGIN:VEVENT\r\nUID:m\r\nDTSTART;TZID=Mitteleuropa (custom):20300710T180000\r\n\
+             DTEND;TZID=Mitteleuropa (custom):20300110T190000\r\nEND:VEVENT\r\n");
+        // Summer: +02:00; the end is in winter (+01:00) and before the start.
+        assert_eq!(
+            it.outcome,
+            Err("the VEVENT must start before it ends".into())
+        );
+        let it = one("BEGIN:VTIMEZONE\r\nTZID:Mitteleuropa (custom)\r\n\
+             BEGIN:STANDARD\r\nDTSTART:16011028T030000\r\nRRULE:FREQ=YEARLY;BYDAY=-1SU;BYMONTH=10\r\n\
+             TZOFFSETFROM:+0200\r\nTZOFFSETTO:+0100\r\nEND:STANDARD\r\n\
+             BEGIN:DAYLIGHT\r\nDTSTART:16010325T020000\r\nRRULE:FREQ=YEARLY;BYDAY=-1SU;BYMONTH=3\r\n\
+             TZOFFSETFROM:+0100\r\nTZOFFSETTO:+0200\r\nEND:DAYLIGHT\r\nEND:VTIMEZONE\r\n\
+             BEGIN:VEVENT\r\nUID:m\r\nDTSTART;TZID=Mitteleuropa (custom):20300710T180000\r\n\
+             DTEND;TZID=Mitteleuropa (custom):20301210T190000\r\nEND:VEVENT\r\n");
+        let ev = it.outcome.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(ev.starts_at.to_rfc3339(), "2030-07-10T16:00:00+00:00");
+        assert_eq!(ev.ends_at.to_rfc3339(), "2030-12-10T18:00:00+00:00");
     }
 
     #[test]
