@@ -392,9 +392,39 @@ async fn import_of_5000_events() {
     .await;
     let took_again = started.elapsed();
     assert_eq!(again.json()["unchanged"], 5_000);
+    // A feed of that scope: the first 2,000 of them, rendered, then a
+    // conditional request answered from the same listing and the cache.
+    let feed = call(
+        &app,
+        "feed.create",
+        &identity(tenant, Uuid::new_v4()),
+        json!({"scopeType": "COMMUNITY", "scopeId": "big"}),
+    )
+    .await;
+    let url = app.url(feed["url"].as_str().expect("url"));
+    let started = std::time::Instant::now();
+    let first = app.http.get(&url).send().await.expect("feed");
+    let etag = first.headers()["etag"].to_str().expect("etag").to_string();
+    let text = first.text().await.expect("text");
+    let took_feed = started.elapsed();
+    assert_eq!(text.matches("BEGIN:VEVENT").count(), 2_000);
+    let started = std::time::Instant::now();
+    let second = app
+        .http
+        .get(&url)
+        .header("If-None-Match", &etag)
+        .send()
+        .await
+        .expect("feed");
+    let took_304 = started.elapsed();
+    assert_eq!(second.status().as_u16(), 304);
     println!(
-        "import of 5,000 VEVENTs: {:.2} s; re-import (all unchanged): {:.2} s",
+        "import of 5,000 VEVENTs: {:.2} s; re-import (all unchanged): {:.2} s; \
+         feed of 2,000 events ({} bytes): {:.0} ms, then 304: {:.0} ms",
         took.as_secs_f64(),
-        took_again.as_secs_f64()
+        took_again.as_secs_f64(),
+        text.len(),
+        took_feed.as_secs_f64() * 1000.0,
+        took_304.as_secs_f64() * 1000.0
     );
 }
