@@ -345,6 +345,36 @@ mod tests {
     }
 
     #[test]
+    fn a_feed_is_each_event_as_exported_with_its_change_as_dtstamp() {
+        let a = event(json!({"title": "First"}));
+        let mut b = event(json!({"title": "Second"}));
+        b.id = EventId::parse("1b5e2f7c-1d2e-4f3a-9b8c-7d6e5f4a3b2c")
+            .unwrap_or_else(|e| panic!("{e}"));
+        b.status = EventStatus::Cancelled;
+        let feed = render_feed(&[a.clone(), b.clone()], "Acme!");
+        assert!(feed.starts_with(
+            "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//UpdSpace//Events//EN\r\n\
+             CALSCALE:GREGORIAN\r\nX-WR-CALNAME:UpdSpace Events\r\n"
+        ));
+        assert!(feed.ends_with("END:VEVENT\r\nEND:VCALENDAR\r\n"));
+        for e in [&a, &b] {
+            // The single export's VEVENT, with DTSTAMP = the last change.
+            let single = render(e, "acme", e.updated_at);
+            let start = single.find("BEGIN:VEVENT").unwrap_or(0);
+            let end = single.find("END:VCALENDAR").unwrap_or(single.len());
+            assert!(feed.contains(&single[start..end]), "{feed}");
+        }
+        assert_eq!(feed.matches("STATUS:CANCELLED").count(), 1);
+        // Rendering depends on the events alone.
+        assert_eq!(feed, render_feed(&[a, b], "Acme!"));
+        assert_eq!(
+            render_feed(&[], "x"),
+            "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//UpdSpace//Events//EN\r\n\
+             CALSCALE:GREGORIAN\r\nX-WR-CALNAME:UpdSpace Events\r\nEND:VCALENDAR\r\n"
+        );
+    }
+
+    #[test]
     fn whole_document_for_a_simple_event() {
         let e = event(json!({
             "description": "Bring snacks, water; and\nfun",
