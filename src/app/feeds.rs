@@ -35,6 +35,8 @@ pub const FEED_MAX_EVENTS: i64 = 2_000;
 /// Bytes of randomness in a token (256 bits), and the length of its text.
 const TOKEN_BYTES: usize = 32;
 const TOKEN_CHARS: usize = 43;
+/// The most feeds one user may hold in a tenant (409 `CONFLICT` beyond).
+pub const MAX_FEEDS: i64 = 50;
 /// Entries kept before a map is emptied (the cache and the rate limiter).
 const MAX_ENTRIES: usize = 50_000;
 
@@ -215,7 +217,12 @@ impl App {
             request_id: Some(ctx.request_id.clone()),
             details: json!({}),
         });
-        feeds::create(&self.inner.db, &feed, &token_hash(&token), &owed).await?;
+        if !feeds::create(&self.inner.db, &feed, &token_hash(&token), &owed, MAX_FEEDS).await? {
+            return Err(AppError::rejected(
+                crate::domain::ErrorCode::Conflict,
+                format!("At most {MAX_FEEDS} feeds per user; revoke one first"),
+            ));
+        }
         let mut reply = feed_json(&feed);
         reply["token"] = Value::String(token.clone());
         reply["url"] = Value::String(feed_url(&token));

@@ -242,7 +242,9 @@ pub fn errors_of(op: Op) -> Vec<ErrorCode> {
         // visible.
         Op::EventStream => codes.extend([C::TooManyStreams, C::PortalUnavailable, C::NotFound]),
         // Feeds and imports are written to Postgres directly.
-        Op::FeedCreate | Op::FeedList => codes.push(C::ServiceUnavailable),
+        // At most so many feeds per user.
+        Op::FeedCreate => codes.extend([C::ServiceUnavailable, C::Conflict]),
+        Op::FeedList => codes.push(C::ServiceUnavailable),
         Op::FeedRevoke => codes.extend([C::ServiceUnavailable, C::NotFound, C::ValidationError]),
         Op::EventImport => codes.extend([C::ServiceUnavailable, C::ValidationError]),
         _ => {}

@@ -59,14 +59,32 @@ fn feed(row: Row) -> Feed {
     }
 }
 
-/// Stores a new feed with the SHA-256 of its token, and the entries owed.
+/// Stores a new feed with the SHA-256 of its token, and the entries owed;
+/// `false` (nothing stored) when the owner already has `max` feeds.
 pub async fn create(
     db: &PgPool,
     feed: &Feed,
     token_hash: &[u8; 32],
     owed: &[AuditEntry],
-) -> Result<(), sqlx::Error> {
+    max: i64,
+) -> Result<bool, sqlx::Error> {
     let mut tx = db.begin().await?;
+    // One owner's feeds are counted under a lock of their own, so two
+    // creates at once cannot both pass the cap.
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind(format!("feeds:{}:{}", feed.tenant, feed.owner))
+        .execute(&mut *tx)
+        .await?;
+    let held: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM feed_tokens WHERE tenant_id = $1 AND owner_id = $2",
+    )
+    .bind(Uuid::from(feed.tenant))
+    .bind(Uuid::from(feed.owner))
+    .fetch_one(&mut *tx)
+    .await?;
+    if held >= max {
+        return Ok(false);
+    }
     sqlx::query(
         "INSERT INTO feed_tokens (id, tenant_id, owner_id, token_hash, tenant_slug, scope_type,
                                   scope_id, my_rsvp, created_at)
@@ -88,7 +106,8 @@ pub async fn create(
     .execute(&mut *tx)
     .await?;
     audit::insert(&mut tx, owed).await?;
-    tx.commit().await
+    tx.commit().await?;
+    Ok(true)
 }
 
 /// The owner's feeds, oldest first.

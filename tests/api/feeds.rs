@@ -440,3 +440,33 @@ async fn dsar_exports_and_erases_feeds() {
     assert_eq!(erased["counts"]["feed_tokens_deleted"], 1, "{erased}");
     assert_eq!(get(&app, &url, None).await.status, 404);
 }
+
+/// One user holds at most 50 feeds in a tenant: the 51st is 409 until one
+/// is revoked.
+#[tokio::test]
+async fn a_user_holds_at_most_50_feeds() {
+    let app = TestApp::spawn().await;
+    let tenant = Uuid::new_v4();
+    let owner = identity(tenant, Uuid::new_v4());
+    let mut first = None;
+    for _ in 0..50 {
+        let feed = call(&app, "feed.create", &owner, json!({})).await;
+        first.get_or_insert(feed["id"].clone());
+    }
+    let refused = app
+        .client()
+        .call("feed.create", &owner, &json!({}))
+        .await
+        .expect("reply");
+    assert_eq!(refused.status, 409, "{:?}", refused.body);
+    // Another user is not affected.
+    call(
+        &app,
+        "feed.create",
+        &identity(tenant, Uuid::new_v4()),
+        json!({}),
+    )
+    .await;
+    call(&app, "feed.revoke", &owner, json!({"id": first})).await;
+    call(&app, "feed.create", &owner, json!({})).await;
+}
