@@ -428,3 +428,89 @@ async fn import_of_5000_events() {
         took_304.as_secs_f64() * 1000.0
     );
 }
+
+/// A UID twice in one file: the first is imported, the second skipped
+/// naming the first's line. An event cancelled here is not updated by a
+/// changed re-import (skipped with the reason); a VEVENT that is
+/// cancelled in the calendar cancels its event on re-import.
+#[tokio::test]
+async fn duplicates_and_cancellations_on_reimport() {
+    let app = TestApp::spawn().await;
+    let tenant = Uuid::new_v4();
+    let boss = admin(tenant);
+    let vevent = |uid: &str, summary: &str, extra: &str| {
+        format!(
+            "BEGIN:VEVENT\r\nUID:{uid}\r\nDTSTART:20300110T180000Z\r\nDTEND:20300110T190000Z\r\n\
+             SUMMARY:{summary}\r\n{extra}END:VEVENT\r\n"
+        )
+    };
+    let cal = |body: String| format!("BEGIN:VCALENDAR\r\nVERSION:2.0\r\n{body}END:VCALENDAR\r\n");
+    let query = "scopeType=COMMUNITY&scopeId=dup&visibility=public";
+    let first = import_http(
+        &app,
+        &boss,
+        query,
+        cal(format!(
+            "{}{}{}",
+            vevent("a", "A", ""),
+            vevent("a", "A again", ""),
+            vevent("b", "B", "")
+        ))
+        .into_bytes(),
+    )
+    .await
+    .json();
+    assert_eq!(first["created"], 2, "{first}");
+    assert_eq!(
+        first["skipped"],
+        json!([{"uid": "a", "line": 9, "reason": "the same UID as the VEVENT of line 3"}])
+    );
+    let a: String =
+        sqlx::query_scalar("SELECT event_id::text FROM ics_import_keys WHERE uid = 'a'")
+            .fetch_one(&app.db)
+            .await
+            .expect("a");
+    call(&app, "event.cancel", &boss, json!({"eventId": a})).await;
+    let second = import_http(
+        &app,
+        &boss,
+        query,
+        cal(format!(
+            "{}{}",
+            vevent("a", "A changed", ""),
+            vevent("b", "B", "STATUS:CANCELLED\r\n")
+        ))
+        .into_bytes(),
+    )
+    .await
+    .json();
+    assert_eq!(
+        (second["created"].as_u64(), second["updated"].as_u64()),
+        (Some(0), Some(1)),
+        "{second}"
+    );
+    assert_eq!(second["skipped"][0]["uid"], "a");
+    assert_eq!(
+        second["skipped"][0]["reason"],
+        "the event was cancelled here; a cancelled event is not updated"
+    );
+    let statuses: Vec<(String, String)> = sqlx::query_as(
+        "SELECT title, status::text FROM events WHERE scope_id = 'dup' ORDER BY title",
+    )
+    .fetch_all(&app.db)
+    .await
+    .expect("events");
+    assert_eq!(
+        statuses,
+        vec![
+            ("A".to_string(), "cancelled".to_string()),
+            ("B".to_string(), "cancelled".to_string())
+        ]
+    );
+    let cancelled: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE event_type = 'event.cancelled'")
+            .fetch_one(&app.db)
+            .await
+            .expect("outbox");
+    assert_eq!(cancelled, 2, "the import's cancel is published");
+}
