@@ -198,6 +198,9 @@ fn scan(text: &str) -> Result<Structure, Refused> {
             ));
         }
         let continuation = line.starts_with([' ', '\t']);
+        // Component names are case-insensitive (RFC 5545 §2); the parser
+        // reads them upper-case.
+        let mut structural = None;
         if continuation {
             if logical_lines.is_empty() {
                 return Err(malformed(n, "a folded line continues nothing".into()));
@@ -205,6 +208,9 @@ fn scan(text: &str) -> Result<Structure, Refused> {
         } else {
             logical_lines.push(n);
             let upper = line.trim_end().to_ascii_uppercase();
+            if upper.starts_with("BEGIN:") || upper.starts_with("END:") {
+                structural = Some(upper.clone());
+            }
             if !seen_calendar && upper != "BEGIN:VCALENDAR" {
                 return Err(malformed(
                     n,
@@ -246,7 +252,7 @@ fn scan(text: &str) -> Result<Structure, Refused> {
                 return Err(malformed(n, "content outside VCALENDAR".into()));
             }
         }
-        normalized.push_str(line);
+        normalized.push_str(structural.as_deref().unwrap_or(line));
         normalized.push_str("\r\n");
     }
     if let Some((open, at)) = stack.last() {
@@ -908,6 +914,17 @@ mod tests {
             refused("BEGIN:VCALENDAR\r\nBROKEN LINE\r\nEND:VCALENDAR\r\n"),
             2
         );
+    }
+
+    #[test]
+    fn component_names_are_case_insensitive() {
+        let items = read(
+            "begin:vcalendar\r\nVERSION:2.0\r\nBegin:VEvent\r\nUID:x\r\n\
+             DTSTART:20300110T180000Z\r\nDTEND:20300110T190000Z\r\nend:vevent\r\nEND:vcalendar\r\n",
+        )
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(items.len(), 1);
+        assert!(items[0].outcome.is_ok(), "{items:?}");
     }
 
     #[test]
