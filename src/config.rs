@@ -323,6 +323,17 @@ pub struct Settings {
     )]
     pub clock_offset: Option<String>,
 
+    /// Requests one calendar feed token may make per minute on one
+    /// instance (`GET /feeds/<token>.ics`); more are answered 429 with
+    /// Retry-After. Default 30.
+    #[arg(
+        long,
+        env = "EVENTS_FEED_RATE_PER_MINUTE",
+        global = true,
+        value_name = "N"
+    )]
+    pub feed_rate_per_minute: Option<String>,
+
     /// Base URL of the Activity service (e.g. http://activity:8004/api/v1);
     /// when set, the Activity bridge delivers every domain event to
     /// `{url}/events/ingest`.
@@ -867,6 +878,8 @@ pub struct Config {
     pub request_timeout: Duration,
     /// Entries of the per-instance replay memory (EVENTS_REPLAY_MEMORY).
     pub replay_memory: usize,
+    /// Feed requests per token and minute (EVENTS_FEED_RATE_PER_MINUTE).
+    pub feed_rate_per_minute: u32,
     pub telemetry: TelemetryConfig,
     pub actors: ActorConfig,
     pub outbox: OutboxConfig,
@@ -1424,6 +1437,13 @@ impl Config {
                 1_000_000,
                 1,
                 100_000_000,
+            )?,
+            feed_rate_per_minute: parse_number(
+                "EVENTS_FEED_RATE_PER_MINUTE",
+                &s.feed_rate_per_minute,
+                30,
+                1,
+                100_000,
             )?,
             telemetry: TelemetryConfig::load(s)?,
             actors: ActorConfig {

@@ -26,6 +26,12 @@ pub enum AppError {
     IdempotencyConflict,
     #[error("{message}")]
     Unavailable { code: ErrorCode, message: String },
+    /// A calendar that cannot be read (422), with the line of the problem.
+    #[error("line {line}: {message}")]
+    Calendar { line: usize, message: String },
+    /// Too many requests for one thing (a feed token) in too little time.
+    #[error("Too many requests; retry in {retry_after} s")]
+    TooManyRequests { retry_after: u32 },
     /// Anything unexpected. The cause is logged; callers see a generic message.
     #[error("internal error: {0}")]
     Internal(String),
@@ -79,7 +85,10 @@ impl AppError {
     /// Seconds a caller should wait before retrying, for answers that say
     /// "not now" (503).
     pub fn retry_after(&self) -> Option<u32> {
-        (self.status() == 503).then_some(1)
+        match self {
+            AppError::TooManyRequests { retry_after } => Some(*retry_after),
+            _ => (self.status() == 503).then_some(1),
+        }
     }
 
     pub fn code(&self) -> ErrorCode {
@@ -90,6 +99,8 @@ impl AppError {
             AppError::NotFound => ErrorCode::NotFound,
             AppError::Forbidden(_) => ErrorCode::Forbidden,
             AppError::IdempotencyConflict => ErrorCode::IdempotencyConflict,
+            AppError::Calendar { .. } => ErrorCode::ValidationError,
+            AppError::TooManyRequests { .. } => ErrorCode::RateLimited,
             AppError::Internal(_) => ErrorCode::InternalError,
         }
     }
@@ -116,6 +127,10 @@ impl AppError {
     pub fn details(&self) -> Value {
         match self {
             AppError::Domain(e) => e.details(),
+            AppError::Calendar { line, message } => json!({
+                "fields": {"ics": format!("line {line}: {message}")},
+                "line": line,
+            }),
             _ => json!({}),
         }
     }
@@ -153,7 +168,8 @@ pub struct ErrorBody {
     /// For people; `code` is the stable part.
     pub message: String,
     /// Always an object: `{}`, or for `VALIDATION_ERROR`
-    /// `{"fields": {"<camelCase field>": "<message>"}}` with every bad field.
+    /// `{"fields": {"<camelCase field>": "<message>"}}` with every bad field
+    /// (and, for a calendar that cannot be read, `line`: where, from 1).
     #[schema(schema_with = details_schema)]
     pub details: Value,
     /// The request's `X-Request-Id`; `null` when it had none.
@@ -171,6 +187,12 @@ fn details_schema() -> utoipa::openapi::schema::Schema {
             ObjectBuilder::new()
                 .schema_type(Type::Object)
                 .additional_properties(Some(AdditionalProperties::RefOr(message.into()))),
+        )
+        .property(
+            "line",
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .minimum(Some(1)),
         )
         .build()
         .into()

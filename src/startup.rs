@@ -153,6 +153,7 @@ impl Application {
             replay_bucket,
             authz_max_calls: config.authz.max_calls,
             replay_memory: config.replay_memory,
+            feed_rate_per_minute: config.feed_rate_per_minute,
             max_body_bytes: config.max_body_bytes,
             request_timeout: config.request_timeout,
             replay_window_secs: Verifier::DEFAULT_WINDOW_SECS,

@@ -4,7 +4,9 @@
 //! before, in [`App::authenticate`], which transports call first.
 
 mod admin;
+pub mod feeds;
 pub mod fields;
+mod import;
 pub mod live;
 pub mod pipeline;
 pub mod requests;
@@ -67,6 +69,10 @@ pub enum Op {
     RsvpApprove,
     RsvpDecline,
     EventStats,
+    FeedCreate,
+    FeedList,
+    FeedRevoke,
+    EventImport,
     /// `GET /stream`: live updates over HTTP (server-sent events). Not in
     /// [`Op::ALL`], the operations of the request/reply API: a stream is no
     /// request/reply exchange, and NATS callers read the stream itself.
@@ -80,7 +86,7 @@ pub enum Op {
 }
 
 impl Op {
-    pub const ALL: [Op; 26] = [
+    pub const ALL: [Op; 30] = [
         Op::EventCreate,
         Op::EventGet,
         Op::EventList,
@@ -107,6 +113,10 @@ impl Op {
         Op::RsvpApprove,
         Op::RsvpDecline,
         Op::EventStats,
+        Op::FeedCreate,
+        Op::FeedList,
+        Op::FeedRevoke,
+        Op::EventImport,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -137,6 +147,10 @@ impl Op {
             Op::RsvpApprove => "rsvp.approve",
             Op::RsvpDecline => "rsvp.decline",
             Op::EventStats => "event.stats",
+            Op::FeedCreate => "feed.create",
+            Op::FeedList => "feed.list",
+            Op::FeedRevoke => "feed.revoke",
+            Op::EventImport => "event.import",
             Op::EventStream => "event.stream",
             Op::RsvpExport => "rsvp.export",
             Op::AttendanceExport => "attendance.export",
@@ -173,7 +187,10 @@ impl Op {
             | Op::AdminRolesGrant
             | Op::AdminRolesRevoke
             | Op::MembershipAdd
-            | Op::MembershipRemove => ReplayClaim::BeforeRunning,
+            | Op::MembershipRemove
+            | Op::FeedCreate
+            | Op::FeedRevoke
+            | Op::EventImport => ReplayClaim::BeforeRunning,
             Op::EventGet
             | Op::EventList
             | Op::RsvpList
@@ -189,6 +206,7 @@ impl Op {
             | Op::EventStats
             | Op::EventStream
             | Op::RsvpExport
+            | Op::FeedList
             | Op::AttendanceExport => ReplayClaim::Read,
         }
     }
@@ -211,6 +229,8 @@ impl Op {
                     | Op::MembershipList
                     | Op::AdminAuditList
                     | Op::MeCapabilities
+                    | Op::FeedCreate
+                    | Op::FeedList
                     | Op::EventStream
             ),
             Transport::Http => matches!(
@@ -220,7 +240,21 @@ impl Op {
                     | Op::RsvpSet
                     | Op::AttendanceMark
                     | Op::MembershipAdd
+                    | Op::EventImport
             ),
+        }
+    }
+
+    /// The largest body the operation takes: `configured`
+    /// (`EVENTS_MAX_BODY_BYTES`), and for an import at least room for a
+    /// calendar of [`ics_import::MAX_BYTES`] (JSON-escaped over NATS).
+    pub const fn max_body_bytes(self, configured: usize) -> usize {
+        match self {
+            Op::EventImport => {
+                let room = 2 * crate::domain::ics_import::MAX_BYTES;
+                if configured > room { configured } else { room }
+            }
+            _ => configured,
         }
     }
 }
@@ -337,6 +371,8 @@ pub struct AppParts {
     pub authz_max_calls: usize,
     /// Entries of the per-instance replay memory.
     pub replay_memory: usize,
+    /// Requests per calendar feed token and minute.
+    pub feed_rate_per_minute: u32,
     /// Largest request body, and the deadline of one request.
     pub max_body_bytes: usize,
     pub request_timeout: std::time::Duration,
@@ -373,6 +409,7 @@ struct Inner {
     live: Option<live::Live>,
     series: crate::config::SeriesConfig,
     rsvp: crate::config::RsvpConfig,
+    feeds: feeds::FeedState,
 }
 
 fn sha256(bytes: &[u8]) -> [u8; 32] {
@@ -399,6 +436,7 @@ impl App {
                 live: parts.live,
                 series: parts.series,
                 rsvp: parts.rsvp,
+                feeds: feeds::FeedState::new(parts.feed_rate_per_minute),
             }),
         }
     }
@@ -530,6 +568,12 @@ impl App {
             request.op().name(),
             self.inner.authz_max_calls,
         );
+        let op = request.op();
+        self.note_feed_owner(
+            &guard,
+            matches!(op, Op::FeedCreate | Op::FeedList | Op::FeedRevoke),
+        )
+        .await;
         let result = self.dispatch(&guard, request, meta).await;
         // What the request owes the audit log and no write took with it
         // (a read's admin bypass, a refusal after one) is written before
@@ -597,6 +641,10 @@ impl App {
             Request::EventStream(filter) => Box::pin(self.open_stream(guard, filter)),
             Request::SeriesGet(id) => Box::pin(self.series_get(guard, id)),
             Request::SeriesIcs(id) => Box::pin(self.series_ics(guard, id)),
+            Request::FeedCreate(spec) => Box::pin(self.feed_create(guard, spec)),
+            Request::FeedList => Box::pin(self.feed_list(guard)),
+            Request::FeedRevoke(id) => Box::pin(self.feed_revoke(guard, id)),
+            Request::EventImport(spec) => Box::pin(self.import(guard, spec, meta)),
         };
         run.await
     }
@@ -760,6 +808,26 @@ impl App {
     }
 
     async fn list(&self, guard: &Guard<'_>, filter: reads::ListFilter) -> Result<Reply, AppError> {
+        let (rows, total, partial) = self.visible_rows(guard, &filter).await?;
+        let items = rows
+            .into_iter()
+            .map(|(e, c, mine, guests)| EventView::new(Arc::new(e), c, mine).with_guests(guests))
+            .collect();
+        let mut page = views::Page::new(items, total, filter.limit, filter.offset);
+        if partial {
+            page.meta.partial = Some(true);
+        }
+        Ok(Reply::View(View::Events(page)))
+    }
+
+    /// The page of events `filter` selects that the caller may see, the
+    /// total, and whether the authority left some scopes undecided (their
+    /// events are then left out).
+    async fn visible_rows(
+        &self,
+        guard: &Guard<'_>,
+        filter: &reads::ListFilter,
+    ) -> Result<(Vec<reads::ListedEvent>, i64, bool), AppError> {
         let tenant = guard.tenant();
         let scope = match &filter.scope {
             Some((t, id)) => match crate::domain::ScopeId::parse(id) {
@@ -783,7 +851,7 @@ impl App {
             // the only question left, and the query answers it itself.
             Audience::LocalMember { user }
         } else {
-            let gated = reads::gated_scopes(&self.inner.db, tenant, user, &filter).await?;
+            let gated = reads::gated_scopes(&self.inner.db, tenant, user, filter).await?;
             // Read permission and membership of each gated scope, asked
             // together, a few scopes at a time (never one call after
             // another), within the request's call budget: what it leaves
@@ -817,16 +885,8 @@ impl App {
                 member_scopes,
             }
         };
-        let (rows, total) = reads::list(&self.inner.db, tenant, user, &filter, &audience).await?;
-        let items = rows
-            .into_iter()
-            .map(|(e, c, mine, guests)| EventView::new(Arc::new(e), c, mine).with_guests(guests))
-            .collect();
-        let mut page = views::Page::new(items, total, filter.limit, filter.offset);
-        if partial {
-            page.meta.partial = Some(true);
-        }
-        Ok(Reply::View(View::Events(page)))
+        let (rows, total) = reads::list(&self.inner.db, tenant, user, filter, &audience).await?;
+        Ok((rows, total, partial))
     }
 
     async fn update(

@@ -147,7 +147,7 @@ impl App {
         );
         let mut caller = None;
         let result = async {
-            let limit = self.inner.max_body_bytes;
+            let limit = op.max_body_bytes(self.inner.max_body_bytes);
             if oversized || parts.body.len() > limit {
                 return Err(AppError::rejected(
                     ErrorCode::PayloadTooLarge,
@@ -206,6 +206,9 @@ impl App {
 /// A body-less request to an operation that needs one stays `null`, so that
 /// it is refused as such.
 fn http_input(op: Op, target: &Target, query: &str, bytes: &[u8]) -> Result<Value, AppError> {
+    if op == Op::EventImport {
+        return import_input(query, bytes);
+    }
     let body: Value = if bytes.iter().all(u8::is_ascii_whitespace) {
         Value::Null
     } else {
@@ -266,4 +269,24 @@ fn merge_query(object: &mut Map<String, Value>, query: &str) {
     for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
         object.insert(k.into_owned(), Value::String(v.into_owned()));
     }
+}
+
+/// `POST /import`: the body is the calendar itself (`text/calendar`), the
+/// scope and visibility come in the query.
+fn import_input(query: &str, bytes: &[u8]) -> Result<Value, AppError> {
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        let before = &bytes[..e.valid_up_to()];
+        AppError::Calendar {
+            line: before.iter().filter(|b| **b == b'\n').count() + 1,
+            message: "the calendar is not UTF-8".into(),
+        }
+    })?;
+    let mut object = Map::new();
+    merge_query(&mut object, query);
+    // No calendar at all is reported with the query's field errors
+    // (`ics`: field required).
+    if !text.trim().is_empty() {
+        object.insert("ics".into(), Value::String(text.to_string()));
+    }
+    Ok(Value::Object(object))
 }

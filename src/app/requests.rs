@@ -107,6 +107,27 @@ pub enum Request {
     EventStream(StreamFilter),
     SeriesGet(SeriesId),
     SeriesIcs(SeriesId),
+    /// A calendar feed of the caller's: its filters, read once the caller
+    /// is known.
+    FeedCreate(Checked<FeedSpec>),
+    FeedList,
+    FeedRevoke(Checked<uuid::Uuid>),
+    EventImport(ImportSpec),
+}
+
+/// The filters of a new feed: one scope, one RSVP status of the owner's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeedSpec {
+    pub scope: Option<Scope>,
+    pub my_rsvp: Option<RsvpStatus>,
+}
+
+/// `event.import`: the calendar text and where its events go.
+#[derive(Debug, Clone)]
+pub struct ImportSpec {
+    pub ics: String,
+    pub scope: Scope,
+    pub visibility: Visibility,
 }
 
 /// `admin.audit.list`: the tenant asked for (only system admins may name
@@ -175,6 +196,10 @@ impl Request {
             Request::EventStream(_) => Op::EventStream,
             Request::SeriesGet(_) => Op::SeriesGet,
             Request::SeriesIcs(_) => Op::SeriesIcs,
+            Request::FeedCreate(_) => Op::FeedCreate,
+            Request::FeedList => Op::FeedList,
+            Request::FeedRevoke(_) => Op::FeedRevoke,
+            Request::EventImport(_) => Op::EventImport,
         }
     }
 
@@ -251,6 +276,10 @@ impl Request {
             Op::EventStream => Request::EventStream(stream_filter(body)?),
             Op::SeriesGet => Request::SeriesGet(series_id(&fields)?),
             Op::SeriesIcs => Request::SeriesIcs(series_id(&fields)?),
+            Op::FeedCreate => Request::FeedCreate(feed_spec(body, tenant)),
+            Op::FeedList => Request::FeedList,
+            Op::FeedRevoke => Request::FeedRevoke(feed_id(body)),
+            Op::EventImport => Request::EventImport(import_spec(body, tenant)?),
         })
     }
 }
@@ -1538,6 +1567,115 @@ fn audit_query(body: &Value, tenant: TenantId) -> Result<AuditQuery, AppError> {
 
 /// The scope `me.capabilities` answers for: `scopeType` and `scopeId`, the
 /// tenant when neither is sent.
+/// The body of `feed.create`: an optional scope (both halves or neither)
+/// and an optional RSVP status.
+fn feed_spec(body: &Value, tenant: TenantId) -> Checked<FeedSpec> {
+    let mut b = Fields::new(body)?;
+    let (scope_type, scope_id) = scoped_fields(&mut b);
+    let scope = match (scope_type, scope_id) {
+        (Some(t), Some(id)) => match Scope::new(tenant, t, id) {
+            Ok(scope) => Some(scope),
+            Err(e) => b.fail(SCOPE_ID, e.into_message()),
+        },
+        (Some(_), None) if !b.has_error(SCOPE_ID) => b.fail(SCOPE_ID, "needs scopeType as well"),
+        (None, Some(_)) if !b.has_error(SCOPE_TYPE) => b.fail(SCOPE_TYPE, "needs scopeId as well"),
+        _ => None,
+    };
+    let my_rsvp = match b.sent(MY_RSVP) {
+        Some(Value::String(s)) => match s.parse::<RsvpStatus>() {
+            Ok(status) => Some(status),
+            Err(e) => b.fail(MY_RSVP, e.into_message()),
+        },
+        Some(_) => b.fail(MY_RSVP, MUST_BE_STRING),
+        None => None,
+    };
+    b.finish()?;
+    Ok(FeedSpec { scope, my_rsvp })
+}
+
+/// `scopeType` and `scopeId`, each checked on its own.
+fn scoped_fields(b: &mut Fields<'_>) -> (Option<ScopeType>, Option<ScopeId>) {
+    let (scope_type, scope_id) = scope_fields(b);
+    let scope_id = match scope_id {
+        Some(id) => match ScopeId::parse(&id) {
+            Ok(id) => Some(id),
+            Err(e) => b.fail(SCOPE_ID, e.into_message()),
+        },
+        None => None,
+    };
+    (scope_type, scope_id)
+}
+
+/// The `id` of `feed.revoke`: a UUID.
+fn feed_id(body: &Value) -> Checked<uuid::Uuid> {
+    let mut b = Fields::new(body)?;
+    let id = uuid_field(&mut b, ID, true);
+    b.finish()?;
+    id.ok_or_else(|| {
+        DomainError::Validation {
+            fields: BTreeMap::new(),
+        }
+        .into()
+    })
+}
+
+/// `event.import`: `ics` (the calendar text), the scope (required) and the
+/// visibility of the events (default `public`, fitting the scope).
+fn import_spec(body: &Value, tenant: TenantId) -> Result<ImportSpec, AppError> {
+    const ICS: Key = Key::word("ics");
+    let mut b = Fields::new(body)?;
+    let ics = match b.raw(ICS) {
+        Raw::Value(Value::String(s)) => Some(s.clone()),
+        Raw::Value(_) => b.fail(ICS, MUST_BE_STRING),
+        Raw::Null => b.fail(ICS, CANNOT_BE_NULL),
+        Raw::Absent => b.fail(ICS, REQUIRED),
+    };
+    let (scope_type, scope_id) = scoped_fields(&mut b);
+    let scope = match (scope_type, scope_id) {
+        (Some(t), Some(id)) => match Scope::new(tenant, t, id) {
+            Ok(scope) => Some(scope),
+            Err(e) => b.fail(SCOPE_ID, e.into_message()),
+        },
+        (t, id) => {
+            if t.is_none() && !b.has_error(SCOPE_TYPE) {
+                b.fail::<()>(SCOPE_TYPE, REQUIRED);
+            }
+            if id.is_none() && !b.has_error(SCOPE_ID) {
+                b.fail::<()>(SCOPE_ID, REQUIRED);
+            }
+            None
+        }
+    };
+    let visibility = match b.sent(VISIBILITY_FILTER) {
+        Some(Value::String(s)) => match s.parse::<Visibility>() {
+            Ok(v) => Some(v),
+            Err(e) => b.fail(VISIBILITY_FILTER, e.into_message()),
+        },
+        Some(_) => b.fail(VISIBILITY_FILTER, MUST_BE_STRING),
+        None => Some(Visibility::default()),
+    };
+    if let (Some(scope), Some(v)) = (&scope, visibility)
+        && !visibility_fits_scope(v, scope.scope_type())
+    {
+        b.fail::<()>(
+            VISIBILITY_FILTER,
+            visibility_scope_mismatch(v, scope.scope_type()).into_message(),
+        );
+    }
+    b.finish()?;
+    match (ics, scope, visibility) {
+        (Some(ics), Some(scope), Some(visibility)) => Ok(ImportSpec {
+            ics,
+            scope,
+            visibility,
+        }),
+        _ => Err(DomainError::Validation {
+            fields: BTreeMap::new(),
+        }
+        .into()),
+    }
+}
+
 fn capability_scope(body: &Value, tenant: TenantId) -> Result<Scope, AppError> {
     let mut b = Fields::new(body)?;
     let scope = scope_in_tenant(&mut b, tenant);
@@ -1954,6 +2092,40 @@ pub const STREAM_FIELDS: &[FieldSpec] = &[
     ),
 ];
 
+/// The body of `feed.create`.
+pub const FEED_FIELDS: &[FieldSpec] = &[
+    FieldSpec::optional(
+        SCOPE_TYPE,
+        fs::scope_type,
+        "With `scopeId`: only events of this scope.",
+    ),
+    FieldSpec::optional(
+        SCOPE_ID,
+        fs::scope_id_text,
+        "With `scopeType`; for TENANT it must be the tenant id.",
+    ),
+    FieldSpec::optional(
+        MY_RSVP,
+        fs::rsvp_status,
+        "Only events the owner has an RSVP of this status on.",
+    ),
+];
+
+/// The query of `event.import` (over NATS, the body with `ics`).
+pub const IMPORT_FIELDS: &[FieldSpec] = &[
+    FieldSpec::required(SCOPE_TYPE, fs::scope_type, "The scope the events go to."),
+    FieldSpec::required(
+        SCOPE_ID,
+        fs::scope_id_text,
+        "The scope the events go to; for TENANT it must be the tenant id.",
+    ),
+    FieldSpec::optional(
+        VISIBILITY_FILTER,
+        fs::visibility,
+        "The visibility of every imported event (default `public`); it must fit the scope.",
+    ),
+];
+
 /// The fields an operation reads beyond its path and its typed body.
 pub fn fields_of(op: Op) -> &'static [FieldSpec] {
     match op {
@@ -1968,6 +2140,9 @@ pub fn fields_of(op: Op) -> &'static [FieldSpec] {
         Op::AdminRolesList => ROLES_LIST_FIELDS,
         Op::AdminRolesGrant => GRANT_FIELDS,
         Op::AdminRolesRevoke => REVOKE_FIELDS,
+        Op::FeedCreate => FEED_FIELDS,
+        Op::EventImport => IMPORT_FIELDS,
+        Op::FeedList | Op::FeedRevoke => &[],
         Op::EventCreate
         | Op::EventGet
         | Op::EventUpdate

@@ -46,12 +46,13 @@ pub enum ErrorCode {
     PortalUnavailable,
     ServiceUnavailable,
     TooManyStreams,
+    RateLimited,
     Timeout,
     InternalError,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 33] = [
+    pub const ALL: [ErrorCode; 34] = [
         ErrorCode::MissingRequestId,
         ErrorCode::MissingTenantContext,
         ErrorCode::Unauthorized,
@@ -83,6 +84,7 @@ impl ErrorCode {
         ErrorCode::PortalUnavailable,
         ErrorCode::ServiceUnavailable,
         ErrorCode::TooManyStreams,
+        ErrorCode::RateLimited,
         ErrorCode::Timeout,
         ErrorCode::InternalError,
     ];
@@ -120,6 +122,7 @@ impl ErrorCode {
             ErrorCode::PortalUnavailable => "PORTAL_UNAVAILABLE",
             ErrorCode::ServiceUnavailable => "SERVICE_UNAVAILABLE",
             ErrorCode::TooManyStreams => "TOO_MANY_STREAMS",
+            ErrorCode::RateLimited => "RATE_LIMITED",
             ErrorCode::Timeout => "TIMEOUT",
             ErrorCode::InternalError => "INTERNAL_ERROR",
         }
@@ -154,6 +157,7 @@ impl ErrorCode {
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::UnsupportedMediaType => 415,
             ErrorCode::ValidationError => 422,
+            ErrorCode::RateLimited => 429,
             ErrorCode::ServerError | ErrorCode::InternalError => 500,
             ErrorCode::AccessUnavailable
             | ErrorCode::PortalUnavailable
@@ -204,6 +208,7 @@ impl ErrorCode {
             ErrorCode::PortalUnavailable => "Portal service unavailable",
             ErrorCode::ServiceUnavailable => "Service unavailable",
             ErrorCode::TooManyStreams => "Too many live streams",
+            ErrorCode::RateLimited => "Too many requests",
             ErrorCode::Timeout => "Timed out",
             ErrorCode::InternalError => "Internal error",
         }
@@ -383,6 +388,7 @@ mod tests {
             ("PORTAL_UNAVAILABLE", 503),
             ("SERVICE_UNAVAILABLE", 503),
             ("TOO_MANY_STREAMS", 503),
+            ("RATE_LIMITED", 429),
             ("TIMEOUT", 504),
             ("INTERNAL_ERROR", 500),
         ];

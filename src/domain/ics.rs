@@ -50,18 +50,60 @@ const FALLBACK_SLUG: &str = "tenant";
 /// `UID` (see the module documentation).
 pub fn render(event: &Event, tenant_slug: &str, now: DateTime<Utc>) -> String {
     let mut doc = Doc::default();
+    preamble(&mut doc);
+    vtimezone(&mut doc, event.time_zone, event.starts_at, event.ends_at);
+    vevent(&mut doc, event, &sanitize_slug(tenant_slug), now);
+    doc.line("END:VCALENDAR");
+    doc.out
+}
+
+/// The name calendar clients show for a subscribed feed.
+pub const FEED_NAME: &str = "UpdSpace Events";
+
+/// A subscribable feed: one `VEVENT` per event, each exactly as the
+/// single-event export writes it (same `UID`, `SEQUENCE`, `STATUS`), in
+/// the order given. `DTSTAMP` is each event's `updated_at` (RFC 5545
+/// §3.8.7.2: without `METHOD`, the time the information was last revised),
+/// so the document depends on the events alone and an unchanged feed is
+/// byte-identical, which is what its `ETag` relies on.
+pub fn render_feed(events: &[Event], tenant_slug: &str) -> String {
+    let slug = sanitize_slug(tenant_slug);
+    let mut doc = Doc::default();
+    preamble(&mut doc);
+    doc.line(&format!("X-WR-CALNAME:{}", escape_text(FEED_NAME)));
+    // One zone definition per zone the events use, covering all of them.
+    let mut zones: Vec<(TimeZone, DateTime<Utc>, DateTime<Utc>)> = Vec::new();
+    for event in events {
+        match zones.iter_mut().find(|(z, _, _)| *z == event.time_zone) {
+            Some((_, from, to)) => {
+                *from = (*from).min(event.starts_at);
+                *to = (*to).max(event.ends_at);
+            }
+            None => zones.push((event.time_zone, event.starts_at, event.ends_at)),
+        }
+    }
+    for (zone, from, to) in zones {
+        vtimezone(&mut doc, zone, from, to);
+    }
+    for event in events {
+        vevent(&mut doc, event, &slug, event.updated_at);
+    }
+    doc.line("END:VCALENDAR");
+    doc.out
+}
+
+fn preamble(doc: &mut Doc) {
     doc.line("BEGIN:VCALENDAR");
     doc.line("VERSION:2.0");
     doc.line("PRODID:-//UpdSpace//Events//EN");
     doc.line("CALSCALE:GREGORIAN");
-    vtimezone(&mut doc, event.time_zone, event.starts_at, event.ends_at);
+}
+
+/// One event's `VEVENT`; `slug` is already sanitised.
+fn vevent(doc: &mut Doc, event: &Event, slug: &str, dtstamp: DateTime<Utc>) {
     doc.line("BEGIN:VEVENT");
-    doc.line(&format!(
-        "UID:{}@{}.updspace",
-        event.id,
-        sanitize_slug(tenant_slug)
-    ));
-    doc.line(&format!("DTSTAMP:{}", ics_utc(now)));
+    doc.line(&format!("UID:{}@{}.updspace", event.id, slug));
+    doc.line(&format!("DTSTAMP:{}", ics_utc(dtstamp)));
     doc.line(&zoned("DTSTART", event.time_zone, event.starts_at));
     doc.line(&zoned("DTEND", event.time_zone, event.ends_at));
     // A stored version below 1 would be a bug elsewhere; clamping keeps the
@@ -94,8 +136,6 @@ pub fn render(event: &Event, tenant_slug: &str, now: DateTime<Utc>) -> String {
         doc.line(&format!("URL:{}", uri_value(url.as_str())));
     }
     doc.line("END:VEVENT");
-    doc.line("END:VCALENDAR");
-    doc.out
 }
 
 /// The calendar of a series: one `VEVENT` with `RRULE` (and `EXDATE` for
@@ -531,6 +571,36 @@ mod tests {
             .chars()
             .filter(|c| !is_removed_control(*c))
             .collect()
+    }
+
+    #[test]
+    fn a_feed_is_each_event_as_exported_with_its_change_as_dtstamp() {
+        let a = event(json!({"title": "First"}));
+        let mut b = event(json!({"title": "Second"}));
+        b.id = EventId::parse("1b5e2f7c-1d2e-4f3a-9b8c-7d6e5f4a3b2c")
+            .unwrap_or_else(|e| panic!("{e}"));
+        b.status = EventStatus::Cancelled;
+        let feed = render_feed(&[a.clone(), b.clone()], "Acme!");
+        assert!(feed.starts_with(
+            "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//UpdSpace//Events//EN\r\n\
+             CALSCALE:GREGORIAN\r\nX-WR-CALNAME:UpdSpace Events\r\n"
+        ));
+        assert!(feed.ends_with("END:VEVENT\r\nEND:VCALENDAR\r\n"));
+        for e in [&a, &b] {
+            // The single export's VEVENT, with DTSTAMP = the last change.
+            let single = render(e, "acme", e.updated_at);
+            let start = single.find("BEGIN:VEVENT").unwrap_or(0);
+            let end = single.find("END:VCALENDAR").unwrap_or(single.len());
+            assert!(feed.contains(&single[start..end]), "{feed}");
+        }
+        assert_eq!(feed.matches("STATUS:CANCELLED").count(), 1);
+        // Rendering depends on the events alone.
+        assert_eq!(feed, render_feed(&[a, b], "Acme!"));
+        assert_eq!(
+            render_feed(&[], "x"),
+            "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//UpdSpace//Events//EN\r\n\
+             CALSCALE:GREGORIAN\r\nX-WR-CALNAME:UpdSpace Events\r\nEND:VCALENDAR\r\n"
+        );
     }
 
     #[test]

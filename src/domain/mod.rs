@@ -36,4 +36,5 @@ pub use values::{
     ScopeId, ScopeType, Title, Visibility, visibility_fits_scope, visibility_scope_mismatch,
 };
 pub mod ics;
+pub mod ics_import;
 pub mod published;

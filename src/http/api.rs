@@ -54,6 +54,9 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(audit_list))
         .routes(routes!(capabilities))
         .routes(routes!(stream))
+        .routes(routes!(feed_create, feed_list))
+        .routes(routes!(feed_calendar, feed_revoke))
+        .routes(routes!(import))
 }
 
 /// The error envelope as an HTTP response.
@@ -99,7 +102,7 @@ async fn run_with(
     fields_query: Option<String>,
 ) -> Response {
     let (parts, body) = request.into_parts();
-    let limit = state.app.max_body_bytes();
+    let limit = op.max_body_bytes(state.app.max_body_bytes());
     let (bytes, oversized) = match axum::body::to_bytes(body, limit).await {
         Ok(bytes) => (bytes, false),
         Err(_) => (Default::default(), true),
@@ -731,4 +734,145 @@ async fn stream(State(state): State<AppState>, request: Request) -> Response {
         fields_query,
     )
     .await
+}
+
+/// Create a calendar feed
+///
+/// Any signed caller who is not suspended or banned, for themselves. The
+/// reply holds the `token` and the `url` (`/api/v1/events/feeds/<token>.ics`)
+/// once: only its hash is stored. Optional filters: one scope
+/// (`scopeType` with `scopeId`) and `myRsvp`. Audited.
+#[utoipa::path(post, path = "/feeds", operation_id = "createFeed", tag = "feeds",
+    extensions(("x-nats-operation" = json!("feed.create"))),
+    responses((status = 200, description = "The feed with its token and URL (shown this once)")))]
+async fn feed_create(State(state): State<AppState>, request: Request) -> Response {
+    run(&state, Op::FeedCreate, Target::None, request).await
+}
+
+/// List the caller's calendar feeds
+///
+/// Their ids, filters and creation times; never their tokens.
+#[utoipa::path(get, path = "/feeds", operation_id = "listFeeds", tag = "feeds",
+    extensions(("x-nats-operation" = json!("feed.list"))),
+    responses((status = 200, description = "The caller's feeds")))]
+async fn feed_list(State(state): State<AppState>, request: Request) -> Response {
+    run(&state, Op::FeedList, Target::Query, request).await
+}
+
+/// Revoke a calendar feed
+///
+/// The owner, or a tenant admin for any feed of the tenant; another's feed
+/// is 404 to anyone else. Its URL answers 404 from then on. Audited.
+#[utoipa::path(delete, path = "/feeds/{feed_id}", operation_id = "revokeFeed", tag = "feeds",
+    extensions(("x-nats-operation" = json!("feed.revoke"))),
+    params(("feed_id" = String, Path, description = "The feed's id (a UUID)")),
+    responses((status = 200, description = "`{\"revoked\": 1}`; no such feed (or another's): 404")))]
+async fn feed_revoke(
+    State(state): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+    request: Request,
+) -> Response {
+    run(&state, Op::FeedRevoke, Target::Event(segment(id)), request).await
+}
+
+/// A calendar feed (for calendar apps)
+///
+/// **Not signed**: the token in the path is the credential. The events the
+/// feed's owner may see now (by their roles and memberships alone), from 30
+/// days back, cancelled ones with `STATUS:CANCELLED`. `ETag` with
+/// `If-None-Match` → 304. Unknown or revoked tokens, and owners who are
+/// suspended or banned, are 404; too many requests for one token are 429
+/// with `Retry-After`.
+#[utoipa::path(get, path = "/feeds/{feed_id}", operation_id = "feedCalendar", tag = "feeds", security(()),
+    params(("feed_id" = String, Path, description = "`<token>.ics`"),
+           ("If-None-Match" = Option<String>, Header, description = "The `ETag` of a copy the client holds")),
+    responses(
+        (status = 200, description = "The calendar", content_type = "text/calendar; charset=utf-8", body = String,
+            headers(("ETag" = String, description = "Changes whenever the document does"))),
+        (status = 304, description = "Unchanged since the `ETag` sent"),
+        (status = 404, description = "No such feed", body = crate::error::ErrorEnvelope),
+        (status = 429, description = "Too many requests for this feed", body = crate::error::ErrorEnvelope,
+            headers(("Retry-After" = u32, description = "Seconds to wait"))),
+        (status = 503, description = "Memberships or the database could not be reached", body = crate::error::ErrorEnvelope)))]
+async fn feed_calendar(
+    State(state): State<AppState>,
+    file: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+) -> Response {
+    let started = std::time::Instant::now();
+    let file = segment(file);
+    let if_none_match = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok());
+    let request_id = headers.get("x-request-id").and_then(|v| v.to_str().ok());
+    let answer = state.app.feed_calendar(&file, if_none_match).await;
+    let code = answer.as_ref().err().map(|e| e.code().as_str());
+    let response = feed_response(answer, request_id);
+    // The token is never logged: it is the credential.
+    crate::telemetry::finish_request(
+        state.app.metrics(),
+        &crate::telemetry::RequestRecord {
+            transport: "http",
+            op: "feed.calendar",
+            request_id,
+            tenant_id: None,
+            user_id: None,
+            status: response.status().as_u16(),
+            code,
+            took: started.elapsed(),
+            write: false,
+        },
+    );
+    response
+}
+
+fn feed_response(
+    answer: Result<crate::app::feeds::FeedAnswer, AppError>,
+    request_id: Option<&str>,
+) -> Response {
+    match answer {
+        Ok(crate::app::feeds::FeedAnswer::NotModified { etag }) => {
+            let mut response = StatusCode::NOT_MODIFIED.into_response();
+            if let Ok(v) = HeaderValue::from_str(&etag) {
+                response.headers_mut().insert(header::ETAG, v);
+            }
+            response
+        }
+        Ok(crate::app::feeds::FeedAnswer::Calendar { body, etag }) => {
+            let mut response = (StatusCode::OK, body.as_str().to_owned()).into_response();
+            let h = response.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(crate::domain::ics::CONTENT_TYPE),
+            );
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            if let Ok(v) = HeaderValue::from_str(&etag) {
+                h.insert(header::ETAG, v);
+            }
+            response
+        }
+        Err(err) => {
+            if err.is_internal() {
+                tracing::error!(error = %err, "feed failed");
+            }
+            error_response(&err, request_id)
+        }
+    }
+}
+
+/// Import events from an iCalendar file
+///
+/// The body is the calendar (`text/calendar`, UTF-8, at most 1 MiB and
+/// 5,000 VEVENTs, else 413); the query names the scope (`scopeType`,
+/// `scopeId`) and the `visibility` of the events. Needs
+/// `events.event.create` there. Each VEVENT is keyed by its UID and
+/// RECURRENCE-ID in the scope: importing again updates the changed ones and
+/// creates no duplicates. Recurring VEVENTs are skipped with their reason.
+/// A calendar that cannot be read is 422 with `details.line`.
+#[utoipa::path(post, path = "/import", operation_id = "importCalendar", tag = "events",
+    extensions(("x-nats-operation" = json!("event.import"))),
+    request_body(content = String, content_type = "text/calendar", description = "The calendar"),
+    responses((status = 200, description = "`{created, updated, unchanged, skipped: [{uid, line, reason}]}`")))]
+async fn import(State(state): State<AppState>, request: Request) -> Response {
+    run(&state, Op::EventImport, Target::Query, request).await
 }

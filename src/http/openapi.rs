@@ -157,8 +157,10 @@ fn status_description(status: u16) -> &'static str {
 /// document does not list; `UNSUPPORTED_MEDIA_TYPE` is NATS's (HTTP reads
 /// JSON whatever the `Content-Type`); `SERVER_ERROR` needs a service
 /// without a secret, which does not start; `INVALID_QUERY` is kept for
-/// compatibility and never produced.
-pub const NOT_FROM_OPERATIONS: [ErrorCode; 4] = [
+/// compatibility and never produced; `RATE_LIMITED` is the unsigned
+/// calendar feed's (`GET /feeds/<token>.ics`), which is no operation.
+pub const NOT_FROM_OPERATIONS: [ErrorCode; 5] = [
+    ErrorCode::RateLimited,
     ErrorCode::MethodNotAllowed,
     ErrorCode::UnsupportedMediaType,
     ErrorCode::ServerError,
@@ -258,6 +260,12 @@ pub fn errors_of(op: Op) -> Vec<ErrorCode> {
         // The instance's cap on open streams; the filtered event must be
         // visible.
         Op::EventStream => codes.extend([C::TooManyStreams, C::PortalUnavailable, C::NotFound]),
+        // Feeds and imports are written to Postgres directly.
+        // At most so many feeds per user.
+        Op::FeedCreate => codes.extend([C::ServiceUnavailable, C::Conflict]),
+        Op::FeedList => codes.push(C::ServiceUnavailable),
+        Op::FeedRevoke => codes.extend([C::ServiceUnavailable, C::NotFound, C::ValidationError]),
+        Op::EventImport => codes.extend([C::ServiceUnavailable, C::ValidationError]),
         _ => {}
     }
     codes.sort();
@@ -370,6 +378,7 @@ pub fn reads_query(op: Op) -> bool {
             | Op::AdminAuditList
             | Op::MeCapabilities
             | Op::EventStream
+            | Op::EventImport
     )
 }
 
@@ -391,7 +400,11 @@ fn signed(operation: &mut Operation, op: Op, replies: &mut BTreeMap<String, RefO
     }
     if matches!(
         op,
-        Op::AdminRolesGrant | Op::AdminRolesRevoke | Op::MembershipAdd | Op::MembershipRemove
+        Op::AdminRolesGrant
+            | Op::AdminRolesRevoke
+            | Op::MembershipAdd
+            | Op::MembershipRemove
+            | Op::FeedCreate
     ) {
         operation.request_body = Some(RefOr::T(
             RequestBodyBuilder::new()
@@ -574,6 +587,11 @@ fn tags() -> Vec<Tag> {
              memberships (embedded mode), the audit log; for tenant admins",
         ),
         ("me", "What the caller may do, for the web app's gating"),
+        (
+            "feeds",
+            "Subscribable calendar feeds: made, listed and revoked signed; read by calendar apps \
+             with the token alone",
+        ),
         ("meta", "Unsigned service endpoints"),
     ]
     .into_iter()

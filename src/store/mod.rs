@@ -4,6 +4,8 @@ pub mod audit;
 pub mod batch;
 pub mod dsar;
 pub mod exports;
+pub mod feeds;
+pub mod ics_imports;
 pub mod imports;
 pub mod memberships;
 pub mod outbox;

@@ -1494,3 +1494,69 @@ async fn the_authorizer_asks_scopes_concurrently_and_coalesces() {
     assert!(answer.member_of.is_empty() && answer.unknown.is_empty());
     assert_eq!(fakes.portal.calls().len(), 5);
 }
+
+/// A calendar feed with Access and Portal as the authority: the owner's
+/// community event is in it while Portal says they are a member, and gone
+/// at the next request once Portal says they are not (with no answer
+/// cached, `EVENTS_AUTHZ_CACHE_TTL=0s`); a system admin's feed shows no
+/// more than a member's (no master flags on a feed request).
+#[tokio::test]
+async fn a_feed_follows_portal_memberships() {
+    let fakes = Fakes::start();
+    let app = fakes
+        .spawn(|s| {
+            s.authz_cache_ttl = Some("0s".into());
+            s.authz_negative_ttl = Some("0s".into());
+        })
+        .await;
+    let tenant = Uuid::new_v4();
+    let organizer = Uuid::new_v4();
+    fakes.grant_now(tenant, organizer, ORGANIZER, "TENANT", &tenant.to_string());
+    let org = identity(tenant, organizer);
+    create(&app, &org, "COMMUNITY", "c1", "community", 1).await;
+    create(&app, &org, "TENANT", &tenant.to_string(), "public", 2).await;
+    let member = Uuid::new_v4();
+    fakes.join_now(tenant, member, "COMMUNITY", "c1");
+    let feed = call(&app, "feed.create", &identity(tenant, member), json!({})).await;
+    assert_eq!(feed.status, 200, "{:?}", feed.body);
+    let url = feed.body["url"].as_str().expect("url").to_string();
+    let titles = |text: &str| -> Vec<String> {
+        let mut t: Vec<String> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("SUMMARY:"))
+            .map(str::to_string)
+            .collect();
+        t.sort();
+        t
+    };
+    let get = |url: String| {
+        let http = app.http.clone();
+        let full = app.url(&url);
+        async move {
+            let r = http.get(full).send().await.expect("feed");
+            (r.status().as_u16(), r.text().await.unwrap_or_default())
+        }
+    };
+    let (status, text) = get(url.clone()).await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(titles(&text), vec!["event 1", "event 2"]);
+
+    fakes.dir.members.lock().expect("members").clear();
+    let (status, text) = get(url.clone()).await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(
+        titles(&text),
+        vec!["event 2"],
+        "the lost membership still shows"
+    );
+
+    // A system admin who is no member sees only the public event in a feed.
+    let boss = Identity {
+        master_flags: Some(r#"{"system_admin":true}"#.into()),
+        ..identity(tenant, Uuid::new_v4())
+    };
+    let feed = call(&app, "feed.create", &boss, json!({})).await;
+    let (status, text) = get(feed.body["url"].as_str().expect("url").to_string()).await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(titles(&text), vec!["event 2"]);
+}

@@ -2005,7 +2005,7 @@ async fn srv_ping_info_and_stats_answer_with_all_endpoints() {
     let stats: Value = serde_json::from_slice(&stats.payload).expect("stats json");
     assert_eq!(stats["name"], "events");
     let endpoints = stats["endpoints"].as_array().expect("endpoints");
-    assert_eq!(endpoints.len(), 26, "{stats}");
+    assert_eq!(endpoints.len(), 30, "{stats}");
     let mut subjects: Vec<String> = endpoints
         .iter()
         .map(|e| e["subject"].as_str().expect("subject").to_string())
@@ -2038,6 +2038,10 @@ async fn srv_ping_info_and_stats_answer_with_all_endpoints() {
         "rsvp.approve",
         "rsvp.decline",
         "event.stats",
+        "feed.create",
+        "feed.list",
+        "feed.revoke",
+        "event.import",
     ]
     .iter()
     .map(|op| format!("{}.v1.{op}", w.app.isolation.prefix))

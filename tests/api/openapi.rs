@@ -304,8 +304,11 @@ async fn the_document_is_the_routes_fields_and_errors_of_the_code() {
                 .send(&app)
                 .await;
             if answered.contains(&method) {
+                // A 404 of the route itself (an unknown feed token) is an
+                // answer; the router's own is "No such route".
+                let unrouted = reply.status == 404 && reply.text.contains("No such route");
                 assert!(
-                    reply.status != 405 && reply.status != 404,
+                    reply.status != 405 && !unrouted,
                     "{method} {path}: {} {}",
                     reply.status,
                     reply.text

@@ -278,6 +278,48 @@ pub async fn apply_history(
     Ok((decision.outcomes, effects))
 }
 
+/// The trace context and tenant slug an import's outbox rows carry.
+#[derive(Debug, Clone, Default)]
+pub struct ImportTrace {
+    pub traceparent: Option<String>,
+    pub tracestate: Option<String>,
+    pub tenant_slug: Option<String>,
+    /// The service's time of the import (reminders already past are not
+    /// scheduled).
+    pub now: DateTime<Utc>,
+}
+
+/// Decides `commands` of one tenant like every other write (locks, the
+/// decide step, the same writers) inside the caller's transaction, outbox
+/// rows included: for `event.import`, whose commands come from a calendar
+/// rather than from one request each, and which records its keys in the
+/// same transaction.
+pub async fn apply_imported(
+    tx: &mut sqlx::PgConnection,
+    subjects: &Subjects,
+    tenant: TenantId,
+    commands: &[Command],
+    trace: &ImportTrace,
+) -> Result<(Vec<Verdict>, BatchEffects), sqlx::Error> {
+    let loaded = load::for_batch(tx, tenant, commands, &HashMap::new()).await?;
+    let decision = commands::decide(loaded.locked, commands);
+    let effects = write::batch(
+        tx,
+        subjects,
+        decision.events,
+        &decision.published,
+        |_| write::Trace {
+            parent: trace.traceparent.as_deref(),
+            state: trace.tracestate.as_deref(),
+            tenant_slug: trace.tenant_slug.as_deref(),
+        },
+        &loaded.revisions,
+        trace.now,
+    )
+    .await?;
+    Ok((decision.outcomes, effects))
+}
+
 /// The domain's view of a request's command.
 fn command(envelope: &Envelope) -> Command {
     let meta = &envelope.meta;

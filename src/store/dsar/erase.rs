@@ -51,7 +51,7 @@ pub struct Erased {
 /// {events_anonymized, rsvps_deleted, attendance_deleted,
 /// attendance_marked_by_redacted, outbox_scrubbed, role_bindings_deleted,
 /// memberships_deleted, feed_tokens_deleted, audit_entries_anonymized}}`
-/// (`feed_tokens_deleted` is always 0: no calendar feeds are stored).
+/// (`feed_tokens_deleted`: the user's calendar feeds in the tenant).
 ///
 /// The transaction first locks the `event_counters` rows of every event the
 /// user has anything on, in id order (as the batch writer does, so the two
@@ -377,6 +377,14 @@ async fn erase_in(
     .execute(&mut *tx)
     .await?
     .rows_affected();
+    // Calendar feeds are the user's alone: their tokens stop working.
+    let feed_tokens_deleted =
+        sqlx::query("DELETE FROM feed_tokens WHERE tenant_id = $1 AND owner_id = $2")
+            .bind(t)
+            .bind(u)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
     let audit_entries_anonymized = anonymize_audit(tx, t, user).await?;
 
     let counts = Counts {
@@ -387,7 +395,7 @@ async fn erase_in(
         outbox_scrubbed,
         role_bindings_deleted,
         memberships_deleted,
-        feed_tokens_deleted: 0,
+        feed_tokens_deleted,
         series_anonymized,
         audit_entries_anonymized,
     };

@@ -11,6 +11,15 @@ use crate::domain::{ANONYMIZED_USER_ID, TenantId, UserId, format_utc};
 use crate::error::AppError;
 use crate::store::rows::{EVENT_COLUMNS, EventRow};
 
+/// A calendar feed of the subject: id, scope type and id, RSVP filter, creation.
+type FeedRow = (
+    Uuid,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    DateTime<Utc>,
+);
+
 /// Payload keys that carry a user id.
 const USER_ID_KEYS: [&str; 6] = [
     "created_by",
@@ -66,7 +75,7 @@ pub async fn export(db: &PgPool, tenant: TenantId, user: UserId) -> Result<Value
         "role_bindings": [],
         "memberships": [],
         "series_created": [],
-        // Calendar feed tokens: none are stored by this version.
+        // Calendar feeds, without their token hashes.
         "feed_tokens": [],
         "reminders": [],
     });
@@ -148,8 +157,30 @@ pub async fn export(db: &PgPool, tenant: TenantId, user: UserId) -> Result<Value
     .bind(u)
     .fetch_all(&mut *tx)
     .await?;
+    let feeds: Vec<FeedRow> = sqlx::query_as(
+        "SELECT id, scope_type::text, scope_id, my_rsvp::text, created_at FROM feed_tokens
+             WHERE tenant_id = $1 AND owner_id = $2 ORDER BY created_at, id",
+    )
+    .bind(t)
+    .bind(u)
+    .fetch_all(&mut *tx)
+    .await?;
     tx.commit().await?;
 
+    bundle["feed_tokens"] = feeds
+        .into_iter()
+        .map(|(id, scope_type, scope_id, my_rsvp, created_at)| {
+            json!({
+                "id": id.to_string(),
+                "tenant_id": tenant.to_string(),
+                "user_id": user.to_string(),
+                "scope_type": scope_type,
+                "scope_id": scope_id,
+                "my_rsvp": my_rsvp,
+                "created_at": format_utc(&created_at),
+            })
+        })
+        .collect();
     bundle["role_bindings"] = bindings
         .into_iter()
         .map(|(id, role, scope_type, scope_id, created_by, created_at)| {
