@@ -14,7 +14,7 @@ use uuid::Uuid;
 use crate::helpers::{NATS_URL, TestApp, identity};
 use crate::outbox::{read_stream, wait_for_stream};
 
-const INSTALL: &str = "python3 -m pip install -r tests/calendar/requirements.txt";
+const INSTALL: &str = "python3 -m pip install -r tests/fixtures/ics-requirements.txt";
 
 struct World {
     app: TestApp,
@@ -441,7 +441,7 @@ async fn the_series_calendar_read_by_an_independent_parser_equals_the_series() {
     assert_eq!(reply.status, 200, "{}", reply.text);
     assert!(reply.text.contains("BEGIN:VTIMEZONE\r\nTZID:Europe/Berlin"));
     let parsed: Value =
-        serde_json::from_str(&python(&["tests/calendar/expand_ics.py"], &reply.text))
+        serde_json::from_str(&python(&["tests/fixtures/expand_ics.py"], &reply.text))
             .unwrap_or_default();
     assert_eq!(parsed["tzid"], "Europe/Berlin");
     let s = w.series(&series_id).await;
