@@ -307,6 +307,22 @@ impl App {
             return Err(not_found());
         }
         let events = self.feed_events(&feed).await?;
+        // The series of the occurrences shown, written as their rules.
+        let mut series_ids: Vec<crate::domain::SeriesId> = events
+            .iter()
+            .filter_map(|e| e.series.map(|l| l.series_id))
+            .collect();
+        series_ids.sort();
+        series_ids.dedup();
+        let mut series = Vec::with_capacity(series_ids.len());
+        if !series_ids.is_empty() {
+            let mut conn = self.inner.db.acquire().await?;
+            for id in series_ids {
+                if let Some(s) = crate::store::series::get(&mut conn, feed.tenant, id).await? {
+                    series.push(s);
+                }
+            }
+        }
         let digest = {
             let mut h = Sha256::new();
             h.update(feed.tenant_slug.as_bytes());
@@ -315,12 +331,17 @@ impl App {
                 h.update(e.version.to_be_bytes());
                 h.update(e.updated_at.timestamp_micros().to_be_bytes());
             }
+            for s in &series {
+                h.update(uuid::Uuid::from(s.id).as_bytes());
+                h.update(s.version.to_be_bytes());
+                h.update(s.updated_at.timestamp_micros().to_be_bytes());
+            }
             <[u8; 32]>::from(h.finalize())
         };
         let (body, etag) = match self.inner.feeds.cached(&key, &digest) {
             Some(hit) => hit,
             None => {
-                let body = Arc::new(ics::render_feed(&events, &feed.tenant_slug));
+                let body = Arc::new(ics::render_feed(&events, &series, &feed.tenant_slug));
                 let etag = format!(
                     "\"{}\"",
                     hex::encode(&Sha256::digest(body.as_bytes())[..16])

@@ -66,27 +66,58 @@ pub const FEED_NAME: &str = "UpdSpace Events";
 /// §3.8.7.2: without `METHOD`, the time the information was last revised),
 /// so the document depends on the events alone and an unchanged feed is
 /// byte-identical, which is what its `ETag` relies on.
-pub fn render_feed(events: &[Event], tenant_slug: &str) -> String {
+pub fn render_feed(events: &[Event], series: &[Series], tenant_slug: &str) -> String {
     let slug = sanitize_slug(tenant_slug);
+    // Occurrences of a series given here are written as the series (its
+    // rule and overrides); every other event as its own VEVENT.
+    let of_series = |e: &Event| {
+        e.series
+            .and_then(|l| series.iter().find(|s| s.id == l.series_id))
+    };
     let mut doc = Doc::default();
     preamble(&mut doc);
     doc.line(&format!("X-WR-CALNAME:{}", escape_text(FEED_NAME)));
     // One zone definition per zone the events use, covering all of them.
     let mut zones: Vec<(TimeZone, DateTime<Utc>, DateTime<Utc>)> = Vec::new();
-    for event in events {
-        match zones.iter_mut().find(|(z, _, _)| *z == event.time_zone) {
+    let mut spans: Vec<(TimeZone, DateTime<Utc>, DateTime<Utc>)> = events
+        .iter()
+        .map(|e| (e.time_zone, e.starts_at, e.ends_at))
+        .collect();
+    for s in series {
+        let own: Vec<Event> = events
+            .iter()
+            .filter(|e| e.series.is_some_and(|l| l.series_id == s.id))
+            .cloned()
+            .collect();
+        let (from, to) = series_span(s, &own);
+        spans.push((s.time_zone, from, to));
+    }
+    for (zone, start, end) in spans {
+        match zones.iter_mut().find(|(z, _, _)| *z == zone) {
             Some((_, from, to)) => {
-                *from = (*from).min(event.starts_at);
-                *to = (*to).max(event.ends_at);
+                *from = (*from).min(start);
+                *to = (*to).max(end);
             }
-            None => zones.push((event.time_zone, event.starts_at, event.ends_at)),
+            None => zones.push((zone, start, end)),
         }
     }
     for (zone, from, to) in zones {
         vtimezone(&mut doc, zone, from, to);
     }
     for event in events {
-        vevent(&mut doc, event, &slug, event.updated_at);
+        if of_series(event).is_none() {
+            vevent(&mut doc, event, &slug, event.updated_at);
+        }
+    }
+    for s in series {
+        let own: Vec<Event> = events
+            .iter()
+            .filter(|e| e.series.is_some_and(|l| l.series_id == s.id))
+            .cloned()
+            .collect();
+        if !own.is_empty() {
+            series_vevents(&mut doc, s, &own, &slug, s.updated_at);
+        }
     }
     doc.line("END:VCALENDAR");
     doc.out
@@ -148,25 +179,46 @@ pub fn render_series(
     tenant_slug: &str,
     now: DateTime<Utc>,
 ) -> String {
-    let zone = series.time_zone;
-    let uid = format!(
-        "series-{}@{}.updspace",
-        series.id,
-        sanitize_slug(tenant_slug)
+    let (from, to) = series_span(series, occurrences);
+    let mut doc = Doc::default();
+    doc.line("BEGIN:VCALENDAR");
+    doc.line("VERSION:2.0");
+    doc.line("PRODID:-//UpdSpace//Events//EN");
+    doc.line("CALSCALE:GREGORIAN");
+    vtimezone(&mut doc, series.time_zone, from, to);
+    series_vevents(
+        &mut doc,
+        series,
+        occurrences,
+        &sanitize_slug(tenant_slug),
+        now,
     );
+    doc.line("END:VCALENDAR");
+    doc.out
+}
+
+/// What a series' calendar covers: its first instance to its last made.
+fn series_span(series: &Series, occurrences: &[Event]) -> (DateTime<Utc>, DateTime<Utc>) {
     let last = occurrences
         .iter()
         .map(|o| o.ends_at)
         .max()
         .unwrap_or(series.dtstart + series.duration)
         .max(series.materialised_until);
-    let mut doc = Doc::default();
-    doc.line("BEGIN:VCALENDAR");
-    doc.line("VERSION:2.0");
-    doc.line("PRODID:-//UpdSpace//Events//EN");
-    doc.line("CALSCALE:GREGORIAN");
-    vtimezone(&mut doc, zone, series.dtstart, last);
+    (series.dtstart, last)
+}
 
+/// A series' `VEVENT`s: the rule, and the overrides of `occurrences`;
+/// `slug` is already sanitised.
+fn series_vevents(
+    doc: &mut Doc,
+    series: &Series,
+    occurrences: &[Event],
+    slug: &str,
+    now: DateTime<Utc>,
+) {
+    let zone = series.time_zone;
+    let uid = format!("series-{}@{slug}.updspace", series.id);
     let template = &series.template;
     doc.line("BEGIN:VEVENT");
     doc.line(&format!("UID:{uid}"));
@@ -212,7 +264,7 @@ pub fn render_series(
     } else {
         "STATUS:CONFIRMED"
     });
-    details(&mut doc, template);
+    details(doc, template);
     doc.line("END:VEVENT");
 
     for o in occurrences {
@@ -233,11 +285,9 @@ pub fn render_series(
             EventStatus::Scheduled => "STATUS:CONFIRMED",
             EventStatus::Cancelled => "STATUS:CANCELLED",
         });
-        details(&mut doc, o);
+        details(doc, o);
         doc.line("END:VEVENT");
     }
-    doc.line("END:VCALENDAR");
-    doc.out
 }
 
 /// SUMMARY, DESCRIPTION, LOCATION and URL.
@@ -580,7 +630,7 @@ mod tests {
         b.id = EventId::parse("1b5e2f7c-1d2e-4f3a-9b8c-7d6e5f4a3b2c")
             .unwrap_or_else(|e| panic!("{e}"));
         b.status = EventStatus::Cancelled;
-        let feed = render_feed(&[a.clone(), b.clone()], "Acme!");
+        let feed = render_feed(&[a.clone(), b.clone()], &[], "Acme!");
         assert!(feed.starts_with(
             "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//UpdSpace//Events//EN\r\n\
              CALSCALE:GREGORIAN\r\nX-WR-CALNAME:UpdSpace Events\r\n"
@@ -595,9 +645,9 @@ mod tests {
         }
         assert_eq!(feed.matches("STATUS:CANCELLED").count(), 1);
         // Rendering depends on the events alone.
-        assert_eq!(feed, render_feed(&[a, b], "Acme!"));
+        assert_eq!(feed, render_feed(&[a, b], &[], "Acme!"));
         assert_eq!(
-            render_feed(&[], "x"),
+            render_feed(&[], &[], "x"),
             "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//UpdSpace//Events//EN\r\n\
              CALSCALE:GREGORIAN\r\nX-WR-CALNAME:UpdSpace Events\r\nEND:VCALENDAR\r\n"
         );

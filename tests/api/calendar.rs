@@ -778,3 +778,51 @@ async fn series_writes_replayed_are_refused_on_every_instance() {
         );
     }
 }
+
+/// A subscribed feed writes a series as its rule (with its overrides), and
+/// a calendar app that expands it sees exactly the series' occurrences.
+#[tokio::test]
+async fn a_feed_writes_a_series_as_its_rule() {
+    let w = world().await;
+    let first = w
+        .ok(
+            "event.create",
+            w.series_body(
+                "2027-10-12T16:00:00Z",
+                "2027-10-12T19:00:00Z",
+                "Europe/Berlin",
+                "FREQ=WEEKLY;COUNT=5",
+            ),
+        )
+        .await;
+    let series_id = first["seriesId"].as_str().unwrap_or_default().to_string();
+    let ids = occurrence_ids(&w.series(&series_id).await);
+    w.ok(
+        "event.update",
+        json!({"id": ids[1], "title": "Special night"}),
+    )
+    .await;
+    let feed = w.ok("feed.create", json!({})).await;
+    let url = feed["url"].as_str().unwrap_or_default().to_string();
+    let response = w.app.http.get(w.app.url(&url)).send().await.expect("feed");
+    assert_eq!(response.status().as_u16(), 200);
+    let text = response.text().await.unwrap_or_default();
+    assert_eq!(text.matches("RRULE:").count(), 1, "{text}");
+    assert_eq!(text.matches("RECURRENCE-ID").count(), 1, "{text}");
+    let parsed: Value =
+        serde_json::from_str(&python(&["tests/fixtures/expand_ics.py"], &text)).unwrap_or_default();
+    let s = w.series(&series_id).await;
+    let theirs: Vec<&Value> = parsed["occurrences"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .collect();
+    assert_eq!(theirs.len(), 5, "{parsed}");
+    for (t, o) in theirs
+        .iter()
+        .zip(s["occurrences"].as_array().into_iter().flatten())
+    {
+        assert_eq!(t["startsAt"], o["startsAt"]);
+    }
+    assert_eq!(theirs[1]["summary"], "Special night");
+}
