@@ -80,7 +80,8 @@ fn patch_of(imported: &Imported, visibility: Visibility) -> EventPatch {
         game_id: Tri::Absent,
         visibility: Tri::Set(visibility),
         capacity: Tri::Absent,
-        // The RSVP rules and the zone are ours: kept as they are.
+        time_zone: Tri::Set(imported.time_zone),
+        // The RSVP rules are ours: kept as they are.
         ..EventPatch::default()
     }
 }
@@ -182,6 +183,10 @@ impl App {
                         tally.unchanged += 1;
                         continue;
                     }
+                    Some(_) if imported.recurrence.is_some() => {
+                        tally.skip(&key.0, *line, SERIES_NOT_UPDATED);
+                        continue;
+                    }
                     Some(k) => {
                         commands.push(command(CommandKind::Update {
                             event_id: k.event,
@@ -200,6 +205,45 @@ impl App {
                         };
                         let event =
                             new.into_event(EventId::new_v4(), command_meta.actor, command_meta.now);
+                        if let Some(rule) = &imported.recurrence {
+                            // A recurring VEVENT becomes a series, made like
+                            // a recurring create, in this transaction.
+                            if imported.cancelled {
+                                tally.skip(
+                                    &key.0,
+                                    *line,
+                                    "a cancelled recurring event is not imported",
+                                );
+                                continue;
+                            }
+                            let made = match self.series_of(&event, rule, &command_meta) {
+                                Ok(made) => made,
+                                Err(reason) => {
+                                    tally.skip(&key.0, *line, reason);
+                                    continue;
+                                }
+                            };
+                            crate::store::series::insert_in(&mut tx, &made.series).await?;
+                            let first_id = made.occurrences.first().map_or(event.id, |o| o.id);
+                            let first = commands.len();
+                            for occurrence in made.occurrences {
+                                commands.push(command(CommandKind::Create {
+                                    event: Box::new(occurrence),
+                                }));
+                            }
+                            plans.push(Planned {
+                                key: key.clone(),
+                                uid: key.0.clone(),
+                                line: *line,
+                                print,
+                                event: first_id,
+                                cancelled: false,
+                                creates: true,
+                                first,
+                                cancel: false,
+                            });
+                            continue;
+                        }
                         let id = event.id;
                         commands.push(command(CommandKind::Create {
                             event: Box::new(event),
@@ -357,6 +401,44 @@ impl App {
     }
 }
 
+/// Why an imported recurring VEVENT is not changed by a later import.
+const SERIES_NOT_UPDATED: &str = "a recurring event already imported is not updated by import: change it in the service (applyTo: all)";
+
+impl App {
+    /// The series an imported recurring VEVENT makes, with its occurrences
+    /// up to the horizon; a rule the service does not take is a reason.
+    fn series_of(
+        &self,
+        first: &crate::domain::Event,
+        rule: &crate::domain::ics_import::ImportedRule,
+        meta: &crate::store::batch::CommandMeta,
+    ) -> Result<crate::domain::series::Materialised, String> {
+        let recurrence = crate::domain::Recurrence::parse(
+            &rule.rrule,
+            rule.exdates.clone(),
+            first.starts_at,
+            first.time_zone,
+        )
+        .map_err(|e| format!("RRULE not imported: {}", e.message))?;
+        let start = crate::domain::series::Series::start(
+            crate::domain::SeriesId::new_v4(),
+            first,
+            recurrence,
+            meta.tenant_slug.clone(),
+        );
+        let config = self.inner.series;
+        let made = start.materialise(
+            config.horizon_end().max(first.starts_at),
+            config.horizon.max_occurrences,
+            meta.now,
+        );
+        if made.occurrences.is_empty() {
+            return Err("RRULE not imported: the rule gives no occurrence".into());
+        }
+        Ok(made)
+    }
+}
+
 fn new_fields(imported: &Imported, scope: &Scope, visibility: Visibility) -> NewEventFields {
     NewEventFields {
         scope: scope.clone(),
@@ -369,7 +451,7 @@ fn new_fields(imported: &Imported, scope: &Scope, visibility: Visibility) -> New
         game_id: None,
         visibility,
         capacity: None,
-        time_zone: Default::default(),
+        time_zone: imported.time_zone,
         rules: Default::default(),
         reminders_sent: false,
     }

@@ -33,7 +33,11 @@ const MAX_UID_CHARS: usize = 1_000;
 
 /// The one place that says what becomes of a recurring VEVENT (`RRULE` or
 /// `RDATE`, and the `RECURRENCE-ID` overrides of such a series).
-pub const RECURRING_SKIPPED: &str = "recurring events are not supported by import yet";
+/// RDATE lists are not a rule a series can take.
+pub const RDATE_SKIPPED: &str =
+    "RDATE (a list of extra dates) is not supported: only RRULE series are imported";
+/// A change of one occurrence of an imported series (`RECURRENCE-ID`).
+pub const OVERRIDE_SKIPPED: &str = "changes of single occurrences (RECURRENCE-ID) are not imported: change the occurrence in the service";
 
 /// Why a document is refused as a whole.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,6 +60,18 @@ pub struct Imported {
     pub location_url: Option<LocationUrl>,
     /// `STATUS:CANCELLED`.
     pub cancelled: bool,
+    /// The IANA zone of `DTSTART`'s `TZID`; `UTC` for UTC, floating and
+    /// fixed-offset times.
+    pub time_zone: crate::domain::TimeZone,
+    /// A recurring VEVENT's `RRULE` and `EXDATE`s, as written.
+    pub recurrence: Option<ImportedRule>,
+}
+
+/// The recurrence of an imported VEVENT, checked when the series is made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportedRule {
+    pub rrule: String,
+    pub exdates: Vec<DateTime<Utc>>,
 }
 
 impl Imported {
@@ -70,6 +86,19 @@ impl Imported {
             &self.ends_at.to_rfc3339(),
             self.location_text.as_str(),
             self.location_url.as_ref().map_or("", |u| u.as_str()),
+            self.time_zone.name(),
+            self.recurrence.as_ref().map_or("", |r| r.rrule.as_str()),
+            &self
+                .recurrence
+                .as_ref()
+                .map(|r| {
+                    r.exdates
+                        .iter()
+                        .map(|d| d.to_rfc3339())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .unwrap_or_default(),
             if self.cancelled { "cancelled" } else { "" },
             extra,
         ] {
@@ -678,11 +707,10 @@ fn item(
         Err("the VEVENT has no UID".to_string())
     } else if uid.chars().count() > MAX_UID_CHARS || recurrence_id.chars().count() > MAX_UID_CHARS {
         Err(format!("UID longer than {MAX_UID_CHARS} characters"))
-    } else if prop(event, "RRULE").is_some()
-        || prop(event, "RDATE").is_some()
-        || (recurrence.is_some() && recurring.contains(&uid))
-    {
-        Err(RECURRING_SKIPPED.to_string())
+    } else if prop(event, "RDATE").is_some() {
+        Err(RDATE_SKIPPED.to_string())
+    } else if recurrence.is_some() && recurring.contains(&uid) {
+        Err(OVERRIDE_SKIPPED.to_string())
     } else {
         match imported(event, zones, line_of) {
             Ok(imported) => Ok(imported),
@@ -765,6 +793,46 @@ fn imported(
     let location_url = prop(event, "URL").and_then(|p| LocationUrl::parse(p.val.as_str()).ok());
     let cancelled = prop(event, "STATUS")
         .is_some_and(|p| p.val.as_str().trim().eq_ignore_ascii_case("CANCELLED"));
+    let start_prop = prop(event, "DTSTART");
+    let zone = start_prop
+        .and_then(|p| param(p, "TZID"))
+        .and_then(|id| zones.get(id).copied().or_else(|| zone_by_name(id)));
+    let time_zone = match zone {
+        Some(Zone::Iana(tz)) => {
+            crate::domain::TimeZone::parse(tz.name()).unwrap_or(crate::domain::TimeZone::UTC)
+        }
+        _ => crate::domain::TimeZone::UTC,
+    };
+    let recurrence = match prop(event, "RRULE") {
+        None => None,
+        Some(rule) => {
+            if matches!(zone, Some(Zone::Fixed(_))) {
+                return Err(Ok(
+                    "a recurring event needs a named time zone (TZID of the tz database), not a fixed offset"
+                        .into(),
+                ));
+            }
+            let mut exdates = Vec::new();
+            for ex in event
+                .properties
+                .iter()
+                .filter(|p| p.name.as_str().eq_ignore_ascii_case("EXDATE"))
+            {
+                for value in ex.val.as_str().split(',') {
+                    let one = Property {
+                        name: ex.name.clone(),
+                        params: ex.params.clone(),
+                        val: value.trim().into(),
+                    };
+                    exdates.push(when(&one, zones).map_err(|i| at(ex, i))?.instant());
+                }
+            }
+            Some(ImportedRule {
+                rrule: rule.val.as_str().trim().to_string(),
+                exdates,
+            })
+        }
+    };
     Ok(Imported {
         title,
         description,
@@ -773,6 +841,8 @@ fn imported(
         location_text,
         location_url,
         cancelled,
+        time_zone,
+        recurrence,
     })
 }
 
@@ -878,8 +948,19 @@ mod tests {
             .iter()
             .map(|i| i.outcome.clone().err().unwrap_or_default())
             .collect();
-        assert_eq!(reasons[0], RECURRING_SKIPPED);
-        assert_eq!(reasons[1], RECURRING_SKIPPED);
+        // The rule is read (the series is made when imported); a change of
+        // one of its occurrences is skipped.
+        assert_eq!(reasons[0], "");
+        assert_eq!(
+            items[0]
+                .outcome
+                .as_ref()
+                .ok()
+                .and_then(|i| i.recurrence.as_ref())
+                .map(|r| r.rrule.as_str()),
+            Some("FREQ=WEEKLY")
+        );
+        assert_eq!(reasons[1], OVERRIDE_SKIPPED);
         assert_eq!(items[1].recurrence_id, "20300117T180000Z");
         assert_eq!(reasons[2], "the VEVENT must start before it ends");
         assert_eq!(reasons[3], "the VEVENT has no UID");

@@ -117,6 +117,12 @@ pub async fn occurrences(
         .collect()
 }
 
+/// Stores a new series in the caller's transaction (the ICS import makes
+/// its occurrences with its own commands).
+pub(crate) async fn insert_in(conn: &mut PgConnection, s: &Series) -> Result<(), sqlx::Error> {
+    insert(conn, s).await
+}
+
 async fn insert(conn: &mut PgConnection, s: &Series) -> Result<(), sqlx::Error> {
     let t = &s.template;
     sqlx::query(

@@ -45,7 +45,7 @@ async fn stored(
         "SELECT title, to_char(starts_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI'),
                 to_char(ends_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI'),
                 location_text, description, status::text
-         FROM events WHERE scope_id = $1 ORDER BY starts_at, title",
+         FROM events WHERE scope_id = $1 AND series_id IS NULL ORDER BY starts_at, title",
     )
     .bind(scope_id)
     .fetch_all(&app.db)
@@ -55,9 +55,9 @@ async fn stored(
 
 /// A Google-shaped export (CRLF, folded lines, VTIMEZONE, VALARM, ATTENDEE,
 /// escaped commas and semicolons, an all-day event, a weekly series): the
-/// times honour the TZID, the texts are unescaped, the series is skipped
-/// with its reason and line; importing it again changes nothing and sends
-/// nothing to the stream; a changed SUMMARY updates that one event.
+/// times honour the TZID, the texts are unescaped, the weekly VEVENT
+/// becomes a series in its zone; importing it again changes nothing and
+/// sends nothing to the stream; a changed SUMMARY updates that one event.
 #[tokio::test]
 async fn a_google_export_imports_once_and_reimports_idempotently() {
     let app = TestApp::spawn().await;
@@ -74,17 +74,29 @@ async fn a_google_export_imports_once_and_reimports_idempotently() {
             reply["updated"].as_u64(),
             reply["unchanged"].as_u64()
         ),
-        (Some(2), Some(0), Some(0)),
+        (Some(3), Some(0), Some(0)),
         "{reply}"
     );
     let skipped = reply["skipped"].as_array().expect("skipped");
-    assert_eq!(skipped.len(), 1, "{reply}");
-    assert_eq!(skipped[0]["uid"], "weekly-9sk2@google.com");
+    assert!(skipped.is_empty(), "{reply}");
+    // The weekly VEVENT is a series expanded in Berlin time (18:00 CET).
+    let series: (String, String, String) = sqlx::query_as(
+        "SELECT s.rrule, s.time_zone,
+                (SELECT to_char(min(e.starts_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI')
+                 FROM events e WHERE e.series_id = s.id)
+         FROM event_series s WHERE s.scope_id = 'guild'",
+    )
+    .fetch_one(&app.db)
+    .await
+    .expect("the imported series");
     assert_eq!(
-        skipped[0]["reason"],
-        "recurring events are not supported by import yet"
+        series,
+        (
+            "FREQ=WEEKLY;BYDAY=SA".to_string(),
+            "Europe/Berlin".to_string(),
+            "2030-01-05T17:00".to_string()
+        )
     );
-    assert_eq!(skipped[0]["line"], 56);
     let rows = stored(&app, "guild").await;
     assert_eq!(rows.len(), 2, "{rows:?}");
     let raid = &rows[0];
@@ -110,7 +122,7 @@ async fn a_google_export_imports_once_and_reimports_idempotently() {
             .fetch_one(&app.db)
             .await
             .expect("outbox");
-    assert_eq!(outbox, 2, "imported events are published like any other");
+    assert_eq!(outbox, 3, "imported events are published like any other");
 
     let before = counts(&app).await;
     let again = import_http(&app, &boss, query, ics.clone().into_bytes()).await;
@@ -122,7 +134,7 @@ async fn a_google_export_imports_once_and_reimports_idempotently() {
             reply["updated"].as_u64(),
             reply["unchanged"].as_u64()
         ),
-        (Some(0), Some(0), Some(2)),
+        (Some(0), Some(0), Some(3)),
         "{reply}"
     );
     assert_eq!(
@@ -143,7 +155,7 @@ async fn a_google_export_imports_once_and_reimports_idempotently() {
             reply["updated"].as_u64(),
             reply["unchanged"].as_u64()
         ),
-        (Some(0), Some(1), Some(1)),
+        (Some(0), Some(1), Some(2)),
         "{reply}"
     );
     let after = counts(&app).await;
