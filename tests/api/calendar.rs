@@ -826,3 +826,60 @@ async fn a_feed_writes_a_series_as_its_rule() {
     }
     assert_eq!(theirs[1]["summary"], "Special night");
 }
+
+/// An imported VEVENT with RRULE becomes a series in its TZID's zone, its
+/// EXDATE kept; a rule the service does not take is skipped with the
+/// rule's reason and writes nothing.
+#[tokio::test]
+async fn an_imported_rrule_becomes_a_series() {
+    let w = world().await;
+    let ics = "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//Test//EN\r\n\
+        BEGIN:VEVENT\r\nUID:chess@example.org\r\nDTSTAMP:20270101T000000Z\r\n\
+        DTSTART;TZID=America/New_York:20270303T190000\r\nDTEND;TZID=America/New_York:20270303T210000\r\n\
+        RRULE:FREQ=WEEKLY;COUNT=4\r\nEXDATE;TZID=America/New_York:20270310T190000\r\n\
+        SUMMARY:Chess club\r\nEND:VEVENT\r\n\
+        BEGIN:VEVENT\r\nUID:spam@example.org\r\nDTSTAMP:20270101T000000Z\r\n\
+        DTSTART:20270303T190000Z\r\nDTEND:20270303T200000Z\r\nRRULE:FREQ=SECONDLY\r\n\
+        SUMMARY:Every second\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n";
+    let body = json!({"ics": ics, "scopeType": "TENANT", "scopeId": w.tenant.to_string(), "visibility": "public"});
+    let reply = w.ok("event.import", body.clone()).await;
+    assert_eq!(reply["created"], 1, "{reply}");
+    let skipped = reply["skipped"].as_array().cloned().unwrap_or_default();
+    assert_eq!(skipped.len(), 1, "{reply}");
+    assert_eq!(skipped[0]["uid"], "spam@example.org");
+    assert!(
+        skipped[0]["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("FREQ=SECONDLY"),
+        "{reply}"
+    );
+    let series_id: String = sqlx::query_scalar("SELECT id::text FROM event_series")
+        .fetch_one(&w.app.db)
+        .await
+        .expect("one series");
+    let s = w.series(&series_id).await;
+    assert_eq!(s["timeZone"], "America/New_York");
+    // 19:00 EST, then EDT from 14 March; the 10th excluded.
+    assert_eq!(
+        starts(&s),
+        [
+            "2027-03-04T00:00:00Z",
+            "2027-03-17T23:00:00Z",
+            "2027-03-24T23:00:00Z"
+        ]
+    );
+    let titles: Vec<String> = sqlx::query_scalar("SELECT title FROM events ORDER BY starts_at")
+        .fetch_all(&w.app.db)
+        .await
+        .unwrap_or_default();
+    assert_eq!(titles, ["Chess club", "Chess club", "Chess club"]);
+    // Importing it again changes nothing.
+    let again = w.ok("event.import", body).await;
+    assert_eq!(
+        (again["created"].as_u64(), again["unchanged"].as_u64()),
+        (Some(0), Some(1)),
+        "{again}"
+    );
+    assert_eq!(w.events_in_db().await, 3);
+}
