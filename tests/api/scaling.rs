@@ -917,3 +917,54 @@ async fn three_instances_end_in_the_same_state_as_one() {
 
     assert_same(&one, &three);
 }
+
+/// A change committed on an instance that does not publish the outbox
+/// reaches the stream at once: its change note wakes the instance that
+/// publishes, which would otherwise find the row only at its next poll
+/// (here an hour away).
+#[tokio::test]
+async fn a_change_committed_on_another_instance_wakes_the_publisher() {
+    let a = TestApp::spawn_with(|s| s.outbox_poll_interval = Some("1h".into())).await;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while a.state.metrics.outbox_leader.get() != 1 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        a.state.metrics.outbox_leader.get(),
+        1,
+        "the first instance publishes"
+    );
+    let b = a
+        .spawn_sibling(|s| s.outbox_poll_interval = Some("1h".into()))
+        .await;
+    let tenant = uuid::Uuid::new_v4();
+    let boss = crate::helpers::admin(tenant);
+    let created = b
+        .bff(
+            "POST",
+            "/api/v1/events/",
+            &boss,
+            Some(serde_json::json!({
+                "scopeType": "TENANT", "scopeId": tenant.to_string(), "title": "Woken",
+                "startsAt": "2030-01-10T10:00:00Z", "endsAt": "2030-01-10T12:00:00Z",
+            })),
+        )
+        .await;
+    assert_eq!(created.status, 200, "{}", created.text);
+    assert_eq!(
+        b.state.metrics.outbox_leader.get(),
+        0,
+        "the second one does not"
+    );
+    let n = crate::outbox::wait_for_stream(
+        crate::helpers::NATS_URL,
+        &a.isolation.stream,
+        1,
+        std::time::Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(
+        n, 1,
+        "the row committed on the other instance waited for the poll"
+    );
+}
