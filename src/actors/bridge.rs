@@ -13,7 +13,6 @@
 //! crash between its answer and our ack inserts nothing.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer};
@@ -21,7 +20,6 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, PgPool};
-use tokio::sync::Notify;
 use url::Url;
 
 use crate::backoff::Backoff;
@@ -72,8 +70,7 @@ pub struct Bridge {
     http: reqwest::Client,
     config: ActivityConfig,
     metrics: Arc<Metrics>,
-    stopping: AtomicBool,
-    stop: Notify,
+    stop: crate::actors::stopper::Stopper,
 }
 
 pub struct BridgeParts {
@@ -120,8 +117,7 @@ impl Bridge {
             http,
             config: parts.config,
             metrics: parts.metrics,
-            stopping: AtomicBool::new(false),
-            stop: Notify::new(),
+            stop: Default::default(),
         }))
     }
 
@@ -134,24 +130,16 @@ impl Bridge {
 
     /// Stops delivering; a message being tried is handed back at once.
     pub fn stop(&self) {
-        self.stopping.store(true, Ordering::SeqCst);
-        self.stop.notify_waiters();
+        self.stop.stop();
     }
 
     fn stopped(&self) -> bool {
-        self.stopping.load(Ordering::SeqCst)
+        self.stop.stopped()
     }
 
     /// Sleeps `d`; false when stopped meanwhile.
     async fn pause(&self, d: Duration) -> bool {
-        let stop = self.stop.notified();
-        if self.stopped() {
-            return false;
-        }
-        tokio::select! {
-            () = tokio::time::sleep(d) => !self.stopped(),
-            () = stop => false,
-        }
+        self.stop.pause(d).await
     }
 
     async fn run(self: Arc<Self>) {

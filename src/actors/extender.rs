@@ -10,7 +10,6 @@
 //! keeps the other instances from doing the same work for nothing.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use sqlx::postgres::PgConnectOptions;
@@ -33,8 +32,7 @@ pub struct Extender {
     subjects: Subjects,
     config: SeriesConfig,
     outbox_wakeup: Arc<Notify>,
-    stopping: AtomicBool,
-    stop: Notify,
+    stop: crate::actors::stopper::Stopper,
 }
 
 impl Extender {
@@ -51,8 +49,7 @@ impl Extender {
             subjects,
             config,
             outbox_wakeup,
-            stopping: AtomicBool::new(false),
-            stop: Notify::new(),
+            stop: Default::default(),
         })
     }
 
@@ -62,24 +59,16 @@ impl Extender {
     }
 
     pub fn stop(&self) {
-        self.stopping.store(true, Ordering::SeqCst);
-        self.stop.notify_waiters();
+        self.stop.stop();
     }
 
     fn stopped(&self) -> bool {
-        self.stopping.load(Ordering::SeqCst)
+        self.stop.stopped()
     }
 
     /// Sleeps `d`; false when stopped meanwhile.
     async fn pause(&self, d: Duration) -> bool {
-        let stop = self.stop.notified();
-        if self.stopped() {
-            return false;
-        }
-        tokio::select! {
-            () = tokio::time::sleep(d) => !self.stopped(),
-            () = stop => false,
-        }
+        self.stop.pause(d).await
     }
 
     async fn run(self: Arc<Self>) {

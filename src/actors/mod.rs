@@ -8,6 +8,7 @@ pub mod outbox;
 pub mod registry;
 pub mod reminders;
 pub mod scope;
+pub mod stopper;
 
 use serde::{Deserialize, Serialize};
 

@@ -10,7 +10,6 @@
 //! race; the outbox publisher then sends them like any other change.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use sqlx::postgres::PgConnectOptions;
@@ -37,8 +36,7 @@ pub struct Scheduler {
     clock: Clock,
     poll: Duration,
     outbox_wakeup: Arc<Notify>,
-    stopping: AtomicBool,
-    stop: Notify,
+    stop: crate::actors::stopper::Stopper,
 }
 
 pub struct SchedulerParts {
@@ -61,8 +59,7 @@ impl Scheduler {
             clock: parts.clock,
             poll: parts.poll,
             outbox_wakeup: parts.outbox_wakeup,
-            stopping: AtomicBool::new(false),
-            stop: Notify::new(),
+            stop: Default::default(),
         })
     }
 
@@ -73,23 +70,15 @@ impl Scheduler {
     }
 
     pub fn stop(&self) {
-        self.stopping.store(true, Ordering::SeqCst);
-        self.stop.notify_waiters();
+        self.stop.stop();
     }
 
     fn stopped(&self) -> bool {
-        self.stopping.load(Ordering::SeqCst)
+        self.stop.stopped()
     }
 
     async fn pause(&self, d: Duration) -> bool {
-        let stop = self.stop.notified();
-        if self.stopped() {
-            return false;
-        }
-        tokio::select! {
-            () = tokio::time::sleep(d) => !self.stopped(),
-            () = stop => false,
-        }
+        self.stop.pause(d).await
     }
 
     async fn run(self: Arc<Self>) {
