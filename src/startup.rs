@@ -91,6 +91,7 @@ impl Application {
         let metrics = crate::telemetry::metrics::Metrics::new();
         crate::telemetry::metrics::spawn_refresher(metrics.clone(), db.clone());
         let subject_names = Subjects::new(config.nats.subject_prefix.clone());
+        let listing = std::sync::Arc::new(crate::actors::listing::Listing::default());
         let registry = Registry::start(Shared {
             metrics: metrics.clone(),
             db: db.clone(),
@@ -104,6 +105,7 @@ impl Application {
             largest_batch: Default::default(),
             peer_seen_ms: Default::default(),
             created: std::time::Instant::now(),
+            listing: listing.clone(),
         })
         .await
         .map_err(|e| StartupError::Actors(e.to_string()))?;
@@ -196,6 +198,7 @@ impl Application {
             subject_names.clone(),
             config.series,
             outbox_wakeup.clone(),
+            listing,
         );
         extender.spawn();
         let reminders =

@@ -32,6 +32,9 @@ pub struct Extender {
     subjects: Subjects,
     config: SeriesConfig,
     outbox_wakeup: Arc<Notify>,
+    /// Occurrences are made outside the scope actors: their tenants' lists
+    /// must be read again.
+    listing: Arc<crate::actors::listing::Listing>,
     stop: crate::actors::stopper::Stopper,
 }
 
@@ -42,6 +45,7 @@ impl Extender {
         subjects: Subjects,
         config: SeriesConfig,
         outbox_wakeup: Arc<Notify>,
+        listing: Arc<crate::actors::listing::Listing>,
     ) -> Arc<Self> {
         Arc::new(Self {
             db,
@@ -49,6 +53,7 @@ impl Extender {
             subjects,
             config,
             outbox_wakeup,
+            listing,
             stop: Default::default(),
         })
     }
@@ -132,6 +137,9 @@ impl Extender {
                 .await?;
                 if let Some(written) = written {
                     progressed = true;
+                    if !written.events.is_empty() {
+                        self.listing.forget(*tenant);
+                    }
                     made += written.events.len();
                     if written.effects.outbox_rows > 0 {
                         self.outbox_wakeup.notify_one();

@@ -4,6 +4,7 @@
 
 pub mod bridge;
 pub mod extender;
+pub mod listing;
 pub mod outbox;
 pub mod registry;
 pub mod reminders;

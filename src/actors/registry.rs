@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use tokio::sync::{Notify, OnceCell};
 
-use crate::actors::scope::{CALL_TIMEOUT, ScopeActor, ScopeArgs, ScopeMsg};
+use crate::actors::scope::{CALL_TIMEOUT, ScopeActor, ScopeArgs, ScopeCache, ScopeMsg};
 use crate::actors::{ActorConfig, ScopeKey, Snapshot};
 use crate::domain::{ErrorCode, EventId};
 use crate::error::AppError;
@@ -26,6 +26,9 @@ const SHARDS: usize = 64;
 struct Slot {
     cell: Arc<OnceCell<ActorRef<ScopeMsg>>>,
     last_used: Arc<AtomicU64>,
+    /// The actor's cache: it goes with the slot, so a replaced actor's
+    /// entries are never read.
+    cache: Arc<ScopeCache>,
 }
 
 /// State shared by the registry and every scope actor.
@@ -43,6 +46,8 @@ pub struct Shared {
     pub created: Instant,
     pub batched_commands: AtomicU64,
     pub largest_batch: AtomicU64,
+    /// The list read model the scope actors keep.
+    pub listing: Arc<crate::actors::listing::Listing>,
 }
 
 impl Shared {
@@ -181,13 +186,18 @@ impl Registry {
     /// requests for one scope share one activation.
     async fn actor(&self, key: &ScopeKey) -> Result<ActorRef<ScopeMsg>, AppError> {
         let shard = shard_of(key);
-        let (cell, last_used) = {
+        let (cell, last_used, cache) = {
             let mut map = self.lock(shard);
             let slot = map.entry(key.clone()).or_insert_with(|| Slot {
                 cell: Arc::new(OnceCell::new()),
                 last_used: Arc::new(AtomicU64::new(0)),
+                cache: Arc::default(),
             });
-            (slot.cell.clone(), slot.last_used.clone())
+            (
+                slot.cell.clone(),
+                slot.last_used.clone(),
+                slot.cache.clone(),
+            )
         };
         last_used.store(self.now_ms(), Ordering::Relaxed);
         let actor = cell
@@ -195,6 +205,7 @@ impl Registry {
                 let args = ScopeArgs {
                     key: key.clone(),
                     shared: self.inner.shared.clone(),
+                    cache,
                 };
                 let (actor, _) =
                     Actor::spawn_linked(None, ScopeActor, args, self.inner.supervisor.get_cell())
@@ -271,6 +282,9 @@ impl Registry {
 
     /// The warm state of one event (loaded on a miss).
     pub async fn get(&self, key: &ScopeKey, id: EventId) -> Result<Option<Snapshot>, AppError> {
+        if let Some(snapshot) = self.cached(key, &id) {
+            return Ok(Some(snapshot));
+        }
         for _ in 0..3 {
             let actor = self.actor(key).await?;
             match actor
@@ -290,6 +304,20 @@ impl Registry {
         Err(actor_failed())
     }
 
+    /// A fresh snapshot from a live actor's cache, read without its mailbox.
+    /// What the actor commits is in its cache before any caller hears of the
+    /// commit, so a caller reads its own writes here as well.
+    fn cached(&self, key: &ScopeKey, id: &EventId) -> Option<Snapshot> {
+        let (cache, last_used) = {
+            let map = self.lock(shard_of(key));
+            let slot = map.get(key).filter(|s| s.cell.initialized())?;
+            (slot.cache.clone(), slot.last_used.clone())
+        };
+        let snapshot = cache.fresh(id, self.inner.shared.config.cache_ttl)?;
+        last_used.store(self.now_ms(), Ordering::Relaxed);
+        Some(snapshot)
+    }
+
     /// Whether `actor` is still the registered actor of `key`.
     fn is_current(&self, key: &ScopeKey, actor: &ActorCell) -> bool {
         self.lock(shard_of(key))
@@ -307,11 +335,7 @@ impl Registry {
 
     /// Drops this instance's cached state of events (no note to others).
     pub fn forget_cached(&self, key: &ScopeKey, ids: &[EventId]) {
-        let actor = self
-            .lock(shard_of(key))
-            .get(key)
-            .and_then(|s| s.cell.get().cloned());
-        if let Some(actor) = actor {
+        if let Some(actor) = self.forget_in_slot(key, ids) {
             let _ = actor.send_message(ScopeMsg::Invalidate(ids.to_vec()));
         }
     }
@@ -319,14 +343,25 @@ impl Registry {
     /// Drops cached state of events changed outside their scope actor
     /// (DSAR erase), here and on the other instances.
     pub async fn invalidate(&self, key: &ScopeKey, ids: &[EventId]) {
-        let actor = self
-            .lock(shard_of(key))
-            .get(key)
-            .and_then(|s| s.cell.get().cloned());
-        if let Some(actor) = actor {
+        if let Some(actor) = self.forget_in_slot(key, ids) {
             let _ = actor.send_message(ScopeMsg::Invalidate(ids.to_vec()));
         }
         self.inner.shared.announce_changes(key, ids);
+    }
+
+    /// Drops events from a scope's cache at once (reads skip the mailbox,
+    /// so the actor's own `Invalidate` would come too late for them) and
+    /// their tenant from the list read model, and returns the scope's live
+    /// actor.
+    fn forget_in_slot(&self, key: &ScopeKey, ids: &[EventId]) -> Option<ActorRef<ScopeMsg>> {
+        self.inner.shared.listing.forget(key.tenant);
+        let (cache, actor) = {
+            let map = self.lock(shard_of(key));
+            let slot = map.get(key)?;
+            (slot.cache.clone(), slot.cell.get().cloned())
+        };
+        cache.forget(ids);
+        actor
     }
 
     fn spawn_sweeper(&self) {
@@ -430,14 +465,7 @@ impl Registry {
                 if inner.shared.metrics.outbox_leader.get() == 1 {
                     inner.shared.outbox_wakeup.notify_one();
                 }
-                let registry = Registry { inner };
-                let actor = registry
-                    .lock(shard_of(&key))
-                    .get(&key)
-                    .and_then(|s| s.cell.get().cloned());
-                if let Some(actor) = actor {
-                    let _ = actor.send_message(ScopeMsg::Invalidate(note.events));
-                }
+                Registry { inner }.forget_cached(&key, &note.events);
             }
         });
     }

@@ -3,12 +3,13 @@
 //! whatever arrived while the previous transaction ran as one batch.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tracing::Instrument;
 
+use crate::actors::listing::Listed;
 use crate::actors::registry::Shared;
 use crate::actors::{ScopeKey, Snapshot};
 use crate::domain::EventId;
@@ -52,11 +53,46 @@ type GetReply = RpcReplyPort<Result<Option<Snapshot>, AppError>>;
 pub struct ScopeArgs {
     pub key: ScopeKey,
     pub shared: Arc<Shared>,
+    pub cache: Arc<ScopeCache>,
 }
 
 struct CacheEntry {
     snapshot: Snapshot,
     at: Instant,
+}
+
+/// The events a scope actor has cached. Only the actor fills it (in the
+/// order of its commits), but reads of a fresh entry take it directly: a
+/// `get` of a hot event is a map look-up, not a trip through the mailbox.
+#[derive(Default)]
+pub struct ScopeCache {
+    entries: RwLock<HashMap<EventId, CacheEntry>>,
+}
+
+impl ScopeCache {
+    /// The cached snapshot of an event, if it is younger than `ttl`.
+    pub fn fresh(&self, id: &EventId, ttl: Duration) -> Option<Snapshot> {
+        self.read()
+            .get(id)
+            .filter(|entry| entry.at.elapsed() < ttl)
+            .map(|entry| entry.snapshot.clone())
+    }
+
+    /// Drops events changed elsewhere, before the actor hears of it.
+    pub fn forget(&self, ids: &[EventId]) {
+        let mut entries = self.write();
+        for id in ids {
+            entries.remove(id);
+        }
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, HashMap<EventId, CacheEntry>> {
+        self.entries.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, HashMap<EventId, CacheEntry>> {
+        self.entries.write().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 pub struct ScopeState {
@@ -67,7 +103,7 @@ pub struct ScopeState {
     in_flight: usize,
     flush_scheduled: bool,
     passivating: bool,
-    cache: HashMap<EventId, CacheEntry>,
+    cache: Arc<ScopeCache>,
     loading: HashMap<EventId, Vec<GetReply>>,
     /// Per event, how many changes other instances announced: a load that
     /// started before one of them must not fill the cache.
@@ -91,7 +127,7 @@ impl Actor for ScopeActor {
             in_flight: 0,
             flush_scheduled: false,
             passivating: false,
-            cache: HashMap::new(),
+            cache: args.cache,
             loading: HashMap::new(),
             remote_changes: HashMap::new(),
         })
@@ -161,8 +197,8 @@ impl Actor for ScopeActor {
                 if state.remote_changes.len() > 100_000 {
                     state.remote_changes.clear();
                 }
+                state.cache.forget(&ids);
                 for id in ids {
-                    state.cache.remove(&id);
                     *state.remote_changes.entry(id).or_insert(0) += 1;
                 }
             }
@@ -195,7 +231,7 @@ fn stop_if_retired(myself: &ActorRef<ScopeMsg>, state: &ScopeState) {
 /// Caches a snapshot unless a newer one is cached; at equal revisions the
 /// one carrying the RSVP map wins.
 fn offer(state: &mut ScopeState, snapshot: Snapshot) {
-    let keep = state.cache.get(&snapshot.event.id).is_some_and(|c| {
+    let keep = state.cache.read().get(&snapshot.event.id).is_some_and(|c| {
         c.snapshot.revision > snapshot.revision
             || (c.snapshot.revision == snapshot.revision && snapshot.rsvps.is_none())
     });
@@ -206,18 +242,14 @@ fn offer(state: &mut ScopeState, snapshot: Snapshot) {
 
 fn insert(state: &mut ScopeState, snapshot: Snapshot) {
     let limit = state.shared.config.max_cached_events_per_scope;
-    if state.cache.len() >= limit && !state.cache.contains_key(&snapshot.event.id) {
+    let mut cache = state.cache.write();
+    if cache.len() >= limit && !cache.contains_key(&snapshot.event.id) {
         // Drop the stalest entry; scopes rarely hold this many hot events.
-        if let Some(oldest) = state
-            .cache
-            .iter()
-            .min_by_key(|(_, c)| c.at)
-            .map(|(id, _)| *id)
-        {
-            state.cache.remove(&oldest);
+        if let Some(oldest) = cache.iter().min_by_key(|(_, c)| c.at).map(|(id, _)| *id) {
+            cache.remove(&oldest);
         }
     }
-    state.cache.insert(
+    cache.insert(
         snapshot.event.id,
         CacheEntry {
             snapshot,
@@ -227,11 +259,8 @@ fn insert(state: &mut ScopeState, snapshot: Snapshot) {
 }
 
 fn get(myself: &ActorRef<ScopeMsg>, state: &mut ScopeState, id: EventId, reply: GetReply) {
-    let ttl = state.shared.config.cache_ttl;
-    if let Some(entry) = state.cache.get(&id)
-        && entry.at.elapsed() < ttl
-    {
-        let _ = reply.send(Ok(Some(entry.snapshot.clone())));
+    if let Some(snapshot) = state.cache.fresh(&id, state.shared.config.cache_ttl) {
+        let _ = reply.send(Ok(Some(snapshot)));
         return;
     }
     if let Some(waiters) = state.loading.get_mut(&id) {
@@ -283,11 +312,12 @@ fn start_commit(myself: &ActorRef<ScopeMsg>, state: &mut ScopeState) {
     state.in_flight += 1;
     // What the cache knows of the touched events, so the batch reads only
     // what changed since (it compares revisions under the lock).
+    let cache = state.cache.read();
     let known: HashMap<EventId, batch::Known> = envelopes
         .iter()
         .filter_map(|e| e.command.target())
         .filter_map(|id| {
-            state.cache.get(&id).map(|c| {
+            cache.get(&id).map(|c| {
                 (
                     id,
                     batch::Known {
@@ -299,7 +329,9 @@ fn start_commit(myself: &ActorRef<ScopeMsg>, state: &mut ScopeState) {
             })
         })
         .collect();
+    drop(cache);
     let shared = state.shared.clone();
+    let tenant = state.key.tenant;
     let me = myself.clone();
     tokio::spawn(async move {
         let size = envelopes.len();
@@ -326,8 +358,15 @@ fn start_commit(myself: &ActorRef<ScopeMsg>, state: &mut ScopeState) {
             me.send_message(ScopeMsg::Committed(Box::new(done)))
         {
             let Committed {
-                replies, results, ..
+                replies,
+                results,
+                effects,
+                ..
             } = *done;
+            // Nobody applies these changes to the list read model now.
+            if !effects.changed.is_empty() {
+                shared.listing.forget(tenant);
+            }
             for (reply, result) in replies.into_iter().zip(results) {
                 let _ = reply.send(result);
             }
@@ -434,18 +473,20 @@ fn finish_commit(state: &mut ScopeState, done: Committed) {
     } = done;
     if !effects.changed.is_empty() {
         let ids: Vec<EventId> = effects.changed.iter().map(|c| c.event.id).collect();
+        let mut listed = Vec::with_capacity(ids.len());
         for changed in effects.changed {
             // Batches of one scope may commit concurrently; revisions say
             // which view of an event is the newer one.
-            let previous = state.cache.remove(&changed.event.id);
-            if let Some(old) = &previous
-                && old.snapshot.revision > changed.revision
-            {
-                if let Some(old) = previous {
-                    state.cache.insert(changed.event.id, old);
+            let previous = {
+                let mut cache = state.cache.write();
+                if cache
+                    .get(&changed.event.id)
+                    .is_some_and(|old| old.snapshot.revision > changed.revision)
+                {
+                    continue;
                 }
-                continue;
-            }
+                cache.remove(&changed.event.id)
+            };
             // The RSVP map stays valid only if it was exactly one change behind.
             let base = if changed.is_new {
                 Some(Arc::new(HashMap::new()))
@@ -468,16 +509,23 @@ fn finish_commit(state: &mut ScopeState, done: Committed) {
                 }
                 map
             });
+            let event = Arc::new(changed.event);
+            listed.push(Listed {
+                event: event.clone(),
+                counts: changed.counts,
+                revision: changed.revision,
+            });
             insert(
                 state,
                 Snapshot {
-                    event: Arc::new(changed.event),
+                    event,
                     counts: changed.counts,
                     rsvps,
                     revision: changed.revision,
                 },
             );
         }
+        state.shared.listing.apply(state.key.tenant, listed);
         state.shared.announce_changes(&state.key, &ids);
     }
     if effects.outbox_rows > 0 {

@@ -412,7 +412,10 @@ impl App {
                 message: "Memberships could not be checked; try again shortly".into(),
             });
         }
-        Ok(rows.into_iter().map(|(e, _, _, _)| e).collect())
+        Ok(rows
+            .into_iter()
+            .map(|(e, _, _, _)| Arc::unwrap_or_clone(e))
+            .collect())
     }
 }
 

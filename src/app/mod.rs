@@ -811,7 +811,7 @@ impl App {
         let (rows, total, partial) = self.visible_rows(guard, &filter).await?;
         let items = rows
             .into_iter()
-            .map(|(e, c, mine, guests)| EventView::new(Arc::new(e), c, mine).with_guests(guests))
+            .map(|(e, c, mine, guests)| EventView::new(e, c, mine).with_guests(guests))
             .collect();
         let mut page = views::Page::new(items, total, filter.limit, filter.offset);
         if partial {
@@ -885,8 +885,113 @@ impl App {
                 member_scopes,
             }
         };
-        let (rows, total) = reads::list(&self.inner.db, tenant, user, filter, &audience).await?;
+        let lists = &self.inner.registry.shared().metrics.lists;
+        let (rows, total) = match self
+            .list_from_memory(tenant, user, filter, &audience)
+            .await?
+        {
+            Some(found) => {
+                lists.with_label_values(&["memory"]).inc();
+                found
+            }
+            None => {
+                lists.with_label_values(&["postgres"]).inc();
+                reads::list(&self.inner.db, tenant, user, filter, &audience).await?
+            }
+        };
         Ok((rows, total, partial))
+    }
+
+    /// A page from the list read model, with the caller's RSVPs read for its
+    /// events only; `None` where Postgres must answer: a text or RSVP filter
+    /// (the model holds neither), other instances about (their commits
+    /// reach the model only by a note, and the caller must see their own
+    /// writes on any instance), or a tenant too large to hold.
+    async fn list_from_memory(
+        &self,
+        tenant: TenantId,
+        user: UserId,
+        filter: &reads::ListFilter,
+        audience: &Audience,
+    ) -> Result<Option<(Vec<reads::ListedEvent>, i64)>, AppError> {
+        use crate::actors::listing::{Listed, MAX_EVENTS_PER_TENANT, Query, Viewer};
+        let shared = self.inner.registry.shared();
+        if filter.q.is_some() || filter.my_rsvp.is_some() || shared.peers_possible() {
+            return Ok(None);
+        }
+        let (Ok(offset), Ok(limit)) = (
+            usize::try_from(filter.offset),
+            usize::try_from(filter.limit),
+        ) else {
+            return Ok(None);
+        };
+        let query = Query {
+            from: filter.from,
+            to: filter.to,
+            scope: filter.scope.clone(),
+            visibility: filter.visibility,
+            created_by: filter.created_by,
+            offset,
+            limit,
+        };
+        let viewer = match audience {
+            Audience::Everything => Viewer::Everything,
+            Audience::Member {
+                user,
+                member_scopes,
+            } => Viewer::Member {
+                user: *user,
+                member_of: member_scopes.iter().cloned().collect(),
+            },
+            Audience::LocalMember { user } => Viewer::Member {
+                user: *user,
+                member_of: reads::member_scopes(&self.inner.db, tenant, *user)
+                    .await?
+                    .into_iter()
+                    .collect(),
+            },
+        };
+        let listing = &shared.listing;
+        let mut found = listing.page(tenant, &query, &viewer);
+        if found.is_none()
+            && let Some(load) = listing.begin_load(tenant)
+        {
+            let rows = reads::tenant_events(&self.inner.db, tenant, MAX_EVENTS_PER_TENANT)
+                .await
+                .map(|rows| {
+                    rows.map(|rows| {
+                        rows.into_iter()
+                            .map(|(event, counts, revision)| Listed {
+                                event: Arc::new(event),
+                                counts,
+                                revision,
+                            })
+                            .collect()
+                    })
+                });
+            if let Err(e) = &rows {
+                tracing::warn!(error = %e, "the list read model could not load a tenant");
+            }
+            listing.install(load, rows);
+            found = listing.page(tenant, &query, &viewer);
+        }
+        let Some((page, total)) = found else {
+            return Ok(None);
+        };
+        let ids: Vec<EventId> = page.iter().map(|l| l.event.id).collect();
+        let mut parties = if ids.is_empty() {
+            HashMap::new()
+        } else {
+            reads::parties_of(&self.inner.db, user, &ids).await?
+        };
+        let rows = page
+            .into_iter()
+            .map(|l| {
+                let (mine, guests) = parties.remove(&l.event.id).unwrap_or((None, 0));
+                (l.event, l.counts, mine, guests)
+            })
+            .collect();
+        Ok(Some((rows, i64::try_from(total).unwrap_or(i64::MAX))))
     }
 
     async fn update(

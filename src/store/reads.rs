@@ -1,6 +1,7 @@
 //! Read queries: one event, the caller's RSVPs, lists filtered in SQL.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Postgres, QueryBuilder};
@@ -46,6 +47,87 @@ pub async fn event(
         to_domain(r).map(|(e, c)| (e, c, revision))
     })
     .transpose()
+}
+
+/// Every event of a tenant with its counters and their revision, for the
+/// list read model; `None` if the tenant has more than `max`.
+pub async fn tenant_events(
+    db: &PgPool,
+    tenant: TenantId,
+    max: usize,
+) -> Result<Option<Vec<(Event, RsvpCounts, i64)>>, AppError> {
+    let sql = format!(
+        "SELECT {EVENT_COLUMNS}, {COUNT_COLUMNS} FROM events e LEFT JOIN event_counters c ON c.event_id = e.id
+         WHERE e.tenant_id = $1 LIMIT $2"
+    );
+    let rows: Vec<EventWithCounts> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(Uuid::from(tenant))
+        .bind(i64::try_from(max).unwrap_or(i64::MAX).saturating_add(1))
+        .fetch_all(db)
+        .await?;
+    if rows.len() > max {
+        return Ok(None);
+    }
+    rows.into_iter()
+        .map(|r| {
+            let revision = r.counts.revision;
+            to_domain(r).map(|(e, c)| (e, c, revision))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
+}
+
+/// A user's RSVP status and guests on each of `events` that has one.
+pub async fn parties_of(
+    db: &PgPool,
+    user: UserId,
+    events: &[EventId],
+) -> Result<HashMap<EventId, (Option<RsvpStatus>, u32)>, AppError> {
+    let ids: Vec<Uuid> = events.iter().map(|id| Uuid::from(*id)).collect();
+    let rows: Vec<(Uuid, String, i32)> = sqlx::query_as(
+        "SELECT event_id, status::text, guests FROM event_rsvps
+         WHERE event_id = ANY($1) AND user_id = $2",
+    )
+    .bind(ids)
+    .bind(Uuid::from(user))
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, status, guests)| {
+            (
+                EventId::from(id),
+                (
+                    parse_rsvp_status(&status),
+                    u32::try_from(guests).unwrap_or(0),
+                ),
+            )
+        })
+        .collect())
+}
+
+/// The scopes of a tenant whose member a user is (embedded memberships).
+pub async fn member_scopes(
+    db: &PgPool,
+    tenant: TenantId,
+    user: UserId,
+) -> Result<Vec<Scope>, AppError> {
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT scope_type::text, scope_id FROM scope_memberships WHERE tenant_id = $1 AND user_id = $2",
+    )
+    .bind(Uuid::from(tenant))
+    .bind(Uuid::from(user))
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(t, id)| {
+            Some(Scope::from_stored(
+                t.parse().ok()?,
+                ScopeId::parse(&id).ok()?,
+            ))
+        })
+        .collect())
 }
 
 /// Every RSVP of an event, if it has at most `max`.
@@ -284,7 +366,7 @@ pub async fn gated_scopes(
 }
 
 /// One listed event: the event, its counters, the viewer's RSVP and guests.
-pub type ListedEvent = (Event, RsvpCounts, Option<RsvpStatus>, u32);
+pub type ListedEvent = (Arc<Event>, RsvpCounts, Option<RsvpStatus>, u32);
 
 #[derive(sqlx::FromRow)]
 struct ListedRow {
@@ -352,7 +434,7 @@ pub async fn list(
             let guests = row.my_guests.map_or(0, |g| u32::try_from(g).unwrap_or(0));
             let counts = row.counts.into();
             Event::try_from(row.event)
-                .map(|event| (event, counts, mine, guests))
+                .map(|event| (Arc::new(event), counts, mine, guests))
                 .map_err(|e| AppError::internal("stored event", e))
         })
         .collect::<Result<Vec<_>, _>>()?;

@@ -36,6 +36,7 @@ pub struct Metrics {
     pub authz_calls: IntCounterVec,
     pub authz_duration: HistogramVec,
     pub authz_cache: IntCounterVec,
+    pub lists: IntCounterVec,
     pub ready: IntGaugeVec,
     pub sse_connections: IntGauge,
     pub sse_messages: IntCounter,
@@ -196,6 +197,12 @@ impl Metrics {
                 "events_authz_cache_total",
                 "Authorization cache look-ups",
                 &["kind", "result"],
+            ),
+            lists: counter_vec(
+                &r,
+                "events_lists_total",
+                "Event lists answered, by source: memory (the list read model) or postgres",
+                &["source"],
             ),
             ready: gauge_vec(
                 &r,

@@ -20,6 +20,7 @@ mod http_contract;
 mod http_errors;
 mod http_gateway;
 mod ics_import;
+mod lists;
 mod live;
 mod nats_behaviour;
 mod nats_hostile;

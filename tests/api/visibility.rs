@@ -150,6 +150,33 @@ async fn visibility_matrix() {
     run_visibility_matrix(&app, &app).await;
 }
 
+/// The same matrix on an instance that knows it is alone, so its lists come
+/// from the list read model instead of Postgres.
+#[tokio::test]
+async fn visibility_matrix_from_the_list_read_model() {
+    let app = TestApp::spawn_trusting_its_cache().await;
+    run_visibility_matrix(&app, &app).await;
+    assert!(lists_from(&app, "memory").await > 0.0);
+}
+
+/// `events_lists_total` of one source.
+pub(crate) async fn lists_from(app: &TestApp, source: &str) -> f64 {
+    let metrics = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    let prefix = format!("events_lists_total{{source=\"{source}\"}} ");
+    metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix(&prefix)?.parse::<f64>().ok())
+        .sum()
+}
+
 /// Every (viewer × visibility) cell: get, list, ics, rsvp.set and
 /// attendance.mark. Every failing cell is reported, not only the first.
 /// Shared by both authorization modes.
@@ -507,6 +534,17 @@ pub(crate) async fn run_visibility_matrix(app: &TestApp, authorities: &impl Auth
 #[tokio::test]
 async fn pagination_is_never_short_because_of_visibility() {
     let app = TestApp::spawn().await;
+    run_pagination(&app).await;
+}
+
+#[tokio::test]
+async fn pagination_from_the_list_read_model_is_never_short_either() {
+    let app = TestApp::spawn_trusting_its_cache().await;
+    run_pagination(&app).await;
+    assert_eq!(lists_from(&app, "postgres").await, 0.0);
+}
+
+async fn run_pagination(app: &TestApp) {
     let client = app.client();
     let tenant = Uuid::new_v4();
     let t = tenant.to_string();
