@@ -8,6 +8,7 @@
 #
 #   scripts/bench-instances.sh                      # builds, 3 instances, 2000/s, 10 s
 #   INSTANCES=3 RATE=2000 DURATION=10 BIN_DIR=/tmp/old scripts/bench-instances.sh
+#   JSON=1 scripts/bench-instances.sh               # one JSON line (scripts/bench.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -49,4 +50,4 @@ done
 # Past the start-up grace, as scripts/bench.sh waits.
 sleep 16
 "$BIN_DIR/events-bench" outbox-latency --duration "$DURATION" --rate "$RATE" --pid "${pids[0]}" \
-    --http-url "http://127.0.0.1:18101"
+    --http-url "http://127.0.0.1:18101" ${JSON:+--json}
