@@ -61,11 +61,7 @@ impl Viewer {
             Viewer::Member { user, member_of } => {
                 e.visibility == Visibility::Public
                     || e.created_by == *user
-                    || (matches!(
-                        (e.visibility, e.scope.scope_type()),
-                        (Visibility::Community, ScopeType::Community)
-                            | (Visibility::Team, ScopeType::Team)
-                    ) && member_of.contains(&e.scope))
+                    || (is_gated(e) && member_of.contains(&e.scope))
             }
         }
     }
@@ -92,7 +88,17 @@ type Position = (DateTime<Utc>, Uuid);
 struct Events {
     ordered: BTreeMap<Position, Listed>,
     at: HashMap<EventId, Position>,
+    /// Events only members of their scope may see: while there are none,
+    /// a list needs no memberships.
+    gated: usize,
     loaded: Instant,
+}
+
+fn is_gated(e: &Event) -> bool {
+    matches!(
+        (e.visibility, e.scope.scope_type()),
+        (Visibility::Community, ScopeType::Community) | (Visibility::Team, ScopeType::Team)
+    )
 }
 
 impl Events {
@@ -100,6 +106,7 @@ impl Events {
         Self {
             ordered: BTreeMap::new(),
             at: HashMap::new(),
+            gated: 0,
             loaded: Instant::now(),
         }
     }
@@ -119,7 +126,14 @@ impl Events {
             {
                 return;
             }
-            self.ordered.remove(position);
+            if let Some(old) = self.ordered.remove(position)
+                && is_gated(&old.event)
+            {
+                self.gated -= 1;
+            }
+        }
+        if is_gated(&listed.event) {
+            self.gated += 1;
         }
         let position = (listed.event.starts_at, Uuid::from(id));
         self.at.insert(id, position);
@@ -219,6 +233,15 @@ impl Listing {
             total += 1;
         }
         Some((page, total))
+    }
+
+    /// Whether a loaded tenant has events only members may see (`None`:
+    /// not loaded).
+    pub fn has_gated(&self, tenant: TenantId) -> Option<bool> {
+        match self.read().get(&tenant) {
+            Some(Tenant::Loaded(events)) if !events.expired() => Some(events.gated > 0),
+            _ => None,
+        }
     }
 
     /// Starts a load of `tenant` unless it is loaded, loading or too large
@@ -374,6 +397,44 @@ mod tests {
             ..query(0, 10)
         };
         assert_eq!(titles(&listing, &upto, &stranger).0, vec!["Event 1"]);
+    }
+
+    #[test]
+    fn members_see_the_gated_events_of_their_scopes_only() {
+        let community = |n: u8, scope: &str| {
+            let mut l = listed(n, "2030-01-01T00:00:00Z", "public", 1);
+            let mut e = (*l.event).clone();
+            e.scope = Scope::from_stored(
+                ScopeType::Community,
+                crate::domain::ScopeId::parse(scope).unwrap_or_else(|e| panic!("{e}")),
+            );
+            e.visibility = Visibility::Community;
+            e.created_by = user(2);
+            l.event = Arc::new(e);
+            l
+        };
+        let listing = loaded(vec![listed(1, "2030-01-01T00:00:00Z", "public", 1)]);
+        assert_eq!(listing.has_gated(tenant()), Some(false));
+        listing.apply(tenant(), [community(2, "guild"), community(3, "other")]);
+        assert_eq!(listing.has_gated(tenant()), Some(true));
+        let member = Viewer::Member {
+            user: user(9),
+            member_of: [community(2, "guild").event.scope.clone()].into(),
+        };
+        assert_eq!(titles(&listing, &query(0, 10), &member).1, 2);
+        // Made public: no longer gated.
+        let mut opened = community(2, "guild");
+        let mut e = (*opened.event).clone();
+        e.visibility = Visibility::Public;
+        opened.event = Arc::new(e);
+        opened.revision = 2;
+        let mut closed = community(3, "other");
+        let mut e = (*closed.event).clone();
+        e.visibility = Visibility::Private;
+        closed.event = Arc::new(e);
+        closed.revision = 2;
+        listing.apply(tenant(), [opened, closed]);
+        assert_eq!(listing.has_gated(tenant()), Some(false));
     }
 
     #[test]

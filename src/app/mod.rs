@@ -13,7 +13,7 @@ pub mod requests;
 mod series;
 pub mod views;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use chrono::Utc;
@@ -943,6 +943,13 @@ impl App {
                 user: *user,
                 member_of: member_scopes.iter().cloned().collect(),
             },
+            // Memberships matter only where the tenant has gated events.
+            Audience::LocalMember { user } if shared.listing.has_gated(tenant) == Some(false) => {
+                Viewer::Member {
+                    user: *user,
+                    member_of: HashSet::new(),
+                }
+            }
             Audience::LocalMember { user } => Viewer::Member {
                 user: *user,
                 member_of: reads::member_scopes(&self.inner.db, tenant, *user)
