@@ -202,7 +202,8 @@ if extras:
     lines.append("\nScenario details:\n")
     for r in extras:
         detail = {k: v for k, v in r.items() if k not in ("scenario","transport","concurrency","requests","errors","throughput_rps","p50_us","p90_us","p99_us","max_us","rss_mb","seconds")}
-        lines.append(f"- `{r['scenario']}`: `{json.dumps(detail)}`")
+        label = r["scenario"] if r["transport"] == "nats" else f"{r['scenario']}, {r['transport']}"
+        lines.append(f"- `{label}`: `{json.dumps(detail)}`")
 soak = find("soak")
 if soak:
     lines.append("\n## Soak\n")

@@ -169,7 +169,6 @@ impl Application {
         store::spawn_housekeeping(db.clone());
         let publisher = std::sync::Arc::new(
             Publisher::new(
-                db.clone(),
                 store::connect_options(&config.database)?,
                 nats.clone(),
                 config.outbox.clone(),

@@ -84,6 +84,10 @@ pub struct Publisher {
     last_outage_warning: std::sync::Mutex<Option<Instant>>,
 }
 
+/// A cycle's claim, the previous cycle's marking and a gauge refresh can
+/// run at once.
+const PUBLISHER_CONNECTIONS: u32 = 3;
+
 /// The `seq` of the rows being marked published, and the update doing it.
 type Marking = (Arc<Vec<i64>>, tokio::task::JoinHandle<()>);
 
@@ -498,14 +502,11 @@ async fn find_in_stream(
 }
 
 impl Publisher {
-    pub fn new(
-        db: PgPool,
-        connect: PgConnectOptions,
-        nats: async_nats::Client,
-        config: OutboxConfig,
-    ) -> Self {
+    /// `connect`: how to reach Postgres, for the publisher's own
+    /// connections (its lock, and a small pool planned for index look-ups).
+    pub fn new(connect: PgConnectOptions, nats: async_nats::Client, config: OutboxConfig) -> Self {
         Self {
-            db,
+            db: crate::store::index_only_pool(&connect, PUBLISHER_CONNECTIONS),
             connect,
             js: jetstream::new(nats.clone()),
             nats,

@@ -183,8 +183,7 @@ pub async fn outbox(settings: &Settings, command: OutboxCommand) -> ExitCode {
                 Ok(c) => c,
                 Err(e) => return fail(e),
             };
-            let publisher =
-                crate::actors::outbox::Publisher::new(db, connect, nats.clone(), outbox);
+            let publisher = crate::actors::outbox::Publisher::new(connect, nats.clone(), outbox);
             eprintln!("replaying rows published since {since}");
             let result = publisher
                 .replay(since, |sent, failed| {

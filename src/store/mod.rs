@@ -61,7 +61,24 @@ fn options(config: &DatabaseConfig) -> Result<PgConnectOptions, StoreError> {
             source,
         })?;
     // Statement logging at info would put every query in the service log.
-    Ok(opts.log_statements(tracing::log::LevelFilter::Trace))
+    // No JIT: every statement here is a short key look-up or a bounded
+    // page, and JIT compilation (tens of milliseconds) is triggered by cost
+    // estimates, which stale statistics inflate.
+    Ok(opts
+        .log_statements(tracing::log::LevelFilter::Trace)
+        .options([("jit", "off")]))
+}
+
+/// A small pool for a worker whose every statement finds its rows through
+/// an index (the outbox publisher): its sessions do not plan sequential
+/// scans, so its plans stay right when the statistics are stale (autovacuum
+/// behind or off), which otherwise turns a claim of a few hundred due rows
+/// into a scan of the whole outbox on every cycle.
+pub fn index_only_pool(connect: &PgConnectOptions, max_connections: u32) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_lazy_with(connect.clone().options([("enable_seqscan", "off")]))
 }
 
 /// Creates the configured database when it does not exist yet.

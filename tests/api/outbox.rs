@@ -501,7 +501,6 @@ async fn a_replay_after_a_stream_loss_sends_every_published_row_again_in_publish
     let connect = updspace_events::store::connect_options(&app.state.config.database)
         .expect("connect options");
     let replayer = updspace_events::actors::outbox::Publisher::new(
-        app.db.clone(),
         connect,
         app.nats.clone(),
         updspace_events::actors::outbox::OutboxConfig {
