@@ -599,13 +599,17 @@ impl Publisher {
         }
     }
 
-    /// Gives up the lock (on shutdown), so another instance takes over at once.
+    /// Gives up the lock (on shutdown), so another instance takes over at
+    /// once, and closes the publisher's pool: a cycle still running on a
+    /// stopped instance could otherwise take the lock again and number or
+    /// send rows behind the next publisher's back.
     pub async fn step_down(&self) {
         self.settle().await;
         if let Some(conn) = self.lock.lock().await.take() {
             let _ = conn.close().await;
         }
         self.set_leader(false);
+        self.db.close().await;
     }
 
     /// Waits for the previous cycle's "mark published" update.
