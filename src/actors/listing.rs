@@ -20,6 +20,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::domain::{Event, EventId, RsvpCounts, Scope, ScopeType, TenantId, UserId, Visibility};
+use crate::store::reads::ListFilter;
 
 /// One listed event as of one revision.
 #[derive(Debug, Clone)]
@@ -27,18 +28,6 @@ pub struct Listed {
     pub event: Arc<Event>,
     pub counts: RsvpCounts,
     pub revision: i64,
-}
-
-/// What a list may show of a tenant, as `store::reads::list` filters it.
-#[derive(Debug, Clone, Default)]
-pub struct Query {
-    pub from: Option<DateTime<Utc>>,
-    pub to: Option<DateTime<Utc>>,
-    pub scope: Option<(ScopeType, String)>,
-    pub visibility: Option<Visibility>,
-    pub created_by: Option<UserId>,
-    pub offset: usize,
-    pub limit: usize,
 }
 
 /// Who is looking.
@@ -67,19 +56,19 @@ impl Viewer {
     }
 }
 
-impl Query {
-    fn matches(&self, e: &Event) -> bool {
-        if let Some((scope_type, scope_id)) = &self.scope
-            && (e.scope.scope_type() != *scope_type || e.scope.scope_id().as_str() != scope_id)
-        {
-            return false;
-        }
-        // Overlap with [from, to], bounds included.
-        self.from.is_none_or(|from| e.ends_at >= from)
-            && self.to.is_none_or(|to| e.starts_at <= to)
-            && self.visibility.is_none_or(|v| e.visibility == v)
-            && self.created_by.is_none_or(|by| e.created_by == by)
+/// Whether an event passes a list's filters (those [`Listing::answers`]
+/// takes), exactly as `store::reads::list` filters in SQL.
+fn matches(f: &ListFilter, e: &Event) -> bool {
+    if let Some((scope_type, scope_id)) = &f.scope
+        && (e.scope.scope_type() != *scope_type || e.scope.scope_id().as_str() != scope_id)
+    {
+        return false;
     }
+    // Overlap with [from, to], bounds included.
+    f.from.is_none_or(|from| e.ends_at >= from)
+        && f.to.is_none_or(|to| e.starts_at <= to)
+        && f.visibility.is_none_or(|v| e.visibility == v)
+        && f.created_by.is_none_or(|by| e.created_by == by)
 }
 
 /// List order: `starts_at`, then the id (as Postgres orders uuids: bytewise).
@@ -200,14 +189,23 @@ impl Listing {
         self.write().remove(&tenant);
     }
 
+    /// Whether this model can answer a list with these filters: not by text
+    /// or by the caller's RSVP, which it does not hold.
+    pub fn answers(filter: &ListFilter) -> bool {
+        filter.q.is_none() && filter.my_rsvp.is_none()
+    }
+
     /// One page of what `viewer` may see of `tenant`, and how many events
-    /// that is in all; `None` when the tenant is not loaded.
+    /// that is in all; `None` when the tenant is not loaded. Filters the
+    /// model does not [answer](Self::answers) are ignored.
     pub fn page(
         &self,
         tenant: TenantId,
-        query: &Query,
+        query: &ListFilter,
         viewer: &Viewer,
     ) -> Option<(Vec<Listed>, usize)> {
+        let offset = usize::try_from(query.offset).unwrap_or(0);
+        let limit = usize::try_from(query.limit).unwrap_or(0);
         let tenants = self.read();
         let Some(Tenant::Loaded(events)) = tenants.get(&tenant) else {
             return None;
@@ -216,7 +214,7 @@ impl Listing {
             return None;
         }
         let mut total = 0;
-        let mut page = Vec::with_capacity(query.limit.min(events.at.len()));
+        let mut page = Vec::with_capacity(limit.min(events.at.len()));
         // `from` bounds `ends_at`, not the order: the walk starts at the first event.
         let end = query.to.map(|to| (to, Uuid::max()));
         let range = match end {
@@ -224,10 +222,10 @@ impl Listing {
             None => events.ordered.range(..),
         };
         for listed in range.map(|(_, l)| l) {
-            if !(query.matches(&listed.event) && viewer.sees(&listed.event)) {
+            if !(matches(query, &listed.event) && viewer.sees(&listed.event)) {
                 continue;
             }
-            if total >= query.offset && page.len() < query.limit {
+            if total >= offset && page.len() < limit {
                 page.push(listed.clone());
             }
             total += 1;
@@ -342,14 +340,12 @@ mod tests {
 
     fn loaded(rows: Vec<Listed>) -> Listing {
         let listing = Listing::default();
-        let load = listing
-            .begin_load(tenant())
-            .unwrap_or_else(|| panic!("a load"));
+        let load = begin(&listing);
         listing.install::<()>(load, Ok(Some(rows)));
         listing
     }
 
-    fn titles(listing: &Listing, query: &Query, viewer: &Viewer) -> (Vec<String>, usize) {
+    fn titles(listing: &Listing, query: &ListFilter, viewer: &Viewer) -> (Vec<String>, usize) {
         let (page, total) = listing
             .page(tenant(), query, viewer)
             .unwrap_or_else(|| panic!("loaded"));
@@ -357,12 +353,18 @@ mod tests {
         (titles, total)
     }
 
-    fn query(offset: usize, limit: usize) -> Query {
-        Query {
+    fn query(offset: i64, limit: i64) -> ListFilter {
+        ListFilter {
             offset,
             limit,
-            ..Query::default()
+            ..ListFilter::default()
         }
+    }
+
+    fn begin(listing: &Listing) -> Load {
+        listing
+            .begin_load(tenant())
+            .unwrap_or_else(|| panic!("a load"))
     }
 
     #[test]
@@ -388,7 +390,7 @@ mod tests {
         };
         assert_eq!(titles(&listing, &query(0, 10), &creator).1, 4);
         assert_eq!(titles(&listing, &query(0, 10), &Viewer::Everything).1, 4);
-        let upto = Query {
+        let upto = ListFilter {
             to: Some(
                 listed(2, "2030-01-02T00:00:00Z", "public", 1)
                     .event
@@ -456,9 +458,7 @@ mod tests {
     #[test]
     fn commits_during_a_load_are_kept_and_a_forgotten_load_is_dropped() {
         let listing = Listing::default();
-        let load = listing
-            .begin_load(tenant())
-            .unwrap_or_else(|| panic!("a load"));
+        let load = begin(&listing);
         assert!(listing.begin_load(tenant()).is_none(), "one load at a time");
         listing.apply(tenant(), [listed(5, "2030-01-05T00:00:00Z", "public", 1)]);
         listing.install::<()>(
@@ -473,9 +473,7 @@ mod tests {
                 .page(tenant(), &query(0, 10), &Viewer::Everything)
                 .is_none()
         );
-        let stale = listing
-            .begin_load(tenant())
-            .unwrap_or_else(|| panic!("a load"));
+        let stale = begin(&listing);
         listing.forget(tenant());
         listing.install::<()>(stale, Ok(Some(Vec::new())));
         assert!(
@@ -489,9 +487,7 @@ mod tests {
     #[test]
     fn a_tenant_too_large_is_not_loaded_again_until_it_changes() {
         let listing = Listing::default();
-        let load = listing
-            .begin_load(tenant())
-            .unwrap_or_else(|| panic!("a load"));
+        let load = begin(&listing);
         listing.install::<()>(load, Ok(None));
         assert!(listing.begin_load(tenant()).is_none());
         listing.forget(tenant());

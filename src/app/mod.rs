@@ -914,26 +914,11 @@ impl App {
         filter: &reads::ListFilter,
         audience: &Audience,
     ) -> Result<Option<(Vec<reads::ListedEvent>, i64)>, AppError> {
-        use crate::actors::listing::{Listed, MAX_EVENTS_PER_TENANT, Query, Viewer};
+        use crate::actors::listing::{Listed, Listing, MAX_EVENTS_PER_TENANT, Viewer};
         let shared = self.inner.registry.shared();
-        if filter.q.is_some() || filter.my_rsvp.is_some() || shared.peers_possible() {
+        if !Listing::answers(filter) || shared.peers_possible() {
             return Ok(None);
         }
-        let (Ok(offset), Ok(limit)) = (
-            usize::try_from(filter.offset),
-            usize::try_from(filter.limit),
-        ) else {
-            return Ok(None);
-        };
-        let query = Query {
-            from: filter.from,
-            to: filter.to,
-            scope: filter.scope.clone(),
-            visibility: filter.visibility,
-            created_by: filter.created_by,
-            offset,
-            limit,
-        };
         let viewer = match audience {
             Audience::Everything => Viewer::Everything,
             Audience::Member {
@@ -959,7 +944,7 @@ impl App {
             },
         };
         let listing = &shared.listing;
-        let mut found = listing.page(tenant, &query, &viewer);
+        let mut found = listing.page(tenant, filter, &viewer);
         if found.is_none()
             && let Some(load) = listing.begin_load(tenant)
         {
@@ -980,7 +965,7 @@ impl App {
                 tracing::warn!(error = %e, "the list read model could not load a tenant");
             }
             listing.install(load, rows);
-            found = listing.page(tenant, &query, &viewer);
+            found = listing.page(tenant, filter, &viewer);
         }
         let Some((page, total)) = found else {
             return Ok(None);

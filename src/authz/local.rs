@@ -14,7 +14,7 @@ use crate::auth::InternalContext;
 use crate::authz::{
     Authorizer, CallBudget, MEMBER_PERMISSIONS, MEMBER_ROLE, Memberships, Permission, Role,
 };
-use crate::domain::{Scope, ScopeId, ScopeType};
+use crate::domain::{Scope, ScopeType};
 use crate::error::AppError;
 
 /// How long one instance may use a user's role bindings before reading
@@ -167,15 +167,7 @@ impl Authorizer for LocalAuthorizer {
             .bind(ids)
             .fetch_all(&self.db)
             .await?;
-            let member_of = rows
-                .into_iter()
-                .filter_map(|(t, id)| {
-                    Some(Scope::from_stored(
-                        t.parse().ok()?,
-                        ScopeId::parse(&id).ok()?,
-                    ))
-                })
-                .collect();
+            let member_of = crate::store::reads::scopes_of(rows).into_iter().collect();
             Ok(Memberships {
                 member_of,
                 unknown: Default::default(),

@@ -94,16 +94,21 @@ pub async fn parties_of(
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(id, status, guests)| {
-            (
-                EventId::from(id),
-                (
-                    parse_rsvp_status(&status),
-                    u32::try_from(guests).unwrap_or(0),
-                ),
-            )
-        })
+        .map(|(id, status, guests)| (EventId::from(id), party(&status, guests)))
         .collect())
+}
+
+/// Scopes read back as `(scope_type::text, scope_id)`; a row neither parses
+/// as cannot name an event's scope and is left out.
+pub fn scopes_of(rows: Vec<(String, String)>) -> Vec<Scope> {
+    rows.into_iter()
+        .filter_map(|(t, id)| {
+            Some(Scope::from_stored(
+                t.parse().ok()?,
+                ScopeId::parse(&id).ok()?,
+            ))
+        })
+        .collect()
 }
 
 /// The scopes of a tenant whose member a user is (embedded memberships).
@@ -119,15 +124,7 @@ pub async fn member_scopes(
     .bind(Uuid::from(user))
     .fetch_all(db)
     .await?;
-    Ok(rows
-        .into_iter()
-        .filter_map(|(t, id)| {
-            Some(Scope::from_stored(
-                t.parse().ok()?,
-                ScopeId::parse(&id).ok()?,
-            ))
-        })
-        .collect())
+    Ok(scopes_of(rows))
 }
 
 /// Every RSVP of an event, if it has at most `max`.
@@ -166,13 +163,15 @@ pub async fn party_of(
     .bind(Uuid::from(user))
     .fetch_optional(db)
     .await?;
-    Ok(match row {
-        Some((status, guests)) => (
-            parse_rsvp_status(&status),
-            u32::try_from(guests).unwrap_or(0),
-        ),
-        None => (None, 0),
-    })
+    Ok(row.map_or((None, 0), |(status, guests)| party(&status, guests)))
+}
+
+/// A stored RSVP's status and guests.
+fn party(status: &str, guests: i32) -> (Option<RsvpStatus>, u32) {
+    (
+        parse_rsvp_status(status),
+        u32::try_from(guests).unwrap_or(0),
+    )
 }
 
 /// An event's counters as stored, with its attendance count.
@@ -354,15 +353,7 @@ pub async fn gated_scopes(
     )
     .push_bind(Uuid::from(viewer));
     let rows: Vec<(String, String)> = qb.build_query_as().fetch_all(db).await?;
-    Ok(rows
-        .into_iter()
-        .filter_map(|(t, id)| {
-            Some(Scope::from_stored(
-                t.parse().ok()?,
-                ScopeId::parse(&id).ok()?,
-            ))
-        })
-        .collect())
+    Ok(scopes_of(rows))
 }
 
 /// One listed event: the event, its counters, the viewer's RSVP and guests.

@@ -624,15 +624,7 @@ async fn a_list_over_many_gated_scopes_stays_within_its_call_budget() {
     );
     assert!(stats(&app).over_budget > 0);
     // The calls and cache look-ups reach the metrics registry.
-    let metrics = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = app.metrics_text().await;
     let value = |prefix: &str| -> f64 {
         metrics
             .lines()

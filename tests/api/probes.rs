@@ -180,15 +180,7 @@ async fn metrics_move_as_operations_run() {
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let text = app
-            .http
-            .get(app.url("/metrics"))
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("text");
+        let text = app.metrics_text().await;
         let has = |needle: &str| text.lines().any(|l| l.starts_with(needle));
         let value = |prefix: &str| {
             text.lines()

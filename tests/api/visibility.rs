@@ -161,15 +161,7 @@ async fn visibility_matrix_from_the_list_read_model() {
 
 /// `events_lists_total` of one source.
 pub(crate) async fn lists_from(app: &TestApp, source: &str) -> f64 {
-    let metrics = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = app.metrics_text().await;
     let prefix = format!("events_lists_total{{source=\"{source}\"}} ");
     metrics
         .lines()
