@@ -698,7 +698,7 @@ async fn erasing_a_going_user_promotes_the_first_waitlisted() {
     assert_eq!((going, waitlisted), (2, 1));
 
     let rows: Vec<(String, String, Value, String)> =
-        sqlx::query_as("SELECT event_type, subject, payload, state::text FROM outbox")
+        sqlx::query_as("SELECT event_type, subject, payload, status FROM outbox_view")
             .fetch_all(&t.pool)
             .await
             .expect("outbox read");

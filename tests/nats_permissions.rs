@@ -1195,7 +1195,7 @@ async fn service_scenario(db: &str) {
     let deadline = Instant::now() + STEP + STEP;
     let (outbox_id, state): (uuid::Uuid, String) = loop {
         let row: (uuid::Uuid, String) =
-            sqlx::query_as("SELECT id, state::text FROM outbox ORDER BY seq LIMIT 1")
+            sqlx::query_as("SELECT id, status FROM outbox_view ORDER BY seq LIMIT 1")
                 .fetch_one(&service_db)
                 .await
                 .expect("the change wrote an outbox row");

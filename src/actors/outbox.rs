@@ -52,6 +52,8 @@ pub struct PublisherStats {
     pub failed: AtomicU64,
     pub dead: AtomicU64,
     pub cycles: AtomicU64,
+    /// Times the cursor waited for running writers to tell a gap.
+    pub gap_waits: AtomicU64,
     /// Unix millis of the last cycle that reached NATS without a connection error.
     pub last_healthy_ms: AtomicU64,
     pub last_error: std::sync::Mutex<Option<String>>,
@@ -72,10 +74,8 @@ pub struct Publisher {
     js: jetstream::Context,
     config: OutboxConfig,
     lock: Mutex<Option<PgConnection>>,
-    /// The previous cycle's "mark published" update, still running, and the
-    /// `seq` of its rows: the next cycle claims around them, so claiming and
-    /// publishing the next batch overlaps that update.
-    marking: Mutex<Option<Marking>>,
+    /// After an outage, rows above the cursor are tried again from then on.
+    resume_at: std::sync::Mutex<Option<Instant>>,
     pub stats: Arc<PublisherStats>,
     metrics: Arc<crate::telemetry::metrics::Metrics>,
     /// Consecutive cycles that ended in an outage (for the retry pause).
@@ -84,12 +84,16 @@ pub struct Publisher {
     last_outage_warning: std::sync::Mutex<Option<Instant>>,
 }
 
-/// A cycle's claim, the previous cycle's marking and a gauge refresh can
-/// run at once.
+/// A cycle, the watch on running writers and a gauge refresh can run at once.
 const PUBLISHER_CONNECTIONS: u32 = 3;
 
-/// The `seq` of the rows being marked published, and the update doing it.
-type Marking = (Arc<Vec<i64>>, tokio::task::JoinHandle<()>);
+/// How often the cursor asks whether the transactions that may fill a gap
+/// have ended: first soon (most write transactions take milliseconds),
+/// then less often.
+const GAP_POLL_FIRST: Duration = Duration::from_micros(500);
+const GAP_POLL_MAX: Duration = Duration::from_millis(20);
+/// A gap held open longer than this is logged (with what holds it).
+const GAP_WARNING_AFTER: Duration = Duration::from_secs(10);
 
 /// Why a row did not reach the stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,7 +134,7 @@ pub fn envelope(row: &OutboxRow, encoding: Encoding) -> (Vec<u8>, &'static str) 
         "time": format_utc(&row.occurred_at),
         "subject": row.event_id.to_string(),
         "tenantid": row.tenant_id.to_string(),
-        "sequence": row.published_seq,
+        "sequence": row.published_seq.unwrap_or(row.seq),
         "datacontenttype": data_type,
         "data": row.payload,
     });
@@ -328,6 +332,24 @@ async fn send_next(
     }
 }
 
+/// How far the cursor can walk from `through` over `rows` (in `seq`
+/// order): the number of rows it takes, and the `seq` it reaches. It stops
+/// at a missing number, unless the number is at or below `skip_to`, which
+/// is known not to exist.
+fn walk(through: i64, rows: &[store::AheadRow], skip_to: Option<i64>) -> (usize, i64) {
+    let mut reached = through;
+    let mut taken = 0;
+    for ahead in rows {
+        let seq = ahead.row.seq;
+        if seq != reached + 1 && skip_to.is_none_or(|to| seq > to) {
+            break;
+        }
+        reached = seq;
+        taken += 1;
+    }
+    (taken, reached)
+}
+
 /// How much of the duplicate window the publisher does not rely on: room
 /// for the time between reading a row and its copy reaching the server, and
 /// for Postgres (which stamps sends) and NATS (which stamps messages)
@@ -512,7 +534,7 @@ impl Publisher {
             nats,
             config,
             lock: Mutex::new(None),
-            marking: Mutex::new(None),
+            resume_at: std::sync::Mutex::new(None),
             stats: Arc::default(),
             metrics: crate::telemetry::metrics::Metrics::new(),
             outages: Default::default(),
@@ -601,10 +623,9 @@ impl Publisher {
 
     /// Gives up the lock (on shutdown), so another instance takes over at
     /// once, and closes the publisher's pool: a cycle still running on a
-    /// stopped instance could otherwise take the lock again and number or
-    /// send rows behind the next publisher's back.
+    /// stopped instance could otherwise take the lock again and send rows
+    /// or move the cursor behind the next publisher's back.
     pub async fn step_down(&self) {
-        self.settle().await;
         if let Some(conn) = self.lock.lock().await.take() {
             let _ = conn.close().await;
         }
@@ -612,27 +633,90 @@ impl Publisher {
         self.db.close().await;
     }
 
-    /// Waits for the previous cycle's "mark published" update.
-    pub async fn settle(&self) {
-        if let Some((_, marking)) = self.marking.lock().await.take() {
-            let _ = marking.await;
+    /// Whether an outage's pause is still running.
+    fn pausing(&self) -> bool {
+        self.resume_at
+            .lock()
+            .ok()
+            .and_then(|at| *at)
+            .is_some_and(|at| Instant::now() < at)
+    }
+
+    /// The rows above the cursor that are settled: the walk takes rows in
+    /// `seq` order as long as no number is missing. A missing number is a
+    /// row whose transaction is still running (it commits later, and must
+    /// not be overtaken) or one that will never exist (its transaction
+    /// rolled back, or a restart of Postgres skipped numbers). When the very
+    /// next number is missing, the cursor waits for every transaction that
+    /// may be writing outbox rows to end; a number below a row already seen
+    /// that is still missing then is skipped. Returns the rows and the
+    /// `seq` the cursor may move to.
+    async fn settled(&self, through: i64) -> Result<(Vec<store::AheadRow>, i64), sqlx::Error> {
+        let mut rows = store::ahead(&self.db, through, self.config.batch).await?;
+        let (taken, top) = walk(through, &rows, None);
+        if taken > 0 || rows.is_empty() {
+            rows.truncate(taken);
+            return Ok((rows, top));
+        }
+        // Every number below this one was drawn before the rows were read,
+        // by a transaction running now or one that has ended.
+        let seen = rows.last().map_or(through, |r| r.row.seq);
+        let writers = store::writers(&self.db).await?;
+        self.wait_for(&writers).await?;
+        let mut rows = store::ahead(&self.db, through, self.config.batch).await?;
+        let (taken, top) = walk(through, &rows, Some(seen));
+        if top > through + taken as i64 {
+            tracing::debug!(
+                from = through + 1,
+                to = top,
+                "outbox numbers that no transaction wrote were skipped"
+            );
+        }
+        rows.truncate(taken);
+        Ok((rows, top))
+    }
+
+    /// Waits until none of `writers` is running any more.
+    async fn wait_for(&self, writers: &[String]) -> Result<(), sqlx::Error> {
+        if writers.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let mut pause = GAP_POLL_FIRST;
+        let mut warned = false;
+        self.stats.gap_waits.fetch_add(1, Ordering::Relaxed);
+        loop {
+            tokio::time::sleep(pause).await;
+            if !store::still_writing(&self.db, writers).await? {
+                return Ok(());
+            }
+            pause = (pause * 2).min(GAP_POLL_MAX);
+            if !warned && started.elapsed() >= GAP_WARNING_AFTER {
+                warned = true;
+                tracing::warn!(
+                    transactions = ?writers,
+                    "the outbox waits for transactions that may still write rows before the next one; a session left open inside a transaction holds every later row back (see pg_stat_activity)"
+                );
+            }
         }
     }
 
-    /// One cycle: publish up to one batch. Returns how many rows it handled.
+    /// One cycle: publish up to one batch of rows above the cursor, and the
+    /// retries that are due. Returns how many rows it handled.
     pub async fn cycle(&self) -> usize {
         self.stats.cycles.fetch_add(1, Ordering::Relaxed);
         if !self.lead().await {
-            self.settle().await;
             return 0;
         }
-        // While the previous batch is being marked its rows still look
-        // pending: the claim skips them.
-        let in_flight = match self.marking.lock().await.as_ref() {
-            Some((seqs, marking)) if !marking.is_finished() => seqs.clone(),
-            _ => Arc::default(),
+        let cursor = match store::cursor(&self.db).await {
+            Ok(cursor) => cursor,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the outbox cursor");
+                self.stats.record_error(&e);
+                return 0;
+            }
         };
-        let rows = match store::due(&self.db, self.config.batch, &in_flight).await {
+        let retries = match store::due(&self.db, self.config.batch).await {
             Ok(rows) => rows,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the outbox");
@@ -640,7 +724,19 @@ impl Publisher {
                 return 0;
             }
         };
-        if rows.is_empty() {
+        let (ahead, top) = if self.pausing() {
+            (Vec::new(), cursor.published_through)
+        } else {
+            match self.settled(cursor.published_through).await {
+                Ok(settled) => settled,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the outbox");
+                    self.stats.record_error(&e);
+                    return 0;
+                }
+            }
+        };
+        if retries.is_empty() && top == cursor.published_through {
             self.stats
                 .last_healthy_ms
                 .store(now_ms(), Ordering::Relaxed);
@@ -651,20 +747,62 @@ impl Publisher {
             }
             return 0;
         }
-        let attempts: HashMap<Uuid, i32> = rows.iter().map(|r| (r.id, r.attempts)).collect();
-        let handled = rows.len();
+        // A long wait for a gap may have outlived the lock.
+        if !self.lead().await {
+            return 0;
+        }
+        let mut waiting = Vec::new();
+        let mut fresh = Vec::new();
+        for ahead in ahead {
+            if !ahead.written {
+                continue;
+            }
+            if ahead.behind {
+                waiting.push(ahead.row.id);
+                continue;
+            }
+            let mut row = ahead.row;
+            if row.seq <= cursor.sending_through {
+                row.first_sent_at = cursor.sending_since;
+                row.sent_secs_ago = cursor.sending_secs_ago;
+            }
+            fresh.push(row);
+        }
+        let retried: HashSet<Uuid> = retries.iter().map(|r| r.id).collect();
+        let attempts: HashMap<Uuid, i32> = retries.iter().map(|r| (r.id, r.attempts)).collect();
+        let handled = retries.len() + fresh.len() + waiting.len();
+        let restamp = fresh.iter().any(|r| r.sent_secs_ago.is_some());
+        let mut rows = retries;
+        rows.extend(fresh);
+        rows.sort_by_key(|r| r.seq);
         let mut plan = if self.nats.connection_state() == async_nats::connection::State::Connected {
             self.plan(rows).await
         } else {
             // Publishing into a dead connection would only buffer and time out.
             Plan::none(rows, "NATS is not connected")
         };
-        if let Err(e) = store::assign_sequences(&self.db, &mut plan.send).await {
-            tracing::warn!(error = %e, "cannot number outbox rows");
+        let (mut resent, sending): (Vec<OutboxRow>, Vec<OutboxRow>) =
+            std::mem::take(&mut plan.send)
+                .into_iter()
+                .partition(|r| retried.contains(&r.id));
+        if let Err(e) = store::stamp_sends(&self.db, &mut resent).await {
+            tracing::warn!(error = %e, "cannot stamp outbox rows before sending them");
             return 0;
         }
+        if let Some(last) = sending.iter().map(|r| r.seq).max() {
+            // A row the stream was found not to hold was sent as if for
+            // the first time: its window starts now.
+            let restart = restamp && sending.iter().any(|r| r.sent_secs_ago.is_none());
+            if let Err(e) = store::mark_sending(&self.db, last, restart).await {
+                tracing::warn!(error = %e, "cannot note outbox rows as being sent");
+                return 0;
+            }
+        }
+        plan.send = resent;
+        plan.send.extend(sending);
+        plan.send.sort_by_key(|r| r.seq);
         let Published {
-            mut ok,
+            ok,
             mut failed,
             held,
         } = publish_rows(&self.nats, &self.js, &plan.send, self.config.encoding).await;
@@ -673,13 +811,6 @@ impl Publisher {
                 held = held.len(),
                 "rows not sent: an earlier row of their event did not reach the stream"
             );
-        }
-        if !plan.in_stream.is_empty() {
-            tracing::info!(
-                rows = plan.in_stream.len(),
-                "rows retried after the stream's duplicate window were in the stream already; marking them published without sending them again"
-            );
-            ok.extend(plan.in_stream.iter().map(|(id, _)| *id));
         }
         failed.extend(plan.unsent.iter().map(|u| {
             let kind = if u.outage {
@@ -706,39 +837,126 @@ impl Publisher {
                 .last_healthy_ms
                 .store(now_ms(), Ordering::Relaxed);
         }
+        if !plan.in_stream.is_empty() {
+            tracing::info!(
+                rows = plan.in_stream.len(),
+                "rows retried after the stream's duplicate window were in the stream already; counting them published without sending them again"
+            );
+        }
+        let in_stream = plan.in_stream.iter().map(|(id, _)| *id);
+        // Retried rows are marked one by one; rows above the cursor are
+        // published by moving it, unless an outage stopped them: then none
+        // of them counts, and all go again after the pause (JetStream drops
+        // the copies of those that got in).
+        let mut published: Vec<Uuid> = ok
+            .iter()
+            .copied()
+            .chain(in_stream.clone())
+            .filter(|id| retried.contains(id))
+            .collect();
+        let mut failed_retries = Vec::new();
+        let mut failed_fresh = Vec::new();
+        for failure in failed {
+            if retried.contains(&failure.0) {
+                failed_retries.push(failure);
+            } else {
+                failed_fresh.push(failure);
+            }
+        }
+        let mut fresh_published = 0;
+        if outage && (!failed_fresh.is_empty() || !held.iter().all(|id| retried.contains(id))) {
+            if let Ok(mut at) = self.resume_at.lock() {
+                *at = Some(Instant::now() + self.outage_retry());
+            }
+            if let Some((_, error, _)) = failed_fresh
+                .iter()
+                .find(|(_, _, kind)| *kind == FailureKind::Outage)
+                .or(failed_fresh.first())
+            {
+                self.note_outage(error, failed_fresh.len()).await;
+            }
+            // Retried rows held back by an outage wait for their retry too.
+            failed_retries.extend(
+                held.iter()
+                    .filter(|id| retried.contains(id))
+                    .map(|id| (*id, "held back by an outage".to_string(), FailureKind::Outage)),
+            );
+            self.record_failures(&attempts, &failed_retries).await;
+            if let Err(e) = store::mark_published(&self.db, &published).await {
+                tracing::warn!(error = %e, rows = published.len(), "cannot mark rows published; they will be re-sent and deduplicated");
+            }
+            self.count_published(published.len());
+            return handled;
+        }
+        // Rows that wait behind one of their event's: those the stream
+        // refused, the later ones of their events, and those behind a
+        // retry. They leave the cursor's path first, so that moving the
+        // cursor never counts them published.
+        waiting.extend(held.iter().filter(|id| !retried.contains(id)));
+        let refused: Vec<_> = failed_fresh
+            .into_iter()
+            .filter(|(_, _, kind)| *kind == FailureKind::Row)
+            .collect();
+        failed_retries.extend(refused.iter().cloned());
+        if let Err(e) = store::hold(&self.db, &waiting).await {
+            tracing::warn!(error = %e, "cannot hold outbox rows back for a retry");
+            return 0;
+        }
+        // Recording a refused row's failure makes it pending; unrecorded,
+        // the cursor must not pass it.
+        if !failed_retries.is_empty()
+            && !self.record_failures(&attempts, &failed_retries).await
+            && !refused.is_empty()
+        {
+            return 0;
+        }
+        if top > cursor.published_through {
+            if let Err(e) = store::advance(&self.db, top).await {
+                // Not moved: the next cycle sends the rows again, and
+                // JetStream drops the copies by Nats-Msg-Id.
+                tracing::warn!(error = %e, "cannot move the outbox cursor; its rows will be re-sent and deduplicated");
+                return 0;
+            }
+            let failed_or_waiting: HashSet<Uuid> = waiting
+                .iter()
+                .copied()
+                .chain(refused.iter().map(|f| f.0))
+                .collect();
+            fresh_published = plan
+                .send
+                .iter()
+                .filter(|r| !retried.contains(&r.id) && !failed_or_waiting.contains(&r.id))
+                .count()
+                + in_stream.filter(|id| !retried.contains(id)).count();
+        }
+        if let Err(e) = store::mark_published(&self.db, &published).await {
+            tracing::warn!(error = %e, rows = published.len(), "cannot mark rows published; they will be re-sent and deduplicated");
+            published.clear();
+        }
+        self.count_published(published.len() + fresh_published);
+        self.gauge_refresher().refresh(false).await;
+        handled
+    }
+
+    /// An outage stopped the rows above the cursor: recorded for the
+    /// operator's status, counted and logged as retried rows' failures are.
+    async fn note_outage(&self, error: &str, rows: usize) {
+        self.stats
+            .failed
+            .fetch_add(rows as u64, Ordering::Relaxed);
+        self.metrics.outbox_publish_errors.inc_by(rows as u64);
+        self.stats.record_error(error);
+        self.log_failure(rows, 0, error, true);
+        if let Err(e) = store::note_outage(&self.db, error).await {
+            tracing::warn!(error = %e, "cannot record the outbox's outage");
+        }
+    }
+
+    fn count_published(&self, n: usize) {
         self.stats
             .published
-            .fetch_add(ok.len() as u64, Ordering::Relaxed);
-        self.metrics.outbox_published.inc_by(ok.len() as u64);
-        // One update in flight at a time; this one runs while the next
-        // batch is claimed and published. Only published rows are skipped
-        // by that claim: failed ones are marked below, before it, and hold
-        // back the later rows of their events.
-        self.settle().await;
-        let published: HashSet<Uuid> = ok.iter().copied().collect();
-        let seqs = Arc::new(
-            plan.send
-                .iter()
-                .filter(|r| published.contains(&r.id))
-                .map(|r| r.seq)
-                .chain(plan.in_stream.iter().map(|(_, seq)| *seq))
-                .collect::<Vec<_>>(),
-        );
-        let db = self.db.clone();
-        let gauges = self.gauge_refresher();
-        let marking = tokio::spawn(async move {
-            if let Err(e) = store::mark_published(&db, &ok).await {
-                // Published but not marked: a later cycle sends them again
-                // and JetStream drops the duplicates by Nats-Msg-Id.
-                tracing::warn!(error = %e, rows = ok.len(), "cannot mark rows published; they will be re-sent and deduplicated");
-            }
-            gauges.refresh(false).await;
-        });
-        *self.marking.lock().await = Some((seqs, marking));
-        if !failed.is_empty() {
-            self.record_failures(&attempts, &failed).await;
-        }
-        handled
+            .fetch_add(n as u64, Ordering::Relaxed);
+        self.metrics.outbox_published.inc_by(n as u64);
     }
 
     /// "No responders" means no server took the message: the stream has no
@@ -775,12 +993,15 @@ impl Publisher {
 
     /// Marks the rows that did not reach the stream: those NATS failed are
     /// retried soon and keep their attempts, the others back off and go
-    /// dead after `max_attempts`.
+    /// dead after `max_attempts`. False if the marks could not be stored.
     async fn record_failures(
         &self,
         attempts: &HashMap<Uuid, i32>,
         failed: &[(Uuid, String, FailureKind)],
-    ) {
+    ) -> bool {
+        if failed.is_empty() {
+            return true;
+        }
         let now: DateTime<Utc> = Utc::now();
         let soon = now + chrono::Duration::from_std(self.outage_retry()).unwrap_or_default();
         let failures: Vec<Failure> = failed
@@ -820,31 +1041,40 @@ impl Publisher {
         self.metrics.outbox_dead.inc_by(newly_dead as u64);
         if let Some((_, first, kind)) = failed.first() {
             self.stats.record_error(first);
-            // Every cycle of an outage fails the same way: its start, and
-            // then a line every so often, say enough.
-            let streak = self.outages.load(Ordering::Relaxed);
-            let quiet = streak > 1
-                && self
-                    .last_outage_warning
-                    .lock()
-                    .ok()
-                    .and_then(|at| *at)
-                    .is_some_and(|at| at.elapsed() < OUTAGE_WARNING_EVERY);
-            if quiet {
-                tracing::debug!(failed = failures.len(), error = %first, "publishing outbox rows failed again");
-            } else {
-                if streak > 0
-                    && let Ok(mut at) = self.last_outage_warning.lock()
-                {
-                    *at = Some(Instant::now());
-                }
-                tracing::warn!(failed = failures.len(), dead = newly_dead, error = %first, outage = *kind != FailureKind::Row, outage_cycles = streak, "publishing outbox rows failed; they will be retried");
+            self.log_failure(failures.len(), newly_dead, first, *kind != FailureKind::Row);
+        }
+        let stored = match store::mark_failed(&self.db, &failures).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot record failed publishes");
+                false
             }
-        }
-        if let Err(e) = store::mark_failed(&self.db, &failures).await {
-            tracing::warn!(error = %e, "cannot record failed publishes");
-        }
+        };
         self.gauge_refresher().refresh(false).await;
+        stored
+    }
+
+    /// Every cycle of an outage fails the same way: its start, and then a
+    /// line every so often, say enough.
+    fn log_failure(&self, failed: usize, dead: usize, error: &str, outage: bool) {
+        let streak = self.outages.load(Ordering::Relaxed);
+        let quiet = streak > 1
+            && self
+                .last_outage_warning
+                .lock()
+                .ok()
+                .and_then(|at| *at)
+                .is_some_and(|at| at.elapsed() < OUTAGE_WARNING_EVERY);
+        if quiet {
+            tracing::debug!(failed, error = %error, "publishing outbox rows failed again");
+        } else {
+            if streak > 0
+                && let Ok(mut at) = self.last_outage_warning.lock()
+            {
+                *at = Some(Instant::now());
+            }
+            tracing::warn!(failed, dead, error = %error, outage, outage_cycles = streak, "publishing outbox rows failed; they will be retried");
+        }
     }
 
     fn gauge_refresher(&self) -> GaugeRefresher {
@@ -900,14 +1130,12 @@ impl Publisher {
         since: DateTime<Utc>,
         mut progress: impl FnMut(usize, usize),
     ) -> Result<(usize, usize), sqlx::Error> {
-        let mut after = store::replay_from(since);
+        let mut after: store::ReplayCursor = 0;
         let (mut sent, mut failed) = (0usize, 0usize);
         loop {
-            let rows = store::published_since(&self.db, after, self.config.batch).await?;
+            let rows = store::published_since(&self.db, since, after, self.config.batch).await?;
             let Some(last) = rows.last() else { break };
-            // Never taken: a CHECK constraint gives every published row its time.
-            let Some(at) = last.published_at else { break };
-            after = (at, last.seq);
+            after = last.seq;
             let done = publish_rows(&self.nats, &self.js, &rows, self.config.encoding).await;
             sent += done.ok.len();
             failed += done.failed.len() + done.held.len();
@@ -1068,7 +1296,7 @@ pub async fn dry_run(
     limit: i64,
     encoding: Encoding,
 ) -> Result<Vec<Value>, sqlx::Error> {
-    let rows = store::due(db, limit, &[]).await?;
+    let rows = store::next_rows(db, limit).await?;
     Ok(rows
         .iter()
         .map(|row| {

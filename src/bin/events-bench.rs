@@ -1033,7 +1033,7 @@ async fn soak(
     let drain_deadline = Instant::now() + Duration::from_secs(300);
     loop {
         let pending: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM outbox WHERE tenant_id = $1 AND state = 'pending'",
+            "SELECT count(*) FROM outbox_view WHERE tenant_id = $1 AND status = 'pending'",
         )
         .bind(tenant)
         .fetch_one(&db)

@@ -168,7 +168,9 @@ async fn outbox_commands_show_retry_and_preview_rows() {
 
 #[tokio::test]
 async fn purge_retention_deletes_only_old_published_rows() {
-    let app = crate::helpers::TestApp::spawn().await;
+    // The test moves the publisher's cursor itself.
+    let app =
+        crate::helpers::TestApp::spawn_with(|s| s.outbox_poll_interval = Some("1h".into())).await;
     let insert = |days_ago: i32, state: &'static str| {
         sqlx::query(
             "INSERT INTO outbox (id, tenant_id, event_id, event_type, subject, payload, state, occurred_at, published_at, published_seq)
@@ -190,19 +192,72 @@ async fn purge_retention_deletes_only_old_published_rows() {
         .execute(&app.db)
         .await
         .expect("old pending");
+    // Rows published by the cursor: one it passed 31 days ago, one it
+    // passed yesterday, and one above it (pending).
+    let written = |days_ago: i32| {
+        sqlx::query_scalar::<_, i64>(
+            "INSERT INTO outbox (id, tenant_id, event_id, event_type, subject, payload, occurred_at)
+             VALUES ($1, $2, $2, 'event.created', 'x', '{}'::jsonb, now() - make_interval(days => $3))
+             RETURNING seq",
+        )
+        .bind(uuid::Uuid::new_v4())
+        .bind(uuid::Uuid::new_v4())
+        .bind(days_ago)
+    };
+    let passed_long_ago = written(40).fetch_one(&app.db).await.expect("old");
+    let passed_yesterday = written(2).fetch_one(&app.db).await.expect("recent");
+    written(40).fetch_one(&app.db).await.expect("above the cursor");
+    sqlx::query("UPDATE outbox_cursor SET published_through = $1, sending_through = $1")
+        .bind(passed_yesterday)
+        .execute(&app.db)
+        .await
+        .expect("move the cursor");
+    sqlx::query(
+        "INSERT INTO outbox_progress (second, through, at) VALUES
+             (date_trunc('second', now() - interval '31 days'), $1, now() - interval '31 days'),
+             (date_trunc('second', now() - interval '1 day'), $2, now() - interval '1 day')",
+    )
+    .bind(passed_long_ago)
+    .bind(passed_yesterday)
+    .execute(&app.db)
+    .await
+    .expect("its progress");
     let report = run_json(
         events_svc()
             .arg("purge-retention")
             .env("DATABASE_URL", app.isolation.database_url())
             .env("EVENTS_RETENTION_PUBLISHED_OUTBOX_DAYS", "30"),
     );
-    assert_eq!(report["counts"]["published_outbox_deleted"], 1);
+    assert_eq!(report["counts"]["published_outbox_deleted"], 2);
     assert_eq!(report["service"], "events");
-    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
-        .fetch_one(&app.db)
-        .await
-        .expect("count");
-    assert_eq!(left, 2);
+    let left: Vec<String> =
+        sqlx::query_scalar("SELECT status || ' ' || seq FROM outbox_view ORDER BY seq")
+            .fetch_all(&app.db)
+            .await
+            .expect("rows");
+    assert_eq!(left.len(), 4, "{left:?}");
+    assert!(
+        !left.contains(&format!("published {passed_long_ago}")),
+        "{left:?}"
+    );
+    assert!(
+        left.contains(&format!("published {passed_yesterday}")),
+        "{left:?}"
+    );
+    let (old, yesterday): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE at < now() - interval '30 days'),
+                count(*) FILTER (WHERE through = $1)
+         FROM outbox_progress",
+    )
+    .bind(passed_yesterday)
+    .fetch_one(&app.db)
+    .await
+    .expect("progress");
+    assert_eq!(
+        (old, yesterday),
+        (0, 1),
+        "the seconds of deleted rows go with them, the others stay"
+    );
 }
 
 #[test]

@@ -80,7 +80,7 @@ pub async fn wait_for_stream(nats_url: &str, stream: &str, n: u64, within: Durat
 }
 
 async fn outbox_ids(db: &sqlx::PgPool) -> Vec<(Uuid, Uuid, String)> {
-    sqlx::query_as("SELECT id, event_id, state::text FROM outbox ORDER BY seq")
+    sqlx::query_as("SELECT id, event_id, status FROM outbox_view ORDER BY seq")
         .fetch_all(db)
         .await
         .expect("outbox rows")
@@ -389,7 +389,7 @@ async fn assert_exactly_once(app: &TestApp, expected: u64) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         let pending: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM outbox WHERE state <> 'published'")
+            sqlx::query_scalar("SELECT count(*) FROM outbox_view WHERE status <> 'published'")
                 .fetch_one(&app.db)
                 .await
                 .expect("count");
@@ -424,29 +424,15 @@ async fn a_publisher_restarted_mid_backlog_loses_and_duplicates_nothing() {
 #[tokio::test]
 async fn rows_published_but_not_marked_before_a_crash_are_not_duplicated() {
     let (first, isolation_db) = stopped_with_backlog(10, 30).await;
-    // What a publisher that crashed between publish and mark leaves behind:
-    // the first 120 rows are in the stream, the outbox still says pending.
-    let rows: Vec<updspace_events::store::outbox::OutboxRow> = {
-        let mut rows = updspace_events::store::outbox::due(&isolation_db, 120, &[])
-            .await
-            .expect("rows");
-        updspace_events::store::outbox::assign_sequences(&isolation_db, &mut rows)
-            .await
-            .expect("seq");
-        rows
-    };
-    // Rows being marked published are skipped by the next claim, which
-    // takes the following ones in order.
-    let skip: Vec<i64> = rows.iter().take(100).map(|r| r.seq).collect();
-    let next = updspace_events::store::outbox::due(&isolation_db, 50, &skip)
-        .await
-        .expect("rows");
-    let expected: Vec<i64> = rows.iter().skip(100).take(20).map(|r| r.seq).collect();
-    assert_eq!(
-        next.iter().take(20).map(|r| r.seq).collect::<Vec<_>>(),
-        expected
+    // What a publisher that crashed between publishing and moving its
+    // cursor leaves behind: the first 120 rows are in the stream, the
+    // cursor still stands before them.
+    let rows = about_to_send(&isolation_db, 120).await;
+    assert_eq!(rows.len(), 120);
+    assert!(
+        rows.windows(2).all(|w| w[0].seq < w[1].seq),
+        "the cursor walks in insertion order"
     );
-    assert!(next.iter().all(|r| !skip.contains(&r.seq)));
     let js = jetstream::new(async_nats::connect(NATS_URL).await.expect("connect"));
     for row in &rows {
         let (payload, content_type) = updspace_events::actors::outbox::envelope(
@@ -472,11 +458,6 @@ async fn a_replay_after_a_stream_loss_sends_every_published_row_again_in_publish
     let (first, _) = stopped_with_backlog(10, 500).await;
     let app = first.spawn_sibling(|_| {}).await;
     assert_exactly_once(&app, 5000).await;
-    let cycles: i64 = sqlx::query_scalar("SELECT count(DISTINCT published_at) FROM outbox")
-        .fetch_one(&app.db)
-        .await
-        .expect("publish times");
-    assert!(cycles > 1, "one publish time only");
     let original: Vec<(String, Value)> = read_stream(NATS_URL, &app.isolation.stream)
         .await
         .into_iter()
@@ -496,8 +477,7 @@ async fn a_replay_after_a_stream_loss_sends_every_published_row_again_in_publish
     .await
     .expect("stream again");
 
-    // Pages smaller than a cycle, so page boundaries fall inside publish
-    // times as well as between them.
+    // Pages smaller than a cycle, so page boundaries fall inside cycles.
     let connect = updspace_events::store::connect_options(&app.state.config.database)
         .expect("connect options");
     let replayer = updspace_events::actors::outbox::Publisher::new(
@@ -951,20 +931,14 @@ async fn a_row_whose_ack_was_lost_is_stored_once_when_retried_after_the_duplicat
     .await;
     proxy.lose_acks(false);
 
-    let (id, attempts, published_seq): (Uuid, i32, i64) =
+    let (id, sequence): (Uuid, i64) =
         eventually(Duration::from_secs(30), "the row is published", || async {
-            sqlx::query_as(
-                "SELECT id, attempts, published_seq FROM outbox WHERE state = 'published'",
-            )
-            .fetch_optional(&app.db)
-            .await
-            .expect("row")
+            sqlx::query_as("SELECT id, sequence FROM outbox_view WHERE status = 'published'")
+                .fetch_optional(&app.db)
+                .await
+                .expect("row")
         })
         .await;
-    assert_eq!(
-        attempts, 2,
-        "one attempt lost its ack, the next one settled it"
-    );
     let messages = read_stream(&nats.url(), &app.isolation.stream).await;
     let ids: Vec<&str> = messages.iter().map(|m| m.msg_id.as_str()).collect();
     assert_eq!(
@@ -972,7 +946,7 @@ async fn a_row_whose_ack_was_lost_is_stored_once_when_retried_after_the_duplicat
         [id.to_string()],
         "the stream holds the row exactly once"
     );
-    assert_eq!(messages[0].envelope["sequence"], json!(published_seq));
+    assert_eq!(messages[0].envelope["sequence"], json!(sequence));
 }
 
 /// Waits until the stream has forgotten the ids of the messages stored so
@@ -1001,22 +975,36 @@ async fn forget_ids(js: &jetstream::Context, stream: &str, prefix: &str) {
     }
 }
 
-/// Numbers and stamps the first `n` due rows, as a publisher does just
-/// before it sends them, and dates their first send `ago` back.
+/// The first `n` rows above the cursor, noted as being sent, as a
+/// publisher notes them just before it sends them.
+async fn about_to_send(
+    db: &sqlx::PgPool,
+    n: i64,
+) -> Vec<updspace_events::store::outbox::OutboxRow> {
+    use updspace_events::store::outbox as store;
+    let cursor = store::cursor(db).await.expect("cursor");
+    let rows: Vec<store::OutboxRow> = store::ahead(db, cursor.published_through, n)
+        .await
+        .expect("rows")
+        .into_iter()
+        .map(|ahead| ahead.row)
+        .collect();
+    if let Some(last) = rows.last() {
+        store::mark_sending(db, last.seq, false)
+            .await
+            .expect("note the sends");
+    }
+    rows
+}
+
+/// [`about_to_send`], with the sends dated `ago` back.
 async fn sent_long_ago(
     db: &sqlx::PgPool,
     n: i64,
     ago: &str,
 ) -> Vec<updspace_events::store::outbox::OutboxRow> {
-    let mut rows = updspace_events::store::outbox::due(db, n, &[])
-        .await
-        .expect("rows");
-    updspace_events::store::outbox::assign_sequences(db, &mut rows)
-        .await
-        .expect("seq");
-    let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
-    sqlx::query("UPDATE outbox SET first_sent_at = now() - $2::interval WHERE id = ANY($1)")
-        .bind(&ids)
+    let rows = about_to_send(db, n).await;
+    sqlx::query("UPDATE outbox_cursor SET sending_since = now() - $1::interval")
         .bind(ago)
         .execute(db)
         .await
@@ -1072,18 +1060,13 @@ async fn a_row_sent_long_ago_that_never_reached_the_stream_is_sent_once_in_order
     assert_eq!(messages[0].msg_id, lost[0].id.to_string());
     assert_eq!(
         messages[0].envelope["sequence"],
-        json!(lost[0].published_seq),
+        json!(lost[0].seq),
         "the row keeps the number it was first sent with"
     );
-    let resent_ago: f64 = sqlx::query_scalar(
-        "SELECT EXTRACT(EPOCH FROM now() - first_sent_at)::float8 FROM outbox WHERE id = $1",
-    )
-    .bind(lost[0].id)
-    .fetch_one(&second.db)
-    .await
-    .expect("row");
-    assert!(
-        resent_ago < 60.0,
-        "sending it again starts a new window: first sent {resent_ago} s ago"
-    );
+    let since: Option<chrono::DateTime<chrono::Utc>> =
+        sqlx::query_scalar("SELECT sending_since FROM outbox_cursor")
+            .fetch_one(&second.db)
+            .await
+            .expect("cursor");
+    assert_eq!(since, None, "the cursor has passed every row it sent");
 }

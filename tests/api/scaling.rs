@@ -777,7 +777,7 @@ async fn assert_published(dep: &Deployment) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let waiting: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM outbox WHERE state <> 'published'")
+            sqlx::query_scalar("SELECT count(*) FROM outbox_view WHERE status <> 'published'")
                 .fetch_one(db)
                 .await
                 .expect("pending rows");

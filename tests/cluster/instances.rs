@@ -259,7 +259,7 @@ async fn two_instances_on_different_nodes_survive_node_losses_and_a_publisher_ki
     // The backlog's rows are the ones with a number.
     loop {
         let left: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM outbox WHERE state <> 'published' AND payload ? 'n'",
+            "SELECT count(*) FROM outbox_view WHERE status <> 'published' AND payload ? 'n'",
         )
         .fetch_one(&db)
         .await

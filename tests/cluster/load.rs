@@ -516,7 +516,7 @@ pub async fn wait_outbox_drained(db: &sqlx::PgPool, within: Duration) -> Duratio
     let started = Instant::now();
     loop {
         let pending: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM outbox WHERE state <> 'published'")
+            sqlx::query_scalar("SELECT count(*) FROM outbox_view WHERE status <> 'published'")
                 .fetch_one(db)
                 .await
                 .expect("count");

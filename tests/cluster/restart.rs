@@ -13,7 +13,7 @@ use crate::load::{self, Load, Probe, Transport};
 use crate::nodes::on_cluster;
 
 async fn pending(db: &sqlx::PgPool) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM outbox WHERE state = 'pending'")
+    sqlx::query_scalar("SELECT count(*) FROM outbox_view WHERE status = 'pending'")
         .fetch_one(db)
         .await
         .expect("pending rows")

@@ -131,7 +131,7 @@ pub async fn export(db: &PgPool, tenant: TenantId, user: UserId) -> Result<Value
     let created: Vec<Uuid> = events.iter().map(|e| e.id).collect();
     let outbox: Vec<OutboxRow> = sqlx::query_as(concat!(
         "SELECT o.id, o.tenant_id, o.event_type, o.payload, o.occurred_at, o.published_at
-         FROM outbox o WHERE ",
+         FROM outbox_view o WHERE ",
         outbox_matcher!(),
         " ORDER BY o.occurred_at, o.seq"
     ))

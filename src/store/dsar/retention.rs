@@ -28,7 +28,31 @@ pub async fn purge_published_outbox(db: &PgPool, days: u32) -> Result<Value, App
                 format!("a retention of {days} days reaches before year 1"),
             )
         })?;
+    // Rows the cursor passed before the cutoff: every `seq` up to where it
+    // stood at the last second recorded before then.
+    let passed: Option<i64> =
+        sqlx::query_scalar("SELECT max(through) FROM outbox_progress WHERE at < $1")
+            .bind(cutoff)
+            .fetch_one(db)
+            .await?;
     let mut deleted: u64 = 0;
+    loop {
+        let n = sqlx::query(
+            "DELETE FROM outbox WHERE id IN (
+                 SELECT id FROM outbox
+                 WHERE state = 'written' AND seq <= $1
+                 ORDER BY seq LIMIT $2)",
+        )
+        .bind(passed.unwrap_or(0))
+        .bind(PURGE_CHUNK)
+        .execute(db)
+        .await?
+        .rows_affected();
+        deleted += n;
+        if n < PURGE_CHUNK as u64 {
+            break;
+        }
+    }
     loop {
         let n = sqlx::query(
             "DELETE FROM outbox WHERE id IN (
@@ -46,6 +70,11 @@ pub async fn purge_published_outbox(db: &PgPool, days: u32) -> Result<Value, App
             break;
         }
     }
+    // The rows those seconds cover are gone.
+    sqlx::query("DELETE FROM outbox_progress WHERE at < $1")
+        .bind(cutoff)
+        .execute(db)
+        .await?;
     Ok(json!({
         "counts": {"published_outbox_deleted": deleted},
         "cutoffs": {"published_outbox_before": format_utc(&cutoff)},
