@@ -76,6 +76,9 @@ pub struct Publisher {
     lock: Mutex<Option<PgConnection>>,
     /// After an outage, rows above the cursor are tried again from then on.
     resume_at: std::sync::Mutex<Option<Instant>>,
+    /// Stepped down for good (shutdown): a cycle still running must not
+    /// take the lock again.
+    stopped: AtomicBool,
     pub stats: Arc<PublisherStats>,
     metrics: Arc<crate::telemetry::metrics::Metrics>,
     /// Consecutive cycles that ended in an outage (for the retry pause).
@@ -535,6 +538,7 @@ impl Publisher {
             config,
             lock: Mutex::new(None),
             resume_at: std::sync::Mutex::new(None),
+            stopped: AtomicBool::new(false),
             stats: Arc::default(),
             metrics: crate::telemetry::metrics::Metrics::new(),
             outages: Default::default(),
@@ -594,7 +598,13 @@ impl Publisher {
 
     /// Holds (or takes) the publisher lock; false if another instance has it.
     async fn lead(&self) -> bool {
+        if self.stopped.load(Ordering::Acquire) {
+            return false;
+        }
         let mut lock = self.lock.lock().await;
+        if self.stopped.load(Ordering::Acquire) {
+            return false;
+        }
         if let Some(conn) = lock.as_mut() {
             if sqlx::query("SELECT 1").execute(&mut *conn).await.is_ok() {
                 return true;
@@ -621,11 +631,12 @@ impl Publisher {
         }
     }
 
-    /// Gives up the lock (on shutdown), so another instance takes over at
-    /// once, and closes the publisher's pool: a cycle still running on a
-    /// stopped instance could otherwise take the lock again and send rows
-    /// or move the cursor behind the next publisher's back.
+    /// Gives up the lock for good (on shutdown), so another instance takes
+    /// over at once, and closes the publisher's pool: a cycle still running
+    /// on a stopped instance could otherwise take the lock again and send
+    /// rows or move the cursor behind the next publisher's back.
     pub async fn step_down(&self) {
+        self.stopped.store(true, Ordering::Release);
         if let Some(conn) = self.lock.lock().await.take() {
             let _ = conn.close().await;
         }
@@ -876,11 +887,13 @@ impl Publisher {
                 self.note_outage(error, failed_fresh.len()).await;
             }
             // Retried rows held back by an outage wait for their retry too.
-            failed_retries.extend(
-                held.iter()
-                    .filter(|id| retried.contains(id))
-                    .map(|id| (*id, "held back by an outage".to_string(), FailureKind::Outage)),
-            );
+            failed_retries.extend(held.iter().filter(|id| retried.contains(id)).map(|id| {
+                (
+                    *id,
+                    "held back by an outage".to_string(),
+                    FailureKind::Outage,
+                )
+            }));
             self.record_failures(&attempts, &failed_retries).await;
             if let Err(e) = store::mark_published(&self.db, &published).await {
                 tracing::warn!(error = %e, rows = published.len(), "cannot mark rows published; they will be re-sent and deduplicated");
@@ -941,9 +954,7 @@ impl Publisher {
     /// An outage stopped the rows above the cursor: recorded for the
     /// operator's status, counted and logged as retried rows' failures are.
     async fn note_outage(&self, error: &str, rows: usize) {
-        self.stats
-            .failed
-            .fetch_add(rows as u64, Ordering::Relaxed);
+        self.stats.failed.fetch_add(rows as u64, Ordering::Relaxed);
         self.metrics.outbox_publish_errors.inc_by(rows as u64);
         self.stats.record_error(error);
         self.log_failure(rows, 0, error, true);
@@ -953,9 +964,7 @@ impl Publisher {
     }
 
     fn count_published(&self, n: usize) {
-        self.stats
-            .published
-            .fetch_add(n as u64, Ordering::Relaxed);
+        self.stats.published.fetch_add(n as u64, Ordering::Relaxed);
         self.metrics.outbox_published.inc_by(n as u64);
     }
 

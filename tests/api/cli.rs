@@ -168,9 +168,12 @@ async fn outbox_commands_show_retry_and_preview_rows() {
 
 #[tokio::test]
 async fn purge_retention_deletes_only_old_published_rows() {
-    // The test moves the publisher's cursor itself.
-    let app =
-        crate::helpers::TestApp::spawn_with(|s| s.outbox_poll_interval = Some("1h".into())).await;
+    // The test moves the publisher's cursor itself: no publisher runs.
+    let mut app = crate::helpers::TestApp::spawn().await;
+    let db = sqlx::PgPool::connect(&app.isolation.database_url())
+        .await
+        .expect("pool");
+    app.stop().await;
     let insert = |days_ago: i32, state: &'static str| {
         sqlx::query(
             "INSERT INTO outbox (id, tenant_id, event_id, event_type, subject, payload, state, occurred_at, published_at, published_seq)
@@ -183,13 +186,10 @@ async fn purge_retention_deletes_only_old_published_rows() {
         .bind(state)
         .bind(days_ago)
     };
-    insert(31, "published").execute(&app.db).await.expect("old");
-    insert(3, "published")
-        .execute(&app.db)
-        .await
-        .expect("recent");
+    insert(31, "published").execute(&db).await.expect("old");
+    insert(3, "published").execute(&db).await.expect("recent");
     insert(40, "pending")
-        .execute(&app.db)
+        .execute(&db)
         .await
         .expect("old pending");
     // Rows published by the cursor: one it passed 31 days ago, one it
@@ -204,12 +204,12 @@ async fn purge_retention_deletes_only_old_published_rows() {
         .bind(uuid::Uuid::new_v4())
         .bind(days_ago)
     };
-    let passed_long_ago = written(40).fetch_one(&app.db).await.expect("old");
-    let passed_yesterday = written(2).fetch_one(&app.db).await.expect("recent");
-    written(40).fetch_one(&app.db).await.expect("above the cursor");
+    let passed_long_ago = written(40).fetch_one(&db).await.expect("old");
+    let passed_yesterday = written(2).fetch_one(&db).await.expect("recent");
+    written(40).fetch_one(&db).await.expect("above the cursor");
     sqlx::query("UPDATE outbox_cursor SET published_through = $1, sending_through = $1")
         .bind(passed_yesterday)
-        .execute(&app.db)
+        .execute(&db)
         .await
         .expect("move the cursor");
     sqlx::query(
@@ -219,7 +219,7 @@ async fn purge_retention_deletes_only_old_published_rows() {
     )
     .bind(passed_long_ago)
     .bind(passed_yesterday)
-    .execute(&app.db)
+    .execute(&db)
     .await
     .expect("its progress");
     let report = run_json(
@@ -232,7 +232,7 @@ async fn purge_retention_deletes_only_old_published_rows() {
     assert_eq!(report["service"], "events");
     let left: Vec<String> =
         sqlx::query_scalar("SELECT status || ' ' || seq FROM outbox_view ORDER BY seq")
-            .fetch_all(&app.db)
+            .fetch_all(&db)
             .await
             .expect("rows");
     assert_eq!(left.len(), 4, "{left:?}");
@@ -250,7 +250,7 @@ async fn purge_retention_deletes_only_old_published_rows() {
          FROM outbox_progress",
     )
     .bind(passed_yesterday)
-    .fetch_one(&app.db)
+    .fetch_one(&db)
     .await
     .expect("progress");
     assert_eq!(

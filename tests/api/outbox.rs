@@ -1070,3 +1070,119 @@ async fn a_row_sent_long_ago_that_never_reached_the_stream_is_sent_once_in_order
             .expect("cursor");
     assert_eq!(since, None, "the cursor has passed every row it sent");
 }
+
+/// Inserts one outbox row of its own event (as a write would) and returns
+/// its `seq`.
+async fn insert_row(conn: &mut sqlx::PgConnection, app: &TestApp, tenant: Uuid, n: i64) -> i64 {
+    sqlx::query_scalar(
+        "INSERT INTO outbox (id, tenant_id, event_id, event_type, subject, payload)
+         VALUES ($1, $2, $3, 'event.updated', $4, jsonb_build_object('n', $5::bigint))
+         RETURNING seq",
+    )
+    .bind(Uuid::new_v4())
+    .bind(tenant)
+    .bind(Uuid::new_v4())
+    .bind(format!(
+        "{}.out.{tenant}.event.updated",
+        app.isolation.prefix
+    ))
+    .bind(n)
+    .fetch_one(conn)
+    .await
+    .expect("outbox row")
+}
+
+fn gap_waits(app: &TestApp) -> u64 {
+    app.state
+        .publisher
+        .stats
+        .gap_waits
+        .load(std::sync::atomic::Ordering::Relaxed)
+}
+
+#[tokio::test]
+async fn a_row_committed_late_is_not_overtaken_by_the_rows_numbered_after_it() {
+    let app = TestApp::spawn_with(|s| s.outbox_poll_interval = Some("50ms".into())).await;
+    let tenant = Uuid::new_v4();
+    // A transaction draws its row's number and stays open; rows numbered
+    // after it commit at once.
+    let mut late = app.db.begin().await.expect("begin");
+    let late_seq = insert_row(&mut late, &app, tenant, 1).await;
+    let mut conn = app.db.acquire().await.expect("connection");
+    let after = [
+        insert_row(&mut conn, &app, tenant, 2).await,
+        insert_row(&mut conn, &app, tenant, 3).await,
+    ];
+    assert!(after.iter().all(|seq| *seq > late_seq));
+    eventually(
+        Duration::from_secs(10),
+        "the publisher waits at the gap",
+        || async { (gap_waits(&app) > 0).then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        stream_count(NATS_URL, &app.isolation.stream).await,
+        0,
+        "nothing numbered after an open transaction's row goes out before it"
+    );
+    late.commit().await.expect("commit");
+    assert_eq!(
+        wait_for_stream(NATS_URL, &app.isolation.stream, 3, Duration::from_secs(10)).await,
+        3
+    );
+    let messages = read_stream(NATS_URL, &app.isolation.stream).await;
+    let numbers: Vec<i64> = messages
+        .iter()
+        .filter_map(|m| m.envelope["sequence"].as_i64())
+        .collect();
+    assert_eq!(
+        numbers,
+        [late_seq, after[0], after[1]],
+        "stream order is seq order"
+    );
+    let order: Vec<i64> = messages
+        .iter()
+        .filter_map(|m| m.envelope["data"]["n"].as_i64())
+        .collect();
+    assert_eq!(order, [1, 2, 3]);
+}
+
+#[tokio::test]
+async fn a_number_whose_transaction_rolled_back_is_skipped_and_other_transactions_do_not_hold_the_outbox()
+ {
+    let app = TestApp::spawn_with(|s| s.outbox_poll_interval = Some("50ms".into())).await;
+    let tenant = Uuid::new_v4();
+    // A long transaction with a transaction id of its own (as any write
+    // elsewhere gets), open throughout.
+    let mut unrelated = app.db.begin().await.expect("begin");
+    sqlx::query("SELECT pg_current_xact_id()")
+        .execute(&mut *unrelated)
+        .await
+        .expect("a transaction id");
+    let mut aborted = app.db.begin().await.expect("begin");
+    let gap = insert_row(&mut aborted, &app, tenant, 1).await;
+    let mut conn = app.db.acquire().await.expect("connection");
+    let kept = insert_row(&mut conn, &app, tenant, 2).await;
+    assert!(kept > gap);
+    eventually(
+        Duration::from_secs(10),
+        "the publisher waits at the gap",
+        || async { (gap_waits(&app) > 0).then_some(()) },
+    )
+    .await;
+    assert_eq!(stream_count(NATS_URL, &app.isolation.stream).await, 0);
+    aborted.rollback().await.expect("rollback");
+    assert_eq!(
+        wait_for_stream(NATS_URL, &app.isolation.stream, 1, Duration::from_secs(10)).await,
+        1,
+        "the row after the gap goes out while the unrelated transaction is still open"
+    );
+    let messages = read_stream(NATS_URL, &app.isolation.stream).await;
+    assert_eq!(messages[0].envelope["sequence"], json!(kept));
+    let through: i64 = sqlx::query_scalar("SELECT published_through FROM outbox_cursor")
+        .fetch_one(&mut *conn)
+        .await
+        .expect("cursor");
+    assert!(through >= kept);
+    unrelated.rollback().await.expect("rollback");
+}
