@@ -9,6 +9,7 @@
 #   scripts/compare-builds.sh 3409525            # 3 rounds of 5 s per scenario
 #   ROUNDS=5 DURATION=10 scripts/compare-builds.sh 3409525
 #   OUT=BENCHMARKS.md scripts/compare-builds.sh 3409525
+#   ONLY="rsvp-nats outbox-drain outbox-latency" scripts/compare-builds.sh 3409525
 #
 # Needs Postgres and NATS as the tests do. HTTP rows run with v1 signatures
 # (as the BFF signs) and, on this build, also with v2.
@@ -97,7 +98,17 @@ SCENARIOS=(
     "list-nats list --events 1000"
     "get-http get --transport http --events 1000"
     "rsvp-http rsvp --transport http --events 1000"
+    "outbox-drain outbox-drain --events 100000"
+    "outbox-latency outbox-latency --rate 2000"
 )
+# ONLY="rsvp-nats outbox-drain" runs only the scenarios so labelled.
+if [ -n "${ONLY:-}" ]; then
+    kept=()
+    for s in "${SCENARIOS[@]}"; do
+        case " $ONLY " in *" ${s%% *} "*) kept+=("$s") ;; esac
+    done
+    SCENARIOS=("${kept[@]}")
+fi
 for round in $(seq 1 "$ROUNDS"); do
     order=(old new)
     if [ $((round % 2)) = 0 ]; then order=(new old); fi
@@ -105,8 +116,10 @@ for round in $(seq 1 "$ROUNDS"); do
         read -r -a words <<<"$s"
         for build in "${order[@]}"; do bench "${words[0]}" "$build" "${words[@]:1}"; done
     done
-    bench get-http-v2 new get --transport http --signature 2 --events 1000
-    bench rsvp-http-v2 new rsvp --transport http --signature 2 --events 1000
+    if [ -z "${ONLY:-}" ]; then
+        bench get-http-v2 new get --transport http --signature 2 --events 1000
+        bench rsvp-http-v2 new rsvp --transport http --signature 2 --events 1000
+    fi
 done
 
 TABLE=$(python3 - "$RESULTS" "$OLD_REV" "$(git rev-parse --short HEAD)" "$ROUNDS" "$DURATION" <<'PY'

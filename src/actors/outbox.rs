@@ -699,6 +699,9 @@ impl Publisher {
         loop {
             tokio::time::sleep(pause).await;
             if !store::still_writing(&self.db, writers).await? {
+                self.metrics
+                    .outbox_gap_wait
+                    .observe(started.elapsed().as_secs_f64());
                 return Ok(());
             }
             pause = (pause * 2).min(GAP_POLL_MAX);

@@ -27,6 +27,7 @@ pub struct Metrics {
     pub outbox_publish_errors: IntCounter,
     pub outbox_dead: IntCounter,
     pub outbox_leader: IntGauge,
+    pub outbox_gap_wait: Histogram,
     pub requests: IntCounterVec,
     pub request_errors: IntCounterVec,
     pub request_duration: HistogramVec,
@@ -146,6 +147,12 @@ impl Metrics {
                 &r,
                 "events_outbox_publisher_leader",
                 "1 on the instance holding the publisher lock",
+            ),
+            outbox_gap_wait: histogram(
+                &r,
+                "events_outbox_gap_wait_seconds",
+                "Time the outbox publisher waited at a missing number for the transactions that were writing outbox rows",
+                &LATENCY_BUCKETS,
             ),
             requests: counter_vec(
                 &r,
