@@ -51,3 +51,9 @@ done
 sleep 16
 "$BIN_DIR/events-bench" outbox-latency --duration "$DURATION" --rate "$RATE" --pid "${pids[0]}" \
     --http-url "http://127.0.0.1:18101" ${JSON:+--json}
+# How often, and how long, the publisher waited at a number whose transaction
+# was still running (on stderr: the JSON line stays alone on stdout).
+for i in $(seq 1 "$INSTANCES"); do
+    curl -fsS "http://127.0.0.1:$((18100 + i))/metrics" 2>/dev/null |
+        grep -E '^events_outbox_gap_wait_seconds_(count|sum)' | sed "s/^/instance $i: /" >&2 || true
+done
