@@ -751,6 +751,12 @@ impl Publisher {
             }
         };
         if retries.is_empty() && top == cursor.published_through {
+            if self.pausing() {
+                // Rows may be waiting above the cursor for the outage's
+                // pause to end: not healthy, and the gauges must show them.
+                self.gauge_refresher().refresh(false).await;
+                return 0;
+            }
             self.stats
                 .last_healthy_ms
                 .store(now_ms(), Ordering::Relaxed);
@@ -902,6 +908,7 @@ impl Publisher {
                 tracing::warn!(error = %e, rows = published.len(), "cannot mark rows published; they will be re-sent and deduplicated");
             }
             self.count_published(published.len());
+            self.gauge_refresher().refresh(false).await;
             return handled;
         }
         // Rows that wait behind one of their event's: those the stream
