@@ -738,7 +738,8 @@ impl Publisher {
                 return 0;
             }
         };
-        let (ahead, top) = if self.pausing() {
+        let paused = self.pausing();
+        let (ahead, top) = if paused {
             (Vec::new(), cursor.published_through)
         } else {
             match self.settled(cursor.published_through).await {
@@ -751,7 +752,7 @@ impl Publisher {
             }
         };
         if retries.is_empty() && top == cursor.published_through {
-            if self.pausing() {
+            if paused {
                 // Rows may be waiting above the cursor for the outage's
                 // pause to end: not healthy, and the gauges must show them.
                 self.gauge_refresher().refresh(false).await;
