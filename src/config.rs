@@ -286,7 +286,7 @@ pub struct Settings {
     pub max_live_actors: Option<String>,
 
     /// Signed requests one instance remembers to refuse their replays
-    /// (about 100 bytes each, kept 5 minutes). When full, requests are
+    /// (about 20 bytes each, kept 5 minutes). When full, requests are
     /// checked in the shared replay bucket instead. Default 1000000.
     #[arg(long, env = "EVENTS_REPLAY_MEMORY", global = true, value_name = "N")]
     pub replay_memory: Option<String>,

@@ -10,7 +10,8 @@
 //! are also checked in a store shared by all instances is decided by the
 //! application layer (`docs/hmac-signatures.md`, "Replays").
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
@@ -67,12 +68,20 @@ type Short = [u8; 16];
 /// Remembers the keys of requests this instance accepted until their signature
 /// expires, and refuses them while remembered.
 ///
-/// Memory is bounded by `capacity` entries (about 100 bytes each). Nothing is
+/// Memory is bounded by `capacity` entries (about 20 bytes each). Nothing is
 /// ever forgotten early, since that would reopen a replay window: once full, a
 /// new request is accepted without being remembered, and the guard reports that
 /// it is *diverting* until the last such request has expired. While it is, the
 /// caller must check every request in the shared store instead
 /// ([`ReplayGuard::diverting`]).
+///
+/// Keys are kept in buckets by the second their signature expires, which a
+/// request's own timestamp fixes: a replay carries the same timestamp, so a check
+/// probes one bucket, and a bucket whose last second has passed is dropped whole
+/// (no per-entry expiry index). Within a bucket a key is 64 bits of the request's
+/// SHA-256: two different requests share them with a probability of about 2^-64 per
+/// remembered key, and the worst that can do is refuse an honest request once,
+/// whose client signs again.
 pub struct ReplayGuard {
     shards: Box<[Mutex<Shard>]>,
     shard_capacity: usize,
@@ -82,21 +91,52 @@ pub struct ReplayGuard {
     diverted_until: AtomicI64,
 }
 
+/// Seconds of expiry one bucket covers: an entry's memory is released at most this
+/// long after its signature expired.
+const BUCKET_SECS: i64 = 8;
+
 #[derive(Default)]
 struct Shard {
-    expiry_by_key: HashMap<Short, i64>,
-    by_expiry: BTreeSet<(i64, Short)>,
+    /// Bucket number (expiry / `BUCKET_SECS`) → the keys expiring in it.
+    buckets: BTreeMap<i64, HashSet<u64, BuildHasherDefault<KeyBits>>>,
+    len: usize,
 }
 
 impl Shard {
     fn forget_expired(&mut self, now_unix: i64) {
-        while let Some(&(expiry, key)) = self.by_expiry.first() {
-            if expiry >= now_unix {
+        while let Some(oldest) = self.buckets.first_entry() {
+            let last_second = oldest
+                .key()
+                .saturating_mul(BUCKET_SECS)
+                .saturating_add(BUCKET_SECS - 1);
+            if last_second >= now_unix {
                 break;
             }
-            self.by_expiry.pop_first();
-            self.expiry_by_key.remove(&key);
+            self.len -= oldest.get().len();
+            oldest.remove();
         }
+    }
+}
+
+/// The keys are already uniformly distributed bits of a SHA-256, so the set uses
+/// them as their own hash instead of hashing them again.
+#[derive(Default)]
+struct KeyBits(u64);
+
+impl Hasher for KeyBits {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is used for a `u64` key; fold anything else in anyway.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
     }
 }
 
@@ -172,22 +212,30 @@ impl ReplayGuard {
             // would only take space.
             return Err(UnauthorizedReason::Expired.into());
         }
-        let key = ReplayKey::of_triple(request_id, timestamp, signature).short();
-        let mut shard = self.shards[usize::from(key[0]) % self.shards.len()]
+        let digest = ReplayKey::of_triple(request_id, timestamp, signature).0;
+        let mut bits = [0u8; 8];
+        bits.copy_from_slice(&digest[..8]);
+        let key = u64::from_le_bytes(bits);
+        let mut shard = self.shards[usize::from(digest[8]) % self.shards.len()]
             .lock()
             // Every update leaves the maps consistent, so a panic elsewhere while the
             // lock was held cannot have corrupted them.
             .unwrap_or_else(PoisonError::into_inner);
         shard.forget_expired(now_unix);
-        if shard.expiry_by_key.contains_key(&key) {
+        let bucket = expiry.div_euclid(BUCKET_SECS);
+        if shard
+            .buckets
+            .get(&bucket)
+            .is_some_and(|keys| keys.contains(&key))
+        {
             return Err(UnauthorizedReason::Replayed.into());
         }
-        if shard.expiry_by_key.len() >= self.shard_capacity {
+        if shard.len >= self.shard_capacity {
             self.diverted_until.fetch_max(expiry, Ordering::SeqCst);
             return Ok(());
         }
-        shard.expiry_by_key.insert(key, expiry);
-        shard.by_expiry.insert((expiry, key));
+        shard.buckets.entry(bucket).or_default().insert(key);
+        shard.len += 1;
         Ok(())
     }
 
@@ -198,16 +246,11 @@ impl ReplayGuard {
     }
 
     /// Entries currently remembered (expired ones may linger until their shard is
-    /// next used).
+    /// next used, and up to `BUCKET_SECS` after their expiry).
     pub fn len(&self) -> usize {
         self.shards
             .iter()
-            .map(|s| {
-                s.lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .expiry_by_key
-                    .len()
-            })
+            .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).len)
             .sum()
     }
 
@@ -294,17 +337,48 @@ mod tests {
         let c = ctx("req-1", NOW, "aa");
         assert!(guard.check_and_remember(&c, NOW).is_ok());
         assert_eq!(guard.check_and_remember(&c, NOW + 300), replayed());
-        // Past the window the verifier already refuses it; the guard forgets it.
+        // Past the window the verifier already refuses it; the guard forgets it
+        // once its bucket has passed, and keeps what expires later.
         assert_eq!(
             guard.check_and_remember(&c, NOW + 301),
             Err(AuthError::Unauthorized(UnauthorizedReason::Expired))
         );
+        let later = NOW + 301 + BUCKET_SECS;
         assert!(
             guard
-                .check_and_remember(&ctx("req-2", NOW + 301, "bb"), NOW + 301)
+                .check_and_remember(&ctx("req-2", NOW + 10, "bb"), later)
                 .is_ok()
         );
-        assert_eq!(guard.len(), 1);
+        assert!(
+            guard
+                .check_and_remember(&ctx("req-3", later, "bb"), later)
+                .is_ok()
+        );
+        assert_eq!(guard.len(), 2);
+        assert_eq!(
+            guard.check_and_remember(&ctx("req-2", NOW + 10, "bb"), later),
+            replayed()
+        );
+    }
+
+    #[test]
+    fn every_entry_is_refused_up_to_its_expiry_whatever_its_bucket() {
+        let guard = ReplayGuard::with_shards(300, 1_000, 1);
+        for offset in 0..(3 * BUCKET_SECS) {
+            let c = ctx(&format!("req-{offset}"), NOW + offset, "aa");
+            assert!(guard.check_and_remember(&c, NOW + offset).is_ok());
+        }
+        for offset in 0..(3 * BUCKET_SECS) {
+            let c = ctx(&format!("req-{offset}"), NOW + offset, "aa");
+            // The last second its signature is valid: entries expiring earlier
+            // have been dropped by now, this one must not have been.
+            assert_eq!(
+                guard.check_and_remember(&c, NOW + offset + 300),
+                replayed(),
+                "offset {offset}"
+            );
+        }
+        assert!(guard.len() <= usize::try_from(BUCKET_SECS).unwrap_or(0) + 1);
     }
 
     #[test]
