@@ -282,9 +282,13 @@ fn get(myself: &ActorRef<ScopeMsg>, state: &mut ScopeState, id: EventId, reply: 
                     snapshot
                 })
             });
-        // The RSVPs go with the event, so reads need no query for `myRsvp`.
+        // The RSVPs go with the event, so reads need no query for `myRsvp`;
+        // except for an event another instance changes: each of its changes
+        // drops the entry here, and reading every RSVP again after each
+        // would cost a write elsewhere O(RSVPs) on this instance. Without
+        // the map, reads and commits look up only the users they concern.
         let result = match result {
-            Ok(Some(mut snapshot)) => {
+            Ok(Some(mut snapshot)) if generation == 0 => {
                 match crate::store::reads::all_rsvps(&db, id, crate::actors::MAX_CACHED_RSVPS).await
                 {
                     Ok(map) => snapshot.rsvps = map.map(Arc::new),
