@@ -131,8 +131,8 @@ by = defaultdict(list)
 for r in rows:
     by[(r["label"], r["build"])].append(r)
 print(f"Interleaved, {rounds} rounds of {duration} s per scenario, 64 in flight; old = `{old_rev}`, new = `{new_rev}`.\n")
-print("| scenario | old /s (median) | new /s (median) | new ÷ old | old p99 µs | new p99 µs | runs old | runs new |")
-print("|---|---:|---:|---:|---:|---:|---|---|")
+print("| scenario | old /s (median) | new /s (median) | new ÷ old | old p99 µs | new p99 µs | runs old | runs new | RSS MB old → new, after each round |")
+print("|---|---:|---:|---:|---:|---:|---|---|---|")
 for label in dict.fromkeys(r["label"] for r in rows):
     old, new = by.get((label, "old"), []), by.get((label, "new"), [])
     med = lambda rs, k: statistics.median(r[k] for r in rs) if rs else None
@@ -140,7 +140,8 @@ for label in dict.fromkeys(r["label"] for r in rows):
     ratio = f"{n / o:.2f}" if o and n else ""
     fmt = lambda v: f"{v:,.0f}" if v is not None else ""
     runs = lambda rs: ", ".join(f"{r['throughput_rps']:,.0f}" for r in rs)
-    print(f"| {label} | {fmt(o)} | {fmt(n)} | {ratio} | {fmt(med(old, 'p99_us'))} | {fmt(med(new, 'p99_us'))} | {runs(old)} | {runs(new)} |")
+    rss = lambda rs: ", ".join(f"{r['rss_mb']:.0f}" if r.get("rss_mb") is not None else "?" for r in rs)
+    print(f"| {label} | {fmt(o)} | {fmt(n)} | {ratio} | {fmt(med(old, 'p99_us'))} | {fmt(med(new, 'p99_us'))} | {runs(old)} | {runs(new)} | {rss(old)} → {rss(new)} |")
 PY
 )
 echo

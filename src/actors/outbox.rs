@@ -1257,6 +1257,12 @@ impl Actor for OutboxActor {
         state: &mut OutboxState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
+            // A standing-by instance's commits are published by the leader,
+            // which hears of them by their change note; trying the lock at
+            // every local commit would open a connection each time (at a few
+            // hundred commits a second, a new Postgres backend per commit).
+            // Its ticks keep trying it.
+            OutboxMsg::Wake if !state.publisher.stats.leader.load(Ordering::Relaxed) => {}
             OutboxMsg::Wake | OutboxMsg::Tick => {
                 if state.running {
                     state.again = true;
