@@ -968,3 +968,65 @@ async fn a_change_committed_on_another_instance_wakes_the_publisher() {
         "the row committed on the other instance waited for the poll"
     );
 }
+
+/// A standing-by instance leaves its commits to the instance that publishes
+/// (which hears of them by their change notes): it tries the publisher lock
+/// only at its ticks, here an hour apart. Trying at every commit opened a
+/// Postgres connection each time.
+#[tokio::test]
+async fn a_standing_by_instance_does_not_try_the_publisher_lock_at_its_commits() {
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+    let a = TestApp::spawn_with(|s| s.outbox_poll_interval = Some("1h".into())).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while a.state.metrics.outbox_leader.get() != 1 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        a.state.metrics.outbox_leader.get(),
+        1,
+        "the first instance publishes"
+    );
+    let b = a
+        .spawn_sibling(|s| s.outbox_poll_interval = Some("1h".into()))
+        .await;
+    // Its first tick, at start, tries the lock once.
+    let cycles = &b.state.publisher.stats.cycles;
+    while cycles.load(Ordering::Relaxed) == 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let before = cycles.load(Ordering::Relaxed);
+    assert!(before >= 1, "the standing-by instance never tried the lock");
+    let tenant = uuid::Uuid::new_v4();
+    let boss = crate::helpers::admin(tenant);
+    for i in 0..10 {
+        let created = b
+            .bff(
+                "POST",
+                "/api/v1/events/",
+                &boss,
+                Some(serde_json::json!({
+                    "scopeType": "TENANT", "scopeId": tenant.to_string(), "title": format!("Standing by {i}"),
+                    "startsAt": "2030-01-10T10:00:00Z", "endsAt": "2030-01-10T12:00:00Z",
+                })),
+            )
+            .await;
+        assert_eq!(created.status, 200, "{}", created.text);
+    }
+    let n = crate::outbox::wait_for_stream(
+        crate::helpers::NATS_URL,
+        &a.isolation.stream,
+        10,
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(n, 10, "the publishing instance sent the other's rows");
+    // Each commit's wake reached b's outbox actor at once; the rows reached
+    // the stream only after a note, a wake and a cycle on a.
+    assert_eq!(b.state.metrics.outbox_leader.get(), 0);
+    assert_eq!(
+        cycles.load(Ordering::Relaxed),
+        before,
+        "the standing-by instance tried the lock at its own commits"
+    );
+}
