@@ -287,7 +287,7 @@ pub struct Settings {
 
     /// Signed requests one instance remembers to refuse their replays
     /// (about 20 bytes each, kept 5 minutes). When full, requests are
-    /// checked in the shared replay bucket instead. Default 1000000.
+    /// checked in the shared replay bucket instead. Default 4000000.
     #[arg(long, env = "EVENTS_REPLAY_MEMORY", global = true, value_name = "N")]
     pub replay_memory: Option<String>,
 
@@ -1434,7 +1434,7 @@ impl Config {
             replay_memory: parse_number(
                 "EVENTS_REPLAY_MEMORY",
                 &s.replay_memory,
-                1_000_000,
+                crate::auth::ReplayGuard::DEFAULT_CAPACITY,
                 1,
                 100_000_000,
             )?,
