@@ -50,7 +50,15 @@ impl ReplayKey {
         Self(hasher.finalize().into())
     }
 
-    /// The first 128 bits, which the per-instance memory keeps.
+    /// What the per-instance memory keeps of the key: 64 bits, and the byte
+    /// that picks its shard.
+    fn in_memory(&self) -> (u64, u8) {
+        let mut bits = [0u8; 8];
+        bits.copy_from_slice(&self.0[..8]);
+        (u64::from_le_bytes(bits), self.0[8])
+    }
+
+    /// The first 128 bits.
     fn short(&self) -> Short {
         let mut short = [0u8; 16];
         short.copy_from_slice(&self.0[..16]);
@@ -75,7 +83,7 @@ type Short = [u8; 16];
 /// caller must check every request in the shared store instead
 /// ([`ReplayGuard::diverting`]).
 ///
-/// Keys are kept in buckets by the second their signature expires, which a
+/// Keys are kept in buckets by the seconds their signature expires, which a
 /// request's own timestamp fixes: a replay carries the same timestamp, so a check
 /// probes one bucket, and a bucket whose last second has passed is dropped whole
 /// (no per-entry expiry index). Within a bucket a key is 64 bits of the request's
@@ -214,11 +222,8 @@ impl ReplayGuard {
             // would only take space.
             return Err(UnauthorizedReason::Expired.into());
         }
-        let digest = ReplayKey::of_triple(request_id, timestamp, signature).0;
-        let mut bits = [0u8; 8];
-        bits.copy_from_slice(&digest[..8]);
-        let key = u64::from_le_bytes(bits);
-        let mut shard = self.shards[usize::from(digest[8]) % self.shards.len()]
+        let (key, shard_byte) = ReplayKey::of_triple(request_id, timestamp, signature).in_memory();
+        let mut shard = self.shards[usize::from(shard_byte) % self.shards.len()]
             .lock()
             // Every update leaves the maps consistent, so a panic elsewhere while the
             // lock was held cannot have corrupted them.

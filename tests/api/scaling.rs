@@ -918,12 +918,9 @@ async fn three_instances_end_in_the_same_state_as_one() {
     assert_same(&one, &three);
 }
 
-/// A change committed on an instance that does not publish the outbox
-/// reaches the stream at once: its change note wakes the instance that
-/// publishes, which would otherwise find the row only at its next poll
-/// (here an hour away).
-#[tokio::test]
-async fn a_change_committed_on_another_instance_wakes_the_publisher() {
+/// Two instances that poll the outbox an hour apart: `a` publishes (it holds
+/// the publisher lock), `b` stands by.
+async fn publisher_and_standby() -> (TestApp, TestApp) {
     let a = TestApp::spawn_with(|s| s.outbox_poll_interval = Some("1h".into())).await;
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
     while a.state.metrics.outbox_leader.get() != 1 && tokio::time::Instant::now() < deadline {
@@ -937,20 +934,34 @@ async fn a_change_committed_on_another_instance_wakes_the_publisher() {
     let b = a
         .spawn_sibling(|s| s.outbox_poll_interval = Some("1h".into()))
         .await;
-    let tenant = uuid::Uuid::new_v4();
+    (a, b)
+}
+
+/// Creates a tenant event through `app`, as the tenant's admin.
+async fn create_through(app: &TestApp, tenant: uuid::Uuid, title: &str) {
     let boss = crate::helpers::admin(tenant);
-    let created = b
+    let created = app
         .bff(
             "POST",
             "/api/v1/events/",
             &boss,
             Some(serde_json::json!({
-                "scopeType": "TENANT", "scopeId": tenant.to_string(), "title": "Woken",
+                "scopeType": "TENANT", "scopeId": tenant.to_string(), "title": title,
                 "startsAt": "2030-01-10T10:00:00Z", "endsAt": "2030-01-10T12:00:00Z",
             })),
         )
         .await;
     assert_eq!(created.status, 200, "{}", created.text);
+}
+
+/// A change committed on an instance that does not publish the outbox
+/// reaches the stream at once: its change note wakes the instance that
+/// publishes, which would otherwise find the row only at its next poll
+/// (here an hour away).
+#[tokio::test]
+async fn a_change_committed_on_another_instance_wakes_the_publisher() {
+    let (a, b) = publisher_and_standby().await;
+    create_through(&b, uuid::Uuid::new_v4(), "Woken").await;
     assert_eq!(
         b.state.metrics.outbox_leader.get(),
         0,
@@ -977,41 +988,18 @@ async fn a_change_committed_on_another_instance_wakes_the_publisher() {
 async fn a_standing_by_instance_does_not_try_the_publisher_lock_at_its_commits() {
     use std::sync::atomic::Ordering;
     use std::time::Duration;
-    let a = TestApp::spawn_with(|s| s.outbox_poll_interval = Some("1h".into())).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while a.state.metrics.outbox_leader.get() != 1 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(
-        a.state.metrics.outbox_leader.get(),
-        1,
-        "the first instance publishes"
-    );
-    let b = a
-        .spawn_sibling(|s| s.outbox_poll_interval = Some("1h".into()))
-        .await;
+    let (a, b) = publisher_and_standby().await;
     // Its first tick, at start, tries the lock once.
     let cycles = &b.state.publisher.stats.cycles;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while cycles.load(Ordering::Relaxed) == 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let before = cycles.load(Ordering::Relaxed);
     assert!(before >= 1, "the standing-by instance never tried the lock");
     let tenant = uuid::Uuid::new_v4();
-    let boss = crate::helpers::admin(tenant);
     for i in 0..10 {
-        let created = b
-            .bff(
-                "POST",
-                "/api/v1/events/",
-                &boss,
-                Some(serde_json::json!({
-                    "scopeType": "TENANT", "scopeId": tenant.to_string(), "title": format!("Standing by {i}"),
-                    "startsAt": "2030-01-10T10:00:00Z", "endsAt": "2030-01-10T12:00:00Z",
-                })),
-            )
-            .await;
-        assert_eq!(created.status, 200, "{}", created.text);
+        create_through(&b, tenant, &format!("Standing by {i}")).await;
     }
     let n = crate::outbox::wait_for_stream(
         crate::helpers::NATS_URL,
