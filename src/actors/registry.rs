@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -22,6 +22,13 @@ use crate::names::Subjects;
 use crate::store::batch::{CommandResult, Envelope};
 
 const SHARDS: usize = 64;
+
+/// How many actors an over-cap sweep leaves live: nine tenths of the cap,
+/// at least one less than the cap (a sweep always makes room) and at least
+/// one (the actor just activated).
+fn low_water(cap: usize) -> usize {
+    (cap - cap / 10).min(cap.saturating_sub(1)).max(1)
+}
 
 struct Slot {
     cell: Arc<OnceCell<ActorRef<ScopeMsg>>>,
@@ -124,6 +131,12 @@ struct Inner {
     shards: Vec<Mutex<HashMap<ScopeKey, Slot>>>,
     by_id: Mutex<HashMap<ActorId, ScopeKey>>,
     live: AtomicUsize,
+    /// Slots holding an activated actor. Unlike `live`, a slot stops
+    /// counting as soon as its actor is told to passivate.
+    slots: AtomicUsize,
+    /// An over-cap sweep is running: activations above the cap start one
+    /// only when none is.
+    sweeping: AtomicBool,
     started: Instant,
     shared: Arc<Shared>,
     supervisor: ActorRef<SupervisorMsg>,
@@ -151,6 +164,8 @@ impl Registry {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             by_id: Mutex::default(),
             live: AtomicUsize::new(0),
+            slots: AtomicUsize::new(0),
+            sweeping: AtomicBool::new(false),
             started: Instant::now(),
             shared,
             supervisor,
@@ -218,26 +233,56 @@ impl Registry {
                     .insert(actor.get_id(), key.clone());
                 let live = self.inner.live.fetch_add(1, Ordering::Relaxed) + 1;
                 self.inner.shared.metrics.live_actors.set(live as i64);
-                if live > self.inner.shared.config.max_live_actors {
-                    let me = self.clone();
-                    tokio::spawn(async move { me.sweep(true) });
-                }
+                self.inner.slots.fetch_add(1, Ordering::AcqRel);
+                self.sweep_if_over_cap();
                 Ok::<_, AppError>(actor)
             })
             .await?;
         Ok(actor.clone())
     }
 
-    /// Forgets a scope's slot if it still holds `actor`.
-    fn forget(&self, key: &ScopeKey, actor: &ActorCell) {
+    /// Starts an over-cap sweep unless one is running. The running one
+    /// looks again when it ends, so activations during it are not missed.
+    fn sweep_if_over_cap(&self) {
+        let cap = self.inner.shared.config.max_live_actors;
+        if self.inner.slots.load(Ordering::Acquire) <= cap
+            || self.inner.sweeping.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            loop {
+                me.sweep(true);
+                me.inner.sweeping.store(false, Ordering::Release);
+                if me.inner.slots.load(Ordering::Acquire) <= cap
+                    || me.inner.sweeping.swap(true, Ordering::AcqRel)
+                {
+                    return;
+                }
+            }
+        });
+    }
+
+    /// Removes a scope's slot if it still holds the actor `id`, and returns
+    /// that actor.
+    fn remove_slot(&self, key: &ScopeKey, id: ActorId) -> Option<ActorRef<ScopeMsg>> {
         let mut map = self.lock(shard_of(key));
         let same = map
             .get(key)
             .and_then(|s| s.cell.get())
-            .is_some_and(|a| a.get_id() == actor.get_id());
-        if same {
-            map.remove(key);
+            .is_some_and(|a| a.get_id() == id);
+        if !same {
+            return None;
         }
+        let actor = map.remove(key).and_then(|s| s.cell.get().cloned());
+        self.inner.slots.fetch_sub(1, Ordering::AcqRel);
+        actor
+    }
+
+    /// Forgets a scope's slot if it still holds `actor`.
+    fn forget(&self, key: &ScopeKey, actor: &ActorCell) {
+        self.remove_slot(key, actor.get_id());
     }
 
     /// Sends a write to its scope actor and waits for the committed result.
@@ -379,40 +424,51 @@ impl Registry {
     }
 
     /// Passivates idle actors; when over the cap, also the least recently
-    /// used ones until back under it.
+    /// used ones, down to nine tenths of the cap. The headroom makes a sweep
+    /// (a pass over every slot and a sort) one per tenth of the cap of
+    /// activations rather than one per activation while scopes come and go.
+    /// The slots are counted, not the live actors: an actor told to
+    /// passivate stays live until it has stopped, and counting it would
+    /// evict others in its place.
     fn sweep(&self, over_cap: bool) {
         let idle_ms = self.inner.shared.config.idle_timeout.as_millis() as u64;
         let now = self.now_ms();
-        let mut victims: Vec<(u64, ScopeKey)> = Vec::new();
-        let mut all: Vec<(u64, ScopeKey)> = Vec::new();
+        let mut victims: Vec<(u64, ScopeKey, ActorId)> = Vec::new();
+        let mut all: Vec<(u64, ScopeKey, ActorId)> = Vec::new();
         for shard in 0..SHARDS {
             let map = self.lock(shard);
             for (key, slot) in map.iter() {
-                if slot.cell.get().is_none() {
+                let Some(actor) = slot.cell.get() else {
                     continue;
-                }
+                };
                 let used = slot.last_used.load(Ordering::Relaxed);
                 if now.saturating_sub(used) >= idle_ms {
-                    victims.push((used, key.clone()));
+                    victims.push((used, key.clone(), actor.get_id()));
                 } else if over_cap {
-                    all.push((used, key.clone()));
+                    all.push((used, key.clone(), actor.get_id()));
                 }
             }
         }
-        if over_cap {
-            let cap = self.inner.shared.config.max_live_actors;
-            let live = self.live().saturating_sub(victims.len());
-            if live > cap {
-                all.sort_by_key(|(used, _)| *used);
-                victims.extend(all.into_iter().take(live - cap));
-            }
+        let idle = victims.len();
+        let keep = low_water(self.inner.shared.config.max_live_actors);
+        if over_cap && all.len() > keep {
+            let evict = all.len() - keep;
+            all.select_nth_unstable_by_key(evict - 1, |(used, _, _)| *used);
+            all.truncate(evict);
+            victims.extend(all);
         }
-        for (_, key) in victims {
-            let removed = self.lock(shard_of(&key)).remove(&key);
-            if let Some(actor) = removed.and_then(|s| s.cell.get().cloned()) {
+        let mut evicted = 0;
+        for (n, (_, key, id)) in victims.into_iter().enumerate() {
+            // Between the pass and now the slot may have been forgotten and
+            // taken by a new activation, which is not this sweep's to stop.
+            if let Some(actor) = self.remove_slot(&key, id) {
                 let _ = actor.send_message(ScopeMsg::Passivate);
+                if n >= idle {
+                    evicted += 1;
+                }
             }
         }
+        self.inner.shared.metrics.actor_evictions.inc_by(evicted);
     }
 
     /// Announces this instance to the others every few seconds.

@@ -1,4 +1,15 @@
 //! Read queries: one event, the caller's RSVPs, lists filtered in SQL.
+//!
+//! A query that finds its rows by part of a key (an event's RSVPs, a
+//! tenant's events, a filtered list) is planned at each call
+//! (`persistent(false)`), not prepared once per connection. A prepared
+//! statement is planned for its parameters five times, then Postgres may
+//! keep one generic plan for the connection's lifetime, costed on the
+//! table as it was then; until statistics are refreshed (autovacuum
+//! behind or off) nothing replaces it. Prepared on a near-empty table, that
+//! plan is a sequential scan, which then reads the whole table at every
+//! call. A plan per call sees the table's current size. Look-ups by a
+//! whole key stay prepared: their plan is an index probe at any size.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -63,6 +74,7 @@ pub async fn tenant_events(
     let rows: Vec<EventWithCounts> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(Uuid::from(tenant))
         .bind(i64::try_from(max).unwrap_or(i64::MAX).saturating_add(1))
+        .persistent(false)
         .fetch_all(db)
         .await?;
     if rows.len() > max {
@@ -122,6 +134,7 @@ pub async fn member_scopes(
     )
     .bind(Uuid::from(tenant))
     .bind(Uuid::from(user))
+    .persistent(false)
     .fetch_all(db)
     .await?;
     Ok(scopes_of(rows))
@@ -129,7 +142,7 @@ pub async fn member_scopes(
 
 /// Every RSVP of an event, if it has at most `max`.
 pub async fn all_rsvps(
-    db: &PgPool,
+    db: impl sqlx::PgExecutor<'_>,
     event: EventId,
     max: i64,
 ) -> Result<Option<HashMap<UserId, RsvpStatus>>, AppError> {
@@ -138,6 +151,7 @@ pub async fn all_rsvps(
     )
     .bind(Uuid::from(event))
     .bind(max + 1)
+    .persistent(false)
     .fetch_all(db)
     .await?;
     if rows.len() as i64 > max {
@@ -352,7 +366,7 @@ pub async fn gated_scopes(
            OR (e.visibility = 'team' AND e.scope_type = 'TEAM')) AND e.created_by <> ",
     )
     .push_bind(Uuid::from(viewer));
-    let rows: Vec<(String, String)> = qb.build_query_as().fetch_all(db).await?;
+    let rows: Vec<(String, String)> = qb.build_query_as().persistent(false).fetch_all(db).await?;
     Ok(scopes_of(rows))
 }
 
@@ -406,7 +420,11 @@ pub async fn list(
          LEFT JOIN LATERAL (SELECT * FROM event_counters c WHERE c.event_id = p.id OFFSET 0) c ON true \
          ORDER BY p.starts_at, p.id",
     );
-    let rows = page.build_query_as::<ListedRow>().fetch_all(db).await?;
+    let rows = page
+        .build_query_as::<ListedRow>()
+        .persistent(false)
+        .fetch_all(db)
+        .await?;
     let total = match rows.first() {
         Some(row) => row.total_count,
         None if f.offset == 0 => 0,
@@ -415,7 +433,11 @@ pub async fn list(
             let mut count = QueryBuilder::new("SELECT count(*) FROM events e");
             push_filters(&mut count, tenant, viewer, f);
             push_audience(&mut count, tenant, audience);
-            count.build_query_scalar::<i64>().fetch_one(db).await?
+            count
+                .build_query_scalar::<i64>()
+                .persistent(false)
+                .fetch_one(db)
+                .await?
         }
     };
     let items = rows
@@ -455,6 +477,7 @@ pub async fn rsvps(
     )
     .bind(Uuid::from(event))
     .bind(status)
+    .persistent(false)
     .fetch_one(db)
     .await?;
     let rows = sqlx::query_as(
@@ -472,6 +495,7 @@ pub async fn rsvps(
     .bind(status)
     .bind(limit)
     .bind(offset)
+    .persistent(false)
     .fetch_all(db)
     .await?;
     Ok((rows, total))
@@ -493,6 +517,7 @@ pub async fn attendance(
     let total: i64 =
         sqlx::query_scalar("SELECT count(*) FROM event_attendance WHERE event_id = $1")
             .bind(Uuid::from(event))
+            .persistent(false)
             .fetch_one(db)
             .await?;
     let rows = sqlx::query_as(
@@ -502,6 +527,7 @@ pub async fn attendance(
     .bind(Uuid::from(event))
     .bind(limit)
     .bind(offset)
+    .persistent(false)
     .fetch_all(db)
     .await?;
     Ok((rows, total))

@@ -32,6 +32,7 @@ pub struct Metrics {
     pub request_errors: IntCounterVec,
     pub request_duration: HistogramVec,
     pub live_actors: IntGauge,
+    pub actor_evictions: IntCounter,
     pub batch_size: Histogram,
     pub batch_commit: Histogram,
     pub authz_calls: IntCounterVec,
@@ -174,6 +175,11 @@ impl Metrics {
                 &LATENCY_BUCKETS,
             ),
             live_actors: int_gauge(&r, "events_live_scope_actors", "Scope actors alive"),
+            actor_evictions: int_counter(
+                &r,
+                "events_scope_actor_evictions_total",
+                "Scope actors stopped before their idle timeout to stay under EVENTS_MAX_LIVE_ACTORS",
+            ),
             batch_size: histogram(
                 &r,
                 "events_batch_size",

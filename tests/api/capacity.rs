@@ -934,6 +934,153 @@ async fn eviction_over_the_actor_cap_never_fails_a_request() {
     assert_eq!(stored, writes as i64);
 }
 
+/// Over the actor cap a sweep stops the least recently used actors down to
+/// nine tenths of the cap, and counts them as evictions. Activations that
+/// arrive while a sweep runs are not missed: a burst of them still ends
+/// within the cap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_the_actor_cap_actors_are_stopped_down_to_nine_tenths_of_it() {
+    let app = TestApp::spawn_with(|s| s.max_live_actors = Some("10".into())).await;
+    let registry = app.state.app.registry().clone();
+    let metrics = registry.shared().metrics.clone();
+    let client = app.client();
+    let tenant = Uuid::new_v4();
+    let organizer = Uuid::new_v4();
+    app.grant(
+        tenant,
+        organizer,
+        "events.organizer",
+        "TENANT",
+        &tenant.to_string(),
+    )
+    .await;
+    let org = identity(tenant, organizer);
+    let settled = || async {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while registry.live() > 10 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        registry.live()
+    };
+
+    let scopes = 40;
+    let mut events = Vec::new();
+    for i in 0..scopes {
+        let reply = client
+            .call(
+                "event.create",
+                &org,
+                &json!({
+                    "scopeType": "COMMUNITY", "scopeId": format!("s{i}"), "title": "one of many",
+                    "startsAt": "2030-01-10T10:00:00Z", "endsAt": "2030-01-10T12:00:00Z",
+                }),
+            )
+            .await
+            .expect("reply");
+        assert_eq!(reply.status, 200, "{:?}", reply.body);
+        events.push(reply.body["id"].as_str().expect("id").to_string());
+    }
+    let live = settled().await;
+    assert!(
+        (9..=10).contains(&live),
+        "{live} live after one activation per scope"
+    );
+    // Each scope was activated once and none went idle: every scope not
+    // live any more was evicted, once.
+    assert_eq!(metrics.actor_evictions.get() as usize, scopes - live);
+
+    // All at once: most of them wake while a sweep is running.
+    let replies = join_all(events.iter().map(|id| {
+        let (client, org) = (&client, &org);
+        async move { client.call("event.get", org, &json!({"id": id})).await }
+    }))
+    .await;
+    for reply in replies {
+        assert_eq!(reply.expect("reply").status, 200);
+    }
+    let live = settled().await;
+    assert!(
+        (9..=10).contains(&live),
+        "{live} live after a burst over every scope"
+    );
+}
+
+/// Loading an event's RSVPs finds them through the index however the table
+/// has grown since the connection first ran the query. Prepared once, the
+/// query would keep the plan Postgres settled on while the table was empty
+/// (a sequential scan) until statistics are refreshed, and read every RSVP
+/// of every event at each load.
+#[tokio::test]
+async fn loading_an_events_rsvps_stays_an_index_probe_as_the_table_grows() {
+    use sqlx::Connection;
+    use updspace_events::store::reads;
+
+    let app = TestApp::spawn().await;
+    let tenant = Uuid::new_v4();
+    let organizer = Uuid::new_v4();
+    app.grant(
+        tenant,
+        organizer,
+        "events.organizer",
+        "TENANT",
+        &tenant.to_string(),
+    )
+    .await;
+    let client = app.client();
+    let mut events = Vec::new();
+    for title in ["crowded", "quiet"] {
+        let reply = client
+            .call(
+                "event.create",
+                &identity(tenant, organizer),
+                &json!({
+                    "scopeType": "TENANT", "scopeId": tenant.to_string(), "title": title,
+                    "startsAt": "2030-01-10T10:00:00Z", "endsAt": "2030-01-10T12:00:00Z",
+                }),
+            )
+            .await
+            .expect("reply");
+        assert_eq!(reply.status, 200, "{:?}", reply.body);
+        events.push(EventId::parse(reply.body["id"].as_str().expect("id")).expect("event id"));
+    }
+    let (crowded, quiet) = (events[0], events[1]);
+    // One session throughout: plans are cached per session.
+    let mut session = sqlx::PgConnection::connect_with(&app.db.connect_options())
+        .await
+        .expect("session");
+    for _ in 0..8 {
+        reads::all_rsvps(&mut session, quiet, 5000)
+            .await
+            .expect("rsvps");
+    }
+    sqlx::query(
+        "INSERT INTO event_rsvps (event_id, user_id, tenant_id, status)
+         SELECT $1, gen_random_uuid(), $2, 'going' FROM generate_series(1, 20000)",
+    )
+    .bind(Uuid::from(crowded))
+    .bind(tenant)
+    .execute(&app.db)
+    .await
+    .expect("grow the table");
+
+    // The scans of this transaction alone, whatever else the service runs.
+    let mut tx = session.begin().await.expect("begin");
+    for _ in 0..3 {
+        let found = reads::all_rsvps(&mut *tx, quiet, 5000)
+            .await
+            .expect("rsvps");
+        assert_eq!(found.map(|m| m.len()), Some(0));
+    }
+    let (seq, idx): (i64, i64) = sqlx::query_as(
+        "SELECT seq_scan, COALESCE(idx_scan, 0) FROM pg_stat_xact_user_tables WHERE relname = 'event_rsvps'",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .expect("scans of the transaction");
+    assert_eq!(seq, 0, "sequential scans of event_rsvps");
+    assert!(idx >= 3, "{idx} index scans of event_rsvps");
+}
+
 /// A group commit takes an event and its RSVPs from the scope actor's cache
 /// only when the revision it locks is the cached one. A change made behind
 /// the cache's back (as by an instance whose change note was lost) moves the
