@@ -516,11 +516,9 @@ impl Registry {
                 inner.shared.saw_peer();
                 let Some(key) = note.key else { continue };
                 // Another instance committed: its outbox rows are due now,
-                // not at the publisher's next poll. Only the publishing
-                // instance wakes; a standing-by one would just try the lock.
-                if inner.shared.metrics.outbox_leader.get() == 1 {
-                    inner.shared.outbox_wakeup.notify_one();
-                }
+                // not at the publisher's next poll (a standing-by publisher
+                // lets the wake pass).
+                inner.shared.outbox_wakeup.notify_one();
                 Registry { inner }.forget_cached(&key, &note.events);
             }
         });
