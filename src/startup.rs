@@ -106,6 +106,9 @@ impl Application {
             peer_seen_ms: Default::default(),
             created: std::time::Instant::now(),
             listing: listing.clone(),
+            rsvp_budget: crate::actors::RsvpBudget::new(
+                crate::actors::MAX_CACHED_RSVPS_PER_INSTANCE,
+            ),
         })
         .await
         .map_err(|e| StartupError::Actors(e.to_string()))?;

@@ -8,15 +8,17 @@ pub mod listing;
 pub mod outbox;
 pub mod registry;
 pub mod reminders;
+pub mod rsvp_map;
 pub mod scope;
 pub mod stopper;
 
 use serde::{Deserialize, Serialize};
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::domain::{Event, RsvpCounts, RsvpStatus, Scope, ScopeId, ScopeType, TenantId, UserId};
+
+pub use rsvp_map::{MAX_CACHED_RSVPS, MAX_CACHED_RSVPS_PER_INSTANCE, RsvpBudget, RsvpMap};
 
 pub use registry::{Registry, Shared};
 
@@ -55,7 +57,7 @@ pub struct Snapshot {
     /// Shared with the replies built from it: reads never copy an event.
     pub event: Arc<Event>,
     pub counts: RsvpCounts,
-    pub rsvps: Option<Arc<HashMap<UserId, RsvpStatus>>>,
+    pub rsvps: Option<Arc<RsvpMap>>,
     /// `event_counters.revision` when read: which of two snapshots is newer.
     pub revision: i64,
 }
@@ -72,12 +74,9 @@ impl Snapshot {
 
     /// The user's RSVP when the snapshot holds the event's RSVPs.
     pub fn rsvp_of(&self, user: &UserId) -> Option<Option<RsvpStatus>> {
-        self.rsvps.as_ref().map(|m| m.get(user).copied())
+        self.rsvps.as_ref().map(|m| m.get(user))
     }
 }
-
-/// Events with more RSVPs than this are cached without them.
-pub const MAX_CACHED_RSVPS: i64 = 5_000;
 
 // The settings live with the rest of the configuration; actors only read them.
 pub use crate::config::ActorConfig;

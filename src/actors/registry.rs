@@ -55,6 +55,8 @@ pub struct Shared {
     pub largest_batch: AtomicU64,
     /// The list read model the scope actors keep.
     pub listing: Arc<crate::actors::listing::Listing>,
+    /// What the cached RSVP maps of every scope may hold together.
+    pub rsvp_budget: Arc<crate::actors::RsvpBudget>,
 }
 
 impl Shared {

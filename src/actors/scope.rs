@@ -271,6 +271,7 @@ fn get(myself: &ActorRef<ScopeMsg>, state: &mut ScopeState, id: EventId, reply: 
     let db = state.shared.db.clone();
     let tenant = state.key.tenant;
     let generation = state.remote_changes.get(&id).copied().unwrap_or(0);
+    let budget = state.shared.rsvp_budget.clone();
     let me = myself.clone();
     tokio::spawn(async move {
         let result = crate::store::reads::event(&db, tenant, id)
@@ -291,7 +292,11 @@ fn get(myself: &ActorRef<ScopeMsg>, state: &mut ScopeState, id: EventId, reply: 
             Ok(Some(mut snapshot)) if generation == 0 => {
                 match crate::store::reads::all_rsvps(&db, id, crate::actors::MAX_CACHED_RSVPS).await
                 {
-                    Ok(map) => snapshot.rsvps = map.map(Arc::new),
+                    Ok(map) => {
+                        snapshot.rsvps = map
+                            .and_then(|m| crate::actors::RsvpMap::new(m, &budget))
+                            .map(Arc::new);
+                    }
                     Err(e) => tracing::debug!(error = %e, "RSVPs not cached"),
                 }
                 Ok(Some(snapshot))
@@ -493,26 +498,13 @@ fn finish_commit(state: &mut ScopeState, done: Committed) {
             };
             // The RSVP map stays valid only if it was exactly one change behind.
             let base = if changed.is_new {
-                Some(Arc::new(HashMap::new()))
+                crate::actors::RsvpMap::new(HashMap::new(), &state.shared.rsvp_budget).map(Arc::new)
             } else {
                 previous
                     .filter(|old| old.snapshot.revision + 1 == changed.revision)
                     .and_then(|old| old.snapshot.rsvps)
             };
-            let rsvps = base.map(|mut map| {
-                let m = Arc::make_mut(&mut map);
-                for (user, status) in &changed.rsvps {
-                    match status {
-                        Some(s) => {
-                            m.insert(*user, *s);
-                        }
-                        None => {
-                            m.remove(user);
-                        }
-                    }
-                }
-                map
-            });
+            let rsvps = base.and_then(|map| crate::actors::RsvpMap::changed(map, &changed.rsvps));
             let event = Arc::new(changed.event);
             listed.push(Listed {
                 event: event.clone(),

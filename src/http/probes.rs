@@ -201,6 +201,10 @@ pub async fn metrics(State(state): State<AppState>, RawQuery(query): RawQuery) -
         .metrics
         .live_actors
         .set(state.app.registry().live() as i64);
+    state
+        .metrics
+        .cached_rsvps
+        .set(state.app.registry().shared().rsvp_budget.held() as i64);
     let json = url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
         .any(|(k, v)| k == "format" && v == "json");
     if json {

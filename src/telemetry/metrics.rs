@@ -33,6 +33,7 @@ pub struct Metrics {
     pub request_duration: HistogramVec,
     pub live_actors: IntGauge,
     pub actor_evictions: IntCounter,
+    pub cached_rsvps: IntGauge,
     pub batch_size: Histogram,
     pub batch_commit: Histogram,
     pub authz_calls: IntCounterVec,
@@ -179,6 +180,11 @@ impl Metrics {
                 &r,
                 "events_scope_actor_evictions_total",
                 "Scope actors stopped before their idle timeout to stay under EVENTS_MAX_LIVE_ACTORS",
+            ),
+            cached_rsvps: int_gauge(
+                &r,
+                "events_cached_rsvps",
+                "RSVPs held in the scope actors' cached RSVP maps (at most 1,000,000 an instance)",
             ),
             batch_size: histogram(
                 &r,

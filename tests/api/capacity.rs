@@ -1109,9 +1109,10 @@ async fn a_group_commit_reads_again_what_changed_behind_the_cache() {
                 .expect("read")
                 .expect("the event exists");
         let going = HashMap::from([(UserId::from(user), RsvpStatus::Going)]);
+        let budget = updspace_events::actors::RsvpBudget::new(10);
         Known {
             event: std::sync::Arc::new(stored),
-            rsvps: Some(std::sync::Arc::new(going)),
+            rsvps: updspace_events::actors::RsvpMap::new(going, &budget).map(std::sync::Arc::new),
             revision,
         }
     };

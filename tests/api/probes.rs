@@ -207,7 +207,8 @@ async fn metrics_move_as_operations_run() {
         let gauges = value("outbox_pending") == 0.0
             && value(r#"events_total{status="scheduled"}"#) == 3.0
             && has("outbox_oldest_age_seconds")
-            && has("outbox_failed");
+            && has("outbox_failed")
+            && has("events_cached_rsvps");
         let batches =
             value("events_batch_size_count") >= 1.0 && value("events_live_scope_actors") >= 1.0;
         if requests_ok && not_found && histogram && published && gauges && batches {

@@ -268,7 +268,7 @@ pub(crate) fn named_rows(commands: &[Command]) -> Named {
 }
 
 /// The RSVP maps of the events taken from what the actor knew.
-type KnownRsvps = HashMap<EventId, Arc<HashMap<UserId, RsvpStatus>>>;
+type KnownRsvps = HashMap<EventId, Arc<crate::actors::RsvpMap>>;
 
 /// Everything a batch's `commands` can need, locked and loaded.
 ///
@@ -319,7 +319,7 @@ pub(crate) async fn for_batch(
     for (event_id, user) in named.rsvps {
         // From the actor's complete map, unless the user has a party: the
         // map holds neither their guests nor their place in the queue.
-        let cached = maps.get(&event_id).map(|m| m.get(&user).copied());
+        let cached = maps.get(&event_id).map(|m| m.get(&user));
         match (cached, loaded.locked.events.get_mut(&event_id)) {
             (Some(status), Some(state)) if !status.is_some_and(RsvpStatus::is_party) => {
                 state.rsvps.entry(user).or_insert(status.map(RsvpRow::new));

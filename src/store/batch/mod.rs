@@ -173,7 +173,7 @@ pub struct ChangedEvent {
 pub struct Known {
     pub event: std::sync::Arc<Event>,
     /// Every RSVP of the event, when the actor holds them all.
-    pub rsvps: Option<std::sync::Arc<HashMap<UserId, RsvpStatus>>>,
+    pub rsvps: Option<std::sync::Arc<crate::actors::RsvpMap>>,
     pub revision: i64,
 }
 
