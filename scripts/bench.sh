@@ -215,10 +215,16 @@ if soak:
         lines.append(f"Each fault ran `{os.environ.get('SOAK_FAULT_CMD', '?')}`, every "
                      f"{os.environ.get('SOAK_FAULT_EVERY', '60')} s; the errors are the requests "
                      "answered with an error or not at all while it lasted.\n")
-    lines.append("| seconds | RSS MB |")
-    lines.append("|---:|---:|")
-    for t, mb in soak["rss_samples"]:
-        lines.append(f"| {t} | {mb} |")
+    lines.append("RSS beside what the service caches: the RSVPs in its cached RSVP maps and its live scope actors "
+                 "(`events_cached_rsvps`, `events_live_scope_actors`).\n")
+    lines.append("| seconds | RSS MB | cached RSVPs | live scope actors |")
+    lines.append("|---:|---:|---:|---:|")
+    for sample in soak["rss_samples"]:
+        t, mb, rsvps, actors = (list(sample) + [None, None])[:4]
+        mb = f"{mb:.1f}" if mb is not None else "?"
+        rsvps = f"{rsvps:,.0f}" if rsvps is not None else "?"
+        actors = f"{actors:,.0f}" if actors is not None else "?"
+        lines.append(f"| {t} | {mb} | {rsvps} | {actors} |")
 def rate(scenario, transport="nats"):
     return (find(scenario, transport) or {}).get("throughput_rps", 0)
 
@@ -236,11 +242,11 @@ def soak_flat():
     samples = (soak or {}).get("rss_samples") or []
     duration = (soak or {}).get("seconds") or 0
     start = 360 if duration >= 540 else 120
-    warm = [(t, mb) for t, mb in samples if t >= start]
+    warm = [(s[0], s[1]) for s in samples if s[0] >= start and s[1] is not None]
     if len(warm) < 2:
         return None, "not run (SOAK=600)"
     (t0, first), (t1, last) = warm[0], warm[-1]
-    early = [mb for t, mb in samples if t >= 120][:1]
+    early = [s[1] for s in samples if s[0] >= 120 and s[1] is not None][:1]
     note = f"; {early[0]:.0f} MB at 2 min" if early and start != 120 else ""
     return last <= 1.10 * first, f"{first:.0f} MB at {t0} s → {last:.0f} MB at {t1} s{note}"
 

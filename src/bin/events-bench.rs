@@ -963,13 +963,34 @@ async fn soak(
     let (pid, every) = (args.pid, Duration::from_secs(args.sample.max(1)));
     let sampler = {
         let stop = stop.clone();
+        let metrics_url = format!("{}/metrics", args.http_url.trim_end_matches('/'));
         tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            // What the service caches beside its RSS: growth of the one
+            // that the other explains is data, not a leak.
+            let sample = || async {
+                let text = match http.get(&metrics_url).send().await {
+                    Ok(r) => r.text().await.unwrap_or_default(),
+                    Err(_) => String::new(),
+                };
+                let gauge = |name: &str| {
+                    text.lines()
+                        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+                        .and_then(|v| v.trim().parse::<f64>().ok())
+                };
+                json!([
+                    started.elapsed().as_secs(),
+                    rss_mb(pid),
+                    gauge("events_cached_rsvps"),
+                    gauge("events_live_scope_actors"),
+                ])
+            };
             let mut samples = Vec::new();
             while !stop.load(Ordering::Relaxed) {
-                samples.push(json!([started.elapsed().as_secs(), rss_mb(pid)]));
+                samples.push(sample().await);
                 tokio::time::sleep(every).await;
             }
-            samples.push(json!([started.elapsed().as_secs(), rss_mb(pid)]));
+            samples.push(sample().await);
             samples
         })
     };
