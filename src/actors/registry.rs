@@ -427,8 +427,8 @@ impl Registry {
 
     /// Passivates idle actors; when over the cap, also the least recently
     /// used ones, down to nine tenths of the cap. The headroom makes a sweep
-    /// (a pass over every slot and a sort) one per tenth of the cap of
-    /// activations rather than one per activation while scopes come and go.
+    /// (a pass over every slot) one per tenth of the cap of activations
+    /// rather than one per activation while scopes come and go.
     /// The slots are counted, not the live actors: an actor told to
     /// passivate stays live until it has stopped, and counting it would
     /// evict others in its place.
