@@ -80,14 +80,6 @@ impl RsvpMap {
         self.map.get(user).copied()
     }
 
-    pub fn len(&self) -> usize {
-        self.map.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
-    }
-
     /// The map after a commit's changes (`None`: the RSVP is gone). Copies
     /// the map when a reader still holds it. `None` when the result would
     /// pass either cap: the event is then cached without its RSVPs.
@@ -158,7 +150,7 @@ mod tests {
         );
         let map = RsvpMap::changed(map, &[(new, Some(RsvpStatus::Interested)), (old, None)])
             .expect("within the budget");
-        assert_eq!((map.len(), budget.held()), (3, 3));
+        assert_eq!((map.map.len(), budget.held()), (3, 3));
         assert_eq!(map.get(&new), Some(RsvpStatus::Interested));
         assert_eq!(map.get(&old), None);
 

@@ -21,6 +21,7 @@ use updspace_events::startup::{AppState, Application};
 use uuid::Uuid;
 
 use crate::helpers::{Isolation, NATS_URL, TEST_SECRET, TestApp, identity};
+use crate::http_contract::organizer;
 
 /// The heavy bursts run one at a time (the machine has two cores).
 static BURSTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -84,6 +85,27 @@ async fn client_on_new_connection(prefix: &str) -> EventsClient {
     let mut client = EventsClient::new(nats, prefix, TEST_SECRET);
     client.timeout = Duration::from_secs(30);
     client
+}
+
+/// Creates one event in each of `scopes` community scopes, in turn.
+async fn one_event_per_scope(client: &EventsClient, org: &Identity, scopes: usize) -> Vec<String> {
+    let mut events = Vec::new();
+    for i in 0..scopes {
+        let reply = client
+            .call(
+                "event.create",
+                org,
+                &json!({
+                    "scopeType": "COMMUNITY", "scopeId": format!("s{i}"), "title": "one of many",
+                    "startsAt": "2030-01-10T10:00:00Z", "endsAt": "2030-01-10T12:00:00Z",
+                }),
+            )
+            .await
+            .expect("reply");
+        assert_eq!(reply.status, 200, "{:?}", reply.body);
+        events.push(reply.body["id"].as_str().expect("id").to_string());
+    }
+    events
 }
 
 struct Fixture {
@@ -864,22 +886,7 @@ async fn eviction_over_the_actor_cap_never_fails_a_request() {
     .expect("grant");
     let org = identity(tenant, organizer);
     let scopes = 40;
-    let mut events = Vec::new();
-    for i in 0..scopes {
-        let reply = clients[0]
-            .call(
-                "event.create",
-                &org,
-                &json!({
-                    "scopeType": "COMMUNITY", "scopeId": format!("s{i}"), "title": "busy",
-                    "startsAt": "2030-01-10T10:00:00Z", "endsAt": "2030-01-10T12:00:00Z",
-                }),
-            )
-            .await
-            .expect("reply");
-        assert_eq!(reply.status, 200, "{:?}", reply.body);
-        events.push(reply.body["id"].as_str().expect("id").to_string());
-    }
+    let events = one_event_per_scope(&clients[0], &org, scopes).await;
 
     let rounds = 15;
     let mut failures = Vec::new();
@@ -944,17 +951,7 @@ async fn over_the_actor_cap_actors_are_stopped_down_to_nine_tenths_of_it() {
     let registry = app.state.app.registry().clone();
     let metrics = registry.shared().metrics.clone();
     let client = app.client();
-    let tenant = Uuid::new_v4();
-    let organizer = Uuid::new_v4();
-    app.grant(
-        tenant,
-        organizer,
-        "events.organizer",
-        "TENANT",
-        &tenant.to_string(),
-    )
-    .await;
-    let org = identity(tenant, organizer);
+    let org = organizer(&app, Uuid::new_v4()).await;
     let settled = || async {
         let deadline = Instant::now() + Duration::from_secs(10);
         while registry.live() > 10 && Instant::now() < deadline {
@@ -964,22 +961,7 @@ async fn over_the_actor_cap_actors_are_stopped_down_to_nine_tenths_of_it() {
     };
 
     let scopes = 40;
-    let mut events = Vec::new();
-    for i in 0..scopes {
-        let reply = client
-            .call(
-                "event.create",
-                &org,
-                &json!({
-                    "scopeType": "COMMUNITY", "scopeId": format!("s{i}"), "title": "one of many",
-                    "startsAt": "2030-01-10T10:00:00Z", "endsAt": "2030-01-10T12:00:00Z",
-                }),
-            )
-            .await
-            .expect("reply");
-        assert_eq!(reply.status, 200, "{:?}", reply.body);
-        events.push(reply.body["id"].as_str().expect("id").to_string());
-    }
+    let events = one_event_per_scope(&client, &org, scopes).await;
     let live = settled().await;
     assert!(
         (9..=10).contains(&live),
@@ -1017,32 +999,12 @@ async fn loading_an_events_rsvps_stays_an_index_probe_as_the_table_grows() {
 
     let app = TestApp::spawn().await;
     let tenant = Uuid::new_v4();
-    let organizer = Uuid::new_v4();
-    app.grant(
-        tenant,
-        organizer,
-        "events.organizer",
-        "TENANT",
-        &tenant.to_string(),
-    )
-    .await;
-    let client = app.client();
-    let mut events = Vec::new();
-    for title in ["crowded", "quiet"] {
-        let reply = client
-            .call(
-                "event.create",
-                &identity(tenant, organizer),
-                &json!({
-                    "scopeType": "TENANT", "scopeId": tenant.to_string(), "title": title,
-                    "startsAt": "2030-01-10T10:00:00Z", "endsAt": "2030-01-10T12:00:00Z",
-                }),
-            )
-            .await
-            .expect("reply");
-        assert_eq!(reply.status, 200, "{:?}", reply.body);
-        events.push(EventId::parse(reply.body["id"].as_str().expect("id")).expect("event id"));
-    }
+    let org = organizer(&app, tenant).await;
+    let events: Vec<EventId> = one_event_per_scope(&app.client(), &org, 2)
+        .await
+        .iter()
+        .map(|id| EventId::parse(id).expect("event id"))
+        .collect();
     let (crowded, quiet) = (events[0], events[1]);
     // One session throughout: plans are cached per session.
     let mut session = sqlx::PgConnection::connect_with(&app.db.connect_options())
