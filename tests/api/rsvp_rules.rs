@@ -7,7 +7,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use futures::future::join_all;
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -21,8 +21,10 @@ const EVENTS: &str = "/api/v1/events";
 /// The heavy bursts run one at a time (the machine has two cores).
 static BURSTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// A time as the service writes it back: milliseconds, shown only when
+/// they are not zero (one time in a thousand they are).
 fn iso(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+    updspace_events::domain::time::format_utc(&t)
 }
 
 struct Setup {
