@@ -207,7 +207,8 @@ if extras:
 soak = find("soak")
 if soak:
     lines.append("\n## Soak\n")
-    lines.append(f"{soak['seconds']:.0f} s of mixed load (80% get/list, 20% rsvp.set) at 64 in flight; "
+    lines.append(f"{soak['seconds']:.0f} s of mixed load (80% get/list by 10,000 members, 20% rsvp.set by "
+                 f"{soak.get('rsvp_users', '?')} members on 1,000 events) at 64 in flight; "
                  f"{soak['requests']:,} requests, {soak['errors']} errors, {soak['faults']} faults injected. "
                  f"Outbox rows of the run: {soak['outbox_rows']:,}; in the stream: {soak['stream_messages']:,}; "
                  f"**lost {soak['lost']}, duplicated {soak['duplicated']}**.\n")

@@ -285,6 +285,12 @@ pub struct Settings {
     #[arg(long, env = "EVENTS_MAX_LIVE_ACTORS", global = true, value_name = "N")]
     pub max_live_actors: Option<String>,
 
+    /// RSVPs one instance keeps in its events' cached maps, across all of
+    /// them (about 55 bytes each); events beyond it are served from
+    /// Postgres for the caller's own RSVP. Default 1000000.
+    #[arg(long, env = "EVENTS_MAX_CACHED_RSVPS", global = true, value_name = "N")]
+    pub max_cached_rsvps: Option<String>,
+
     /// Signed requests one instance remembers to refuse their replays
     /// (about 20 bytes each, kept 5 minutes). When full, requests are
     /// checked in the shared replay bucket instead. Default 4000000.
@@ -546,6 +552,8 @@ pub struct ActorConfig {
     pub sweep_interval: Duration,
     /// Above this many live actors, the least recently used are stopped.
     pub max_live_actors: usize,
+    /// Entries of the cached RSVP maps of all events together.
+    pub max_cached_rsvps: usize,
     /// Most commands committed in one transaction.
     pub max_batch: usize,
     /// How long a cached event may be served without re-reading it. Changes
@@ -576,6 +584,7 @@ impl Default for ActorConfig {
             idle_timeout,
             sweep_interval: Self::sweep_interval_for(idle_timeout),
             max_live_actors: 4_096,
+            max_cached_rsvps: crate::actors::MAX_CACHED_RSVPS_PER_INSTANCE,
             max_batch: 512,
             cache_ttl: Duration::from_secs(5),
             max_cached_events_per_scope: 1_000,
@@ -1455,6 +1464,13 @@ impl Config {
                     4_096,
                     10,
                     10_000_000,
+                )?,
+                max_cached_rsvps: parse_number(
+                    "EVENTS_MAX_CACHED_RSVPS",
+                    &s.max_cached_rsvps,
+                    crate::actors::MAX_CACHED_RSVPS_PER_INSTANCE,
+                    0,
+                    100_000_000,
                 )?,
                 ..Default::default()
             },

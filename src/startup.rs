@@ -106,9 +106,7 @@ impl Application {
             peer_seen_ms: Default::default(),
             created: std::time::Instant::now(),
             listing: listing.clone(),
-            rsvp_budget: crate::actors::RsvpBudget::new(
-                crate::actors::MAX_CACHED_RSVPS_PER_INSTANCE,
-            ),
+            rsvp_budget: crate::actors::RsvpBudget::new(config.actors.max_cached_rsvps),
         })
         .await
         .map_err(|e| StartupError::Actors(e.to_string()))?;
