@@ -10,6 +10,9 @@
 #   ROUNDS=5 DURATION=10 scripts/compare-builds.sh 3409525
 #   OUT=BENCHMARKS.md scripts/compare-builds.sh 3409525
 #   ONLY="rsvp-nats outbox-drain outbox-latency" scripts/compare-builds.sh 3409525
+#   OLD_BIN_DIR=/tmp/old scripts/compare-builds.sh 3409525
+#                       # the older build's binaries are already there (built
+#                       # from that commit): nothing is built for it
 #
 # Needs Postgres and NATS as the tests do. HTTP rows run with v1 signatures
 # (as the BFF signs) and, on this build, also with v2.
@@ -31,16 +34,19 @@ cargo build --release --locked --bin events-svc --bin events-bench
 NEW=target/release/events-svc
 NEW_BENCH=(target/release/events-bench)
 
-log "building $OLD_REV (release, in a worktree of its own)"
-OLD_TREE="$WORK/tree-$OLD_REV"
-if [ ! -d "$OLD_TREE" ]; then
-    git worktree add --detach "$OLD_TREE" "$OLD_REV" >/dev/null
+OLD_DIR=${OLD_BIN_DIR:-$WORK/target-$OLD_REV/release}
+if [ -z "${OLD_BIN_DIR:-}" ]; then
+    log "building $OLD_REV (release, in a worktree of its own)"
+    OLD_TREE="$WORK/tree-$OLD_REV"
+    if [ ! -d "$OLD_TREE" ]; then
+        git worktree add --detach "$OLD_TREE" "$OLD_REV" >/dev/null
+    fi
+    (cd "$OLD_TREE" && CARGO_TARGET_DIR="$WORK/target-$OLD_REV" cargo build --release --locked --bins)
 fi
-(cd "$OLD_TREE" && CARGO_TARGET_DIR="$WORK/target-$OLD_REV" cargo build --release --locked --bins)
-OLD="$WORK/target-$OLD_REV/release/events-svc"
+OLD="$OLD_DIR/events-svc"
 # The load generator was once a subcommand of the service.
-if [ -x "$WORK/target-$OLD_REV/release/events-bench" ]; then
-    OLD_BENCH=("$WORK/target-$OLD_REV/release/events-bench")
+if [ -x "$OLD_DIR/events-bench" ]; then
+    OLD_BENCH=("$OLD_DIR/events-bench")
 else
     OLD_BENCH=("$OLD" bench)
 fi
@@ -58,6 +64,7 @@ cleanup() {
     wait 2>/dev/null || true
     for name in old new; do
         psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS cmp_${name}_${RUN} WITH (FORCE)" >/dev/null 2>&1 || true
+        python3 scripts/delete-stream.py "CMP${name^^}${RUN}" || true
     done
 }
 trap cleanup EXIT
