@@ -1515,6 +1515,20 @@ mod tests {
     }
 
     #[test]
+    fn the_rsvp_cache_budget_defaults_to_a_million_and_may_be_zero() {
+        let c = Config::load(&with(|_| {})).expect("defaults load");
+        assert_eq!(c.actors.max_cached_rsvps, 1_000_000);
+        let c = Config::load(&with(|s| s.max_cached_rsvps = Some("0".into()))).expect("zero");
+        assert_eq!(c.actors.max_cached_rsvps, 0);
+        for bad in ["-1", "lots", "100000001"] {
+            let err = Config::load(&with(|s| s.max_cached_rsvps = Some(bad.into())))
+                .expect_err("must fail");
+            assert_eq!(err.var, "EVENTS_MAX_CACHED_RSVPS");
+            assert!(err.to_string().contains(bad), "{err}");
+        }
+    }
+
+    #[test]
     fn missing_secret_names_the_variable_and_the_dev_switch() {
         let err = Config::load(&with(|s| s.hmac_secret = None)).expect_err("must fail");
         assert_eq!(err.var, "BFF_INTERNAL_HMAC_SECRET");

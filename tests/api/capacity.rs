@@ -1236,3 +1236,64 @@ async fn a_group_commit_promotes_past_a_waiter_who_left_in_it() {
     );
     assert_outbox_replays_to_state(f.db(), &event).await;
 }
+
+/// `EVENTS_MAX_CACHED_RSVPS` bounds the RSVPs an instance caches; at 0 it
+/// caches none, and every read answers the caller's own RSVP from Postgres,
+/// changes included.
+#[tokio::test]
+async fn with_no_rsvp_cache_budget_reads_still_answer_each_callers_own_rsvp() {
+    async fn cached_rsvps(app: &TestApp) -> f64 {
+        let text = app.metrics_text().await;
+        text.lines()
+            .find_map(|l| l.strip_prefix("events_cached_rsvps "))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("events_cached_rsvps is exported")
+    }
+    async fn rsvp_and_read(app: &TestApp) -> (Value, Value, Value) {
+        let tenant = Uuid::new_v4();
+        let org = organizer(app, tenant).await;
+        let client = app.client();
+        let id = one_event_per_scope(&client, &org, 1).await.remove(0);
+        let (ann, bob, cat) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        for (user, status) in [(ann, "going"), (bob, "interested"), (ann, "not_going")] {
+            let set = client
+                .call(
+                    "rsvp.set",
+                    &identity(tenant, user),
+                    &json!({"eventId": id, "status": status}),
+                )
+                .await
+                .expect("reply");
+            assert_eq!(set.status, 200, "{:?}", set.body);
+        }
+        let mine = |user| {
+            let client = client.clone();
+            let id = id.clone();
+            async move {
+                let got = client
+                    .call("event.get", &identity(tenant, user), &json!({"id": id}))
+                    .await
+                    .expect("reply");
+                assert_eq!(got.status, 200, "{:?}", got.body);
+                got.body["myRsvp"].clone()
+            }
+        };
+        (mine(ann).await, mine(bob).await, mine(cat).await)
+    }
+
+    let cached = TestApp::spawn().await;
+    let answers = rsvp_and_read(&cached).await;
+    assert_eq!(cached_rsvps(&cached).await, 2.0, "two users' RSVPs cached");
+    assert_eq!(
+        answers,
+        (json!("not_going"), json!("interested"), Value::Null)
+    );
+
+    let uncached = TestApp::spawn_with(|s| s.max_cached_rsvps = Some("0".into())).await;
+    let answers = rsvp_and_read(&uncached).await;
+    assert_eq!(cached_rsvps(&uncached).await, 0.0);
+    assert_eq!(
+        answers,
+        (json!("not_going"), json!("interested"), Value::Null)
+    );
+}
