@@ -45,7 +45,7 @@ unset EVENTS_DEV EVENTS_AUTHZ ACCESS_BASE_URL
 delete_stream() { python3 scripts/delete-stream.py "$1" || true; }
 
 cleanup() {
-    if [ -n "${SERVICE_PID:-}" ]; then kill "$SERVICE_PID" 2>/dev/null || true; wait "$SERVICE_PID" 2>/dev/null || true; fi
+    if [ -n "${SERVICE_PID:-}" ]; then stop_service; fi
     delete_stream "$STREAM"
     psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS \"${DB}\" WITH (FORCE)" -c "DROP DATABASE IF EXISTS \"${PGB_DB}\" WITH (FORCE)" >/dev/null 2>&1 || true
     cp "$RESULTS" "${TMPDIR:-/tmp}/events-bench-results.jsonl" 2>/dev/null || true

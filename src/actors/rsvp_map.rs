@@ -17,8 +17,9 @@ use crate::domain::{RsvpStatus, UserId};
 /// Events with more RSVPs than this are cached without them.
 pub const MAX_CACHED_RSVPS: i64 = 5_000;
 
-/// RSVPs an instance caches across all its events: about 55 bytes of RSS
-/// each (measured over a soak), so ~55 MB at most.
+/// The default of `EVENTS_MAX_CACHED_RSVPS`, the RSVPs an instance caches
+/// across all its events: about 55 bytes of RSS each (measured over a
+/// soak), so ~55 MB at most.
 pub const MAX_CACHED_RSVPS_PER_INSTANCE: usize = 1_000_000;
 
 /// How many cached RSVPs exist, and how many may.

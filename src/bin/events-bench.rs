@@ -154,7 +154,7 @@ pub struct BenchArgs {
     /// Soak: the members who RSVP (reads come from 10,000). A fixed set of
     /// (member, event) pairs lets the cached RSVP maps fill during the
     /// warm-up, so that what grows after it is the service, not its data.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
     rsvp_users: u64,
     /// Soak: seconds between two RSS samples.
     #[arg(long, default_value_t = 10)]
@@ -1028,7 +1028,7 @@ async fn soak(
     });
     let member = Arc::new(member);
     let worker_driver = driver.clone();
-    let rsvp_users = args.rsvp_users.max(1);
+    let rsvp_users = args.rsvp_users;
     let mut outcome = load(
         args.concurrency,
         Duration::from_secs(1),
@@ -1037,19 +1037,14 @@ async fn soak(
             let (driver, ids, member) = (worker_driver.clone(), ids.clone(), member.clone());
             async move {
                 let id = any_of(&ids);
+                let writes = i % 10 < 2;
+                let user = member(rand::random_range(
+                    0..if writes { rsvp_users } else { 10_000 },
+                ));
                 match i % 10 {
-                    0 | 1 => {
-                        let user = member(rand::random_range(0..rsvp_users));
-                        driver.random_rsvp(&user, &id).await
-                    }
-                    2 => {
-                        let user = member(rand::random_range(0..10_000));
-                        driver.hit("event.list", &user, json!({"limit": 100})).await
-                    }
-                    _ => {
-                        let user = member(rand::random_range(0..10_000));
-                        driver.hit("event.get", &user, json!({"id": id})).await
-                    }
+                    0 | 1 => driver.random_rsvp(&user, &id).await,
+                    2 => driver.hit("event.list", &user, json!({"limit": 100})).await,
+                    _ => driver.hit("event.get", &user, json!({"id": id})).await,
                 }
             }
         },
