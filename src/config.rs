@@ -291,6 +291,12 @@ pub struct Settings {
     #[arg(long, env = "EVENTS_MAX_CACHED_RSVPS", global = true, value_name = "N")]
     pub max_cached_rsvps: Option<String>,
 
+    /// With several instances, hand each RSVP write to the instance that
+    /// owns its scope, so one instance's group commit batches all of a
+    /// scope's RSVPs. Default true.
+    #[arg(long, env = "EVENTS_ROUTE_WRITES", global = true, value_name = "BOOL")]
+    pub route_writes: Option<String>,
+
     /// Signed requests one instance remembers to refuse their replays
     /// (about 20 bytes each, kept 5 minutes). When full, requests are
     /// checked in the shared replay bucket instead. Default 4000000.
@@ -567,6 +573,8 @@ pub struct ActorConfig {
     /// How long after start-up, and after the last sign of another
     /// instance, cached reads are checked against Postgres.
     pub peer_grace: Duration,
+    /// RSVP writes go to the instance that owns their scope.
+    pub route_writes: bool,
 }
 
 impl ActorConfig {
@@ -590,6 +598,7 @@ impl Default for ActorConfig {
             max_cached_events_per_scope: 1_000,
             max_in_flight_batches: 2,
             peer_grace: Duration::from_secs(15),
+            route_writes: true,
         }
     }
 }
@@ -1472,6 +1481,7 @@ impl Config {
                     0,
                     100_000_000,
                 )?,
+                route_writes: parse_bool("EVENTS_ROUTE_WRITES", &s.route_writes, true)?,
                 ..Default::default()
             },
             outbox: outbox_config(s)?,
@@ -1512,6 +1522,22 @@ mod tests {
         assert_eq!(c.retention_published_outbox_days, 30);
         assert_eq!(c.telemetry.log_format, LogFormat::Json);
         assert!(c.database.auto_migrate);
+    }
+
+    #[test]
+    fn writes_are_routed_to_their_owner_unless_switched_off() {
+        assert!(
+            Config::load(&with(|_| {}))
+                .expect("defaults")
+                .actors
+                .route_writes
+        );
+        let off = Config::load(&with(|s| s.route_writes = Some("false".into()))).expect("off");
+        assert!(!off.actors.route_writes);
+        let err = Config::load(&with(|s| s.route_writes = Some("sometimes".into())))
+            .expect_err("must fail");
+        assert_eq!(err.var, "EVENTS_ROUTE_WRITES");
+        assert!(err.to_string().contains("sometimes"), "{err}");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! envelope shared by HTTP and NATS. Internal details are logged, never
 //! returned.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use utoipa::ToSchema;
 
@@ -35,6 +35,32 @@ pub enum AppError {
     /// Anything unexpected. The cause is logged; callers see a generic message.
     #[error("internal error: {0}")]
     Internal(String),
+    /// The answer another instance gave to a write it ran for this one,
+    /// passed on as the caller would have had it from that instance.
+    #[error("{}", .0.message)]
+    Relayed(Box<Relayed>),
+}
+
+/// An error as callers see it: everything its envelope and status say.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Relayed {
+    pub status: u16,
+    pub code: ErrorCode,
+    pub message: String,
+    pub details: Value,
+    pub retry_after: Option<u32>,
+}
+
+impl From<&AppError> for Relayed {
+    fn from(e: &AppError) -> Self {
+        Self {
+            status: e.status(),
+            code: e.code(),
+            message: e.public_message(),
+            details: e.details(),
+            retry_after: e.retry_after(),
+        }
+    }
 }
 
 impl AppError {
@@ -87,6 +113,7 @@ impl AppError {
     pub fn retry_after(&self) -> Option<u32> {
         match self {
             AppError::TooManyRequests { retry_after } => Some(*retry_after),
+            AppError::Relayed(r) => r.retry_after,
             _ => (self.status() == 503).then_some(1),
         }
     }
@@ -102,12 +129,14 @@ impl AppError {
             AppError::Calendar { .. } => ErrorCode::ValidationError,
             AppError::TooManyRequests { .. } => ErrorCode::RateLimited,
             AppError::Internal(_) => ErrorCode::InternalError,
+            AppError::Relayed(r) => r.code,
         }
     }
 
     pub fn status(&self) -> u16 {
         match self {
             AppError::Auth(e) => e.http_status(),
+            AppError::Relayed(r) => r.status,
             _ => self.code().http_status(),
         }
     }
@@ -120,6 +149,7 @@ impl AppError {
             AppError::Internal(_) => {
                 "Internal error; it has been logged with the request id".to_string()
             }
+            AppError::Relayed(r) => r.message.clone(),
             other => other.to_string(),
         }
     }
@@ -131,14 +161,19 @@ impl AppError {
                 "fields": {"ics": format!("line {line}: {message}")},
                 "line": line,
             }),
+            AppError::Relayed(r) => r.details.clone(),
             _ => json!({}),
         }
     }
 
-    /// Whether this is the service's fault (logged at error level).
+    /// Whether this is the service's fault, to be logged at error level here.
     pub fn is_internal(&self) -> bool {
-        matches!(self, AppError::Internal(_))
-            || self.status() >= 500 && !matches!(self, AppError::Unavailable { .. })
+        match self {
+            AppError::Internal(_) => true,
+            // The instance that ran it has logged the cause.
+            AppError::Relayed(_) | AppError::Unavailable { .. } => false,
+            _ => self.status() >= 500,
+        }
     }
 
     /// `{"error":{"code","message","details","request_id"}}`.

@@ -34,6 +34,12 @@ impl Subjects {
         format!("{}.internal.changes", self.prefix)
     }
 
+    /// `{prefix}.internal.writes.<instance>`: writes another instance hands
+    /// to this one, the owner of their scope.
+    pub fn internal_writes(&self, instance: &str) -> String {
+        format!("{}.internal.writes.{instance}", self.prefix)
+    }
+
     /// `{prefix}.out.>`: everything the stream captures.
     pub fn stream_filter(&self) -> String {
         format!("{}.out.>", self.prefix)

@@ -48,6 +48,7 @@ pub struct Application {
     listener: TcpListener,
     /// The NATS subscription tasks; aborting them unsubscribes.
     nats_tasks: Vec<tokio::task::JoinHandle<()>>,
+    registry: Registry,
     outbox: ractor::ActorRef<OutboxMsg>,
     /// The Activity bridge, when `ACTIVITY_SERVICE_URL` is set.
     bridge: Option<std::sync::Arc<crate::actors::bridge::Bridge>>,
@@ -92,6 +93,7 @@ impl Application {
         crate::telemetry::metrics::spawn_refresher(metrics.clone(), db.clone());
         let subject_names = Subjects::new(config.nats.subject_prefix.clone());
         let listing = std::sync::Arc::new(crate::actors::listing::Listing::default());
+        let instance = uuid::Uuid::new_v4().simple().to_string();
         let registry = Registry::start(Shared {
             metrics: metrics.clone(),
             db: db.clone(),
@@ -99,7 +101,7 @@ impl Application {
             nats: nats.clone(),
             config: config.actors.clone(),
             outbox_wakeup: outbox_wakeup.clone(),
-            instance: uuid::Uuid::new_v4().simple().to_string(),
+            instance: instance.clone(),
             batches: Default::default(),
             batched_commands: Default::default(),
             largest_batch: Default::default(),
@@ -107,6 +109,8 @@ impl Application {
             created: std::time::Instant::now(),
             listing: listing.clone(),
             rsvp_budget: crate::actors::RsvpBudget::new(config.actors.max_cached_rsvps),
+            peers: crate::actors::owners::Peers::new(instance, config.actors.peer_grace),
+            secrets: config.hmac.secrets.clone(),
         })
         .await
         .map_err(|e| StartupError::Actors(e.to_string()))?;
@@ -147,10 +151,11 @@ impl Application {
             subject_names.stream_filter(),
             config.live.buffer,
         );
+        let forwarded = crate::actors::forward::serve(registry.clone()).await;
         let app = App::new(AppParts {
             metrics: metrics.clone(),
             db: db.clone(),
-            registry,
+            registry: registry.clone(),
             authorizer,
             verifier: Verifier::new(config.hmac.secrets.clone()).with_min_version(min_version),
             replay_bucket,
@@ -165,8 +170,9 @@ impl Application {
             series: config.series,
             rsvp: config.rsvp.clone(),
         });
-        let (nats_tasks, _micro) =
+        let (mut nats_tasks, _micro) =
             subjects::endpoints::serve(app.clone(), nats.clone(), &subject_names).await?;
+        nats_tasks.extend(forwarded);
         store::spawn_housekeeping(db.clone());
         let publisher = std::sync::Arc::new(
             Publisher::new(
@@ -231,6 +237,7 @@ impl Application {
             state,
             listener,
             nats_tasks,
+            registry,
             outbox,
             bridge,
             extender,
@@ -274,6 +281,10 @@ impl Application {
         self.extender.stop();
         self.reminders.stop();
         self.state.publisher.step_down().await;
+        // The others stop handing this instance writes; those on their way
+        // find no subscriber once its tasks below are gone, and are applied
+        // where they arrived.
+        self.registry.leave().await;
         // Stop taking requests; the ones already taken finish.
         for task in &self.nats_tasks {
             task.abort();

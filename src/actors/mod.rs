@@ -4,8 +4,10 @@
 
 pub mod bridge;
 pub mod extender;
+pub mod forward;
 pub mod listing;
 pub mod outbox;
+pub mod owners;
 pub mod registry;
 pub mod reminders;
 pub mod rsvp_map;

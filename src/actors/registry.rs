@@ -14,12 +14,14 @@ use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use tokio::sync::{Notify, OnceCell};
 
+use crate::actors::forward::{self, RsvpDone, Sent};
 use crate::actors::scope::{CALL_TIMEOUT, ScopeActor, ScopeArgs, ScopeCache, ScopeMsg};
 use crate::actors::{ActorConfig, ScopeKey, Snapshot};
+use crate::domain::RequestedRsvp;
 use crate::domain::{ErrorCode, EventId};
 use crate::error::AppError;
 use crate::names::Subjects;
-use crate::store::batch::{CommandResult, Envelope};
+use crate::store::batch::{CommandMeta, CommandResult, Envelope, WriteCommand};
 
 const SHARDS: usize = 64;
 
@@ -57,6 +59,10 @@ pub struct Shared {
     pub listing: Arc<crate::actors::listing::Listing>,
     /// What the cached RSVP maps of every scope may hold together.
     pub rsvp_budget: Arc<crate::actors::RsvpBudget>,
+    /// The other instances heard from lately, which own some scopes' writes.
+    pub peers: crate::actors::owners::Peers,
+    /// The HMAC secrets: the first signs forwarded writes, all verify them.
+    pub secrets: Vec<String>,
 }
 
 impl Shared {
@@ -69,9 +75,29 @@ impl Shared {
         self.largest_batch.fetch_max(size as u64, Ordering::Relaxed);
     }
 
-    pub fn saw_peer(&self) {
+    /// Records a sign of life from another instance; true when it is new
+    /// (see [`crate::actors::owners::Peers::saw`]).
+    pub fn saw_peer(&self, instance: &str) -> bool {
         let now = self.created.elapsed().as_millis() as u64;
         self.peer_seen_ms.store(now.max(1), Ordering::Relaxed);
+        self.peers.saw(instance)
+    }
+
+    /// The instance that owns `key`'s writes when it is another one and
+    /// routing is on.
+    pub fn owner_of(&self, key: &ScopeKey) -> Option<String> {
+        if !self.config.route_writes {
+            return None;
+        }
+        self.peers.owner_of(key)
+    }
+
+    pub fn forward_secret(&self) -> &str {
+        self.secrets.first().map_or("", String::as_str)
+    }
+
+    pub fn secrets(&self) -> &[String] {
+        &self.secrets
     }
 
     /// Whether another instance may have changed what this one caches, so
@@ -94,6 +120,7 @@ impl Shared {
             instance: self.instance.clone(),
             key: Some(key.clone()),
             events: ids.to_vec(),
+            leaving: false,
         };
         if let Ok(body) = serde_json::to_vec(&note) {
             let nats = self.nats.clone();
@@ -113,6 +140,7 @@ pub fn change_note(origin: &str, key: &ScopeKey, ids: &[EventId]) -> Vec<u8> {
         instance: origin.to_string(),
         key: Some(key.clone()),
         events: ids.to_vec(),
+        leaving: false,
     };
     serde_json::to_vec(&note).unwrap_or_default()
 }
@@ -124,6 +152,9 @@ struct ChangeNote {
     instance: String,
     key: Option<ScopeKey>,
     events: Vec<EventId>,
+    /// The instance is stopping: it owns no scope from now on.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    leaving: bool,
 }
 
 /// Heartbeats come every 5 s, well within the default peer grace (15 s).
@@ -327,6 +358,47 @@ impl Registry {
         Err(actor_failed())
     }
 
+    /// An RSVP write, run by the instance that owns its scope: handed to it
+    /// when that is another one, applied here when this one owns it, when
+    /// the owner is gone, or when the write cannot be forwarded.
+    pub async fn set_rsvp(
+        &self,
+        key: &ScopeKey,
+        meta: CommandMeta,
+        event_id: EventId,
+        requested: Option<RequestedRsvp>,
+        guests: u32,
+    ) -> Result<RsvpDone, AppError> {
+        let shared = &self.inner.shared;
+        if let Some(owner) = shared.owner_of(key) {
+            match forward::send(shared, &owner, key, &meta, event_id, requested, guests).await {
+                Some(Sent::Answered(result)) => {
+                    shared
+                        .metrics
+                        .write_forwards
+                        .with_label_values(&["forwarded"])
+                        .inc();
+                    return result;
+                }
+                Some(Sent::Untaken) => {
+                    shared.peers.gone(&owner);
+                    shared
+                        .metrics
+                        .write_forwards
+                        .with_label_values(&["fallback"])
+                        .inc();
+                }
+                None => {}
+            }
+        }
+        let command = WriteCommand::SetRsvp {
+            event_id,
+            requested,
+            guests,
+        };
+        RsvpDone::of(self.write(key, Envelope { meta, command }).await?)
+    }
+
     /// The warm state of one event (loaded on a miss).
     pub async fn get(&self, key: &ScopeKey, id: EventId) -> Result<Option<Snapshot>, AppError> {
         if let Some(snapshot) = self.cached(key, &id) {
@@ -481,20 +553,15 @@ impl Registry {
             loop {
                 tick.tick().await;
                 let Some(inner) = weak.upgrade() else { return };
-                let shared = &inner.shared;
-                let note = ChangeNote {
-                    instance: shared.instance.clone(),
-                    key: None,
-                    events: Vec::new(),
-                };
-                if let Ok(body) = serde_json::to_vec(&note) {
-                    let _ = shared
-                        .nats
-                        .publish(shared.subjects.internal_changes(), body.into())
-                        .await;
-                }
+                announce(&inner.shared, false).await;
             }
         });
+    }
+
+    /// Tells the other instances this one is stopping, so they stop
+    /// forwarding writes to it now rather than when its heartbeats stop.
+    pub async fn leave(&self) {
+        announce(&self.inner.shared, true).await;
     }
 
     async fn spawn_change_listener(&self) {
@@ -515,7 +582,16 @@ impl Registry {
                 if note.instance == inner.shared.instance {
                     continue;
                 }
-                inner.shared.saw_peer();
+                if note.leaving {
+                    inner.shared.peers.gone(&note.instance);
+                    continue;
+                }
+                // A newcomer has not heard of this instance yet: it should
+                // before it decides whom a scope's writes belong to.
+                if inner.shared.saw_peer(&note.instance) {
+                    let shared = inner.shared.clone();
+                    tokio::spawn(async move { announce(&shared, false).await });
+                }
                 let Some(key) = note.key else { continue };
                 // Another instance committed: its outbox rows are due now,
                 // not at the publisher's next poll (a standing-by publisher
@@ -524,6 +600,22 @@ impl Registry {
                 Registry { inner }.forget_cached(&key, &note.events);
             }
         });
+    }
+}
+
+/// A heartbeat (or, `leaving`, a farewell) on the change-note subject.
+async fn announce(shared: &Shared, leaving: bool) {
+    let note = ChangeNote {
+        instance: shared.instance.clone(),
+        key: None,
+        events: Vec::new(),
+        leaving,
+    };
+    if let Ok(body) = serde_json::to_vec(&note) {
+        let _ = shared
+            .nats
+            .publish(shared.subjects.internal_changes(), body.into())
+            .await;
     }
 }
 

@@ -1088,32 +1088,18 @@ impl App {
         // `None`: a clear.
         let body = rsvp.transpose()?;
         let key = ScopeKey::of(&snapshot.event);
-        let outcome = self
-            .write(
+        let done = self
+            .inner
+            .registry
+            .set_rsvp(
                 &key,
                 self.meta(guard, meta),
-                WriteCommand::SetRsvp {
-                    event_id: id,
-                    requested: body.map(|b| b.status),
-                    guests: body.map_or(0, |b| b.guests),
-                },
+                id,
+                body.map(|b| b.status),
+                body.map_or(0, |b| b.guests),
             )
             .await?;
-        match outcome {
-            WriteOutcome::Rsvp {
-                event,
-                counts,
-                status,
-                guests,
-                ..
-            } => Ok(Reply::View(View::Rsvp(RsvpView::new(
-                &event, counts, status, guests,
-            )))),
-            other => Err(AppError::internal(
-                "rsvp",
-                format!("unexpected outcome {other:?}"),
-            )),
-        }
+        Ok(Reply::View(View::Rsvp(RsvpView::new(&done))))
     }
 
     async fn mark_attendance(

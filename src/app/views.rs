@@ -14,6 +14,7 @@ use serde::ser::Serializer;
 use serde_json::Value;
 use utoipa::ToSchema;
 
+use crate::actors::forward::RsvpDone;
 use crate::domain::{
     Event, EventId, EventStatus, RsvpCounts, RsvpStatus, ScopeType, Visibility, utc_str,
 };
@@ -345,14 +346,14 @@ fn shown<S: Serializer>(id: &EventId, s: S) -> Result<S::Ok, S::Error> {
 }
 
 impl RsvpView {
-    pub fn new(event: &Event, counts: RsvpCounts, status: Option<RsvpStatus>, guests: u32) -> Self {
+    pub fn new(done: &RsvpDone) -> Self {
         Self {
-            event_id: event.id,
-            status: status.map(|s| s.as_str()),
-            rsvp_counts: counts,
-            seats: SeatsView::of(event.seat_capacity(), &counts),
-            my_rsvp: status.map(|s| s.as_str()),
-            my_guests: guests,
+            event_id: done.event_id,
+            status: done.status.map(|s| s.as_str()),
+            rsvp_counts: done.counts,
+            seats: SeatsView::of(done.capacity, &done.counts),
+            my_rsvp: done.status.map(|s| s.as_str()),
+            my_guests: done.guests,
         }
     }
 }

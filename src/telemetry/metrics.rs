@@ -34,6 +34,7 @@ pub struct Metrics {
     pub live_actors: IntGauge,
     pub actor_evictions: IntCounter,
     pub cached_rsvps: IntGauge,
+    pub write_forwards: IntCounterVec,
     pub batch_size: Histogram,
     pub batch_commit: Histogram,
     pub authz_calls: IntCounterVec,
@@ -185,6 +186,14 @@ impl Metrics {
                 &r,
                 "events_cached_rsvps",
                 "RSVPs held in the scope actors' cached RSVP maps (at most 1,000,000 an instance)",
+            ),
+            write_forwards: counter_vec(
+                &r,
+                "events_write_forwards_total",
+                "RSVP writes routed between instances: forwarded (answered by the scope's owner), \
+                 fallback (owner gone, applied here), received (applied for another instance), \
+                 refused (a forward that failed its signature, freshness or decoding)",
+                &["outcome"],
             ),
             batch_size: histogram(
                 &r,

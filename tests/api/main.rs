@@ -28,6 +28,7 @@ mod openapi;
 mod ops;
 mod outbox;
 mod probes;
+mod routing;
 mod rsvp_rules;
 mod scaling;
 mod schema;

@@ -86,7 +86,7 @@ async fn outbox_ids(db: &sqlx::PgPool) -> Vec<(Uuid, Uuid, String)> {
         .expect("outbox rows")
 }
 
-fn ctx(tenant: Uuid, user: Uuid, admin: bool) -> InternalContext {
+pub fn ctx(tenant: Uuid, user: Uuid, admin: bool) -> InternalContext {
     InternalContext {
         request_id: Uuid::new_v4().to_string(),
         tenant_id: tenant,

@@ -10,7 +10,9 @@
 //! waitlist order, attendance, the outbox), answer every call the same way,
 //! and after every write each instance must already serve the new state
 //! (read-your-writes across instances): the single instance is the oracle
-//! for the three.
+//! for the three. With three instances, RSVPs that reach an instance other
+//! than their scope's owner are handed to the owner (`routing.rs`), so the
+//! comparison covers forwarded answers, refusals included.
 //!
 //! How we know this test can fail (checked in a scratch copy of the tree,
 //! never committed):
@@ -888,12 +890,27 @@ async fn three_instances_end_in_the_same_state_as_one() {
     assert_eq!(steps, oracle);
     let three = final_state(&triple, &people).await;
     assert_published(&triple).await;
+    // RSVPs reaching an instance that does not own their scope were handed
+    // to the owner: their answers were among those compared above.
+    let forwarded: u64 = triple
+        .instances
+        .iter()
+        .map(|app| {
+            let shared = app.state.app.registry().shared();
+            shared
+                .metrics
+                .write_forwards
+                .with_label_values(&["forwarded"])
+                .get()
+        })
+        .sum();
     println!(
         "three instances: writes committed per instance {:?}; changes read fresh on another instance \
-         [writer][reader] {:?}; of which version bumps {}",
-        coverage.writes, coverage.fresh, coverage.fresh_versions
+         [writer][reader] {:?}; of which version bumps {}; RSVPs forwarded to their scope's owner {}",
+        coverage.writes, coverage.fresh, coverage.fresh_versions, forwarded
     );
     triple.shut_down().await;
+    assert!(forwarded >= 20, "only {forwarded} RSVPs were forwarded");
 
     // Every instance served writes, and every instance read the writes of
     // every other one right after they were acknowledged.
