@@ -9,6 +9,7 @@
 #   scripts/bench-instances.sh                      # builds, 3 instances, 2000/s, 10 s
 #   INSTANCES=3 RATE=2000 DURATION=10 BIN_DIR=/tmp/old scripts/bench-instances.sh
 #   JSON=1 scripts/bench-instances.sh               # one JSON line (scripts/bench.sh)
+#   EVENTS_ROUTE_WRITES=false scripts/bench-instances.sh   # every write where it arrives
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -52,8 +53,10 @@ sleep 16
 "$BIN_DIR/events-bench" outbox-latency --duration "$DURATION" --rate "$RATE" --pid "${pids[0]}" \
     --http-url "http://127.0.0.1:18101" ${JSON:+--json}
 # How often, and how long, the publisher waited at a number whose transaction
-# was still running (on stderr: the JSON line stays alone on stdout).
+# was still running, how the RSVPs were routed between instances, and the
+# group commits (on stderr: the JSON line stays alone on stdout).
 for i in $(seq 1 "$INSTANCES"); do
     curl -fsS "http://127.0.0.1:$((18100 + i))/metrics" 2>/dev/null |
-        grep -E '^events_outbox_gap_wait_seconds_(count|sum)' | sed "s/^/instance $i: /" >&2 || true
+        grep -E '^events_(outbox_gap_wait_seconds_(count|sum)|write_forwards_total|batch_size_(count|sum)|batch_commit_seconds_sum)' |
+        sed "s/^/instance $i: /" >&2 || true
 done
