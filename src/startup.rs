@@ -111,6 +111,7 @@ impl Application {
             rsvp_budget: crate::actors::RsvpBudget::new(config.actors.max_cached_rsvps),
             peers: crate::actors::owners::Peers::new(instance, config.actors.peer_grace),
             secrets: config.hmac.secrets.clone(),
+            left: Default::default(),
         })
         .await
         .map_err(|e| StartupError::Actors(e.to_string()))?;

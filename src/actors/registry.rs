@@ -63,6 +63,9 @@ pub struct Shared {
     pub peers: crate::actors::owners::Peers,
     /// The HMAC secrets: the first signs forwarded writes, all verify them.
     pub secrets: Vec<String>,
+    /// Set once this instance has said it is stopping: no more heartbeats,
+    /// which would make the others hand it writes again.
+    pub left: AtomicBool,
 }
 
 impl Shared {
@@ -562,6 +565,7 @@ impl Registry {
     /// forwarding writes to it now rather than when its heartbeats stop.
     pub async fn leave(&self) {
         announce(&self.inner.shared, true).await;
+        self.inner.shared.left.store(true, Ordering::Release);
     }
 
     async fn spawn_change_listener(&self) {
@@ -605,6 +609,9 @@ impl Registry {
 
 /// A heartbeat (or, `leaving`, a farewell) on the change-note subject.
 async fn announce(shared: &Shared, leaving: bool) {
+    if shared.left.load(Ordering::Acquire) {
+        return;
+    }
     let note = ChangeNote {
         instance: shared.instance.clone(),
         key: None,
