@@ -57,6 +57,6 @@ sleep 16
 # group commits (on stderr: the JSON line stays alone on stdout).
 for i in $(seq 1 "$INSTANCES"); do
     curl -fsS "http://127.0.0.1:$((18100 + i))/metrics" 2>/dev/null |
-        grep -E '^events_(outbox_gap_wait_seconds_(count|sum)|write_forwards_total|batch_size_(count|sum)|batch_commit_seconds_sum)' |
+        grep -E '^events_(outbox_gap_wait_seconds_(count|sum)|write_forwards?_(total|messages_total)|batch_size_(count|sum)|batch_commit_seconds_sum)' |
         sed "s/^/instance $i: /" >&2 || true
 done

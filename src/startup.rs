@@ -112,6 +112,7 @@ impl Application {
             peers: crate::actors::owners::Peers::new(instance, config.actors.peer_grace),
             secrets: config.hmac.secrets.clone(),
             left: Default::default(),
+            forwarder: Default::default(),
         })
         .await
         .map_err(|e| StartupError::Actors(e.to_string()))?;

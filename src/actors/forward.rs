@@ -6,17 +6,23 @@
 //! The owner queues it in its scope actor like its own requests, so one
 //! group commit batches the scope's RSVPs from every instance, and claims
 //! its replay key in that transaction: a forward sent twice is applied once.
+//! Forwards to one owner share a message while earlier ones are in flight,
+//! so a busy scope's hand-overs cost few NATS round trips.
 //!
 //! A forward nobody answers at once (no subscriber: the owner stopped) is
 //! applied where it arrived. One that times out is answered with the same
 //! 503 a local write that timed out gets: it may or may not have been
 //! applied.
 
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::actors::ScopeKey;
 use crate::actors::registry::{Registry, Shared};
@@ -101,6 +107,10 @@ struct WireDone {
 
 type WireAnswer = Result<WireDone, Relayed>;
 
+/// The answer to a message: one per forward it carried, in their order, or
+/// the refusal of the whole message (its signature, its body).
+type MessageAnswer = Result<Vec<WireAnswer>, Relayed>;
+
 /// What a forward came to.
 pub enum Sent {
     /// The owner answered.
@@ -133,6 +143,61 @@ fn wire_meta(meta: &CommandMeta) -> Option<WireMeta> {
     })
 }
 
+/// Most forwards one message carries.
+pub const MAX_PER_MESSAGE: usize = 256;
+
+/// Messages in flight to one owner. While they are, further forwards wait
+/// and leave together in the next message: one NATS round trip for many
+/// RSVPs when the owner is busy, as a group commit is one transaction.
+const IN_FLIGHT_PER_OWNER: usize = 2;
+
+type Queued = (Forward, oneshot::Sender<Sent>);
+
+/// The queue of forwards to each owner, and its sending task.
+#[derive(Default)]
+pub struct Forwarder {
+    queues: Mutex<HashMap<String, mpsc::UnboundedSender<Queued>>>,
+}
+
+impl Forwarder {
+    fn queue(&self, shared: &Shared, owner: &str) -> mpsc::UnboundedSender<Queued> {
+        let mut queues = self.queues.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(queue) = queues.get(owner).filter(|q| !q.is_closed()) {
+            return queue.clone();
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(drain(
+            Link {
+                nats: shared.nats.clone(),
+                subject: shared.subjects.internal_writes(owner),
+                secret: shared.forward_secret().to_string(),
+                metrics: shared.metrics.clone(),
+            },
+            rx,
+        ));
+        queues.insert(owner.to_string(), tx.clone());
+        tx
+    }
+
+    /// Drops the queue to an owner that has gone; its task ends once the
+    /// forwards already queued are answered.
+    pub fn forget(&self, owner: &str) {
+        self.queues
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(owner);
+    }
+}
+
+/// What a queue's task needs to reach its owner.
+#[derive(Clone)]
+struct Link {
+    nats: async_nats::Client,
+    subject: String,
+    secret: String,
+    metrics: std::sync::Arc<crate::telemetry::metrics::Metrics>,
+}
+
 /// Sends an RSVP write to `owner`. `None` when the write cannot be
 /// forwarded (it owes audit entries or has no replay key): run it here.
 pub async fn send(
@@ -151,47 +216,108 @@ pub async fn send(
         guests,
         meta: wire_meta(meta)?,
     };
-    let body = match rmp_serde::to_vec_named(&forward) {
+    let (answer, answered) = oneshot::channel();
+    if shared
+        .forwarder
+        .queue(shared, owner)
+        .send((forward, answer))
+        .is_err()
+    {
+        // Never queued, so never sent.
+        return Some(Sent::Untaken);
+    }
+    // A queue whose task ended without answering may have sent it.
+    Some(
+        answered
+            .await
+            .unwrap_or_else(|_| Sent::Answered(Err(timed_out()))),
+    )
+}
+
+/// Sends what waits in one owner's queue, a message at a time per free
+/// slot, until the queue is dropped.
+async fn drain(link: Link, mut queue: mpsc::UnboundedReceiver<Queued>) {
+    let slots = std::sync::Arc::new(Semaphore::new(IN_FLIGHT_PER_OWNER));
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let Some(first) = queue.recv().await else {
+            return;
+        };
+        let mut batch = vec![first];
+        while batch.len() < MAX_PER_MESSAGE {
+            match queue.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let link = link.clone();
+        tokio::spawn(async move {
+            let (forwards, answers): (Vec<Forward>, Vec<_>) = batch.into_iter().unzip();
+            let results = exchange(&link, &forwards).await;
+            for (answer, result) in answers.into_iter().zip(results) {
+                let _ = answer.send(result);
+            }
+            drop(slot);
+        });
+    }
+}
+
+/// One message to the owner: the forwards out, one answer each back.
+async fn exchange(link: &Link, forwards: &[Forward]) -> Vec<Sent> {
+    let each = |make: &dyn Fn() -> Sent| (0..forwards.len()).map(|_| make()).collect();
+    let body = match rmp_serde::to_vec_named(forwards) {
         Ok(body) => body,
         Err(e) => {
-            return Some(Sent::Answered(Err(AppError::internal(
-                "encode forwarded write",
-                e,
-            ))));
+            let e = e.to_string();
+            return each(&|| {
+                Sent::Answered(Err(AppError::internal("encode forwarded writes", &e)))
+            });
         }
     };
     let mut headers = async_nats::HeaderMap::new();
-    let signature = crate::auth::hmac::sign_canonical(shared.forward_secret(), &canonical(&body));
+    let signature = crate::auth::hmac::sign_canonical(&link.secret, &canonical(&body));
     headers.insert(SIGNATURE_HEADER, signature.as_str());
-    let subject = shared.subjects.internal_writes(owner);
+    link.metrics.write_forward_messages.inc();
     let asked = tokio::time::timeout(
         crate::actors::scope::CALL_TIMEOUT,
-        shared
-            .nats
-            .request_with_headers(subject, headers, Bytes::from(body)),
+        link.nats
+            .request_with_headers(link.subject.clone(), headers, Bytes::from(body)),
     )
     .await;
     use async_nats::RequestErrorKind;
     let reply = match asked {
         Ok(Ok(reply)) => reply,
-        Ok(Err(e)) if e.kind() == RequestErrorKind::NoResponders => return Some(Sent::Untaken),
+        Ok(Err(e)) if e.kind() == RequestErrorKind::NoResponders => return each(&|| Sent::Untaken),
         Ok(Err(e)) if e.kind() != RequestErrorKind::TimedOut => {
             // Not sent (the connection is down): nothing was applied.
-            tracing::debug!(error = %e, owner, "forwarded write not sent; applying it here");
-            return Some(Sent::Untaken);
+            tracing::debug!(error = %e, subject = %link.subject, "forwarded writes not sent; applying them here");
+            return each(&|| Sent::Untaken);
         }
-        Ok(Err(_)) | Err(_) => return Some(Sent::Answered(Err(timed_out()))),
+        Ok(Err(_)) | Err(_) => return each(&|| Sent::Answered(Err(timed_out()))),
     };
-    let answer = match rmp_serde::from_slice::<WireAnswer>(&reply.payload) {
-        Ok(answer) => answer,
+    match rmp_serde::from_slice::<MessageAnswer>(&reply.payload) {
+        Ok(Ok(answers)) if answers.len() == forwards.len() => answers
+            .into_iter()
+            .map(|answer| Sent::Answered(done_of(answer)))
+            .collect(),
+        Ok(Ok(answers)) => {
+            let e = format!("{} answers to {} writes", answers.len(), forwards.len());
+            each(&|| Sent::Answered(Err(AppError::internal("the owner's answer", &e))))
+        }
+        Ok(Err(refused)) => {
+            each(&|| Sent::Answered(Err(AppError::Relayed(Box::new(refused.clone())))))
+        }
         Err(e) => {
-            return Some(Sent::Answered(Err(AppError::internal(
-                "decode the owner's answer",
-                e,
-            ))));
+            let e = e.to_string();
+            each(&|| Sent::Answered(Err(AppError::internal("decode the owner's answer", &e))))
         }
-    };
-    Some(Sent::Answered(match answer {
+    }
+}
+
+fn done_of(answer: WireAnswer) -> Result<RsvpDone, AppError> {
+    match answer {
         Ok(done) => {
             let mut counts = done.counts;
             counts.guests = done.seat_guests;
@@ -204,7 +330,7 @@ pub async fn send(
             })
         }
         Err(relayed) => Err(AppError::Relayed(Box::new(relayed))),
-    }))
+    }
 }
 
 fn timed_out() -> AppError {
@@ -235,24 +361,12 @@ pub async fn serve(registry: Registry) -> Option<tokio::task::JoinHandle<()>> {
             let registry = registry.clone();
             tokio::spawn(async move {
                 let shared = registry.shared().clone();
-                let answer = match accept(&shared, &msg) {
-                    Ok((key, envelope)) => {
-                        shared
-                            .metrics
-                            .write_forwards
-                            .with_label_values(&["received"])
-                            .inc();
-                        answer_of(registry.write(&key, envelope).await)
-                    }
-                    Err(e) => {
-                        shared
-                            .metrics
-                            .write_forwards
-                            .with_label_values(&["refused"])
-                            .inc();
-                        tracing::warn!(error = %e, "refused a forwarded write");
-                        Err(Relayed::from(&e))
-                    }
+                let answer: MessageAnswer = match open(&shared, &msg) {
+                    Ok(forwards) => Ok(futures::future::join_all(
+                        forwards.into_iter().map(|f| apply(&registry, f)),
+                    )
+                    .await),
+                    Err(e) => Err(refuse(&shared, &e)),
                 };
                 match rmp_serde::to_vec_named(&answer) {
                     Ok(body) => {
@@ -267,8 +381,19 @@ pub async fn serve(registry: Registry) -> Option<tokio::task::JoinHandle<()>> {
     }))
 }
 
-/// A forward's signature, freshness and body, as a write for the actor.
-fn accept(shared: &Shared, msg: &async_nats::Message) -> Result<(ScopeKey, Envelope), AppError> {
+/// Counts and logs a refused forward, and says why to its sender.
+fn refuse(shared: &Shared, e: &AppError) -> Relayed {
+    shared
+        .metrics
+        .write_forwards
+        .with_label_values(&["refused"])
+        .inc();
+    tracing::warn!(error = %e, "refused a forwarded write");
+    Relayed::from(e)
+}
+
+/// A message's signature and body: the forwards it carries.
+fn open(shared: &Shared, msg: &async_nats::Message) -> Result<Vec<Forward>, AppError> {
     let signed = msg
         .headers
         .as_ref()
@@ -278,12 +403,42 @@ fn accept(shared: &Shared, msg: &async_nats::Message) -> Result<(ScopeKey, Envel
     if !crate::auth::hmac::verify_canonical(shared.secrets(), &canonical(&msg.payload), signed) {
         return Err(AuthError::Unauthorized(UnauthorizedReason::InvalidSignature).into());
     }
-    let forward: Forward = rmp_serde::from_slice(&msg.payload).map_err(|e| {
+    let forwards: Vec<Forward> = rmp_serde::from_slice(&msg.payload).map_err(|e| {
         AppError::rejected(
             ErrorCode::InvalidBody,
             format!("Cannot decode a forwarded write: {e}"),
         )
     })?;
+    if forwards.is_empty() || forwards.len() > MAX_PER_MESSAGE {
+        return Err(AppError::rejected(
+            ErrorCode::InvalidBody,
+            format!(
+                "A message carries 1 to {MAX_PER_MESSAGE} forwarded writes, not {}",
+                forwards.len()
+            ),
+        ));
+    }
+    Ok(forwards)
+}
+
+/// Runs one forward in this instance's scope actor, or refuses it.
+async fn apply(registry: &Registry, forward: Forward) -> WireAnswer {
+    let shared = registry.shared();
+    match accept(forward) {
+        Ok((key, envelope)) => {
+            shared
+                .metrics
+                .write_forwards
+                .with_label_values(&["received"])
+                .inc();
+            answer_of(registry.write(&key, envelope).await)
+        }
+        Err(e) => Err(refuse(shared, &e)),
+    }
+}
+
+/// A forward's freshness and tenant, as a write for the actor.
+fn accept(forward: Forward) -> Result<(ScopeKey, Envelope), AppError> {
     // Past its expiry the replay key may be purged, and could no longer
     // stop a second application.
     if forward.meta.replay_expires_at <= Utc::now() {

@@ -66,6 +66,8 @@ pub struct Shared {
     /// Set once this instance has said it is stopping: no more heartbeats,
     /// which would make the others hand it writes again.
     pub left: AtomicBool,
+    /// The queues of RSVP writes handed to other instances.
+    pub forwarder: crate::actors::forward::Forwarder,
 }
 
 impl Shared {
@@ -385,6 +387,7 @@ impl Registry {
                 }
                 Some(Sent::Untaken) => {
                     shared.peers.gone(&owner);
+                    shared.forwarder.forget(&owner);
                     shared
                         .metrics
                         .write_forwards
@@ -588,6 +591,7 @@ impl Registry {
                 }
                 if note.leaving {
                     inner.shared.peers.gone(&note.instance);
+                    inner.shared.forwarder.forget(&note.instance);
                     continue;
                 }
                 // A newcomer has not heard of this instance yet: it should

@@ -35,6 +35,7 @@ pub struct Metrics {
     pub actor_evictions: IntCounter,
     pub cached_rsvps: IntGauge,
     pub write_forwards: IntCounterVec,
+    pub write_forward_messages: IntCounter,
     pub batch_size: Histogram,
     pub batch_commit: Histogram,
     pub authz_calls: IntCounterVec,
@@ -194,6 +195,12 @@ impl Metrics {
                  fallback (owner gone, applied here), received (applied for another instance), \
                  refused (a forward that failed its signature, freshness or decoding)",
                 &["outcome"],
+            ),
+            write_forward_messages: int_counter(
+                &r,
+                "events_write_forward_messages_total",
+                "Messages that carried this instance's forwarded RSVP writes to their owners \
+                 (several writes share one while earlier ones are in flight)",
             ),
             batch_size: histogram(
                 &r,

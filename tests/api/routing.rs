@@ -198,7 +198,7 @@ async fn an_rsvp_reaching_any_instance_is_decided_by_its_scopes_owner() {
     assert_eq!(forwards(&a, "fallback"), 0);
 }
 
-/// A forward as an instance sends it (the wire form of
+/// A message of one forward as an instance sends it (the wire form of
 /// `src/actors/forward.rs`), for `user` going to `event` in `scope`.
 fn forward_body(tenant: Uuid, scope: &str, event: &str, user: Uuid, expires_in: i64) -> Vec<u8> {
     let now = chrono::Utc::now();
@@ -223,7 +223,7 @@ fn forward_body(tenant: Uuid, scope: &str, event: &str, user: Uuid, expires_in: 
             "now": now.to_rfc3339(),
         },
     });
-    rmp_serde::to_vec_named(&forward).expect("encode")
+    rmp_serde::to_vec_named(&json!([forward])).expect("encode")
 }
 
 fn sign(secret: &str, body: &[u8]) -> String {
@@ -265,6 +265,36 @@ async fn send_forward(
         }
     }
     code(&answer)
+}
+
+/// Many RSVPs at once for a scope another instance owns: they share
+/// messages while earlier ones are in flight, and the owner still seats
+/// them one by one against the capacity.
+#[tokio::test]
+async fn concurrent_rsvps_share_messages_to_their_owner_and_keep_the_capacity() {
+    let (a, b) = pair().await;
+    let tenant = Uuid::new_v4();
+    let org = organizer(&a, tenant).await;
+    let b_id = shared(&b).instance.clone();
+    let scope = scopes_owned(&a, tenant, Some(&b_id), 1).remove(0);
+    let event = event_in(&a, &org, &scope, Some(10)).await;
+    let people: Vec<Identity> = (0..60).map(|_| identity(tenant, Uuid::new_v4())).collect();
+    let replies =
+        futures::future::join_all(people.iter().map(|who| rsvp(&a, who, &event, "going"))).await;
+    for reply in &replies {
+        assert_eq!(reply.status, 204, "{}", reply.text);
+    }
+    assert_eq!(forwards(&a, "forwarded"), 60);
+    assert_eq!(forwards(&b, "received"), 60);
+    let messages = shared(&a).metrics.write_forward_messages.get();
+    assert!(
+        (1..=60).contains(&messages),
+        "{messages} messages for 60 forwards"
+    );
+    let rows = statuses(&a, &event).await;
+    let going = rows.iter().filter(|(_, s)| s == "going").count();
+    let waitlisted = rows.iter().filter(|(_, s)| s == "waitlisted").count();
+    assert_eq!((going, waitlisted), (10, 50));
 }
 
 #[tokio::test]
