@@ -153,7 +153,6 @@ impl Application {
             subject_names.stream_filter(),
             config.live.buffer,
         );
-        let forwarded = crate::actors::forward::serve(registry.clone()).await;
         let app = App::new(AppParts {
             metrics: metrics.clone(),
             db: db.clone(),
@@ -172,9 +171,8 @@ impl Application {
             series: config.series,
             rsvp: config.rsvp.clone(),
         });
-        let (mut nats_tasks, _micro) =
+        let (nats_tasks, _micro) =
             subjects::endpoints::serve(app.clone(), nats.clone(), &subject_names).await?;
-        nats_tasks.extend(forwarded);
         store::spawn_housekeeping(db.clone());
         let publisher = std::sync::Arc::new(
             Publisher::new(
@@ -284,8 +282,7 @@ impl Application {
         self.reminders.stop();
         self.state.publisher.step_down().await;
         // The others stop handing this instance writes; those on their way
-        // find no subscriber once its tasks below are gone, and are applied
-        // where they arrived.
+        // find no subscriber, and are applied where they arrived.
         self.registry.leave().await;
         // Stop taking requests; the ones already taken finish.
         for task in &self.nats_tasks {

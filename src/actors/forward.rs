@@ -340,10 +340,10 @@ fn timed_out() -> AppError {
     }
 }
 
-/// Takes the writes other instances forward to this one, until aborted
-/// (aborting unsubscribes, so later forwards find no responder and are
-/// applied where they arrived).
-pub async fn serve(registry: Registry) -> Option<tokio::task::JoinHandle<()>> {
+/// Takes the writes other instances forward to this one, until aborted by
+/// [`Registry::leave`] (aborting unsubscribes, so later forwards find no
+/// responder and are applied where they arrived).
+pub async fn serve(registry: &Registry) -> Option<tokio::task::JoinHandle<()>> {
     let shared = registry.shared().clone();
     let subject = shared.subjects.internal_writes(&shared.instance);
     let mut sub = match shared.nats.subscribe(subject).await {
@@ -353,12 +353,20 @@ pub async fn serve(registry: Registry) -> Option<tokio::task::JoinHandle<()>> {
             return None;
         }
     };
+    // Live before this instance announces itself, so a forward to it finds
+    // its subscriber.
+    if let Err(e) = shared.nats.flush().await {
+        tracing::debug!(error = %e, "flush after subscribing to forwarded writes");
+    }
+    let weak = registry.downgrade();
     Some(tokio::spawn(async move {
         while let Some(msg) = sub.next().await {
             let Some(reply) = msg.reply.clone() else {
                 continue;
             };
-            let registry = registry.clone();
+            let Some(registry) = weak.upgrade() else {
+                return;
+            };
             tokio::spawn(async move {
                 let shared = registry.shared().clone();
                 let answer: MessageAnswer = match open(&shared, &msg) {

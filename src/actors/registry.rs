@@ -178,11 +178,23 @@ struct Inner {
     started: Instant,
     shared: Arc<Shared>,
     supervisor: ActorRef<SupervisorMsg>,
+    /// The task taking the writes other instances forward to this one.
+    forwarded: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 #[derive(Clone)]
 pub struct Registry {
     inner: Arc<Inner>,
+}
+
+/// A registry that tasks of its own can hold without keeping it alive.
+#[derive(Clone)]
+pub struct WeakRegistry(std::sync::Weak<Inner>);
+
+impl WeakRegistry {
+    pub fn upgrade(&self) -> Option<Registry> {
+        self.0.upgrade().map(|inner| Registry { inner })
+    }
 }
 
 fn shard_of(key: &ScopeKey) -> usize {
@@ -207,17 +219,30 @@ impl Registry {
             started: Instant::now(),
             shared,
             supervisor,
+            forwarded: Mutex::default(),
         });
         let _ = inner_slot.set(Arc::downgrade(&inner));
         let registry = Self { inner };
         registry.spawn_sweeper();
         registry.spawn_change_listener().await;
+        // Taking forwards before the first heartbeat: whoever hears of this
+        // instance may hand it writes at once.
+        let forwarded = forward::serve(&registry).await;
+        *registry
+            .inner
+            .forwarded
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = forwarded;
         registry.spawn_heartbeat();
         Ok(registry)
     }
 
     pub fn shared(&self) -> &Arc<Shared> {
         &self.inner.shared
+    }
+
+    pub fn downgrade(&self) -> WeakRegistry {
+        WeakRegistry(Arc::downgrade(&self.inner))
     }
 
     /// Number of live scope actors.
@@ -566,9 +591,20 @@ impl Registry {
 
     /// Tells the other instances this one is stopping, so they stop
     /// forwarding writes to it now rather than when its heartbeats stop.
+    /// Forwards already taken are still answered; later ones find no
+    /// subscriber and are applied where they arrived.
     pub async fn leave(&self) {
         announce(&self.inner.shared, true).await;
         self.inner.shared.left.store(true, Ordering::Release);
+        let task = self
+            .inner
+            .forwarded
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(task) = task {
+            task.abort();
+        }
     }
 
     async fn spawn_change_listener(&self) {

@@ -86,6 +86,13 @@ pub async fn serve(
             }
         }));
     }
+    // A subscription is live once the server has read it: until this
+    // round trip, a request sent right after start-up could find no
+    // responder.
+    client
+        .flush()
+        .await
+        .map_err(|e| NatsError::Service(format!("flush the subscriptions: {e}")))?;
     Ok((tasks, micro))
 }
 
