@@ -25,7 +25,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::actors::ScopeKey;
-use crate::actors::registry::{Registry, Shared};
+use crate::actors::registry::{Registry, Shared, timeout};
 use crate::auth::{AuthError, UnauthorizedReason};
 use crate::domain::{ErrorCode, EventId, RequestedRsvp, RsvpCounts, RsvpStatus, TenantId, UserId};
 use crate::error::{AppError, Relayed};
@@ -230,7 +230,7 @@ pub async fn send(
     Some(
         answered
             .await
-            .unwrap_or_else(|_| Sent::Answered(Err(timed_out()))),
+            .unwrap_or_else(|_| Sent::Answered(Err(timeout()))),
     )
 }
 
@@ -295,7 +295,7 @@ async fn exchange(link: &Link, forwards: &[Forward]) -> Vec<Sent> {
             tracing::debug!(error = %e, subject = %link.subject, "forwarded writes not sent; applying them here");
             return each(&|| Sent::Untaken);
         }
-        Ok(Err(_)) | Err(_) => return each(&|| Sent::Answered(Err(timed_out()))),
+        Ok(Err(_)) | Err(_) => return each(&|| Sent::Answered(Err(timeout()))),
     };
     match rmp_serde::from_slice::<MessageAnswer>(&reply.payload) {
         Ok(Ok(answers)) if answers.len() == forwards.len() => answers
@@ -330,13 +330,6 @@ fn done_of(answer: WireAnswer) -> Result<RsvpDone, AppError> {
             })
         }
         Err(relayed) => Err(AppError::Relayed(Box::new(relayed))),
-    }
-}
-
-fn timed_out() -> AppError {
-    AppError::Unavailable {
-        code: ErrorCode::Timeout,
-        message: "The request took too long; it may or may not have been applied".into(),
     }
 }
 
@@ -391,11 +384,7 @@ pub async fn serve(registry: &Registry) -> Option<tokio::task::JoinHandle<()>> {
 
 /// Counts and logs a refused forward, and says why to its sender.
 fn refuse(shared: &Shared, e: &AppError) -> Relayed {
-    shared
-        .metrics
-        .write_forwards
-        .with_label_values(&["refused"])
-        .inc();
+    shared.count_forward("refused");
     tracing::warn!(error = %e, "refused a forwarded write");
     Relayed::from(e)
 }
@@ -434,11 +423,7 @@ async fn apply(registry: &Registry, forward: Forward) -> WireAnswer {
     let shared = registry.shared();
     match accept(forward) {
         Ok((key, envelope)) => {
-            shared
-                .metrics
-                .write_forwards
-                .with_label_values(&["received"])
-                .inc();
+            shared.count_forward("received");
             answer_of(registry.write(&key, envelope).await)
         }
         Err(e) => Err(refuse(shared, &e)),

@@ -97,6 +97,20 @@ impl Shared {
         self.peers.owner_of(key)
     }
 
+    /// `instance` stopped: it owns no scope, and its queue of forwards goes.
+    pub fn peer_gone(&self, instance: &str) {
+        self.peers.gone(instance);
+        self.forwarder.forget(instance);
+    }
+
+    /// Counts an RSVP write routed between instances, by what came of it.
+    pub fn count_forward(&self, outcome: &str) {
+        self.metrics
+            .write_forwards
+            .with_label_values(&[outcome])
+            .inc();
+    }
+
     pub fn forward_secret(&self) -> &str {
         self.secrets.first().map_or("", String::as_str)
     }
@@ -403,21 +417,12 @@ impl Registry {
         if let Some(owner) = shared.owner_of(key) {
             match forward::send(shared, &owner, key, &meta, event_id, requested, guests).await {
                 Some(Sent::Answered(result)) => {
-                    shared
-                        .metrics
-                        .write_forwards
-                        .with_label_values(&["forwarded"])
-                        .inc();
+                    shared.count_forward("forwarded");
                     return result;
                 }
                 Some(Sent::Untaken) => {
-                    shared.peers.gone(&owner);
-                    shared.forwarder.forget(&owner);
-                    shared
-                        .metrics
-                        .write_forwards
-                        .with_label_values(&["fallback"])
-                        .inc();
+                    shared.peer_gone(&owner);
+                    shared.count_forward("fallback");
                 }
                 None => {}
             }
@@ -626,8 +631,7 @@ impl Registry {
                     continue;
                 }
                 if note.leaving {
-                    inner.shared.peers.gone(&note.instance);
-                    inner.shared.forwarder.forget(&note.instance);
+                    inner.shared.peer_gone(&note.instance);
                     continue;
                 }
                 // A newcomer has not heard of this instance yet: it should
@@ -666,7 +670,7 @@ async fn announce(shared: &Shared, leaving: bool) {
     }
 }
 
-fn timeout() -> AppError {
+pub(crate) fn timeout() -> AppError {
     AppError::Unavailable {
         code: ErrorCode::Timeout,
         message: "The request took too long; it may or may not have been applied".into(),

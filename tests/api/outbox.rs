@@ -884,7 +884,7 @@ async fn a_poison_row_goes_dead_without_blocking_the_rest() {
 }
 
 /// Polls `probe` until it returns a value, for at most `within`.
-async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
+pub async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
     within: Duration,
     what: &str,
     mut probe: impl FnMut() -> F,

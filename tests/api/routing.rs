@@ -14,6 +14,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use updspace_events::actors::{ScopeKey, Shared};
 use updspace_events::client::Identity;
+use updspace_events::config::Settings;
 use updspace_events::domain::{ScopeType, TenantId};
 use uuid::Uuid;
 
@@ -34,19 +35,47 @@ fn key(tenant: Uuid, scope: &str) -> ScopeKey {
 
 /// Two instances of one deployment that have heard of each other.
 async fn pair() -> (TestApp, TestApp) {
-    let a = TestApp::spawn().await;
-    let b = a.spawn_sibling(|_| {}).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !(shared(&a).peers.knows(&shared(&b).instance)
-        && shared(&b).peers.knows(&shared(&a).instance))
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the instances never heard of each other"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    pair_with(|_| {}).await
+}
+
+async fn pair_with(adjust: impl Fn(&mut Settings)) -> (TestApp, TestApp) {
+    let a = TestApp::spawn_with(&adjust).await;
+    let b = a.spawn_sibling(&adjust).await;
+    until("the instances heard of each other", || {
+        shared(&a).peers.knows(&shared(&b).instance) && shared(&b).peers.knows(&shared(&a).instance)
+    })
+    .await;
     (a, b)
+}
+
+/// Waits (at most 10 s) until `done`.
+async fn until(what: &str, done: impl Fn() -> bool) {
+    crate::outbox::eventually(Duration::from_secs(10), what, || {
+        let done = done();
+        async move { done.then_some(()) }
+    })
+    .await
+}
+
+/// A tenant with its organizer, and a community scope of it that `b` owns.
+struct TheirScope {
+    tenant: Uuid,
+    org: Identity,
+    b_id: String,
+    scope: String,
+}
+
+async fn scope_of_b(a: &TestApp, b: &TestApp) -> TheirScope {
+    let tenant = Uuid::new_v4();
+    let org = organizer(a, tenant).await;
+    let b_id = shared(b).instance.clone();
+    let scope = scopes_owned(a, tenant, Some(&b_id), 1).remove(0);
+    TheirScope {
+        tenant,
+        org,
+        b_id,
+        scope,
+    }
 }
 
 /// The first community scopes `s0, s1, …` that `app` sees owned by
@@ -273,10 +302,9 @@ async fn send_forward(
 #[tokio::test]
 async fn concurrent_rsvps_share_messages_to_their_owner_and_keep_the_capacity() {
     let (a, b) = pair().await;
-    let tenant = Uuid::new_v4();
-    let org = organizer(&a, tenant).await;
-    let b_id = shared(&b).instance.clone();
-    let scope = scopes_owned(&a, tenant, Some(&b_id), 1).remove(0);
+    let TheirScope {
+        tenant, org, scope, ..
+    } = scope_of_b(&a, &b).await;
     let event = event_in(&a, &org, &scope, Some(10)).await;
     let people: Vec<Identity> = (0..60).map(|_| identity(tenant, Uuid::new_v4())).collect();
     let replies =
@@ -300,14 +328,17 @@ async fn concurrent_rsvps_share_messages_to_their_owner_and_keep_the_capacity() 
 #[tokio::test]
 async fn forwards_not_signed_by_the_service_stale_or_replayed_change_nothing() {
     let (a, b) = pair().await;
-    let tenant = Uuid::new_v4();
-    let org = organizer(&a, tenant).await;
-    let b_id = shared(&b).instance.clone();
-    let scope = scopes_owned(&a, tenant, Some(&b_id), 1).remove(0);
+    let TheirScope {
+        tenant,
+        org,
+        b_id,
+        scope,
+    } = scope_of_b(&a, &b).await;
     let event = event_in(&a, &org, &scope, None).await;
     let user = Uuid::new_v4();
 
     let fresh = forward_body(tenant, &scope, &event, user, 300);
+    let expired = forward_body(tenant, &scope, &event, user, -1);
     let refused = [
         ("no signature", fresh.clone(), None),
         (
@@ -332,13 +363,12 @@ async fn forwards_not_signed_by_the_service_stale_or_replayed_change_nothing() {
         ),
         (
             "expired",
-            forward_body(tenant, &scope, &event, user, -1),
-            None,
+            expired.clone(),
+            Some(sign(TEST_SECRET, &expired)),
         ),
     ];
     let mut expected_refusals = 0;
     for (what, body, signature) in refused {
-        let signature = signature.or_else(|| (what == "expired").then(|| sign(TEST_SECRET, &body)));
         let code = send_forward(&a, &b_id, body, signature).await;
         let want = if what == "signed garbage" {
             "INVALID_BODY"
@@ -382,22 +412,17 @@ async fn forwards_not_signed_by_the_service_stale_or_replayed_change_nothing() {
 #[tokio::test]
 async fn an_owner_that_has_gone_leaves_its_writes_where_they_arrive() {
     let (a, mut b) = pair().await;
-    let tenant = Uuid::new_v4();
-    let org = organizer(&a, tenant).await;
-    let b_id = shared(&b).instance.clone();
-    let scope = scopes_owned(&a, tenant, Some(&b_id), 1).remove(0);
+    let TheirScope {
+        tenant,
+        org,
+        b_id,
+        scope,
+    } = scope_of_b(&a, &b).await;
     let event = event_in(&a, &org, &scope, None).await;
 
     // An instance that stops says so: its scopes are the others' at once.
     b.stop().await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while shared(&a).peers.knows(&b_id) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the farewell never arrived"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until("the farewell arrived", || !shared(&a).peers.knows(&b_id)).await;
     let reply = rsvp(&a, &identity(tenant, Uuid::new_v4()), &event, "going").await;
     assert_eq!(reply.status, 204, "{}", reply.text);
     assert_eq!(
@@ -426,15 +451,7 @@ async fn an_owner_that_has_gone_leaves_its_writes_where_they_arrive() {
 
 #[tokio::test]
 async fn with_routing_off_every_instance_applies_its_own_writes() {
-    let a = TestApp::spawn_with(|s| s.route_writes = Some("false".into())).await;
-    let b = a
-        .spawn_sibling(|s| s.route_writes = Some("false".into()))
-        .await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !shared(&a).peers.knows(&shared(&b).instance) {
-        assert!(tokio::time::Instant::now() < deadline, "never heard of b");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let (a, b) = pair_with(|s| s.route_writes = Some("false".into())).await;
     let tenant = Uuid::new_v4();
     let org = organizer(&a, tenant).await;
     let scope = (0..)
