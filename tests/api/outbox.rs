@@ -569,6 +569,20 @@ async fn writes_continue_while_nats_is_down_and_arrive_once_after_it_returns() {
         wait_for_stream(&url, &app.isolation.stream, 5, Duration::from_secs(10)).await,
         5
     );
+    // Stored is not yet settled: the publisher moves its cursor past a row
+    // only once the ack is back, and a kill in between leaves that row
+    // pending too.
+    eventually(
+        Duration::from_secs(10),
+        "the five creates are settled",
+        || async {
+            let status = updspace_events::store::outbox::status(&app.db)
+                .await
+                .expect("status");
+            (status.pending == 0).then_some(())
+        },
+    )
+    .await;
 
     // NATS goes away; writes go on (they only need Postgres).
     let _ = nats.kill();
