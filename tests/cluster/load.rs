@@ -424,6 +424,8 @@ pub struct StreamMsg {
     pub envelope: Value,
     /// When the stream stored it, Unix nanoseconds.
     pub stored_ns: i128,
+    /// Its place in the stream.
+    pub stream_seq: u64,
 }
 
 /// Every message in the stream, in stream order, read with an ordered
@@ -478,14 +480,15 @@ async fn try_read_stream(
         } else {
             rmp_serde::from_slice(&next.payload).expect("msgpack envelope")
         };
-        let stored_ns = next
+        let (stored_ns, stream_seq) = next
             .info()
-            .map(|i| i.published.unix_timestamp_nanos())
+            .map(|i| (i.published.unix_timestamp_nanos(), i.stream_sequence))
             .unwrap_or_default();
         out.push(StreamMsg {
             msg_id: header("Nats-Msg-Id"),
             envelope,
             stored_ns,
+            stream_seq,
         });
     }
     Ok(out)
@@ -621,21 +624,29 @@ pub async fn verify(
         let sequence = m.envelope["sequence"].as_i64().expect("sequence");
         let n = m.envelope["data"]["n"].as_i64();
         let entry = last.entry(event.clone()).or_insert((0, None, 0));
-        assert!(
-            sequence > entry.0,
-            "event {event}: sequence {sequence} after {} in the stream",
-            entry.0
-        );
-        if let (Some(n), Some(prev)) = (n, entry.1) {
-            assert!(n > prev, "event {event}: backlog row {n} after {prev}");
+        let mut disorder = None;
+        if sequence <= entry.0 {
+            disorder = Some(format!("sequence {sequence} after {}", entry.0));
+        }
+        if let (Some(n), Some(prev)) = (n, entry.1)
+            && n <= prev
+        {
+            disorder = Some(format!("backlog row {n} after {prev}"));
         }
         if let Some(titles) = acknowledged.get(&event) {
             let title = m.envelope["data"]["title"].as_str().unwrap_or_default();
-            assert_eq!(
-                titles.get(entry.2).map(String::as_str),
-                Some(title),
-                "event {event}: change {} in the stream is not the acknowledged one",
-                entry.2
+            if titles.get(entry.2).map(String::as_str) != Some(title) {
+                disorder = Some(format!(
+                    "change {} in the stream is {title:?}, acknowledged as {:?}",
+                    entry.2,
+                    titles.get(entry.2)
+                ));
+            }
+        }
+        if let Some(disorder) = disorder {
+            panic!(
+                "event {event}: {disorder}\n{}",
+                history(db, &event, &messages, lost, duplicated).await
             );
         }
         *entry = (sequence, n.or(entry.1), entry.2 + 1);
@@ -651,6 +662,47 @@ pub async fn verify(
         duplicated,
         slowest_publish,
     }
+}
+
+/// An event's messages in the stream and its outbox rows as the publisher
+/// left them, to tell a message the stream lost from one sent out of order.
+async fn history(
+    db: &sqlx::PgPool,
+    event: &str,
+    messages: &[StreamMsg],
+    lost: usize,
+    duplicated: usize,
+) -> String {
+    let mut out =
+        format!("lost {lost}, duplicated {duplicated} in the whole stream\nits messages:\n");
+    for m in messages
+        .iter()
+        .filter(|m| m.envelope["subject"].as_str() == Some(event))
+    {
+        out.push_str(&format!(
+            "  stream #{} at {} ns: {} sequence {} {:?}\n",
+            m.stream_seq,
+            m.stored_ns,
+            m.msg_id,
+            m.envelope["sequence"],
+            m.envelope["data"]["title"]
+        ));
+    }
+    out.push_str("its outbox rows:\n");
+    let rows: Vec<String> = sqlx::query_scalar(
+        "SELECT format('  seq %s %s %L: %s, %s attempts, first sent %s, last error %L',
+                       seq, id, payload->>'title', status, attempts, first_sent_at, last_error)
+         FROM outbox_view WHERE event_id = $1::uuid ORDER BY seq",
+    )
+    .bind(event)
+    .fetch_all(db)
+    .await
+    .unwrap_or_default();
+    for row in rows {
+        out.push_str(&row);
+        out.push('\n');
+    }
+    out
 }
 
 /// Reads the stream once it holds at least `expected` messages.
