@@ -57,24 +57,28 @@ async fn until(what: &str, done: impl Fn() -> bool) {
     .await
 }
 
-/// A tenant with its organizer, and a community scope of it that `b` owns.
+/// A tenant with its organizer, a community scope of it that `b` owns, and
+/// an event created in that scope through `a`.
 struct TheirScope {
     tenant: Uuid,
     org: Identity,
     b_id: String,
     scope: String,
+    event: String,
 }
 
-async fn scope_of_b(a: &TestApp, b: &TestApp) -> TheirScope {
+async fn scope_of_b(a: &TestApp, b: &TestApp, capacity: Option<u32>) -> TheirScope {
     let tenant = Uuid::new_v4();
     let org = organizer(a, tenant).await;
     let b_id = shared(b).instance.clone();
     let scope = scopes_owned(a, tenant, Some(&b_id), 1).remove(0);
+    let event = event_in(a, &org, &scope, capacity).await;
     TheirScope {
         tenant,
         org,
         b_id,
         scope,
+        event,
     }
 }
 
@@ -302,10 +306,7 @@ async fn send_forward(
 #[tokio::test]
 async fn concurrent_rsvps_share_messages_to_their_owner_and_keep_the_capacity() {
     let (a, b) = pair().await;
-    let TheirScope {
-        tenant, org, scope, ..
-    } = scope_of_b(&a, &b).await;
-    let event = event_in(&a, &org, &scope, Some(10)).await;
+    let TheirScope { tenant, event, .. } = scope_of_b(&a, &b, Some(10)).await;
     let people: Vec<Identity> = (0..60).map(|_| identity(tenant, Uuid::new_v4())).collect();
     let replies =
         futures::future::join_all(people.iter().map(|who| rsvp(&a, who, &event, "going"))).await;
@@ -330,11 +331,11 @@ async fn forwards_not_signed_by_the_service_stale_or_replayed_change_nothing() {
     let (a, b) = pair().await;
     let TheirScope {
         tenant,
-        org,
         b_id,
         scope,
-    } = scope_of_b(&a, &b).await;
-    let event = event_in(&a, &org, &scope, None).await;
+        event,
+        ..
+    } = scope_of_b(&a, &b, None).await;
     let user = Uuid::new_v4();
 
     let fresh = forward_body(tenant, &scope, &event, user, 300);
@@ -416,9 +417,9 @@ async fn an_owner_that_has_gone_leaves_its_writes_where_they_arrive() {
         tenant,
         org,
         b_id,
-        scope,
-    } = scope_of_b(&a, &b).await;
-    let event = event_in(&a, &org, &scope, None).await;
+        event,
+        ..
+    } = scope_of_b(&a, &b, None).await;
 
     // An instance that stops says so: its scopes are the others' at once.
     b.stop().await;

@@ -624,7 +624,8 @@ pub async fn verify(
                 .filter_map(|id| row_ids.get(*id))
                 .map(|r| r.event_id.to_string()),
         );
-        events.dedup();
+        let mut listed = HashSet::new();
+        events.retain(|e| listed.insert(e.clone()));
         let mut report = format!(
             "{lost} outbox rows are not in the stream and {duplicated} messages are there twice ({} messages for {} rows)\n",
             messages.len(),
